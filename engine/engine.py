@@ -1,0 +1,295 @@
+"""The Engine: load a GGUF model once, then tokenize, generate, chat and score.
+
+Data flows one way: file -> GGUF reader -> weights (placed) -> forward pass (kernels)
+-> logits -> sampler -> tokens -> streaming detokenizer -> text.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from numallm import kernels
+from numallm.engine import arch
+from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
+from numallm.engine.barrier import new_barrier
+from numallm.engine.forward import f16_table, forward
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.kv_cache import KVCache
+from numallm.engine.model_store import resolve_model
+from numallm.engine.sampling import Sampler, SamplingParams
+from numallm.engine.tokenizer import Tokenizer
+from numallm.engine.options import LOAD_MODES, NUMA_MODES
+from numallm.engine.weights import load_weights
+from numallm.errors import BadInputError, NumallmError
+from numallm.numa.topology import detect
+from numallm.numa.workers import WorkerPool, WorkerSlot, plan_workers
+from numallm.progress import progress_bar
+
+DEFAULT_CTX = 4096
+N_BATCH = 512  # prompt tokens per forward call, as llama.cpp's default n_batch
+
+
+@dataclass
+class Stats:
+    """Timings of the last call, as llama.cpp prints them."""
+
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0
+    gen_tokens: int = 0
+    gen_s: float = 0.0
+
+    def line(self) -> str:
+        pp = self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+        tg = self.gen_tokens / self.gen_s if self.gen_s > 0 else 0.0
+        return (f"load {self.load_s:.2f} s | prompt {self.prompt_tokens} tokens, {pp:.1f} t/s"
+                f" | generation {self.gen_tokens} tokens, {tg:.1f} t/s")
+
+
+def _log(msg: str) -> None:
+    print(f"numallm: {msg}", file=sys.stderr, flush=True)
+
+
+class Engine:
+    """A loaded model. Calls from several threads are serialised; close() frees it."""
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
+                 load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
+                 kv_type: str = "f16", smt: bool = False, verbose: bool = False) -> None:
+        t0 = time.perf_counter()
+        if load_mode not in LOAD_MODES:
+            raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
+        if numa not in NUMA_MODES:
+            raise BadInputError(f"--numa {numa!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
+        self.verbose = verbose
+        self._pool: WorkerPool | None = None
+        self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
+        plan = plan_workers(detect("/"), threads, smt)
+        self._check_numa(numa, plan)
+        self.path = resolve_model(model)
+        gf = read_gguf(self.path)
+        self.spec = arch.describe(gf.metadata, str(self.path))
+        self.hparams = hp = self.spec.hparams
+        self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+        if self.tokenizer.n_vocab != hp.n_vocab:
+            raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
+                                f"model's embedding has {hp.n_vocab} rows")
+        self.n_ctx = min(hp.n_ctx_train, DEFAULT_CTX) if not ctx_size else int(ctx_size)
+        if self.n_ctx <= 0:
+            raise BadInputError(f"--ctx-size must be positive, got {self.n_ctx}")
+        if self.n_ctx > hp.n_ctx_train:
+            _log(f"warning: --ctx-size {self.n_ctx} is above the model's trained context "
+                 f"{hp.n_ctx_train}; quality may degrade past it")
+        self.numa = numa
+        self.weights = load_weights(gf, self.spec, load_mode)
+        self.kv = KVCache(hp, self.n_ctx, kv_type=kv_type)
+        self._f16 = f16_table()
+        self._lock = threading.RLock()
+        self._pool = WorkerPool(plan)
+        self._bar = new_barrier()
+        self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
+        try:
+            self.chat_template = self._load_chat_template(gf.metadata)
+            self._warmup()
+        except BaseException:
+            self.close()
+            raise
+        self.stats = Stats(load_s=time.perf_counter() - t0)
+        if verbose:
+            _log(f"loaded {self.path.name}: {self.spec.name}, {hp.n_layer} layers, "
+                 f"{self.weights.matrix_bytes / 1e6:.1f} MB of weights "
+                 f"({'mapped' if self.weights.mapped else 'copied'}), n_ctx {self.n_ctx}, "
+                 f"KV cache {kv_type} {self.kv.nbytes / 1e6:.1f} MB, {len(plan)} workers on CPUs "
+                 f"{','.join(str(s.cpu) for s in plan)}, in {self.stats.load_s:.2f} s")
+
+    def _check_numa(self, numa: str, plan: list[WorkerSlot]) -> None:
+        nodes = sorted({s.node for s in plan})
+        if len(nodes) > 1 and numa not in ("auto", "none"):
+            # Placement across nodes is the next step (see README, "Status"); refusing
+            # is better than silently ignoring the flag.
+            raise NumallmError(f"--numa {numa} across {len(nodes)} NUMA nodes is not implemented yet; "
+                               "use --numa none (the OS places the weights)")
+        if self.verbose:
+            _log(f"numa {numa}: workers on node(s) {','.join(map(str, nodes))}; "
+                 + ("one node, nothing to place" if len(nodes) == 1 else "pages placed by the OS"))
+
+    # -- loading ---------------------------------------------------------------------
+
+    def _load_chat_template(self, md: dict[str, Any]) -> ChatTemplate:
+        tok = self.tokenizer
+        bos = tok.detokenize([tok.bos_id], special=True) if tok.bos_id is not None else ""
+        eos = tok.detokenize([tok.eos_id], special=True) if tok.eos_id is not None else ""
+        tmpl = ChatTemplate.from_metadata(md, self.spec.name, bos, eos)
+        if self.verbose and tmpl.source != "gguf":
+            why = f" ({tmpl.fallback_reason})" if tmpl.fallback_reason else ""
+            _log(f"chat template: using the built-in {tmpl.source}{why}")
+        return tmpl
+
+    def _warmup(self) -> None:
+        """Compile (or load from Numba's cache) the kernels and the forward pass now."""
+        bar = progress_bar(2, "compiling kernels", unit="step")
+        kernels.warmup(self.weights.qtypes)
+        bar.update(1)
+        # A 2-token batch and a 1-token step compile both forward paths.
+        self._run(np.array([0, 0], np.int32), 0, all_logits=False)
+        self._run(np.array([0], np.int32), 2, all_logits=False)
+        bar.update(1)
+        bar.close()
+
+    # -- the forward pass ------------------------------------------------------------
+
+    def _buffers(self, n: int) -> tuple[np.ndarray, ...]:
+        """The activations the workers share for a batch of n tokens (reused)."""
+        if n not in self._scratch:
+            hp = self.hparams
+            qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+            if len(self._scratch) > 2:
+                self._scratch.clear()
+            self._scratch[n] = tuple(np.zeros((n, c), np.float32) for c in
+                                     (hp.n_embd, qdim, kvdim, kvdim, qdim, hp.n_embd, hp.n_ff, hp.n_ff))
+        return self._scratch[n]
+
+    def _run(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:
+        if self._pool is None:
+            raise NumallmError("this Engine is closed; create a new one")
+        n_out = len(tokens) if all_logits else 1
+        logits = np.empty((n_out, self.hparams.n_vocab), np.float32)
+        self._pool.run(self._worker_forward, len(self._pool), tokens, pos0, logits, self._buffers(len(tokens)))
+        return logits
+
+    def _worker_forward(self, slot: WorkerSlot, n_workers: int, tokens: np.ndarray, pos0: int,
+                        logits: np.ndarray, bufs: tuple[np.ndarray, ...]) -> None:
+        w = self.weights
+        forward(slot.worker, n_workers, self._bar, self.hparams, w.buf, w.wtab, w.gtab, w.vecs, w.vtab,
+                w.gvec, self.kv.k, self.kv.v, 0, tokens, pos0, logits, self._f16, *bufs)
+
+    def _prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        arr = np.asarray(ids, np.int32)
+        if len(arr) == 0:
+            raise BadInputError("the prompt is empty after tokenization")
+        if len(arr) > self.n_ctx:
+            raise BadInputError(f"the prompt has {len(arr)} tokens, more than the context size "
+                                f"{self.n_ctx}; shorten it or raise -c/--ctx-size")
+        if arr.min() < 0 or arr.max() >= self.hparams.n_vocab:
+            raise BadInputError(f"token ids must be in [0, {self.hparams.n_vocab})")
+        outs = []
+        for start in range(0, len(arr), N_BATCH):
+            chunk = arr[start:start + N_BATCH]
+            last = start + N_BATCH >= len(arr)
+            if all_logits or last:
+                outs.append(self._run(chunk, start, all_logits))
+            else:
+                self._run(chunk, start, False)
+        return np.concatenate(outs) if all_logits else outs[-1][0]
+
+    # -- public API ------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, add_special=add_special, parse_special=True)
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        return self.tokenizer.detokenize(ids, special=special)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Raw logits [len(ids), n_vocab] at every position, from a fresh context."""
+        with self._lock:
+            return self._prefill(ids, all_logits=True)
+
+    def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
+                 stream: bool = False, add_special: bool = True) -> str | Iterator[str]:
+        """Continue `prompt`. max_tokens < 0 runs until an end-of-generation token or the
+        context is full. With stream=True, returns an iterator of text pieces."""
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                                seed=-1 if seed is None else seed)
+        params.validate()
+        ids = self.tokenize(prompt, add_special=add_special)
+        pieces = self._generate_ids(ids, params, max_tokens, tuple(stop))
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: list[dict[str, str]], stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
+        """Reply to a conversation, formatted with the model's chat template."""
+        prompt = self.chat_template.render(messages, add_generation_prompt=True)
+        return self.generate(prompt, stream=stream, **kwargs)
+
+    def _generate_ids(self, ids: list[int], params: SamplingParams, max_tokens: int,
+                      stop: tuple[str, ...]) -> Iterator[str]:
+        with self._lock:
+            st = self.stats = Stats(load_s=self.stats.load_s, prompt_tokens=len(ids))
+            t0 = time.perf_counter()
+            logits = self._prefill(ids)
+            st.prompt_s = time.perf_counter() - t0
+            sampler = Sampler(params, self.hparams.n_vocab)
+            decoder = self.tokenizer.stream()
+            history = list(ids)
+            pending = ""  # text held back while it could be the start of a stop string
+            t1 = time.perf_counter()
+            limit = max_tokens if max_tokens >= 0 else self.n_ctx
+            while st.gen_tokens < limit:
+                tok = sampler.sample(logits, history)
+                if tok in self.tokenizer.stop_ids:
+                    break
+                history.append(tok)
+                st.gen_tokens += 1
+                pending += decoder.feed(tok)
+                cut = _find_stop(pending, stop)
+                if cut is not None:
+                    pending = pending[:cut]
+                    break
+                emit, pending = _split_safe(pending, stop)
+                if emit:
+                    yield emit
+                if len(history) >= self.n_ctx:
+                    break  # context full: stop as llama.cpp does without context shifting
+                logits = self._run(np.array([tok], np.int32), len(history) - 1, False)[0]
+                st.gen_s = time.perf_counter() - t1
+            st.gen_s = time.perf_counter() - t1
+            tail = pending + decoder.flush()
+            cut = _find_stop(tail, stop)
+            tail = tail[:cut] if cut is not None else tail
+            if tail:
+                yield tail
+
+    def close(self) -> None:
+        """Join the workers and free the weights and the KV cache; safe to call twice."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+                self.weights.close()
+                self.kv = KVCache(self.hparams, 1)
+                self._scratch.clear()
+                self._blas_limits.restore_original_limits()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _find_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _split_safe(text: str, stop: tuple[str, ...]) -> tuple[str, str]:
+    """Split into (emit now, hold back): hold the longest suffix that starts a stop string."""
+    hold = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return (text[:len(text) - hold], text[len(text) - hold:]) if hold else (text, "")

@@ -1,0 +1,337 @@
+"""The generic decoder forward pass, one Numba function per batch of tokens.
+
+Every architecture in engine/arch maps onto this: the weights sit in one flat buffer
+(a node's copy, later) described by small integer tables, the hyperparameters in one
+HParams record, and the whole pass over all layers runs inside compiled code without
+the GIL, so a pinned worker thread can run it without per-op trips through Python.
+Every matrix product goes through numallm.kernels; this module only does the small
+vector work in between (norms, rotary embeddings, attention, activations).
+
+Tables (int64):
+- wtab[layer, m] = (qtype, rows, cols, offset, nbytes, row_group) for spec.MATRICES
+- gtab[0] token embeddings, gtab[1] output projection, same columns
+- vtab[layer, v] = (offset, length) into `vecs` (float32) for spec.VECTORS; length 0: absent
+- gvec = (offset, length) of the final norm
+The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
+stored as uint16 (Numba has no float16 type; `f16tab` maps the bits to float32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from numallm.engine.barrier import barrier_wait
+from numallm.kernels import jit as kjit
+
+W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN = range(7)
+V_ATTN_NORM, V_FFN_NORM, V_POST_ATTN, V_POST_FFN, V_Q_NORM, V_K_NORM = range(6)
+
+
+def f16_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern: KV cache reads are one lookup."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+@njit(nogil=True)
+def _f32_bits_to_f16(bits: int) -> int:
+    # Round to nearest even, as numpy's astype(float16) and ggml's conversion do.
+    sign = (bits >> 16) & 0x8000
+    exp = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    if exp == 0xFF:
+        return sign | 0x7C00 | (0x200 if mant != 0 else 0)
+    e = exp - 112  # rebias 127 -> 15
+    if e >= 31:
+        return sign | 0x7C00
+    if e <= 0:
+        if e < -10:
+            return sign
+        mant |= 0x800000
+        shift = 14 - e
+        half = mant >> shift
+        rem = mant & ((1 << shift) - 1)
+        halfway = 1 << (shift - 1)
+        if rem > halfway or (rem == halfway and (half & 1) != 0):
+            half += 1
+        return sign | half
+    half = (e << 10) | (mant >> 13)
+    rem = mant & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (half & 1) != 0):
+        half += 1  # a carry into the exponent is the correct rounding (up to inf)
+    return sign | half
+
+
+def kv_get(row, d, tab):  # pragma: no cover - replaced by the overload in compiled code
+    raise NotImplementedError
+
+
+def kv_put(row, src):  # pragma: no cover - replaced by the overload in compiled code
+    raise NotImplementedError
+
+
+@overload(kv_get)
+def _kv_get(row, d, tab):
+    if row.dtype == types.uint16:
+        return lambda row, d, tab: tab[row[d]]
+    return lambda row, d, tab: row[d]
+
+
+@overload(kv_put)
+def _kv_put(row, src):
+    if row.dtype == types.uint16:
+        def put_f16(row, src):
+            bits = src.view(np.uint32)
+            for i in range(row.shape[0]):
+                row[i] = _f32_bits_to_f16(np.int64(bits[i]))
+        return put_f16
+
+    def put_f32(row, src):
+        row[:] = src
+    return put_f32
+
+
+@njit(nogil=True, cache=True)
+def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
+    """Convert float32 values to float16 bits (exposed for tests of the conversion)."""
+    kv_put(out, src)
+
+
+@njit(nogil=True)
+def part(total, group, worker, n_workers):
+    """Worker's share [lo, hi) of `total` items, cut on multiples of `group`."""
+    n_groups = (total + group - 1) // group
+    lo = min(n_groups * worker // n_workers * group, total)
+    hi = min(n_groups * (worker + 1) // n_workers * group, total)
+    return lo, hi
+
+
+@njit(nogil=True)
+def _matmul(entry, wbuf, x, out, r0, r1):
+    """out[:, r0:r1] = x @ W[r0:r1].T through the kernels (matvec for one token)."""
+    qcode, rows, cols, off, nbytes = entry[0], entry[1], entry[2], entry[3], entry[4]
+    if r0 >= r1:
+        return
+    w = wbuf[off:off + nbytes]
+    if x.shape[0] == 1:
+        kjit.matvec(qcode, w, rows, cols, x[0], out[0], r0, r1)
+    else:
+        kjit.matmul(qcode, w, rows, cols, x, out, r0, r1)
+
+
+@njit(nogil=True, fastmath=False)
+def _rmsnorm(x, w, eps, out):
+    # Sum of squares in float64 as ggml does (ggml_float); the rest in float32.
+    n, d = x.shape
+    for t in range(n):
+        ss = 0.0
+        for i in range(d):
+            ss += np.float64(x[t, i]) * x[t, i]
+        scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for i in range(d):
+            out[t, i] = x[t, i] * scale * w[i]
+
+
+@njit(nogil=True)
+def _head_rmsnorm(x, t, base, hd, w, eps):
+    ss = 0.0
+    for i in range(hd):
+        ss += np.float64(x[t, base + i]) * x[t, base + i]
+    scale = np.float32(1.0 / math.sqrt(ss / hd + eps))
+    for i in range(hd):
+        x[t, base + i] = x[t, base + i] * scale * w[i]
+
+
+@njit(nogil=True)
+def _rope_tables(pos0, n, n_rot, base):
+    half = n_rot // 2
+    cos = np.empty((n, half), np.float32)
+    sin = np.empty((n, half), np.float32)
+    # ggml multiplies theta by theta_scale pair after pair, in float32.
+    theta_scale = np.float32(base ** (-2.0 / n_rot))
+    for t in range(n):
+        theta = np.float32(pos0 + t)
+        for i in range(half):
+            cos[t, i] = math.cos(theta)
+            sin[t, i] = math.sin(theta)
+            theta = np.float32(theta * theta_scale)
+    return cos, sin
+
+
+@njit(nogil=True)
+def _rope_head(x, t, base, n_rot, neox, cos, sin):
+    half = n_rot // 2
+    for i in range(half):
+        if neox:
+            a, b = base + i, base + i + half
+        else:
+            a, b = base + 2 * i, base + 2 * i + 1
+        x0 = x[t, a]
+        x1 = x[t, b]
+        x[t, a] = x0 * cos[t, i] - x1 * sin[t, i]
+        x[t, b] = x0 * sin[t, i] + x1 * cos[t, i]
+
+
+@njit(nogil=True)
+def _attention(q, kc, vc, slot, il, pos0, hp, window, tab, out, h0, h1):
+    """Causal attention of query heads [h0, h1) of every token over the cache."""
+    n = q.shape[0]
+    hd = hp.head_dim
+    group = hp.n_head // hp.n_head_kv
+    scores = np.empty(pos0 + n, np.float32)
+    acc = np.empty(hd, np.float32)
+    scale = np.float32(hp.attn_scale)
+    for t in range(n):
+        p = pos0 + t
+        start = 0
+        if window > 0 and p - window + 1 > 0:
+            start = p - window + 1
+        for h in range(h0, h1):
+            hk = h // group
+            qo = h * hd
+            mx = np.float32(-np.inf)
+            for j in range(start, p + 1):
+                krow = kc[slot, il, hk, j]
+                s = np.float32(0.0)
+                for i in range(hd):
+                    s += q[t, qo + i] * kv_get(krow, i, tab)
+                s *= scale
+                scores[j] = s
+                if s > mx:
+                    mx = s
+            total = 0.0
+            for j in range(start, p + 1):
+                e = np.float32(math.exp(scores[j] - mx))
+                scores[j] = e
+                total += e
+            inv = np.float32(1.0 / total)
+            acc[:] = 0.0
+            for j in range(start, p + 1):
+                vrow = vc[slot, il, hk, j]
+                wgt = scores[j] * inv
+                for i in range(hd):
+                    acc[i] += wgt * kv_get(vrow, i, tab)
+            out[t, qo:qo + hd] = acc
+
+
+@njit(nogil=True)
+def _gelu_tanh(x):
+    return np.float32(0.5) * x * (np.float32(1.0) + np.float32(
+        math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))))
+
+
+@njit(nogil=True)
+def _add_residual(x, tmp, c0, c1, norm_w, eps):
+    """x[:, c0:c1] += tmp[:, c0:c1], RMS-normalised over whole rows first if norm_w is given."""
+    n, d = tmp.shape
+    for t in range(n):
+        scale = np.float32(1.0)
+        if norm_w.shape[0] > 0:
+            ss = 0.0
+            for i in range(d):
+                ss += np.float64(tmp[t, i]) * tmp[t, i]
+            scale = np.float32(1.0 / math.sqrt(ss / d + eps))
+        for i in range(c0, c1):
+            if norm_w.shape[0] > 0:
+                x[t, i] += tmp[t, i] * scale * norm_w[i]
+            else:
+                x[t, i] += tmp[t, i]
+
+
+@njit(nogil=True)
+def _vec(vecs, entry):
+    return vecs[entry[0]:entry[0] + entry[1]]
+
+
+@njit(nogil=True, cache=True)
+def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, slot, tokens,
+            pos0, logits, tab, x, q, k, v, att, tmp, g, u):
+    """One worker's part of running `tokens` at positions pos0.. of cache slot `slot`.
+
+    Every worker of the group calls this at once with the same shared buffers
+    (x, q, k, v, att, tmp, g, u sized for len(tokens)); each computes its share of
+    every matrix's rows and of the attention heads, and they meet at `bar` where a step
+    needs everyone's output. logits gets the last len(logits) positions.
+    """
+    n = tokens.shape[0]
+    d = hp.n_embd
+    hd = hp.head_dim
+    eps = np.float32(hp.rms_eps)
+    if worker == 0:
+        e = gtab[0]
+        kjit.get_rows(e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
+        if hp.embd_scale != 1.0:
+            x *= np.float32(hp.embd_scale)
+    xn = np.empty((n, d), np.float32)
+    cos_g, sin_g = _rope_tables(pos0, n, hp.n_rot, hp.rope_base)
+    cos_l, sin_l = _rope_tables(pos0, n, hp.n_rot, hp.rope_base_local)
+    kh0, kh1 = part(hp.n_head_kv, 1, worker, n_workers)
+    qh0, qh1 = part(hp.n_head, 1, worker, n_workers)
+    barrier_wait(bar, n_workers)
+
+    for il in range(hp.n_layer):
+        local = hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
+        cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
+        vt = vtab[il]
+        wt = wtab[il]
+        _rmsnorm(x, _vec(vecs, vt[V_ATTN_NORM]), eps, xn)
+        for m, out in ((W_Q, q), (W_K, k), (W_V, v)):
+            r0, r1 = part(wt[m, 1], wt[m, 5], worker, n_workers)
+            _matmul(wt[m], wbuf, xn, out, r0, r1)
+        barrier_wait(bar, n_workers)
+        # Keys are normed, rotated and cached by the worker owning their KV head ...
+        for t in range(n):
+            for h in range(kh0, kh1):
+                if vt[V_K_NORM, 1] > 0:
+                    _head_rmsnorm(k, t, h * hd, hd, _vec(vecs, vt[V_K_NORM]), eps)
+                _rope_head(k, t, h * hd, hp.n_rot, hp.rope_neox, cos, sin)
+                kv_put(kc[slot, il, h, pos0 + t], k[t, h * hd:(h + 1) * hd].copy())
+                kv_put(vc[slot, il, h, pos0 + t], v[t, h * hd:(h + 1) * hd].copy())
+            for h in range(qh0, qh1):
+                if vt[V_Q_NORM, 1] > 0:
+                    _head_rmsnorm(q, t, h * hd, hd, _vec(vecs, vt[V_Q_NORM]), eps)
+                _rope_head(q, t, h * hd, hp.n_rot, hp.rope_neox, cos, sin)
+        barrier_wait(bar, n_workers)
+        # ... then every query head attends over the complete cache.
+        _attention(q, kc, vc, slot, il, pos0, hp, hp.sliding_window if local else 0, tab, att, qh0, qh1)
+        barrier_wait(bar, n_workers)
+        r0, r1 = part(d, wt[W_O, 5], worker, n_workers)
+        _matmul(wt[W_O], wbuf, att, tmp, r0, r1)
+        if vt[V_POST_ATTN, 1] > 0:
+            barrier_wait(bar, n_workers)  # the post-norm needs whole rows of tmp
+        _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_ATTN]), eps)
+        barrier_wait(bar, n_workers)
+
+        _rmsnorm(x, _vec(vecs, vt[V_FFN_NORM]), eps, xn)
+        r0, r1 = part(hp.n_ff, max(wt[W_GATE, 5], wt[W_UP, 5]), worker, n_workers)
+        _matmul(wt[W_GATE], wbuf, xn, g, r0, r1)
+        _matmul(wt[W_UP], wbuf, xn, u, r0, r1)
+        for t in range(n):
+            for i in range(r0, r1):
+                a = g[t, i]
+                if hp.act == 0:
+                    a = a / (np.float32(1.0) + np.float32(math.exp(-a)))
+                else:
+                    a = _gelu_tanh(a)
+                g[t, i] = a * u[t, i]
+        barrier_wait(bar, n_workers)
+        r0, r1 = part(d, wt[W_DOWN, 5], worker, n_workers)
+        _matmul(wt[W_DOWN], wbuf, g, tmp, r0, r1)
+        if vt[V_POST_FFN, 1] > 0:
+            barrier_wait(bar, n_workers)
+        _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_FFN]), eps)
+        barrier_wait(bar, n_workers)
+
+    m = logits.shape[0]
+    xo = np.empty((m, d), np.float32)
+    _rmsnorm(x[n - m:], _vec(vecs, gvec), eps, xo)
+    r0, r1 = part(hp.n_vocab, gtab[1, 5], worker, n_workers)
+    _matmul(gtab[1], wbuf, xo, logits, r0, r1)
+    if hp.final_softcap > 0.0:
+        c = np.float32(hp.final_softcap)
+        for t in range(m):
+            for i in range(r0, r1):
+                logits[t, i] = c * np.float32(math.tanh(logits[t, i] / c))

@@ -1,0 +1,32 @@
+"""The KV cache: one block per sequence slot, layer, KV head and position.
+
+Shape [slot, layer, kv_head, position, head_dim], chosen once because placement (heads
+to nodes), the server's batching (slots) and sliding-window architectures all index it
+the same way. F16 (llama.cpp's default) is stored as float16 bits in uint16.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numallm.engine.arch.spec import HParams
+from numallm.engine.options import KV_TYPES
+from numallm.errors import BadInputError
+
+
+
+class KVCache:
+    def __init__(self, hp: HParams, n_ctx: int, n_slots: int = 1, kv_type: str = "f16") -> None:
+        if kv_type not in KV_TYPES:
+            raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_TYPES)})")
+        dtype = np.uint16 if kv_type == "f16" else np.float32
+        shape = (n_slots, hp.n_layer, hp.n_head_kv, n_ctx, hp.head_dim)
+        # np.zeros maps fresh zero pages lazily: a large context costs memory only as used.
+        self.k = np.zeros(shape, dtype)
+        self.v = np.zeros(shape, dtype)
+        self.kv_type = kv_type
+        self.n_ctx = n_ctx
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes

@@ -1,0 +1,220 @@
+"""Portable Numba decoders: GGUF blocks -> float32, one row at a time.
+
+Each `decode_<type>(w, o, nb, y)` turns the `nb` consecutive blocks at byte offset `o`
+of the uint8 buffer `w` into y[0 : nb * block_size]. The bit layouts follow
+gguf.quants (ggml's reference dequantizers); the tests compare against it.
+`decode_row(qcode, ...)` dispatches on the integer GGML type code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from numallm.kernels.llvm_scalar import at, load_f16, load_u32, u32_bits_to_f32
+
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 10, 11, 12, 13, 14, 30
+
+
+@njit(nogil=True, cache=True)
+def decode_f32(w, o, nb, y):  # type: ignore[no-untyped-def]
+    y[:nb] = w[o:o + 4 * nb].view(np.float32)
+
+
+@njit(nogil=True, cache=True)
+def decode_f16(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for i in range(nb):
+        y[i] = load_f16(w, o + 2 * i)
+
+
+@njit(nogil=True, cache=True)
+def decode_bf16(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for i in range(nb):
+        p = o + 2 * i
+        y[i] = u32_bits_to_f32((np.uint32(w[p]) << np.uint32(16)) | (np.uint32(w[p + 1]) << np.uint32(24)))
+
+
+@njit(nogil=True, cache=True)
+def decode_q4_0(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for b in range(nb):
+        p = o + 18 * b
+        d = load_f16(w, p)
+        for j in range(16):
+            q = w[p + 2 + j]
+            y[32 * b + j] = d * np.float32(np.int32(q & 15) - 8)
+            y[32 * b + j + 16] = d * np.float32(np.int32(q >> 4) - 8)
+
+
+@njit(nogil=True, cache=True)
+def decode_q4_1(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for b in range(nb):
+        p = o + 20 * b
+        d = load_f16(w, p)
+        m = load_f16(w, p + 2)
+        for j in range(16):
+            q = w[p + 4 + j]
+            y[32 * b + j] = d * np.float32(q & 15) + m
+            y[32 * b + j + 16] = d * np.float32(q >> 4) + m
+
+
+@njit(nogil=True, cache=True)
+def decode_q5_0(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for b in range(nb):
+        p = o + 22 * b
+        d = load_f16(w, p)
+        qh = load_u32(w, p + 2)
+        for j in range(16):
+            q = w[p + 6 + j]
+            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+            y[32 * b + j] = d * np.float32(lo - 16)
+            y[32 * b + j + 16] = d * np.float32(hi - 16)
+
+
+@njit(nogil=True, cache=True)
+def decode_q5_1(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for b in range(nb):
+        p = o + 24 * b
+        d = load_f16(w, p)
+        m = load_f16(w, p + 2)
+        qh = load_u32(w, p + 4)
+        for j in range(16):
+            q = w[p + 8 + j]
+            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+            y[32 * b + j] = d * np.float32(lo) + m
+            y[32 * b + j + 16] = d * np.float32(hi) + m
+
+
+@njit(nogil=True, cache=True)
+def decode_q8_0(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for b in range(nb):
+        p = o + 34 * b
+        d = load_f16(w, p)
+        for j in range(32):
+            y[32 * b + j] = d * np.float32(np.int8(w[p + 2 + j]))
+
+
+@njit(nogil=True, cache=True)
+def decode_q2_k(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # 84 bytes: scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
+    for b in range(nb):
+        p = o + 84 * b
+        d = load_f16(w, p + 80)
+        dmin = load_f16(w, p + 82)
+        for e in range(256):
+            half, r = e >> 7, e & 127
+            q = (w[p + 16 + 32 * half + (r & 31)] >> (2 * (r >> 5))) & 3
+            sc = w[p + (e >> 4)]
+            y[256 * b + e] = d * np.float32(sc & 15) * np.float32(q) - dmin * np.float32(sc >> 4)
+
+
+@njit(inline="always", cache=True)
+def q3_k_scale(w, s, i):  # type: ignore[no-untyped-def]
+    lo = (at(w, s + (i & 7)) >> (4 * (i >> 3))) & 15
+    hi = (at(w, s + 8 + (i & 3)) >> (2 * (i >> 2))) & 3
+    return np.int32(lo | (hi << 4)) - 32
+
+
+@njit(nogil=True, cache=True)
+def decode_q3_k(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # 110 bytes: hmask[32], qs[64], scales[12] (16 x 6 bits), d.
+    for b in range(nb):
+        p = o + 110 * b
+        d = load_f16(w, p + 108)
+        for e in range(256):
+            half, r = e >> 7, e & 127
+            ql = np.int32((w[p + 32 + 32 * half + (r & 31)] >> (2 * (r >> 5))) & 3)
+            hbit = (w[p + (e & 31)] >> (e >> 5)) & 1
+            q = ql - 4 * np.int32(1 - hbit)
+            y[256 * b + e] = d * np.float32(q3_k_scale(w, p + 96, e >> 4) * q)
+
+
+@njit(inline="always", cache=True)
+def k_scale_min(w, s, i):  # type: ignore[no-untyped-def]
+    """6-bit (scale, min) number i of the 12-byte Q4_K/Q5_K scales at byte s."""
+    if i < 4:
+        return at(w, s + i) & 63, at(w, s + 4 + i) & 63
+    sc = (at(w, s + 4 + i) & 15) | ((at(w, s + i - 4) >> 2) & 0x30)
+    mn = (at(w, s + 4 + i) >> 4) | ((at(w, s + i) >> 2) & 0x30)
+    return sc, mn
+
+
+@njit(nogil=True, cache=True)
+def decode_q4_k(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # 144 bytes: d, dmin, scales[12], qs[128] (4 chunks of 32 bytes, low then high nibbles).
+    for b in range(nb):
+        p = o + 144 * b
+        d = load_f16(w, p)
+        dmin = load_f16(w, p + 2)
+        for s in range(8):
+            sc, mn = k_scale_min(w, p + 4, s)
+            ds = d * np.float32(sc)
+            ms = dmin * np.float32(mn)
+            shift = 4 * (s & 1)
+            for j in range(32):
+                q = (w[p + 16 + 32 * (s >> 1) + j] >> shift) & 15
+                y[256 * b + 32 * s + j] = ds * np.float32(q) - ms
+
+
+@njit(nogil=True, cache=True)
+def decode_q5_k(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # 176 bytes: d, dmin, scales[12], qh[32] (bit s = sub-block s), qs[128] as in Q4_K.
+    for b in range(nb):
+        p = o + 176 * b
+        d = load_f16(w, p)
+        dmin = load_f16(w, p + 2)
+        for s in range(8):
+            sc, mn = k_scale_min(w, p + 4, s)
+            ds = d * np.float32(sc)
+            ms = dmin * np.float32(mn)
+            shift = 4 * (s & 1)
+            for j in range(32):
+                q = ((w[p + 48 + 32 * (s >> 1) + j] >> shift) & 15) | (((w[p + 16 + j] >> s) & 1) << 4)
+                y[256 * b + 32 * s + j] = ds * np.float32(q) - ms
+
+
+@njit(nogil=True, cache=True)
+def decode_q6_k(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # 210 bytes: ql[128], qh[64], scales int8[16], d.
+    for b in range(nb):
+        p = o + 210 * b
+        d = load_f16(w, p + 208)
+        for e in range(256):
+            half, r = e >> 7, e & 127
+            ql = (w[p + 64 * half + (r & 63)] >> (4 * (r >> 6))) & 15
+            qh = (w[p + 128 + 32 * half + (r & 31)] >> (2 * (r >> 5))) & 3
+            q = np.int32(ql | (qh << 4)) - 32
+            y[256 * b + e] = d * np.float32(np.int32(np.int8(w[p + 192 + (e >> 4)])) * q)
+
+
+@njit(nogil=True, cache=True)
+def decode_row(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
+    """Decode `nb` blocks of type `qcode` at byte `o` of `w` into y (float32)."""
+    if qcode == F32:
+        decode_f32(w, o, nb, y)
+    elif qcode == F16:
+        decode_f16(w, o, nb, y)
+    elif qcode == BF16:
+        decode_bf16(w, o, nb, y)
+    elif qcode == Q4_0:
+        decode_q4_0(w, o, nb, y)
+    elif qcode == Q4_1:
+        decode_q4_1(w, o, nb, y)
+    elif qcode == Q5_0:
+        decode_q5_0(w, o, nb, y)
+    elif qcode == Q5_1:
+        decode_q5_1(w, o, nb, y)
+    elif qcode == Q8_0:
+        decode_q8_0(w, o, nb, y)
+    elif qcode == Q2_K:
+        decode_q2_k(w, o, nb, y)
+    elif qcode == Q3_K:
+        decode_q3_k(w, o, nb, y)
+    elif qcode == Q4_K:
+        decode_q4_k(w, o, nb, y)
+    elif qcode == Q5_K:
+        decode_q5_k(w, o, nb, y)
+    elif qcode == Q6_K:
+        decode_q6_k(w, o, nb, y)

@@ -1,0 +1,46 @@
+"""matvec and matmul over quantized types with the SIMD row dots of kernels/fastdot.py.
+
+The activation is quantized to int8 once per call (actq), then each row in [r0, r1)
+is one row_dot. matmul quantizes every token once and walks the weight in tiles of
+ROW_TILE rows: a tile (a few KiB) stays in L1/L2 while all tokens use it, so every
+weight block is read from memory once per call, and the int8 tokens (n * cols bytes)
+are streamed from cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from numallm.kernels.actq import quantize_x, quantized_x
+from numallm.kernels.fastdot import rows_dot
+from numallm.kernels.portable import geometry
+
+ROW_TILE = 16
+
+
+@njit(nogil=True, cache=True)
+def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    rb = nb * ts
+    xq, xd, xs, x16 = quantized_x(x)
+    rows_dot(qcode, w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+
+
+@njit(nogil=True, cache=True)
+def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    rb = nb * ts
+    n = X.shape[0]
+    xq = np.empty((n, cols), np.int8)
+    xd = np.empty((n, cols // 32), np.float32)
+    xs = np.empty((n, cols // 32), np.float32)
+    x16 = np.empty((n, cols // 16), np.int32)
+    for t in range(n):
+        quantize_x(X[t], xq[t], xd[t], xs[t], x16[t])
+    for rt in range(r0, r1, ROW_TILE):
+        re = min(rt + ROW_TILE, r1)
+        for t in range(n):
+            rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], x16[t], out[t], rt, re)

@@ -1,0 +1,77 @@
+"""Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
+
+The kernels read the file's own block layout (see docs in kernels/__init__.py for why),
+so packing is a copy at most: `--load-mode mmap` stays zero-copy, a shard is any row
+range, and the packed size is exactly the file's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+from numallm.errors import UnsupportedError
+
+SUPPORTED_TYPES: frozenset[T] = frozenset(
+    {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
+     T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
+)
+
+
+def block_size(qtype: T) -> int:
+    """Elements per quantization block (1 for the float types)."""
+    return GGML_QUANT_SIZES[qtype][0]
+
+
+def row_bytes(qtype: T, cols: int) -> int:
+    """Bytes of one row of `cols` elements, in the file and in our layout."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    return cols // bs * ts
+
+
+def check_type(qtype: T, tensor_name: str, cols: int) -> None:
+    """Raise UnsupportedError unless the kernels can multiply this tensor."""
+    try:
+        qtype = T(qtype)
+    except ValueError:
+        raise UnsupportedError(
+            f"tensor {tensor_name!r} has unknown GGML type {int(qtype)}; numallm supports "
+            f"{_supported_names()}: re-quantize the model to one of them"
+        ) from None
+    if qtype not in SUPPORTED_TYPES:
+        raise UnsupportedError(
+            f"tensor {tensor_name!r} has type {qtype.name}, which numallm does not support; "
+            f"supported: {_supported_names()}: re-quantize the model to one of them"
+        )
+    bs = block_size(qtype)
+    if cols <= 0 or cols % bs:
+        raise UnsupportedError(
+            f"tensor {tensor_name!r} ({qtype.name}) has rows of {cols} elements, not a "
+            f"positive multiple of the {qtype.name} block size {bs}: the file is malformed"
+        )
+
+
+def _supported_names() -> str:
+    return ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
+
+
+def row_group(qtype: T) -> int:
+    """Rows per interleaved group of the packed layout: 1, as rows are not interleaved."""
+    return 1
+
+
+def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
+    """Size of the packed buffer for `rows` rows: the same as the file's."""
+    return rows * row_bytes(qtype, cols)
+
+
+def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The kernel layout of rows [0, rows) given as raw file bytes (zero copy without `out`)."""
+    n = packed_nbytes(qtype, rows, cols)
+    flat = raw.reshape(-1)
+    if flat.dtype != np.uint8 or flat.size < n:
+        raise ValueError(f"pack: need {n} uint8 bytes for {rows} rows of {cols} {T(qtype).name}, got {flat.size} {flat.dtype}")
+    if out is None:
+        return flat[:n]
+    out.reshape(-1)[:n] = flat[:n]
+    return out

@@ -1,0 +1,74 @@
+"""Numba-callable entry points, dispatching on the integer GGML type code.
+
+Call these from your own `@njit(nogil=True)` code (e.g. a whole token per pinned
+worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
+numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
+Quantized types run the SIMD kernels of kernels/fast.py (activation quantized to
+int8 blocks, see kernels/actq.py); F32, F16 and BF16 the float kernels of
+kernels/portable.py. The instruction set is the one Numba compiles for (see
+kernels/cpu.py), so a cached build never runs on a CPU it was not built for.
+Each call checks its shapes and row range once (ValueError) and then reads memory
+unchecked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from numallm.kernels import fast, portable
+from numallm.kernels.decode import BF16, F16, F32
+
+
+@njit(nogil=True, cache=True)
+def _check(qcode, w, rows, cols, r0, r1):  # type: ignore[no-untyped-def]
+    bs, ts = portable.geometry(qcode)
+    if bs == 0:
+        raise ValueError("unsupported GGML type code")
+    if cols <= 0 or cols % bs != 0:
+        raise ValueError("cols is not a positive multiple of the type's block size")
+    if w.shape[0] < rows * (cols // bs) * ts:
+        raise ValueError("weight buffer is smaller than rows * row bytes")
+    if r0 < 0 or r1 < r0 or r1 > rows:
+        raise ValueError("row range [r0, r1) is not inside [0, rows)")
+
+
+@njit(nogil=True, cache=True)
+def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
+    """out[r0:r1] = W[r0:r1] @ x."""
+    _check(qcode, w, rows, cols, r0, r1)
+    if x.shape[0] != cols or out.shape[0] < r1:
+        raise ValueError("matvec: x must have cols elements and out at least r1")
+    if qcode == F32 or qcode == F16 or qcode == BF16:
+        portable.matvec(qcode, w, rows, cols, x, out, r0, r1)
+    else:
+        fast.matvec(qcode, w, rows, cols, x, out, r0, r1)
+
+
+@njit(nogil=True, cache=True)
+def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    """out[:, r0:r1] = X @ W[r0:r1].T for X float32[n, cols], out float32[n, rows]."""
+    _check(qcode, w, rows, cols, r0, r1)
+    if X.shape[1] != cols or out.shape[0] != X.shape[0] or out.shape[1] < r1:
+        raise ValueError("matmul: X must be [n, cols] and out [n, >= r1]")
+    if qcode == F32 or qcode == F16 or qcode == BF16:
+        portable.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    else:
+        fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
+
+
+@njit(nogil=True, cache=True)
+def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
+    """out[i] = W[ids[i]] as float32."""
+    _check(qcode, w, rows, cols, 0, rows)
+    if out.shape[0] != ids.shape[0] or out.shape[1] != cols:
+        raise ValueError("get_rows: out must be [len(ids), cols]")
+    portable.get_rows(qcode, w, rows, cols, ids, out)
+
+
+@njit(nogil=True, cache=True)
+def dequantize(qcode, w, rows, cols):  # type: ignore[no-untyped-def]
+    """The whole weight as float32[rows, cols]."""
+    out = np.empty((rows, cols), np.float32)
+    get_rows(qcode, w, rows, cols, np.arange(rows), out)
+    return out

@@ -1,0 +1,100 @@
+"""Scalar loads and bit casts Numba lacks (it has no float16 type), as LLVM IR intrinsics.
+
+Half to float is `fpext half` (one vcvtph2ps) where the target has F16C; elsewhere
+LLVM would call compiler-rt's __extendhfsf2, which Numba's JIT cannot resolve, so we
+emit the integer conversion instead. Loads are unaligned-safe generic LLVM.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from numallm.kernels.cpu import target_features
+
+
+@intrinsic
+def u32_bits_to_f32(typingctx, bits):  # type: ignore[no-untyped-def]
+    """float32 whose bit pattern is the low 32 bits of `bits` (BF16 decoding)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        if v.type.width != 32:
+            v = builder.trunc(v, ir.IntType(32)) if v.type.width > 32 else builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def half_to_float(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
+    """float32 of the i16 half bit pattern h."""
+    if "f16c" in target_features():
+        return builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
+    i32 = ir.IntType(32)
+    v = builder.zext(h, i32)
+    # Magnitude bits moved into float position, then scaled by 2**112 to re-bias the
+    # exponent (this also normalises half subnormals); inf/nan get the full exponent.
+    mag = builder.shl(builder.and_(v, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
+    scaled = builder.bitcast(builder.fmul(builder.bitcast(mag, ir.FloatType()),
+                                          ir.Constant(ir.FloatType(), 2.0 ** 112)), i32)
+    is_special = builder.icmp_unsigned("==", builder.and_(v, ir.Constant(i32, 0x7C00)), ir.Constant(i32, 0x7C00))
+    bits = builder.select(is_special, builder.or_(mag, ir.Constant(i32, 0x7F800000)), scaled)
+    sign = builder.shl(builder.and_(v, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
+    return builder.bitcast(builder.or_(bits, sign), ir.FloatType())
+
+
+def _elem_ptr(context, builder, arrty, arr, idx, elty):  # type: ignore[no-untyped-def]
+    """Pointer to element `idx` (no wraparound, no bounds check) cast to elty*."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    if idx.type.width < 64:
+        idx = builder.sext(idx, ir.IntType(64))
+    return builder.bitcast(builder.gep(data, [idx]), elty.as_pointer())
+
+
+def _is_byte_array(t) -> bool:  # type: ignore[no-untyped-def]
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype in (types.uint8, types.int8)
+
+
+# Raw loads from a byte buffer at byte offset p. Numba's own indexing checks every
+# signed index for wraparound (a compare and cmov per load, which dominated the SIMD
+# kernels' loops); the kernels validate their ranges once per call instead.
+
+@intrinsic
+def load_f16(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """float32 of the little-endian IEEE half at bytes w[p:p+2]."""
+    if not (_is_byte_array(w) and isinstance(p, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(16))
+        return half_to_float(builder, builder.load(ptr, align=1))
+
+    return types.float32(w, p), codegen
+
+
+@intrinsic
+def load_u32(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """The little-endian uint32 at bytes w[p:p+4]."""
+    if not (_is_byte_array(w) and isinstance(p, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(32)), align=1)
+
+    return types.uint32(w, p), codegen
+
+
+@intrinsic
+def at(typingctx, a, i):  # type: ignore[no-untyped-def]
+    """a[i] for a 1-D array, without wraparound or bounds check."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        elty = context.get_data_type(sig.args[0].dtype)
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], elty))
+
+    return a.dtype(a, i), codegen

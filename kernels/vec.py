@@ -1,0 +1,267 @@
+"""Explicit SIMD for Numba: 8-lane vector types and the integer dot products.
+
+Numba cannot express vector registers, and its auto-vectorised loops over quantized
+blocks stay far below memory bandwidth (issue 5 measured 1.5-5.5 GB/s). So the inner
+step of every quantized kernel is written here as LLVM vector IR through
+numba.extending.intrinsic, and the kernels (kernels/fastdot.py) are ordinary Numba
+loops that carry `F32x8` accumulators between these intrinsics.
+
+The central operation `_dot_u8s8` multiplies 32 unsigned bytes (the weight's
+quants) by 32 signed bytes (the int8-quantized activation) and sums each run of 4
+products into one of 8 int32 lanes (so lanes 0-3 hold elements 0-15 and lanes 4-7
+elements 16-31). It is emitted as, by kernels/cpu.py's features:
+  vnni    one vpdpbusd (AVX512-VNNI+VL or AVX-VNNI)
+  avx2    vpmaddubsw then vpmaddwd with ones (no overflow: |q| <= 63 * 127 * 2 < 2**15,
+          and 128 * 127 * 2 for the |w| of Q8_0)
+  generic widen to i32, multiply, add groups of 4: plain LLVM that every target lowers.
+The features are those Numba compiles for, which are part of its cache key, so a
+cached kernel always carries the path of the CPU it runs on.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.datamodel import models, register_default
+from numba.extending import intrinsic
+
+from numallm.kernels.cpu import has_avx2, has_vnni256
+
+I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+F32 = ir.FloatType()
+V32I8, V16I16, V8I32, V8F32 = (ir.VectorType(I8, 32), ir.VectorType(I16, 16),
+                               ir.VectorType(I32, 8), ir.VectorType(F32, 8))
+
+
+class F32x8Type(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="F32x8")
+
+
+class I32x8Type(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="I32x8")
+
+
+f32x8 = F32x8Type()
+i32x8 = I32x8Type()
+
+
+@register_default(F32x8Type)
+class F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # type: ignore[no-untyped-def]
+        super().__init__(dmm, fe_type, V8F32)
+
+
+@register_default(I32x8Type)
+class I32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # type: ignore[no-untyped-def]
+        super().__init__(dmm, fe_type, V8I32)
+
+
+# ---- IR helpers -------------------------------------------------------------------
+
+def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, args: list[ir.Value]) -> ir.Value:
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def _splat(builder: ir.IRBuilder, val: ir.Value, vty: ir.VectorType) -> ir.Value:
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), val, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+
+def _const_vec(vty: ir.VectorType, value: int) -> ir.Constant:
+    return ir.Constant(vty, [value] * vty.count)
+
+
+def _load_bytes(context, builder, arrty, arr, off, n):  # type: ignore[no-untyped-def]
+    """<n x i8> from arr.data + off (unaligned)."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    ptr = builder.gep(builder.bitcast(data, I8.as_pointer()), [off])
+    return builder.load(builder.bitcast(ptr, ir.VectorType(I8, n).as_pointer()), align=1)
+
+
+def _as_i8(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Truncate/extend an integer scalar to i8 (shift amounts, masks)."""
+    return builder.trunc(v, I8) if v.type.width > 8 else (builder.zext(v, I8) if v.type.width < 8 else v)
+
+
+def _as_i64(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    return builder.sext(v, I64) if v.type.width < 64 else v
+
+
+def _dot_u8s8(builder: ir.IRBuilder, u: ir.Value, s: ir.Value) -> ir.Value:
+    """<32 x i8> unsigned . <32 x i8> signed -> <8 x i32>, lane i = sum of elements 4i..4i+3."""
+    if has_vnni256():
+        zero = ir.Constant(V8I32, None)
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", V8I32,
+                     [zero, builder.bitcast(u, V8I32), builder.bitcast(s, V8I32)])
+    if has_avx2():
+        pairs = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", V16I16, [u, s])
+        return _call(builder, "llvm.x86.avx2.pmadd.wd", V8I32, [pairs, _const_vec(V16I16, 1)])
+    wide = ir.VectorType(I32, 32)
+    prod = builder.mul(builder.zext(u, wide), builder.sext(s, wide))
+    acc = None
+    for k in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(I32, 8), [4 * i + k for i in range(8)]))
+        acc = part if acc is None else builder.add(acc, part)
+    return acc
+
+
+def _dot_s8s8(builder: ir.IRBuilder, a: ir.Value, s: ir.Value) -> ir.Value:
+    """<32 x i8> signed . <32 x i8> signed, lanes as in _dot_u8s8. s must avoid -128."""
+    if has_avx2():
+        # |a| . (s * sign(a)) as u8 . s8, llama.cpp's trick; |-128| = 128 is right as u8.
+        absa = _call(builder, "llvm.abs.v32i8", V32I8, [a, ir.Constant(I1, 0)])
+        return _dot_u8s8(builder, absa, _call(builder, "llvm.x86.avx2.psign.b", V32I8, [s, a]))
+    wide = ir.VectorType(I32, 32)
+    prod = builder.mul(builder.sext(a, wide), builder.sext(s, wide))
+    acc = None
+    for k in range(4):
+        part = builder.shuffle_vector(prod, ir.Constant(wide, ir.Undefined),
+                                      ir.Constant(ir.VectorType(I32, 8), [4 * i + k for i in range(8)]))
+        acc = part if acc is None else builder.add(acc, part)
+    return acc
+
+
+def _nibbles16(builder: ir.IRBuilder, raw16: ir.Value) -> ir.Value:
+    """16 bytes of packed nibbles -> <32 x i8>: low nibbles (elements 0-15), then high ones."""
+    v16 = ir.VectorType(I8, 16)
+    lo = builder.and_(raw16, _const_vec(v16, 15))
+    hi = builder.lshr(raw16, _const_vec(v16, 4))
+    return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+
+
+def _fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+    """a * b + c in one rounding (vfmadd where the target has FMA, a libcall-free
+    expansion elsewhere)."""
+    return _call(builder, "llvm.fmuladd.v8f32", V8F32, [a, b, c])
+
+
+# ---- float accumulators --------------------------------------------------------------
+
+@intrinsic
+def vzero(typingctx):  # type: ignore[no-untyped-def]
+    """An F32x8 of zeros."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(V8F32, None)
+    return f32x8(), codegen
+
+
+@intrinsic
+def vfma(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
+    """acc + float(v) * s, for an I32x8 v and a float32 s."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vi, sc = args
+        return _fma(builder, builder.sitofp(vi, V8F32), _splat(builder, sc, V8F32), a)
+    return f32x8(f32x8, i32x8, types.float32), codegen
+
+
+@intrinsic
+def vfma2(typingctx, acc, v, sa, sb):  # type: ignore[no-untyped-def]
+    """acc + float(v) * (sa in lanes 0-3, sb in lanes 4-7): two 16-element sub-blocks."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vi, x, y = args
+        sc = builder.shuffle_vector(_splat(builder, x, V8F32), _splat(builder, y, V8F32),
+                                    ir.Constant(ir.VectorType(I32, 8), [0, 1, 2, 3, 12, 13, 14, 15]))
+        return _fma(builder, builder.sitofp(vi, V8F32), sc, a)
+    return f32x8(f32x8, i32x8, types.float32, types.float32), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """a + b, lane by lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fadd(args[0], args[1])
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def vhsum(typingctx, a):  # type: ignore[no-untyped-def]
+    """Sum of the 8 lanes as float32."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        for half in (4, 2, 1):
+            mask = ir.Constant(ir.VectorType(I32, 8), [i + half if i < half else i for i in range(8)])
+            v = builder.fadd(v, builder.shuffle_vector(v, ir.Constant(V8F32, ir.Undefined), mask))
+        return builder.extract_element(v, ir.Constant(I32, 0))
+    return types.float32(f32x8), codegen
+
+
+# ---- integer block dot products ----------------------------------------------------
+
+def _is_bytes(t) -> bool:  # type: ignore[no-untyped-def]
+    return isinstance(t, types.Array) and t.dtype in (types.uint8, types.int8) and t.ndim == 1
+
+
+@intrinsic
+def dot_q4(typingctx, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    """Q4_0/Q4_1 quants: 16 bytes of nibbles at w[p] (elements j, j+16 in byte j) . xq[xo:xo+32]."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, xa, xov = args
+        u = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
+        s = _load_bytes(context, builder, sig.args[2], xa, _as_i64(builder, xov), 32)
+        return _dot_u8s8(builder, u, s)
+    return i32x8(w, p, xq, xo), codegen
+
+
+@intrinsic
+def dot_q5(typingctx, w, p, qh, xq, xo):  # type: ignore[no-untyped-def]
+    """Q5_0/Q5_1 quants: nibbles as dot_q4 plus bit j of the uint32 qh as bit 4 of element j."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, qhv, xa, xov = args
+        u = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
+        v32 = ir.VectorType(I32, 32)
+        bits = builder.and_(_splat(builder, builder.trunc(qhv, I32) if qhv.type.width > 32 else qhv, v32),
+                            ir.Constant(v32, [1 << j for j in range(32)]))
+        high = builder.select(builder.icmp_unsigned("!=", bits, ir.Constant(v32, None)),
+                              _const_vec(V32I8, 16), ir.Constant(V32I8, None))
+        s = _load_bytes(context, builder, sig.args[3], xa, _as_i64(builder, xov), 32)
+        return _dot_u8s8(builder, builder.or_(u, high), s)
+    return i32x8(w, p, qh, xq, xo), codegen
+
+
+@intrinsic
+def dot_s8(typingctx, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    """Q8_0 quants: 32 signed bytes at w[p] . xq[xo:xo+32]."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, xa, xov = args
+        a = _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 32)
+        s = _load_bytes(context, builder, sig.args[2], xa, _as_i64(builder, xov), 32)
+        return _dot_s8s8(builder, a, s)
+    return i32x8(w, p, xq, xo), codegen
+
+
+@intrinsic
+def dot_planes(typingctx, w, pl, sl, ml, ph, sh, mh, hs, xq, xo):  # type: ignore[no-untyped-def]
+    """K-quant quants of 32 elements . xq[xo:xo+32], from two bit planes of 32 bytes each:
+    q = ((w[pl:pl+32] >> sl) & ml) | (((w[ph:ph+32] >> sh) & mh) << hs); mh = 0 means no
+    high plane. Shifts and masks are small constants at every call site."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, plv, slv, mlv, phv, shv, mhv, hsv, xa, xov = args
+        wt = sig.args[0]
+
+        def plane(pv, shift, mask):  # type: ignore[no-untyped-def]
+            raw = _load_bytes(context, builder, wt, wa, _as_i64(builder, pv), 32)
+            return builder.and_(builder.lshr(raw, _splat(builder, _as_i8(builder, shift), V32I8)),
+                                _splat(builder, _as_i8(builder, mask), V32I8))
+
+        lo = plane(plv, slv, mlv)
+        hi = builder.shl(plane(phv, shv, mhv), _splat(builder, _as_i8(builder, hsv), V32I8))
+        s = _load_bytes(context, builder, sig.args[8], xa, _as_i64(builder, xov), 32)
+        return _dot_u8s8(builder, builder.or_(lo, hi), s)
+    return i32x8(w, pl, sl, ml, ph, sh, mh, hs, xq, xo), codegen

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install numallm and what it needs on a fresh Debian/Ubuntu machine.
+#   bash scripts/install.sh          the engine (libnuma1 from apt, numallm from pip)
+#   bash scripts/install.sh --test   also the test dependencies
+#   bash scripts/install.sh --llama-cpp   also llama-cpp-python (compiles llama.cpp, ~10 min;
+#                                    only for recording fixtures and --vs-llama-cpp benchmarks)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+extras=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="${extras:+$extras,}test" ;;
+    --llama-cpp) extras="${extras:+$extras,}llama-cpp" ;;
+    *) echo "install.sh: unknown option $arg (use --test, --llama-cpp)" >&2; exit 2 ;;
+  esac
+done
+
+# libnuma is optional at run time (numallm falls back to sysfs), but placement needs it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1'; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq libnuma1
+fi
+
+spec="."
+[ -n "$extras" ] && spec=".[$extras]"
+"$python" -m pip install --disable-pip-version-check -q -e "$spec"

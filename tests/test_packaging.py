@@ -1,0 +1,40 @@
+"""The repository root is the numallm package; numa/ must never shadow py-libnuma."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_numa_folder_is_a_namespace_portion() -> None:
+    # A regular package here would shadow py-libnuma's top-level `numa` module.
+    assert not (ROOT / "numa" / "__init__.py").exists()
+
+
+def test_import_numa_from_repo_root_finds_py_libnuma() -> None:
+    where = _run("import numa; print(numa.__file__)")
+    assert Path(where).resolve().parent != (ROOT / "numa").resolve(), where
+    assert "site-packages" in where or "dist-packages" in where, where
+
+
+def test_numallm_subpackages_map_to_top_level_folders() -> None:
+    out = _run("import numallm.engine, numallm.kernels, numallm.numa.topology as t; "
+               "print(numallm.engine.__file__); print(t.__file__)")
+    engine_file, topo_file = out.splitlines()
+    assert Path(engine_file).resolve() == (ROOT / "engine" / "__init__.py").resolve()
+    assert Path(topo_file).resolve() == (ROOT / "numa" / "topology.py").resolve()
+
+
+def test_python_dash_m_runs_the_cli_from_repo_root() -> None:
+    done = subprocess.run([sys.executable, "-m", "numallm", "--version"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("numallm ")
