@@ -64,9 +64,10 @@ class ChatTemplate:
                       eos_token: str) -> ChatTemplate:
         """The file's template, or the architecture's built-in one if it has none or it is unusable."""
         text = md.get("tokenizer.chat_template")
-        if not isinstance(text, str) or not text.strip():
-            reason = None if text is None or text == "" else "tokenizer.chat_template is not a template string"
-            return cls.builtin(architecture, reason)
+        if text is None or (isinstance(text, str) and not text.strip()):
+            return cls.builtin(architecture)
+        if not isinstance(text, str):
+            return cls.builtin(architecture, f"tokenizer.chat_template is a {type(text).__name__}, not a string")
         try:
             tmpl = cls.from_jinja(text, bos_token, eos_token)
             # A one-message probe catches templates that cannot render the simplest chat

@@ -220,8 +220,16 @@ class Engine:
 
     def chat(self, messages: list[dict[str, str]], stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
         """Reply to a conversation, formatted with the model's chat template."""
-        prompt = self.chat_template.render(messages, add_generation_prompt=True)
-        return self.generate(prompt, stream=stream, **kwargs)
+        try:
+            prompt = self.chat_template.render(messages, add_generation_prompt=True)
+        except ChatTemplateError as e:
+            fallback = ChatTemplate.builtin(self.spec.name, str(e))
+            _log(f"warning: {e}; using the built-in {fallback.source} format")
+            prompt = fallback.render(messages, add_generation_prompt=True)
+        # Templates that write the BOS token themselves must not get a second one.
+        bos = self.tokenizer.bos_id
+        has_bos = bos is not None and prompt.startswith(self.tokenizer.detokenize([bos], special=True))
+        return self.generate(prompt, stream=stream, add_special=not has_bos, **kwargs)
 
     def _generate_ids(self, ids: list[int], params: SamplingParams, max_tokens: int,
                       stop: tuple[str, ...]) -> Iterator[str]:

@@ -148,15 +148,18 @@ def _top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
 
 def _top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
     """The shortest run of most probable candidates whose probabilities sum to >= p, sorted."""
-    probs = _softmax(logits.astype(np.float64))
-    # The candidates below (1-p)/n hold less than 1-p of the mass together, so the
+    # float32 over all candidates (the whole vocabulary when top-k is off), float64 for
+    # the few that can matter.
+    weights = np.exp(logits - logits.max())
+    total = float(weights.sum(dtype=np.float64))
+    # The candidates below (1-p)/n of the mass each hold less than 1-p together, so the
     # nucleus lies among the others: only those need sorting.
-    big = np.flatnonzero(probs >= (1.0 - p) / probs.size)
-    order = big[np.argsort(-probs[big], kind="stable")]
-    cum = np.cumsum(probs[order])
-    keep = min(int(np.searchsorted(cum, p, side="left")) + 1, order.size)
-    order = order[:keep]
-    return ids[order], logits[order]
+    big = np.flatnonzero(weights >= (1.0 - p) / weights.size * total)
+    probs = weights[big].astype(np.float64) / total
+    order = np.argsort(-probs, kind="stable")
+    keep = min(int(np.searchsorted(np.cumsum(probs[order]), p, side="left")) + 1, order.size)
+    chosen = big[order[:keep]]
+    return ids[chosen], logits[chosen]
 
 
 def _min_p(ids: np.ndarray, logits: np.ndarray, p: float, is_sorted: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -102,7 +102,7 @@ class Tokenizer:
     def __init__(self, vocab: Vocab, encoder: _FragmentEncoder, model: str) -> None:
         self._vocab = vocab
         self._encoder = encoder
-        self.model = model
+        self.model: str = model  # tokenizer.ggml.model: "gpt2" or "llama"
         self.n_vocab: int = vocab.n_vocab
         self.bos_id: int | None = vocab.bos_id
         self.eos_id: int | None = vocab.eos_id
@@ -177,7 +177,9 @@ class Tokenizer:
         if attr & Attr.NORMAL:
             return self._encoder.normal_piece(text)
         if attr & Attr.BYTE:
-            return bytes([int(text[3:5], 16)])  # "<0xXX>"
+            if len(text) != 6 or not text.startswith("<0x"):
+                raise ModelFormatError(f"byte token {token_id} is {text!r}, not <0xXX>; the GGUF is corrupt")
+            return bytes([int(text[3:5], 16)])
         return b""  # unused/undefined tokens render as nothing, as in llama.cpp
 
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:

@@ -21,10 +21,21 @@ from numallm.errors import ModelFormatError, UnsupportedError
 from numallm.engine.tokenizer_vocab import KEY, Vocab
 
 _WS = r"\t-\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+# Letters and digits new in Unicode 16. llama.cpp's tables (unicode-data.cpp) predate them
+# and leave them uncategorised, so here they must count as neither \p{L} nor \p{N}. (Found
+# by tokenizing every code point with both; no other code point differs.)
+_UNICODE16 = (r"\x{1C89}-\x{1C8A}\x{A7CB}-\x{A7CD}\x{A7DA}-\x{A7DC}\x{105C0}-\x{105F3}"
+              r"\x{10D40}-\x{10D65}\x{10D6F}-\x{10D85}\x{10EC2}-\x{10EC4}\x{11380}-\x{11389}"
+              r"\x{1138B}\x{1138E}\x{11390}-\x{113B5}\x{113B7}\x{113D1}\x{113D3}\x{116D0}-\x{116E3}"
+              r"\x{11BC0}-\x{11BE0}\x{11BF0}-\x{11BF9}\x{13460}-\x{143FA}\x{16100}-\x{1611D}"
+              r"\x{16130}-\x{16139}\x{16D40}-\x{16D6C}\x{16D70}-\x{16D79}\x{18CFF}\x{1CCF0}-\x{1CCF9}"
+              r"\x{1E5D0}-\x{1E5ED}\x{1E5F0}-\x{1E5FA}")
+_L = rf"[\p{{L}}&&[^{_UNICODE16}]]"
+_N = rf"[\p{{N}}&&[^{_UNICODE16}]]"
+_OTHER = rf"[[^{_WS}\p{{L}}\p{{N}}][{_UNICODE16}]]"  # [^\s\p{L}\p{N}] with the above
 # llama.cpp's GPT-2 regex (its custom splitter adds the final \s+ the original lacks).
-_GPT2 = (rf"'s|'t|'re|'ve|'m|'ll|'d| ?\p{{L}}+| ?\p{{N}}+| ?[^{_WS}\p{{L}}\p{{N}}]+"
-         rf"|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
-_DIGIT = r"\p{N}"
+_GPT2 = rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?{_OTHER}+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
+_DIGIT = _N
 
 
 @dataclass(frozen=True)

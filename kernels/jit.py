@@ -3,9 +3,10 @@
 Call these from your own `@njit(nogil=True)` code (e.g. a whole token per pinned
 worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
 numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
-Quantized types run the SIMD kernels of kernels/fast.py (activation quantized to
-int8 blocks, see kernels/actq.py); F32, F16 and BF16 the float kernels of
-kernels/portable.py. The instruction set is the one Numba compiles for (see
+matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
+quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
+kernel of kernels/portable.py; matmul of 8 tokens or more the float32 micro-kernel
+of kernels/gemm.py. The instruction set is the one Numba compiles for (see
 kernels/cpu.py), so a cached build never runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
 unchecked.
@@ -16,8 +17,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from numallm.kernels import fast, portable
+from numallm.kernels import fast, gemm, portable
 from numallm.kernels.decode import BF16, F16, F32
+
+# From this many tokens on, decoding a tile of rows to float32 once (kernels/gemm.py)
+# beats the int8 kernels run once per token (kernels/fast.py).
+GEMM_MIN_TOKENS = 8
 
 
 @njit(nogil=True, cache=True)
@@ -51,8 +56,8 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     _check(qcode, w, rows, cols, r0, r1)
     if X.shape[1] != cols or out.shape[0] != X.shape[0] or out.shape[1] < r1:
         raise ValueError("matmul: X must be [n, cols] and out [n, >= r1]")
-    if qcode == F32 or qcode == F16 or qcode == BF16:
-        portable.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    if X.shape[0] >= GEMM_MIN_TOKENS or qcode == F32 or qcode == F16 or qcode == BF16:
+        gemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
     else:
         fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
 

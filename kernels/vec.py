@@ -265,3 +265,71 @@ def dot_planes(typingctx, w, pl, sl, ml, ph, sh, mh, hs, xq, xo):  # type: ignor
         s = _load_bytes(context, builder, sig.args[8], xa, _as_i64(builder, xov), 32)
         return _dot_u8s8(builder, builder.or_(lo, hi), s)
     return i32x8(w, pl, sl, ml, ph, sh, mh, hs, xq, xo), codegen
+
+
+# ---- 16-lane float32 for the matmul micro-kernel -------------------------------------
+
+V16F32 = ir.VectorType(F32, 16)
+
+
+class F32x16Type(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="F32x16")
+
+
+f32x16 = F32x16Type()
+
+
+@register_default(F32x16Type)
+class F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # type: ignore[no-untyped-def]
+        super().__init__(dmm, fe_type, V16F32)
+
+
+def _f32_ptr(context, builder, arrty, arr, off):  # type: ignore[no-untyped-def]
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [_as_i64(builder, off)]), V16F32.as_pointer())
+
+
+def _is_f32_vector(t) -> bool:  # type: ignore[no-untyped-def]
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.float32
+
+
+@intrinsic
+def vzero16(typingctx):  # type: ignore[no-untyped-def]
+    """An F32x16 of zeros."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(V16F32, None)
+    return f32x16(), codegen
+
+
+@intrinsic
+def vload16(typingctx, a, off):  # type: ignore[no-untyped-def]
+    """a[off:off+16] of a float32 array, unchecked."""
+    if not _is_f32_vector(a):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.load(_f32_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+    return f32x16(a, off), codegen
+
+
+@intrinsic
+def vstore16(typingctx, a, off, v):  # type: ignore[no-untyped-def]
+    """a[off:off+16] = v, unchecked."""
+    if not _is_f32_vector(a):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        builder.store(args[2], _f32_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.none(a, off, f32x16), codegen
+
+
+@intrinsic
+def vfma16(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
+    """acc + v * s for a float32 scalar s (a broadcast FMA)."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vv, sc = args
+        return _call(builder, "llvm.fmuladd.v16f32", V16F32, [vv, _splat(builder, sc, V16F32), a])
+    return f32x16(f32x16, f32x16, types.float32), codegen

@@ -52,6 +52,7 @@ def load_weights(path: str | os.PathLike[str]) -> ModelWeights:
 
 @functools.lru_cache(maxsize=2)  # float32 copies: SmolLM2 0.5 GB, Gemma 3 270M 1.1 GB
 def _load(path: str, size: int, mtime_ns: int) -> ModelWeights:
+    # size and mtime_ns only key the cache: a test that rewrites a file gets it re-read.
     reader = GGUFReader(path)
     fields = reader.fields
     arch = fields["general.architecture"].contents()
@@ -138,10 +139,14 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.ndarray) -> np.ndarray:
     """Logits [n_tokens, n_vocab] (float32) at every position of token_ids, from an empty context."""
     m = load_weights(path)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    n_vocab = len(m.w("token_embd"))
+    if ids.ndim != 1 or not len(ids) or ids.min() < 0 or ids.max() >= n_vocab:
+        raise ValueError(f"token ids must be a non-empty list within 0..{n_vocab - 1}")
     # These skinny matmuls are memory-bound; multi-threaded OpenBLAS on a shared,
     # busy 2-core machine measured 10-20x slower than one thread.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _forward(m, np.asarray(token_ids, dtype=np.int64))
+        return _forward(m, ids)
 
 
 def _linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -175,6 +180,7 @@ def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
             base, window = m.rope_base, 0
         q = rope(q, positions, m.n_rot, base, neox=gemma)
         k = rope(k, positions, m.n_rot, base, neox=gemma)
+        # 1/sqrt(head_dim) for both (llama.cpp scales Gemma 3 27B differently; not supported here).
         out = _linear(attention(q, k, v, 1.0 / np.sqrt(m.head_dim), window), m.w(f"{blk}.attn_output"))
         if gemma:
             out = rms_norm(out, m.w(f"{blk}.post_attention_norm"), m.rms_eps)

@@ -243,6 +243,7 @@ def write_tiny_gemma3(
         w.add_sliding_window(sliding_window)
         _add_vocab(w, vocab, "llama", "default", bos=2, eos=1, unk=3, pad=0, add_bos=True)
         w.add_add_eos_token(False)
+        w.add_add_sep_token(False)
 
     types = {"token_embd": embd_type, **(type_overrides or {})}
     return _write(path, "gemma3", s, _random_tensors(s, seed, True, True), weight_type, types, keys)

@@ -71,6 +71,58 @@ def test_llama_arch_without_template_uses_chatml() -> None:
     )
 
 
+# Gemma 3's Hugging Face template (text parts only): the builtin must produce the same turns.
+GEMMA3_HF_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def test_gemma_builtin_matches_gemma3_hugging_face_template() -> None:
+    hf = ChatTemplate.from_jinja(GEMMA3_HF_TEMPLATE, "<bos>", "<eos>").render(CONVERSATION)
+    assert hf == "<bos>" + ChatTemplate.builtin("gemma3").render(CONVERSATION)
+    with pytest.raises(ChatTemplateError, match="roles must alternate"):
+        ChatTemplate.from_jinja(GEMMA3_HF_TEMPLATE).render(CONVERSATION[1:2] * 2)
+
+
+def test_llama3_template_renders_as_hugging_face_does() -> None:
+    tmpl = ChatTemplate.from_jinja(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>")
+    assert tmpl.render(CONVERSATION[:2]) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
 def test_trim_and_lstrip_blocks_as_hugging_face_sets_them() -> None:
     source = (
         "{% for m in messages %}\n"
@@ -98,6 +150,20 @@ def test_globals_and_filters_transformers_provides() -> None:
     out = tmpl.render([{"role": "user", "content": 'Grüß "dich" <b>'}, {"role": "assistant", "content": "x"}])
     year = datetime.datetime.now().strftime("%Y")
     assert out == f'<s>"Grüß \\"dich\\" <b>"|{{\n "b": "é<"\n}}|{year}|[user]</s>'
+
+
+def test_sandbox_still_allows_what_real_templates_use() -> None:
+    # namespace assignment, slicing, selectattr, str methods, str.format, dict.items.
+    source = (
+        "{%- set ns = namespace(last_user=-1) -%}"
+        "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- for m in messages[::-1] | selectattr('role', 'equalto', 'user') | list -%}"
+        "{{ m.content.split(' ')[0] | lower }}{{ ',' if not loop.last }}{%- endfor -%}"
+        "|{{ ns.last_user }}|{{ '{}-{}'.format(messages | length, messages[0]['role']) }}"
+        "|{{ messages[0].items() | list | length }}"
+    )
+    assert ChatTemplate.from_jinja(source).render(CONVERSATION) == "name,hi|3|4-system|2"
 
 
 def test_raise_exception_becomes_a_chat_template_error_with_the_templates_message() -> None:
@@ -186,3 +252,19 @@ def test_malformed_messages_are_bad_input_not_template_errors(messages: Any) -> 
         with pytest.raises(BadInputError) as exc:
             tmpl.render(messages)
         assert not isinstance(exc.value, ChatTemplateError)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("", None),
+    ("  \n", None),
+    (["{{ messages }}"], "is a list, not a string"),
+    ("{{" + "(" * 50000 + ")" * 50000 + "}}", "does not parse: RecursionError"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "failed: RecursionError"),
+])
+def test_blank_odd_or_pathological_metadata_falls_back(value: Any, reason: str | None) -> None:
+    tmpl = ChatTemplate.from_metadata({"tokenizer.chat_template": value}, "gemma3", "", "")
+    assert tmpl.source == "builtin:gemma"
+    if reason is None:
+        assert tmpl.fallback_reason is None
+    else:
+        assert tmpl.fallback_reason is not None and reason in tmpl.fallback_reason

@@ -23,12 +23,15 @@ FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
 # chat one runs the special tokens and the template's structure through the model.
 PROMPTS = ("plain", "chat", "code")
 
-# Tolerances on |reference - llama.cpp| over the recorded top-20 logits of all 32 steps.
-# Measured (python3 -m pytest tests/test_reference_forward.py -k llama_cpp -s):
-#   smollm2: max 0.00, rms 0.00; gemma3: max 0.00, rms 0.00   (filled in below)
-# llama.cpp differs from itself by ~0.7 max / ~0.25 rms across batch sizes (it
-# quantizes activations to 8 bits), so a float64 reference cannot be much closer.
-TOLERANCES = {"smollm2": (0.7, 0.25), "gemma3": (0.7, 0.25)}  # (max |diff|, rms)
+# Tolerances on |reference - llama.cpp| over the recorded top-20 logits of all 32 steps,
+# measured with `python3 -m pytest tests/test_reference_forward.py -k top20 -s`:
+#   smollm2 plain/chat/code: max 0.79/0.98/0.62, rms 0.24/0.20/0.19 (all 9 prompts:
+#   max <= 1.05, rms <= 0.28). That is llama.cpp's own noise, not the oracle's: the
+#   fixture's self_consistency has llama.cpp differ from itself by 1.08 max / 0.21 rms
+#   (prompt batched vs fed token by token), since it rounds activations to 8 bits for
+#   quantized matmuls; on F32 synthetic models, where it does not, the two agree to
+#   1e-5 (test_synthetic_models_match_llama_cpp). The wrong RoPE mode gives 9-20 max.
+TOLERANCES = {"smollm2": (1.25, 0.30), "gemma3": (1.25, 0.30)}  # (max |diff|, rms)
 
 
 # ---------------------------------------------------------------- llama.cpp fixtures
@@ -86,7 +89,7 @@ def test_greedy_agrees_where_llama_cpp_is_decided(
             if step["values"][0] - step["values"][1] > margin:
                 assert int(logits[i].argmax()) == rec["greedy"][i], f"{model} {rec['name']} step {i}"
                 checked += 1
-    assert checked >= 10 * len(runs), f"only {checked} decided steps: the check would be vacuous"
+    assert checked >= 8 * len(runs), f"only {checked} decided steps: the check would be vacuous"
 
 
 # ---------------------------------------------------------------- synthetic models
@@ -128,6 +131,21 @@ def test_tiny_gemma3_has_llama_cpp_layout(tiny: dict[str, Path]) -> None:
     assert shapes["blk.0.attn_k_norm.weight"] == (32,) and "blk.5.post_ffw_norm.weight" in shapes
 
 
+@pytest.mark.model
+@pytest.mark.parametrize(("arch", "model"), [("llama", "smollm2"), ("gemma3", "gemma3")])
+def test_tiny_models_carry_the_real_models_keys_and_types(arch: str, model: str, tiny: dict[str, Path]) -> None:
+    """Every key the real GGUF has (bar descriptive general.* ones) with the same value type."""
+
+    def key_types(path: Path) -> dict[str, list[str]]:
+        return {k: [t.name for t in f.types] for k, f in GGUFReader(path).fields.items()}
+
+    ours, real = key_types(tiny[arch]), key_types(fetch_known_model(model))
+    descriptive = {"general.name", "general.organization", "general.finetune", "general.basename",
+                   "general.size_label", "general.license", "general.languages", "general.tags"}
+    wanted = {k: v for k, v in real.items() if k not in descriptive}
+    assert {k: ours.get(k) for k in wanted} == wanted
+
+
 @pytest.mark.parametrize("arch", sorted(WRITERS))
 def test_tiny_logits_are_finite_varied_and_causal(arch: str, tiny: dict[str, Path]) -> None:
     # 20 tokens: past Gemma's 8-token sliding window, so windowed layers matter.
@@ -159,6 +177,46 @@ def test_tiny_vocab_builds_a_round_tripping_tokenizer(arch: str, tiny: dict[str,
     ids = tokenizer.tokenize(text, add_special=False)
     assert len(ids) < len(text.encode("utf-8")) - 10  # merges and specials were used
     assert tokenizer.detokenize(ids, special=True) == text
+
+
+# (writer, kwargs, max |diff| and rms tolerated against llama.cpp run live on the file).
+# F32 models take llama.cpp's exact f32 path: measured 4e-6 max / 7e-7 rms for llama;
+# 5e-3 / 1e-3 for gemma3, whose GELU llama.cpp reads from an fp16 table (emulating that
+# table brings it to 1.7e-3). Quantized models add llama.cpp's 8-bit activations:
+# measured 0.25 / 0.06 (llama K-quants) and 0.29 / 0.05 (gemma3 Q5_0); a block decoded
+# differently by the two sides gives rms > 1.
+LIVE_LLAMA_CPP_CASES: dict[str, tuple[Callable[..., Path], dict[str, Any], float, float]] = {
+    "llama-f32": (write_tiny_llama, dict(weight_type=Q.F32, embd_type=Q.F32), 1e-4, 2e-5),
+    "llama-f32-untied": (write_tiny_llama, dict(weight_type=Q.F32, embd_type=Q.F32, tied_output=False), 1e-4, 2e-5),
+    "gemma3-f32": (write_tiny_gemma3, dict(weight_type=Q.F32, embd_type=Q.F32), 2e-2, 3e-3),
+    "llama-k-quants": (write_tiny_llama, dict(n_embd=256, n_ff=512, weight_type=Q.Q4_K, embd_type=Q.Q6_K,
+                                              type_overrides={"ffn_down": Q.Q5_K}), 0.6, 0.15),
+    "gemma3-q5_0": (write_tiny_gemma3, {}, 0.6, 0.15),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIVE_LLAMA_CPP_CASES))
+def test_synthetic_models_match_llama_cpp(case: str, tmp_path: Path) -> None:
+    """llama.cpp itself loads the synthetic GGUFs and agrees with the reference on them.
+
+    Needs the optional llama-cpp-python (pip install -e .[llama-cpp]); skipped without it.
+    """
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    write, kwargs, max_tol, rms_tol = LIVE_LLAMA_CPP_CASES[case]
+    path = write(tmp_path / "m.gguf", **kwargs)
+    # 40 tokens: beyond gemma3's 8-token window, so windowed and global layers both count.
+    ids = [2, *np.random.default_rng(0).integers(10, 300, 39).tolist()]
+    # f32 KV cache and one thread: llama.cpp's most exact configuration.
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_threads=1, logits_all=True,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+    try:
+        llm.eval(ids)
+        theirs = np.array(llm.scores[: len(ids)], dtype=np.float64)
+    finally:
+        llm.close()
+    diff = reference_logits(path, ids) - theirs
+    max_abs, rms = float(np.abs(diff).max()), float(np.sqrt(np.mean(diff**2)))
+    assert max_abs <= max_tol and rms <= rms_tol, f"{case}: max {max_abs:.2e}, rms {rms:.2e}"
 
 
 # Effective bits per weight: quantization error roughly halves with each extra bit.

@@ -22,6 +22,12 @@ from numallm.numa.workers import plan_workers
 FIXTURES = Path("/work/shared/topologies")
 FIXTURE_JSONS = sorted(FIXTURES.glob("*.json"))
 
+# Four fifths of the dumps' files lie below these names (CPU caches and frequencies, PCI
+# devices, memory blocks); the detector reads nothing there, and leaving them out makes
+# the extraction several times faster on a busy disk.
+UNREAD_SUBTREES = ("cache", "cpuidle", "cpufreq", "hugepages", "memory[0-9]*", "pci[0-9]*",
+                   "bus", "class", "firmware", "module")
+
 pytestmark = pytest.mark.skipif(not FIXTURE_JSONS, reason=f"no topology fixtures in {FIXTURES}")
 
 
@@ -33,9 +39,10 @@ def extract(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[str, Any
 
     def root_of(expected: dict[str, Any]) -> str:
         if expected["tarball"] not in done:
-            # GNU tar: ten times faster than tarfile on these thousands of small files;
+            # GNU tar: many times faster than tarfile on these thousands of small files;
             # it refuses absolute and ../ member names by default
-            subprocess.run(["tar", "-xjf", str(FIXTURES / expected["tarball"]), "-C", str(dest)], check=True)
+            subprocess.run(["tar", "-xjf", str(FIXTURES / expected["tarball"]), "-C", str(dest),
+                            *(f"--exclude={name}" for name in UNREAD_SUBTREES)], check=True)
             done.add(expected["tarball"])
         return str(dest / expected["fsroot"])
     return root_of

@@ -51,5 +51,4 @@ def describe(md: Mapping[str, Any], path: str) -> ArchSpec:
         matrices=tuple(f"blk.{{}}.{n}.weight" for n in
                        ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")),
         vectors=("blk.{}.attn_norm.weight", "blk.{}.ffn_norm.weight", None, None, None, None),
-        chat_fallback="chatml",
     )

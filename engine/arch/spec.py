@@ -51,7 +51,6 @@ class ArchSpec:
     token_embd: str = "token_embd.weight"
     output: str = "output.weight"         # falls back to token_embd when absent (tied)
     output_norm: str = "output_norm.weight"
-    chat_fallback: str = "chatml"
 
 
 def get_key(md: Mapping[str, Any], key: str, path: str, default: Any = None) -> Any:
