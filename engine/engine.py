@@ -131,7 +131,7 @@ class Engine:
         tmpl = ChatTemplate.from_metadata(md, self.spec.name, bos, eos)
         if self.verbose and tmpl.source != "gguf":
             why = f" ({tmpl.fallback_reason})" if tmpl.fallback_reason else ""
-            _log(f"chat template: using the built-in {tmpl.source}{why}")
+            _log(f"chat template: the file has none usable, using {tmpl.source}{why}")
         return tmpl
 
     def _warmup(self) -> None:

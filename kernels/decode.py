@@ -1,8 +1,9 @@
-"""Portable Numba decoders: GGUF blocks -> float32, one row at a time.
+"""Portable Numba decoders: packed rows -> float32, one row at a time.
 
 Each `decode_<type>(w, o, nb, y)` turns the `nb` consecutive blocks at byte offset `o`
 of the uint8 buffer `w` into y[0 : nb * block_size]. The bit layouts follow
-gguf.quants (ggml's reference dequantizers); the tests compare against it.
+gguf.quants (ggml's reference dequantizers), except Q4_0, Q4_1 and Q8_0, which are
+read in the grouped layout of kernels/repack.py; the tests compare against gguf.
 `decode_row(qcode, ...)` dispatches on the integer GGML type code.
 """
 
@@ -35,27 +36,38 @@ def decode_bf16(w, o, nb, y):  # type: ignore[no-untyped-def]
         y[i] = u32_bits_to_f32((np.uint32(w[p]) << np.uint32(16)) | (np.uint32(w[p + 1]) << np.uint32(24)))
 
 
+@njit(inline="always", cache=True)
+def grouped_nibble(w, qo, g, j, e):  # type: ignore[no-untyped-def]
+    """Quant e of block j of a Q4 group of g blocks whose quants start at byte qo
+    (kernels/repack.py: pairs of blocks share 32 bytes; an odd last block has 16)."""
+    if j < g - (g & 1):
+        return (at(w, qo + 32 * (j >> 1) + e) >> (4 * (j & 1))) & 15
+    return (at(w, qo + 32 * (j >> 1) + (e & 15)) >> (4 * (e >> 4))) & 15
+
+
 @njit(nogil=True, cache=True)
 def decode_q4_0(w, o, nb, y):  # type: ignore[no-untyped-def]
-    for b in range(nb):
-        p = o + 18 * b
-        d = load_f16(w, p)
-        for j in range(16):
-            q = w[p + 2 + j]
-            y[32 * b + j] = d * np.float32(np.int32(q & 15) - 8)
-            y[32 * b + j + 16] = d * np.float32(np.int32(q >> 4) - 8)
+    # Grouped layout (kernels/repack.py): [d x g] [quants].
+    for g0 in range(0, nb, 8):
+        g = min(8, nb - g0)
+        base = o + 18 * g0
+        for j in range(g):
+            d = load_f16(w, base + 2 * j)
+            for e in range(32):
+                y[32 * (g0 + j) + e] = d * np.float32(np.int32(grouped_nibble(w, base + 2 * g, g, j, e)) - 8)
 
 
 @njit(nogil=True, cache=True)
 def decode_q4_1(w, o, nb, y):  # type: ignore[no-untyped-def]
-    for b in range(nb):
-        p = o + 20 * b
-        d = load_f16(w, p)
-        m = load_f16(w, p + 2)
-        for j in range(16):
-            q = w[p + 4 + j]
-            y[32 * b + j] = d * np.float32(q & 15) + m
-            y[32 * b + j + 16] = d * np.float32(q >> 4) + m
+    # Grouped layout (kernels/repack.py): [d x g] [m x g] [quants].
+    for g0 in range(0, nb, 8):
+        g = min(8, nb - g0)
+        base = o + 20 * g0
+        for j in range(g):
+            d = load_f16(w, base + 2 * j)
+            m = load_f16(w, base + 2 * g + 2 * j)
+            for e in range(32):
+                y[32 * (g0 + j) + e] = d * np.float32(grouped_nibble(w, base + 4 * g, g, j, e)) + m
 
 
 @njit(nogil=True, cache=True)
@@ -89,11 +101,14 @@ def decode_q5_1(w, o, nb, y):  # type: ignore[no-untyped-def]
 
 @njit(nogil=True, cache=True)
 def decode_q8_0(w, o, nb, y):  # type: ignore[no-untyped-def]
-    for b in range(nb):
-        p = o + 34 * b
-        d = load_f16(w, p)
-        for j in range(32):
-            y[32 * b + j] = d * np.float32(np.int8(w[p + 2 + j]))
+    # Grouped layout (kernels/repack.py): [d x g] [32 int8 x g].
+    for g0 in range(0, nb, 8):
+        g = min(8, nb - g0)
+        base = o + 34 * g0
+        for j in range(g):
+            d = load_f16(w, base + 2 * j)
+            for e in range(32):
+                y[32 * (g0 + j) + e] = d * np.float32(np.int8(at(w, base + 2 * g + 32 * j + e)))
 
 
 @njit(nogil=True, cache=True)

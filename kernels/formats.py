@@ -1,8 +1,9 @@
 """Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
 
-The kernels read the file's own block layout (see docs in kernels/__init__.py for why),
-so packing is a copy at most: `--load-mode mmap` stays zero-copy, a shard is any row
-range, and the packed size is exactly the file's.
+Q4_0, Q4_1 and Q8_0 rows are regrouped at load (kernels/repack.py: the kernels run
+about twice as fast on it); every other type is read in the file's own block layout,
+so for those packing is zero-copy. Either way a row keeps its size and its place:
+the packed size is the file's and a shard is any row range.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from numallm.errors import UnsupportedError
+from numallm.kernels.repack import GROUPED, pack_grouped
 
 SUPPORTED_TYPES: frozenset[T] = frozenset(
     {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
@@ -66,11 +68,18 @@ def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
 
 
 def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The kernel layout of rows [0, rows) given as raw file bytes (zero copy without `out`)."""
+    """The kernel layout of rows [0, rows) given as raw file bytes; `out` (uint8, at least
+    packed_nbytes) receives it if given, else a new array does, or for the types read
+    in file layout `raw` itself (zero copy)."""
     n = packed_nbytes(qtype, rows, cols)
     flat = raw.reshape(-1)
     if flat.dtype != np.uint8 or flat.size < n:
         raise ValueError(f"pack: need {n} uint8 bytes for {rows} rows of {cols} {T(qtype).name}, got {flat.size} {flat.dtype}")
+    qtype = T(qtype)
+    if qtype in GROUPED:
+        dest = np.empty(n, np.uint8) if out is None else out
+        pack_grouped(qtype, flat, rows, cols, dest.reshape(-1))
+        return dest
     if out is None:
         return flat[:n]
     out.reshape(-1)[:n] = flat[:n]

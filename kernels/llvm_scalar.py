@@ -30,20 +30,27 @@ def u32_bits_to_f32(typingctx, bits):  # type: ignore[no-untyped-def]
 
 
 def half_to_float(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
-    """float32 of the i16 half bit pattern h."""
+    """float32 of the half bit pattern h: an i16 scalar, or a vector of i16 (lane-wise)."""
+    n = h.type.count if isinstance(h.type, ir.VectorType) else 0
+
+    def ty(scalar: ir.Type) -> ir.Type:
+        return ir.VectorType(scalar, n) if n else scalar
+
+    def const(scalar: ir.Type, value: object) -> ir.Constant:
+        return ir.Constant(ty(scalar), [value] * n if n else value)
+
+    i32, f32 = ir.IntType(32), ir.FloatType()
     if "f16c" in target_features():
-        return builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
-    i32 = ir.IntType(32)
-    v = builder.zext(h, i32)
+        return builder.fpext(builder.bitcast(h, ty(ir.HalfType())), ty(f32))
+    v = builder.zext(h, ty(i32))
     # Magnitude bits moved into float position, then scaled by 2**112 to re-bias the
     # exponent (this also normalises half subnormals); inf/nan get the full exponent.
-    mag = builder.shl(builder.and_(v, ir.Constant(i32, 0x7FFF)), ir.Constant(i32, 13))
-    scaled = builder.bitcast(builder.fmul(builder.bitcast(mag, ir.FloatType()),
-                                          ir.Constant(ir.FloatType(), 2.0 ** 112)), i32)
-    is_special = builder.icmp_unsigned("==", builder.and_(v, ir.Constant(i32, 0x7C00)), ir.Constant(i32, 0x7C00))
-    bits = builder.select(is_special, builder.or_(mag, ir.Constant(i32, 0x7F800000)), scaled)
-    sign = builder.shl(builder.and_(v, ir.Constant(i32, 0x8000)), ir.Constant(i32, 16))
-    return builder.bitcast(builder.or_(bits, sign), ir.FloatType())
+    mag = builder.shl(builder.and_(v, const(i32, 0x7FFF)), const(i32, 13))
+    scaled = builder.bitcast(builder.fmul(builder.bitcast(mag, ty(f32)), const(f32, 2.0 ** 112)), ty(i32))
+    is_special = builder.icmp_unsigned("==", builder.and_(v, const(i32, 0x7C00)), const(i32, 0x7C00))
+    bits = builder.select(is_special, builder.or_(mag, const(i32, 0x7F800000)), scaled)
+    sign = builder.shl(builder.and_(v, const(i32, 0x8000)), const(i32, 16))
+    return builder.bitcast(builder.or_(bits, sign), ty(f32))
 
 
 def _elem_ptr(context, builder, arrty, arr, idx, elty):  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
 
 from numallm.kernels.cpu import has_avx2, has_vnni256
+from numallm.kernels.llvm_scalar import half_to_float
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32 = ir.FloatType()
@@ -188,6 +189,55 @@ def vhsum(typingctx, a):  # type: ignore[no-untyped-def]
             v = builder.fadd(v, builder.shuffle_vector(v, ir.Constant(V8F32, ir.Undefined), mask))
         return builder.extract_element(v, ir.Constant(I32, 0))
     return types.float32(f32x8), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """a * b, lane by lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fmul(args[0], args[1])
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def vfmav(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
+    """acc + a * b, lane by lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _fma(builder, args[1], args[2], args[0])
+    return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def vlane(typingctx, a, i):  # type: ignore[no-untyped-def]
+    """Lane i of a, as float32 (i a constant after unrolling: one shuffle)."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.extract_element(args[0], builder.trunc(args[1], I32) if args[1].type.width > 32 else args[1])
+    return types.float32(f32x8, i), codegen
+
+
+@intrinsic
+def vload8(typingctx, a, off):  # type: ignore[no-untyped-def]
+    """a[off:off+8] of a float32 array as F32x8, unchecked."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [_as_i64(builder, args[1])]), V8F32.as_pointer())
+        return builder.load(ptr, align=4)
+    return f32x8(a, off), codegen
+
+
+@intrinsic
+def vload_h8(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """The 8 float16 at bytes w[p:p+16] as F32x8 (one vcvtph2ps with F16C)."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
+        return half_to_float(builder, builder.bitcast(raw, ir.VectorType(I16, 8)))
+    return f32x8(w, p), codegen
 
 
 # ---- integer block dot products ----------------------------------------------------

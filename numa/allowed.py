@@ -37,19 +37,21 @@ def read_restriction(fs: SysfsRoot, live: bool) -> Restriction:
 def _cpuset_limits(fs: SysfsRoot) -> tuple[frozenset[int] | None, frozenset[int] | None]:
     """(cpus, mems) of the first cgroup/cpuset mount that has this process's cpuset files."""
     cpuset_path = fs.text("proc/self/cpuset")
-    v1_path = v2_path = None
+    v1_path: str | None = None
+    v2_path: str | None = None
     for line in (fs.text("proc/self/cgroup") or "").splitlines():
         hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
+        controllers, _, group = rest.partition(":")
         if "cpuset" in controllers.split(","):
-            v1_path = path
+            v1_path = group
         elif hierarchy == "0" and controllers == "":
-            v2_path = path
+            v2_path = group
     for line in (fs.text("proc/mounts") or "").splitlines():
         fields = line.split()
         if len(fields) < 4:
             continue
         mount_point, fstype, options = fields[1], fields[2], fields[3].split(",")
+        path: str | None
         if fstype == "cpuset":  # the legacy cpuset filesystem
             names, path = ("cpus", "mems"), cpuset_path or v1_path
         elif fstype == "cgroup" and "cpuset" in options:

@@ -9,8 +9,8 @@ symbols): we warn once and keep running; only a request that needs it fails.
 
 import ctypes
 import functools
-import os
 import logging
+import os
 from collections.abc import Sequence
 
 from numallm.errors import TopologyError

@@ -137,7 +137,7 @@ def current_node() -> int:
 
 
 def _slot() -> WorkerSlot:
-    slot = getattr(_local, "slot", None)
+    slot: WorkerSlot | None = getattr(_local, "slot", None)
     if slot is None:
         raise RuntimeError("current_node()/current_worker() called outside a WorkerPool worker thread")
     return slot
@@ -147,28 +147,34 @@ class WorkerPool:
     """One long-lived thread per slot, pinned to the slot's CPU.
 
     run(fn, *args) calls fn(slot, *args) on every worker at once and waits for all of
-    them: one Condition handshake per call, so it is cheap enough to call once per token.
+    them. The handshake is one plain lock per worker to start it and one lock the last
+    finisher releases (no Condition: waking N threads through one would make them
+    queue on its lock), so run() is cheap enough to call once per token.
     """
 
     def __init__(self, plan: Sequence[WorkerSlot]) -> None:
         if not plan:
             raise BadInputError("a worker pool needs at least one worker")
         self.plan = tuple(plan)
-        self._cond = threading.Condition()
-        self._call_lock = threading.Lock()  # one run() at a time
-        self._generation = 0
+        n = len(self.plan)
+        self._go = [threading.Lock() for _ in range(n)]  # held = worker i must wait
+        for go in self._go:
+            go.acquire()
+        self._done = threading.Lock()  # released by the last worker to finish
+        self._done.acquire()
+        self._count_lock = threading.Lock()
+        self._remaining = n  # the first handshake: every worker has pinned itself
+        self._call_lock = threading.Lock()  # one run() or close() at a time
         self._job: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
-        self._results: list[Any] = [None] * len(self.plan)
-        self._errors: list[BaseException | None] = [None] * len(self.plan)
-        self._pending = len(self.plan)  # the first handshake: every worker pinned itself
+        self._results: list[Any] = [None] * n
+        self._errors: list[BaseException | None] = [None] * n
         self._closed = False
-        self._threads = [threading.Thread(target=self._serve, args=(slot,), daemon=True,
+        self._threads = [threading.Thread(target=self._serve, args=(i, slot), daemon=True,
                                           name=f"numallm-worker-{slot.worker}")
-                         for slot in self.plan]
+                         for i, slot in enumerate(self.plan)]
         for t in self._threads:
             t.start()
-        with self._cond:
-            self._cond.wait_for(lambda: self._pending == 0)
+        self._done.acquire()
         failed = [(s, e) for s, e in zip(self.plan, self._errors) if e is not None]
         if failed:
             self.close()
@@ -176,50 +182,50 @@ class WorkerPool:
             raise TopologyError(f"cannot pin worker {slot.worker} to CPU {slot.cpu}: {exc}; "
                                 "is that CPU allowed (taskset, numactl, cpuset)?")
 
-    def _serve(self, slot: WorkerSlot) -> None:
-        i = slot.worker
+    def _finished_one(self) -> None:
+        with self._count_lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._done.release()
+
+    def _serve(self, i: int, slot: WorkerSlot) -> None:
         try:
             os.sched_setaffinity(0, {slot.cpu})  # 0 = the calling thread
             _local.slot = slot
         except OSError as exc:
             self._errors[i] = exc
-        seen = 0
-        with self._cond:
-            self._pending -= 1
-            self._cond.notify_all()
-        if self._errors[i] is not None:
+        pinned = self._errors[i] is None
+        self._finished_one()
+        if not pinned:
             return
+        go = self._go[i]
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._generation != seen or self._closed)
-                if self._generation == seen:  # closed with no call waiting for this worker
-                    return
-                seen = self._generation
-                fn, args = self._job  # type: ignore[misc]
+            go.acquire()
+            job = self._job
+            if job is None:  # close()
+                return
+            fn, args = job
             try:
                 self._results[i] = fn(slot, *args)
-            except BaseException as exc:  # handed to the caller of run()
+            except BaseException as exc:  # noqa: BLE001  handed to the caller of run()
                 self._errors[i] = exc
-            with self._cond:
-                self._pending -= 1
-                if self._pending == 0:
-                    self._cond.notify_all()
+            self._finished_one()
 
     def run(self, fn: Callable[..., R], *args: Any) -> list[R]:
-        """fn(slot, *args) on every worker concurrently; results in worker order.
-        The first worker (in worker order) that raised has its exception re-raised here."""
+        """fn(slot, *args) on every worker concurrently; results in plan order.
+        The first worker (in plan order) that raised has its exception re-raised here."""
         with self._call_lock:
-            with self._cond:
-                if self._closed:
-                    raise RuntimeError("this WorkerPool is closed")
-                self._job = (fn, args)
-                self._results = [None] * len(self.plan)
-                self._errors = [None] * len(self.plan)
-                self._pending = len(self.plan)
-                self._generation += 1
-                self._cond.notify_all()
-                self._cond.wait_for(lambda: self._pending == 0)
-                self._job = None
+            if self._closed:
+                raise RuntimeError("this WorkerPool is closed")
+            n = len(self.plan)
+            self._results, self._errors = [None] * n, [None] * n
+            self._remaining = n
+            self._job = (fn, args)
+            for go in self._go:
+                go.release()
+            self._done.acquire()
+            self._job = None
             results, errors = self._results, self._errors
         for exc in errors:
             if exc is not None:
@@ -227,13 +233,17 @@ class WorkerPool:
         return results
 
     def close(self) -> None:
-        """Stop and join every worker; closing again does nothing."""
-        with self._cond:
+        """Stop and join every worker (waiting for a run() under way); closing again does
+        nothing. Not for calling from inside a worker."""
+        with self._call_lock:
+            if self._closed:
+                return
             self._closed = True
-            self._cond.notify_all()
+            self._job = None
+            for go in self._go:
+                go.release()  # a worker that failed to pin never takes it: harmless
         for t in self._threads:
-            if t is not threading.current_thread():
-                t.join()
+            t.join()
 
     def __enter__(self) -> "WorkerPool":
         return self

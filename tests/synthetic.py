@@ -107,10 +107,16 @@ def _write(
     s: Shape,
     tensors: dict[str, np.ndarray],
     weight_type: GGMLQuantizationType,
-    types: Mapping[str, GGMLQuantizationType],
+    embd_type: GGMLQuantizationType,
+    type_overrides: Mapping[str, GGMLQuantizationType] | None,
     add_keys: Callable[[GGUFWriter], None],
 ) -> Path:
     """The GGUF both writers produce: shared keys, add_keys' extras, then the tensors."""
+    kinds = {name.rsplit(".", 1)[-1] for name in tensors}
+    unknown = set(type_overrides or {}) - kinds
+    if unknown:
+        raise ValueError(f"type_overrides names {sorted(unknown)}; this model's tensors are {sorted(kinds)}")
+    types = {"token_embd": embd_type, "output": embd_type, **(type_overrides or {})}
     for qtype in {weight_type, *types.values()}:
         if qtype not in SUPPORTED_TYPES:
             raise ValueError(f"{qtype.name} is not one of {sorted(t.name for t in SUPPORTED_TYPES)}")
@@ -198,8 +204,8 @@ def write_tiny_llama(
         _add_vocab(w, vocab, "gpt2", tokenizer_pre, bos=1, eos=2, unk=0, pad=2, add_bos=add_bos)
         w.add_chat_template(CHATML_TEMPLATE)
 
-    types = {"token_embd": embd_type, "output": embd_type, **(type_overrides or {})}
-    return _write(path, "llama", s, _random_tensors(s, seed, False, tied_output), weight_type, types, keys)
+    tensors = _random_tensors(s, seed, False, tied_output)
+    return _write(path, "llama", s, tensors, weight_type, embd_type, type_overrides, keys)
 
 
 def write_tiny_gemma3(
@@ -245,5 +251,5 @@ def write_tiny_gemma3(
         w.add_add_eos_token(False)
         w.add_add_sep_token(False)
 
-    types = {"token_embd": embd_type, **(type_overrides or {})}
-    return _write(path, "gemma3", s, _random_tensors(s, seed, True, True), weight_type, types, keys)
+    tensors = _random_tensors(s, seed, True, True)
+    return _write(path, "gemma3", s, tensors, weight_type, embd_type, type_overrides, keys)

@@ -253,3 +253,12 @@ def test_k_quant_encoder_round_trips_through_gguf(qtype: Q) -> None:
     levels = {Q.Q4_K: 15, Q.Q5_K: 31, Q.Q6_K: 31}[qtype]
     step = (blocks.max(axis=1) - np.minimum(blocks.min(axis=1), 0)) / levels
     assert (err.max(axis=1) <= step + 1e-7).all(), err.max(axis=1) / np.maximum(step, 1e-12)
+
+
+def test_bad_requests_are_clear_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of 256"):
+        write_tiny_llama(tmp_path / "k.gguf", weight_type=Q.Q4_K)  # n_embd 64
+    with pytest.raises(ValueError, match="type_overrides"):
+        write_tiny_llama(tmp_path / "o.gguf", type_overrides={"ffn_dwn": Q.Q8_0})
+    with pytest.raises(ValueError, match="within 0..319"):
+        reference_logits(tiny["llama"], [1, 320])

@@ -57,7 +57,8 @@ except TopologyError as exc:
 
 
 def test_without_libnuma_one_warning_and_binding_names_the_package() -> None:
-    run = subprocess.run([sys.executable, "-c", WITHOUT_LIBNUMA], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", WITHOUT_LIBNUMA], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert run.returncode == 0, run.stderr
     warnings = [line for line in run.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "libnuma1" in warnings[0]

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from numallm.engine.arch import llama
+from numallm.engine.arch import gemma3, llama
 from numallm.engine.arch.spec import ArchSpec
 from numallm.errors import UnsupportedError
 
-ARCHITECTURES = {"llama": llama.describe}
+ARCHITECTURES = {"gemma3": gemma3.describe, "llama": llama.describe}
 
 
 def describe(md: Mapping[str, Any], path: str) -> ArchSpec:
