@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from numallm import __version__
-from numallm.engine.options import KV_TYPES, LOAD_MODES, NUMA_MODES
-from numallm.errors import BadInputError, NumallmError
+from numallm.engine.options import KV_TYPES, LOAD_MODE_ALIASES, LOAD_MODES, NUMA_MODES, load_mode_from_flags
+from numallm.errors import BadInputError, NumallmError, TopologyError
 
 
 
@@ -46,8 +47,13 @@ def _shared_options() -> argparse.ArgumentParser:
     g.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES,
                    help="KV cache type for V (default f16)")
     g.add_argument("--numa", default="auto", choices=NUMA_MODES, help="weight placement (default auto)")
-    g.add_argument("--load-mode", default="auto", choices=LOAD_MODES,
-                   help="how weights are read: mmap = map the file, none = plain reads (default auto)")
+    g.add_argument("--load-mode", default=None, choices=LOAD_MODES,
+                   help="how weights are read: mmap = map the file, mlock = map and lock it in RAM, "
+                   "dio = O_DIRECT reads, none = plain reads; auto = mmap unless the NUMA mode "
+                   "copies (default auto)")
+    for flag, mode in LOAD_MODE_ALIASES.items():
+        g.add_argument(flag, dest="load_aliases", action="append_const", const=flag,
+                       help=f"llama.cpp alias of --load-mode {mode}")
     g.add_argument("--root", default="/", help="read the topology from this sysfs root prefix (default /)")
     g.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
     g.add_argument("-v", "--verbose", action="store_true", help="say what is being done on stderr")
@@ -99,7 +105,10 @@ def _engine(args: argparse.Namespace) -> Any:
 
     if args.cache_type_k != args.cache_type_v:
         raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
-    return Engine(args.model, numa=args.numa, load_mode=args.load_mode, threads=args.threads,
+    load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
+    if note:
+        print(f"numallm: note: {note}", file=sys.stderr)
+    return Engine(args.model, numa=args.numa, load_mode=load_mode, threads=args.threads,
                   ctx_size=args.ctx_size, kv_type=args.cache_type_k, smt=args.smt, verbose=args.verbose)
 
 
@@ -163,14 +172,34 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     from numallm.numa.topology import detect
     from numallm.numa.workers import plan_workers
 
-    topo = detect(args.root)
+    try:
+        topo = detect(args.root)
+    except TopologyError as e:
+        if args.root == "/":
+            raise
+        raise BadInputError(str(e)) from None  # a recorded root the user gave us is input
     plan = plan_workers(topo, args.threads, args.smt)
     print(json.dumps(to_json(topo, plan), indent=2) if args.json else render_text(topo, plan))
     return 0
 
 
+class _LowercaseLevel(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"numallm: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LowercaseLevel())
+    root = logging.getLogger("numallm")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

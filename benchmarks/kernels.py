@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.kernels.bandwidth import memory_read_bandwidth, run_pinned
 from numallm.kernels.cpu import simd_path

@@ -194,12 +194,14 @@ class _Cursor:
         if etype == GGUFValueType.STRING:
             # Each string takes at least its 8-byte length prefix.
             if count * 8 > self.size - self.pos:
-                raise self.fail(f"array {shown} claims {count} strings, more than the file holds", start)
+                raise self.fail(f"truncated or corrupt file: array {shown} claims {count} strings, "
+                                f"more than the file holds", start)
             return self.string_array(count, shown)
         dtype = np.dtype(_NUMPY_DTYPES[etype])
         nbytes = count * dtype.itemsize
         if nbytes > self.size - self.pos:
-            raise self.fail(f"array {shown} claims {count} elements, more than the file holds", start)
+            raise self.fail(f"truncated or corrupt file: array {shown} claims {count} elements, "
+                            f"more than the file holds", start)
         out = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
         self.pos += nbytes
         return out
@@ -216,9 +218,12 @@ class _Cursor:
                 raise self.fail(f"truncated or corrupt file: length of element {i} of {shown} "
                                 f"needs 8 bytes, only {size - pos} remain")
             (n,) = unpack(buf, pos)
-            if n > MAX_STRING_LEN or n > size - pos - 8:
-                raise self.fail(f"element {i} of {shown} has length {n}, more than "
-                                f"{'the limit' if n > MAX_STRING_LEN else 'the file holds'}", pos)
+            if n > MAX_STRING_LEN:
+                raise self.fail(f"element {i} of {shown} has length {n}, over the limit "
+                                f"of {MAX_STRING_LEN}", pos)
+            if n > size - pos - 8:
+                raise self.fail(f"truncated or corrupt file: element {i} of {shown} has "
+                                f"length {n}, more than the file holds", pos)
             pos += 8
             append(str(buf[pos:pos + n], "utf-8", "surrogateescape"))
             pos += n

@@ -71,8 +71,10 @@ def _byte_decoder() -> dict[int, int]:
     return {cp: b for b, cp in table.items()}
 
 
-# str.translate table turning stand-ins into latin-1 characters, i.e. into their bytes.
-_TO_LATIN1 = {cp: chr(b) for cp, b in _byte_decoder().items()}
+_BYTE_OF = _byte_decoder()
+# str.translate table turning stand-ins into latin-1 characters, i.e. into their bytes, and
+# latin-1 characters that stand for nothing into one that will not encode.
+_TO_LATIN1 = {cp: chr(b) for cp, b in _BYTE_OF.items()} | {c: "\uffff" for c in range(256) if c not in _BYTE_OF}
 
 # llama.cpp's three clean-up passes (llama_vocab::impl::detokenize), as byte regexes.
 _CLEAN = ((re.compile(rb" (?=[?!.,])"), b""),
@@ -106,7 +108,7 @@ class ByteLevelBPE:
             [pre_tokenizers.Split(Regex(r), "isolated") for r in pre.regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         self._hf = hf
-        self.clean_spaces = pre.clean_spaces
+        self._clean_spaces = pre.clean_spaces
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
@@ -114,22 +116,22 @@ class ByteLevelBPE:
     @staticmethod
     def normal_piece(text: str) -> bytes:
         """The bytes a normal token stands for."""
-        latin = text.translate(_TO_LATIN1)
         try:
-            return latin.encode("latin-1")
+            return text.translate(_TO_LATIN1).encode("latin-1")
         except UnicodeEncodeError:
             # A character outside GPT-2's alphabet: llama.cpp renders it as [UNK_BYTE_0x..].
             out = bytearray()
             for ch in text:
-                if ord(ch) in _TO_LATIN1:
-                    out.append(ord(_TO_LATIN1[ord(ch)]))
-                else:
+                byte = _BYTE_OF.get(ord(ch))
+                if byte is None:
                     out += b"[UNK_BYTE_0x" + ch.encode().hex().encode() + text.encode() + b"]"
+                else:
+                    out.append(byte)
             return bytes(out)
 
     def clean(self, data: bytes) -> bytes:
         """llama.cpp's clean-up of spaces before punctuation and contractions, if this pre wants it."""
-        if self.clean_spaces:
+        if self._clean_spaces:
             for pattern, repl in _CLEAN:
                 data = pattern.sub(repl, data)
         return data

@@ -20,8 +20,6 @@ SPACE = "\u2581"  # '▁', SentencePiece's visible space
 class SentencePieceBPE:
     """Encodes raw text fragments (special tokens already split out) to ids."""
 
-    clean_spaces = False
-
     def __init__(self, vocab: Vocab) -> None:
         if vocab.scores is None:
             raise ModelFormatError(f"SentencePiece tokenizer without {KEY}scores; the GGUF is incomplete")
@@ -93,4 +91,5 @@ class SentencePieceBPE:
         return text.replace(SPACE, " ").encode("utf-8")
 
     def clean(self, data: bytes) -> bytes:
+        """SentencePiece vocabularies need no clean-up after detokenizing."""
         return data

@@ -1,14 +1,20 @@
 """From a GGUF file to the flat weight buffer and tables the decoder reads.
 
-Matrices go into one uint8 buffer in the kernels' layout (the file mapping itself when
-the kernels read the file's own layout and the load mode maps the file), norm vectors
-into one float32 array. Every tensor is checked against the architecture's expected
-shape and the kernels' supported types before any byte is copied.
+Matrices go into one uint8 buffer in the kernels' layout, norm vectors into one float32
+array. Every tensor is checked against the architecture's expected shape and the
+kernels' supported types before any byte is read. How the bytes get into memory is the
+load mode (see resolve_load_mode): the file mapping used in place, or an image of the
+file's tensor data read into anonymous memory by engine/load_reads.py. While the kernels
+read the file's own layout, mmap and mlock use the mapping in place; otherwise the
+image is a copy whose matrices are repacked in place (the kernels' layouts keep each
+row's size), at the file's offsets minus the image's start.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,11 +23,10 @@ from gguf import GGMLQuantizationType
 from numallm import kernels
 from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
-from numallm.errors import ModelFormatError
-from numallm.progress import progress_bar
-
-_ALIGN = 64  # cache-line alignment of every matrix in a copied buffer
-
+from numallm.engine.load_lock import PageLock
+from numallm.engine.load_pages import align_down, anonymous
+from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
+from numallm.errors import ModelFormatError, NumallmError
 
 @dataclass
 class Weights:
@@ -34,17 +39,36 @@ class Weights:
     qtypes: frozenset[GGMLQuantizationType]
     matrix_bytes: int
     mapped: bool             # buf is a read-only mapping of the file
-    _mmap: mmap.mmap | None = field(default=None, repr=False)
+    load_mode: str = "mmap"  # the mode used: mmap, mlock, dio or none (auto resolved)
+    direct: bool = False     # dio read with O_DIRECT to the end (no fallback)
+    _maps: list[mmap.mmap] = field(default_factory=list, repr=False)
+    _lock: PageLock | None = field(default=None, repr=False)
 
     def close(self) -> None:
-        """Drop the buffers; a mapping is unmapped once nothing else refers to it."""
+        """Unlock and drop the buffers; a mapping is unmapped once nothing else refers to it."""
+        if self._lock is not None:
+            self._lock.unlock()  # now: a view still alive elsewhere must not keep pages locked
+            self._lock = None
         self.buf = np.empty(0, np.uint8)
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # a view is still alive somewhere; the GC unmaps it later
-            self._mmap = None
+        _close_quietly(self._maps)
+        self._maps.clear()
+
+
+def _close_quietly(maps: list[mmap.mmap]) -> None:
+    for m in maps:
+        try:
+            m.close()
+        except BufferError:
+            pass  # a view is still alive somewhere (a traceback's frame, a caller): the GC unmaps it
+
+
+def resolve_load_mode(load_mode: str, numa_copies: bool = False) -> str:
+    """auto: use the mapping in place unless the NUMA mode copies the weights anyway, then
+    read straight into the copies (buffered: O_DIRECT is never a default, it halved decode
+    speed on dual-socket machines when llama.cpp made it one)."""
+    if load_mode != "auto":
+        return load_mode
+    return "none" if numa_copies else "mmap"
 
 
 def _expected_shapes(hp: HParams) -> dict[str, tuple[int, int]]:
@@ -70,7 +94,7 @@ def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int) -> None:
     kernels.check_type(t.qtype, t.name, t.cols)
 
 
-def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto") -> Weights:
+def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False) -> Weights:
     """Check every tensor, then map or read the file and lay the weights out."""
     hp = spec.hparams
     shapes = _expected_shapes(hp)
@@ -95,52 +119,28 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto") -> Weigh
     onorm = _tensor(gf, spec.output_norm)
     _check_vector(gf, onorm, hp.n_embd)
 
-    with open(gf.path, "rb") as f:
-        fmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    data = np.frombuffer(fmap, dtype=np.uint8)
     all_mats = [t for _, t in matrices] + [embd] + ([out] if out is not embd else [])
-    mode = "mmap" if load_mode == "auto" else load_mode
-
-    # Pack each matrix once; zero-copy where the kernels read the file's layout.
-    packed: dict[str, np.ndarray] = {}
-    bar = progress_bar(sum(t.nbytes for t in all_mats), "loading weights")
-    for t in all_mats:
-        raw = data[t.offset:t.offset + t.nbytes]
-        packed[t.name] = kernels.pack(t.qtype, raw, t.rows, t.cols)
-        bar.update(t.nbytes)
-    bar.close()
-    zero_copy = mode == "mmap" and all(np.shares_memory(packed[t.name], data) for t in all_mats)
-
-    if zero_copy:
-        buf = data
-        offsets = {t.name: t.offset for t in all_mats}
-        sizes = {t.name: t.nbytes for t in all_mats}
-        keep_map: mmap.mmap | None = fmap
+    vec_list = [t for _, t in vectors] + [onorm]
+    mode = resolve_load_mode(load_mode, numa_copies)
+    in_place = mode in ("mmap", "mlock") and all(_file_layout(t.qtype, t.cols) for t in all_mats)
+    if in_place:
+        image, base, maps, direct = _mapped_image(gf, all_mats + vec_list)
     else:
-        offsets, sizes, total = {}, {}, 0
-        for t in all_mats:
-            offsets[t.name] = total
-            sizes[t.name] = packed[t.name].nbytes
-            total += (packed[t.name].nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-        buf = np.empty(total, np.uint8)
-        for t in all_mats:
-            buf[offsets[t.name]:offsets[t.name] + sizes[t.name]] = packed[t.name]
-        keep_map = None
+        image, base, maps, direct = _read_image(gf, all_mats, vec_list, mode)
 
     def entry(t: TensorInfo) -> list[int]:
-        return [int(t.qtype), t.rows, t.cols, offsets[t.name], sizes[t.name], kernels.row_group(t.qtype)]
+        return [int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, kernels.row_group(t.qtype)]
 
     wtab = np.zeros((hp.n_layer, len(MATRICES), 6), np.int64)
     for (il, m), t in matrices:
         wtab[il, m] = entry(t)
     gtab = np.array([entry(embd), entry(out)], np.int64)
 
-    vec_list = [t for _, t in vectors] + [onorm]
     vecs = np.empty(sum(t.shape[0] for t in vec_list), np.float32)
     vpos: dict[str, int] = {}
     pos = 0
     for t in vec_list:
-        vecs[pos:pos + t.shape[0]] = data[t.offset:t.offset + t.nbytes].view(np.float32)
+        vecs[pos:pos + t.shape[0]] = image[t.offset - base:t.offset - base + t.nbytes].view(np.float32)
         vpos[t.name] = pos
         pos += t.shape[0]
     vtab = np.zeros((hp.n_layer, len(VECTORS), 2), np.int64)
@@ -148,16 +148,72 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto") -> Weigh
         vtab[il, v] = (vpos[t.name], t.shape[0])
     gvec = np.array([vpos[onorm.name], onorm.shape[0]], np.int64)
 
-    packed.clear()
-    del data
-    if keep_map is None:
+    w = Weights(buf=image, wtab=wtab, gtab=gtab, vecs=vecs, vtab=vtab, gvec=gvec,
+                qtypes=frozenset(t.qtype for t in all_mats), matrix_bytes=sum(t.nbytes for t in all_mats),
+                mapped=in_place, load_mode=mode, direct=direct, _maps=maps)
+    if mode == "mlock":
         try:
-            fmap.close()
-        except BufferError:
-            pass
-    return Weights(buf=buf, wtab=wtab, gtab=gtab, vecs=vecs, vtab=vtab, gvec=gvec,
-                   qtypes=frozenset(t.qtype for t in all_mats),
-                   matrix_bytes=sum(sizes.values()), mapped=zero_copy, _mmap=keep_map)
+            w._lock = PageLock(image)
+        except BaseException:
+            w.close()
+            raise
+    return w
+
+
+@functools.cache
+def _file_layout(qtype: GGMLQuantizationType, cols: int) -> bool:
+    """Do the kernels read this type's rows as the file stores them (pack is zero-copy)?"""
+    rg = kernels.row_group(qtype)
+    probe = np.zeros(rg * kernels.packed_nbytes(qtype, 1, cols), np.uint8)
+    return np.shares_memory(kernels.pack(qtype, probe, rg, cols), probe)
+
+
+def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo]) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
+    """The file mapping, used in place: (image, base 0, [mapping], no O_DIRECT)."""
+    end = max(t.offset + t.nbytes for t in tensors)
+    with open(gf.path, "rb") as f:
+        fmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(fmap) < end:
+        # Touching a mapped page past the end of the file would be a SIGBUS, not an error.
+        size = len(fmap)
+        fmap.close()
+        raise ModelFormatError(f"{gf.path}: the file ends at byte {size} but the weights need "
+                               f"bytes up to {end}: it is truncated (re-download it)")
+    return np.frombuffer(fmap, np.uint8), 0, [fmap], False
+
+
+def _read_image(gf: GGUFFile, mats: list[TensorInfo], vecs: list[TensorInfo],
+                mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
+    """The file's tensor data read into anonymous memory at the file's own offsets minus
+    `base` (aligned for O_DIRECT), each matrix repacked in place once it is in when the
+    kernels' layout is not the file's: (image, base, [its mapping], O_DIRECT used)."""
+    tensors = mats + vecs
+    base = align_down(min(t.offset for t in tensors), ALIGN)
+    image, amap = anonymous(max(t.offset + t.nbytes for t in tensors) - base)
+    jobs = [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes], _repack(t)) for t in mats]
+    jobs += [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes]) for t in vecs]
+    try:
+        # mmap or mlock get here only to repack: buffered reads share the page cache as a mapping would.
+        direct = read_jobs(gf.path, jobs, direct=mode == "dio")
+    except BaseException:
+        del image, jobs
+        _close_quietly([amap])
+        raise
+    return image, base, [amap], direct
+
+
+def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:
+    """What turns a matrix's file bytes into the kernels' layout in place, if anything."""
+    if _file_layout(t.qtype, t.cols):
+        return None
+    if kernels.packed_nbytes(t.qtype, t.rows, t.cols) != t.nbytes:
+        # The kernels promise same-size layouts (a shard is any row range); the buffer relies on it.
+        raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
+                           "numallm.engine.weights needs updating for it")
+
+    def repack(raw: np.ndarray) -> None:
+        raw[:] = kernels.pack(t.qtype, raw, t.rows, t.cols)
+    return repack
 
 
 def _check_vector(gf: GGUFFile, t: TensorInfo, length: int) -> None:

@@ -13,8 +13,14 @@ from numallm.kernels import numba_cache
 
 numba_cache.install()  # before any kernel module defines a cached function
 
-from numallm.kernels.formats import SUPPORTED_TYPES, check_type, pack, packed_nbytes, row_group  # noqa: E402
-from numallm.kernels.ops import dequantize, get_rows, matmul, matvec, warmup  # noqa: E402
+from numallm.kernels.formats import (
+    SUPPORTED_TYPES,
+    check_type,
+    pack,
+    packed_nbytes,
+    row_group,
+)
+from numallm.kernels.ops import dequantize, get_rows, matmul, matvec, warmup
 
 __all__ = [
     "SUPPORTED_TYPES", "check_type", "dequantize", "get_rows", "matmul", "matvec",

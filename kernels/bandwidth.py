@@ -41,7 +41,7 @@ def run_pinned(work: Callable[[int], object], threads: int, passes: int = 1) -> 
     barrier = threading.Barrier(threads)
     starts = np.zeros((passes, threads))
     ends = np.zeros((passes, threads))
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def body(i: int) -> None:
         os.sched_setaffinity(0, {cpus[i % len(cpus)]})
@@ -50,7 +50,7 @@ def run_pinned(work: Callable[[int], object], threads: int, passes: int = 1) -> 
             starts[k, i] = time.perf_counter()
             try:
                 work(i)
-            except BaseException as e:  # re-raised in the calling thread below
+            except Exception as e:  # noqa: BLE001 (re-raised in the calling thread below)
                 errors.append(e)
             ends[k, i] = time.perf_counter()
 

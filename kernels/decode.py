@@ -2,17 +2,16 @@
 
 Each `decode_<type>(w, o, nb, y)` turns the `nb` consecutive blocks at byte offset `o`
 of the uint8 buffer `w` into y[0 : nb * block_size]. The bit layouts follow
-gguf.quants (ggml's reference dequantizers), except Q4_0, Q4_1 and Q8_0, which are
-read in the grouped layout of kernels/repack.py; the tests compare against gguf.
+gguf.quants (ggml's reference dequantizers), except Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0,
+which are read in the grouped layout of kernels/repack.py; the tests compare against gguf.
 `decode_row(qcode, ...)` dispatches on the integer GGML type code.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels.llvm_scalar import at, load_bf16, load_f16, load_u32
 from numba import njit
-
-from numallm.kernels.llvm_scalar import at, load_f16, load_u32, u32_bits_to_f32
 
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 10, 11, 12, 13, 14, 30
@@ -32,8 +31,7 @@ def decode_f16(w, o, nb, y):  # type: ignore[no-untyped-def]
 @njit(nogil=True, cache=True)
 def decode_bf16(w, o, nb, y):  # type: ignore[no-untyped-def]
     for i in range(nb):
-        p = o + 2 * i
-        y[i] = u32_bits_to_f32((np.uint32(w[p]) << np.uint32(16)) | (np.uint32(w[p + 1]) << np.uint32(24)))
+        y[i] = load_bf16(w, o + 2 * i)
 
 
 @njit(inline="always", cache=True)
@@ -46,57 +44,21 @@ def grouped_nibble(w, qo, g, j, e):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def decode_q4_0(w, o, nb, y):  # type: ignore[no-untyped-def]
-    # Grouped layout (kernels/repack.py): [d x g] [quants].
+def decode_q45(w, o, nb, y, has_min, five):  # type: ignore[no-untyped-def]
+    """Q4_0, Q4_1 (has_min), Q5_0 (five), Q5_1 (both) in the grouped layout of
+    kernels/repack.py: [d x g] [m x g if has_min] [qh x g if five] [quants]."""
+    ts = 18 + 2 * has_min + 4 * five
     for g0 in range(0, nb, 8):
         g = min(8, nb - g0)
-        base = o + 18 * g0
+        base = o + ts * g0
+        qo = base + (ts - 16) * g
         for j in range(g):
             d = load_f16(w, base + 2 * j)
+            m = load_f16(w, base + 2 * g + 2 * j) if has_min else -d * np.float32(16 if five else 8)
+            qh = load_u32(w, base + (4 if has_min else 2) * g + 4 * j) if five else np.uint32(0)
             for e in range(32):
-                y[32 * (g0 + j) + e] = d * np.float32(np.int32(grouped_nibble(w, base + 2 * g, g, j, e)) - 8)
-
-
-@njit(nogil=True, cache=True)
-def decode_q4_1(w, o, nb, y):  # type: ignore[no-untyped-def]
-    # Grouped layout (kernels/repack.py): [d x g] [m x g] [quants].
-    for g0 in range(0, nb, 8):
-        g = min(8, nb - g0)
-        base = o + 20 * g0
-        for j in range(g):
-            d = load_f16(w, base + 2 * j)
-            m = load_f16(w, base + 2 * g + 2 * j)
-            for e in range(32):
-                y[32 * (g0 + j) + e] = d * np.float32(grouped_nibble(w, base + 4 * g, g, j, e)) + m
-
-
-@njit(nogil=True, cache=True)
-def decode_q5_0(w, o, nb, y):  # type: ignore[no-untyped-def]
-    for b in range(nb):
-        p = o + 22 * b
-        d = load_f16(w, p)
-        qh = load_u32(w, p + 2)
-        for j in range(16):
-            q = w[p + 6 + j]
-            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-            y[32 * b + j] = d * np.float32(lo - 16)
-            y[32 * b + j + 16] = d * np.float32(hi - 16)
-
-
-@njit(nogil=True, cache=True)
-def decode_q5_1(w, o, nb, y):  # type: ignore[no-untyped-def]
-    for b in range(nb):
-        p = o + 24 * b
-        d = load_f16(w, p)
-        m = load_f16(w, p + 2)
-        qh = load_u32(w, p + 4)
-        for j in range(16):
-            q = w[p + 8 + j]
-            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-            y[32 * b + j] = d * np.float32(lo) + m
-            y[32 * b + j + 16] = d * np.float32(hi) + m
+                q = np.int32(grouped_nibble(w, qo, g, j, e)) | np.int32(((qh >> np.uint32(e)) & np.uint32(1)) << np.uint32(4))
+                y[32 * (g0 + j) + e] = d * np.float32(q) + m
 
 
 @njit(nogil=True, cache=True)
@@ -214,13 +176,13 @@ def decode_row(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
     elif qcode == BF16:
         decode_bf16(w, o, nb, y)
     elif qcode == Q4_0:
-        decode_q4_0(w, o, nb, y)
+        decode_q45(w, o, nb, y, False, False)
     elif qcode == Q4_1:
-        decode_q4_1(w, o, nb, y)
+        decode_q45(w, o, nb, y, True, False)
     elif qcode == Q5_0:
-        decode_q5_0(w, o, nb, y)
+        decode_q45(w, o, nb, y, False, True)
     elif qcode == Q5_1:
-        decode_q5_1(w, o, nb, y)
+        decode_q45(w, o, nb, y, True, True)
     elif qcode == Q8_0:
         decode_q8_0(w, o, nb, y)
     elif qcode == Q2_K:
@@ -233,3 +195,45 @@ def decode_row(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
         decode_q5_k(w, o, nb, y)
     elif qcode == Q6_K:
         decode_q6_k(w, o, nb, y)
+
+
+@njit(inline="always", cache=True)
+def geometry(qcode):  # type: ignore[no-untyped-def]
+    """(block size, bytes per block) of a GGML type code."""
+    if qcode == F32:
+        return 1, 4
+    if qcode == F16 or qcode == BF16:
+        return 1, 2
+    if qcode == Q4_0:
+        return 32, 18
+    if qcode == Q4_1:
+        return 32, 20
+    if qcode == Q5_0:
+        return 32, 22
+    if qcode == Q5_1:
+        return 32, 24
+    if qcode == Q8_0:
+        return 32, 34
+    if qcode == Q2_K:
+        return 256, 84
+    if qcode == Q3_K:
+        return 256, 110
+    if qcode == Q4_K:
+        return 256, 144
+    if qcode == Q5_K:
+        return 256, 176
+    if qcode == Q6_K:
+        return 256, 210
+    return 0, 0
+
+
+@njit(nogil=True, cache=True)
+def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    rb = nb * ts
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if r < 0 or r >= rows:
+            raise IndexError("get_rows: row id out of range")
+        decode_row(qcode, w, r * rb, nb, out[i])

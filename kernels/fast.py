@@ -10,11 +10,10 @@ are streamed from cache.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-
 from numallm.kernels.actq import quantize_x, quantized_x
+from numallm.kernels.decode import geometry
 from numallm.kernels.fastdot import rows_dot
-from numallm.kernels.portable import geometry
+from numba import njit
 
 ROW_TILE = 16
 

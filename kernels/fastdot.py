@@ -1,5 +1,8 @@
 """Row dot products of quantized weights with an int8-quantized activation (SIMD).
 
+Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 live in kernels/fastdot_grouped.py (their grouped
+layout); the K-quants, read in file layout, are here.
+
 `rows_<type>(w, rb, nb, xq, xd, xs, x16, out, r0, r1)` sets out[r] for r in [r0, r1)
 to the dot product of row r (the `nb` blocks at byte r * rb of w, the file's block
 layout) with x given as actq.quantize_x made it. The row loop lives inside each
@@ -14,98 +17,37 @@ Two accumulators per row hide the latency of the float adds.
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels.decode import (
+    Q2_K,
+    Q3_K,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    q3_k_scale,
+)
+from numallm.kernels.fastdot_grouped import rows_q8_0, rows_q45
+from numallm.kernels.llvm_scalar import at, load_f16
+from numallm.kernels.vec import (
+    dot_planes,
+    k_mins8,
+    k_scales8,
+    vadd,
+    vfma,
+    vfma2,
+    vfmav,
+    vhsum,
+    vlane,
+    vload8,
+    vmul,
+    vsplat,
+    vzero,
+)
 from numba import njit
-
-from numallm.kernels.decode import (Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0,
-                                    k_scale_min, q3_k_scale)
-from numallm.kernels.llvm_scalar import at, load_f16, load_u32
-from numallm.kernels.vec import dot_planes, dot_q4, dot_q5, dot_s8, vadd, vfma, vfma2, vhsum, vzero
-
-
-@njit(nogil=True, cache=True)
-def rows_q4_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        a1 = vzero()
-        c = np.float32(0.0)
-        for b in range(0, nb - 1, 2):
-            p = o + 18 * b
-            d0 = load_f16(w, p)
-            d1 = load_f16(w, p + 18)
-            a0 = vfma(a0, dot_q4(w, p + 2, xq, 32 * b), d0 * at(xd, b))
-            a1 = vfma(a1, dot_q4(w, p + 20, xq, 32 * b + 32), d1 * at(xd, b + 1))
-            c += d0 * at(xs, b) + d1 * at(xs, b + 1)
-        if nb & 1:
-            b = nb - 1
-            d0 = load_f16(w, o + 18 * b)
-            a0 = vfma(a0, dot_q4(w, o + 18 * b + 2, xq, 32 * b), d0 * at(xd, b))
-            c += d0 * at(xs, b)
-        out[r] = vhsum(vadd(a0, a1)) - np.float32(8.0) * c
-
-
-@njit(nogil=True, cache=True)
-def rows_q4_1(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        a1 = vzero()
-        c = np.float32(0.0)
-        for b in range(0, nb - 1, 2):
-            p = o + 20 * b
-            a0 = vfma(a0, dot_q4(w, p + 4, xq, 32 * b), load_f16(w, p) * at(xd, b))
-            a1 = vfma(a1, dot_q4(w, p + 24, xq, 32 * b + 32), load_f16(w, p + 20) * at(xd, b + 1))
-            c += load_f16(w, p + 2) * at(xs, b) + load_f16(w, p + 22) * at(xs, b + 1)
-        if nb & 1:
-            b = nb - 1
-            p = o + 20 * b
-            a0 = vfma(a0, dot_q4(w, p + 4, xq, 32 * b), load_f16(w, p) * at(xd, b))
-            c += load_f16(w, p + 2) * at(xs, b)
-        out[r] = vhsum(vadd(a0, a1)) + c
-
-
-@njit(nogil=True, cache=True)
-def rows_q5_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        c = np.float32(0.0)
-        for b in range(nb):
-            p = o + 22 * b
-            d = load_f16(w, p)
-            a0 = vfma(a0, dot_q5(w, p + 6, load_u32(w, p + 2), xq, 32 * b), d * at(xd, b))
-            c += d * at(xs, b)
-        out[r] = vhsum(a0) - np.float32(16.0) * c
-
-
-@njit(nogil=True, cache=True)
-def rows_q5_1(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        c = np.float32(0.0)
-        for b in range(nb):
-            p = o + 24 * b
-            a0 = vfma(a0, dot_q5(w, p + 8, load_u32(w, p + 4), xq, 32 * b), load_f16(w, p) * at(xd, b))
-            c += load_f16(w, p + 2) * at(xs, b)
-        out[r] = vhsum(a0) + c
-
-
-@njit(nogil=True, cache=True)
-def rows_q8_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        a1 = vzero()
-        for b in range(0, nb - 1, 2):
-            p = o + 34 * b
-            a0 = vfma(a0, dot_s8(w, p + 2, xq, 32 * b), load_f16(w, p) * at(xd, b))
-            a1 = vfma(a1, dot_s8(w, p + 36, xq, 32 * b + 32), load_f16(w, p + 34) * at(xd, b + 1))
-        if nb & 1:
-            b = nb - 1
-            p = o + 34 * b
-            a0 = vfma(a0, dot_s8(w, p + 2, xq, 32 * b), load_f16(w, p) * at(xd, b))
-        out[r] = vhsum(vadd(a0, a1))
 
 
 @njit(nogil=True, cache=True)
@@ -154,47 +96,29 @@ def rows_q3_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyp
 
 
 @njit(nogil=True, cache=True)
-def rows_q4_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
+def rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+    """Q4_K, and Q5_K (five: a 5th bit from the qh plane). The 8 scales and mins of a
+    super-block are unpacked as vectors (k_scales8, k_mins8): one multiply makes all
+    8 sub-block factors d * sc * xd and one FMA applies the 8 min terms."""
+    ts = 176 if five else 144
+    qs = 48 if five else 16
     for r in range(r0, r1):
         o = r * rb
         a0 = vzero()
         a1 = vzero()
-        c = np.float32(0.0)
+        cv = vzero()
         for b in range(nb):
-            p = o + 144 * b
-            d = load_f16(w, p)
-            dmin = load_f16(w, p + 2)
+            p = o + ts * b
+            xb = 8 * b
+            dsc = vmul(vmul(k_scales8(w, p + 4), vsplat(load_f16(w, p))), vload8(xd, xb))
+            cv = vfmav(cv, vmul(k_mins8(w, p + 4), vsplat(load_f16(w, p + 2))), vload8(xs, xb))
             for s in range(0, 8, 2):
-                xb = 8 * b + s
-                sc0, mn0 = k_scale_min(w, p + 4, s)
-                sc1, mn1 = k_scale_min(w, p + 4, s + 1)
-                q = p + 16 + 16 * s
-                a0 = vfma(a0, dot_planes(w, q, 0, 15, q, 0, 0, 0, xq, 32 * xb), d * np.float32(sc0) * at(xd, xb))
-                a1 = vfma(a1, dot_planes(w, q, 4, 15, q, 0, 0, 0, xq, 32 * xb + 32), d * np.float32(sc1) * at(xd, xb + 1))
-                c += dmin * (np.float32(mn0) * at(xs, xb) + np.float32(mn1) * at(xs, xb + 1))
-        out[r] = vhsum(vadd(a0, a1)) - c
-
-
-@njit(nogil=True, cache=True)
-def rows_q5_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero()
-        a1 = vzero()
-        c = np.float32(0.0)
-        for b in range(nb):
-            p = o + 176 * b
-            d = load_f16(w, p)
-            dmin = load_f16(w, p + 2)
-            for s in range(0, 8, 2):
-                xb = 8 * b + s
-                sc0, mn0 = k_scale_min(w, p + 4, s)
-                sc1, mn1 = k_scale_min(w, p + 4, s + 1)
-                q = p + 48 + 16 * s
-                a0 = vfma(a0, dot_planes(w, q, 0, 15, p + 16, s, 1, 4, xq, 32 * xb), d * np.float32(sc0) * at(xd, xb))
-                a1 = vfma(a1, dot_planes(w, q, 4, 15, p + 16, s + 1, 1, 4, xq, 32 * xb + 32), d * np.float32(sc1) * at(xd, xb + 1))
-                c += dmin * (np.float32(mn0) * at(xs, xb) + np.float32(mn1) * at(xs, xb + 1))
-        out[r] = vhsum(vadd(a0, a1)) - c
+                q = p + qs + 16 * s
+                a0 = vfma(a0, dot_planes(w, q, 0, 15, p + 16, s, 1 if five else 0, 4, xq, 32 * (xb + s)),
+                          vlane(dsc, s))
+                a1 = vfma(a1, dot_planes(w, q, 4, 15, p + 16, s + 1, 1 if five else 0, 4, xq, 32 * (xb + s + 1)),
+                          vlane(dsc, s + 1))
+        out[r] = vhsum(vadd(a0, a1)) - vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
@@ -224,22 +148,22 @@ def rows_q6_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyp
 def rows_dot(qcode, w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
     """out[r] = row r . x for r in [r0, r1); dispatch on the GGML type code (quantized types)."""
     if qcode == Q4_0:
-        rows_q4_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45(w, rb, nb, False, False, xq, xd, xs, out, r0, r1)
     elif qcode == Q4_1:
-        rows_q4_1(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45(w, rb, nb, True, False, xq, xd, xs, out, r0, r1)
     elif qcode == Q5_0:
-        rows_q5_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45(w, rb, nb, False, True, xq, xd, xs, out, r0, r1)
     elif qcode == Q5_1:
-        rows_q5_1(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45(w, rb, nb, True, True, xq, xd, xs, out, r0, r1)
     elif qcode == Q8_0:
-        rows_q8_0(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q8_0(w, rb, nb, xq, xd, out, r0, r1)
     elif qcode == Q2_K:
         rows_q2_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
     elif qcode == Q3_K:
         rows_q3_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
     elif qcode == Q4_K:
-        rows_q4_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45_k(w, rb, nb, False, xq, xd, xs, out, r0, r1)
     elif qcode == Q5_K:
-        rows_q5_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q45_k(w, rb, nb, True, xq, xd, xs, out, r0, r1)
     elif qcode == Q6_K:
         rows_q6_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)

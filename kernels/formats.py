@@ -9,8 +9,8 @@ the packed size is the file's and a shard is any row range.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 from numallm.errors import UnsupportedError
 from numallm.kernels.repack import GROUPED, pack_grouped
 

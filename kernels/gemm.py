@@ -13,12 +13,10 @@ quantization), so matmul is as exact as float32 accumulation allows.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
-
-from numallm.kernels.decode import decode_row
+from numallm.kernels.decode import decode_row, geometry
 from numallm.kernels.llvm_scalar import at
-from numallm.kernels.portable import geometry
 from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
+from numba import njit
 
 TILE_ROWS = 16  # one 16-lane vector of the tile per k
 TILE_TOKENS = 6  # six accumulators plus the tile vector fit the 16 ymm of AVX2 as well

@@ -5,7 +5,7 @@ worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
 numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
 matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
 quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
-kernel of kernels/portable.py; matmul of 8 tokens or more the float32 micro-kernel
+kernel of kernels/floatdot.py; matmul of 8 tokens or more the float32 micro-kernel
 of kernels/gemm.py. The instruction set is the one Numba compiles for (see
 kernels/cpu.py), so a cached build never runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
@@ -15,10 +15,11 @@ unchecked.
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels import fast, gemm
+from numallm.kernels.decode import BF16, F16, F32, geometry
+from numallm.kernels.decode import get_rows as decode_rows
+from numallm.kernels.floatdot import rows_float
 from numba import njit
-
-from numallm.kernels import fast, gemm, portable
-from numallm.kernels.decode import BF16, F16, F32
 
 # From this many tokens on, decoding a tile of rows to float32 once (kernels/gemm.py)
 # beats the int8 kernels run once per token (kernels/fast.py).
@@ -27,7 +28,7 @@ GEMM_MIN_TOKENS = 8
 
 @njit(nogil=True, cache=True)
 def _check(qcode, w, rows, cols, r0, r1):  # type: ignore[no-untyped-def]
-    bs, ts = portable.geometry(qcode)
+    bs, ts = geometry(qcode)
     if bs == 0:
         raise ValueError("unsupported GGML type code")
     if cols <= 0 or cols % bs != 0:
@@ -45,7 +46,7 @@ def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def
     if x.shape[0] != cols or out.shape[0] < r1:
         raise ValueError("matvec: x must have cols elements and out at least r1")
     if qcode == F32 or qcode == F16 or qcode == BF16:
-        portable.matvec(qcode, w, rows, cols, x, out, r0, r1)
+        rows_float(qcode, w, cols, x, out, r0, r1)
     else:
         fast.matvec(qcode, w, rows, cols, x, out, r0, r1)
 
@@ -68,7 +69,7 @@ def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, 0, rows)
     if out.shape[0] != ids.shape[0] or out.shape[1] != cols:
         raise ValueError("get_rows: out must be [len(ids), cols]")
-    portable.get_rows(qcode, w, rows, cols, ids, out)
+    decode_rows(qcode, w, rows, cols, ids, out)
 
 
 @njit(nogil=True, cache=True)

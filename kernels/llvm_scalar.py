@@ -8,25 +8,9 @@ emit the integer conversion instead. Loads are unaligned-safe generic LLVM.
 from __future__ import annotations
 
 from llvmlite import ir
+from numallm.kernels.cpu import target_features
 from numba import types
 from numba.extending import intrinsic
-
-from numallm.kernels.cpu import target_features
-
-
-@intrinsic
-def u32_bits_to_f32(typingctx, bits):  # type: ignore[no-untyped-def]
-    """float32 whose bit pattern is the low 32 bits of `bits` (BF16 decoding)."""
-    if not isinstance(bits, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v = args[0]
-        if v.type.width != 32:
-            v = builder.trunc(v, ir.IntType(32)) if v.type.width > 32 else builder.zext(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(bits), codegen
 
 
 def half_to_float(builder: ir.IRBuilder, h: ir.Value) -> ir.Value:
@@ -105,3 +89,29 @@ def at(typingctx, a, i):  # type: ignore[no-untyped-def]
         return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], elty))
 
     return a.dtype(a, i), codegen
+
+
+@intrinsic
+def load_f32(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """The little-endian float32 at bytes w[p:p+4]."""
+    if not (_is_byte_array(w) and isinstance(p, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], ir.FloatType()), align=1)
+
+    return types.float32(w, p), codegen
+
+
+@intrinsic
+def load_bf16(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """float32 of the little-endian bfloat16 at bytes w[p:p+2] (its top 16 bits)."""
+    if not (_is_byte_array(w) and isinstance(p, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        h = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(16)), align=1)
+        bits = builder.shl(builder.zext(h, ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(w, p), codegen

@@ -10,7 +10,6 @@ instead; functions elsewhere keep Numba's usual locators.
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import cache
 from pathlib import Path
 

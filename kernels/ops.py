@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 import numpy as np
 from gguf import GGMLQuantizationType
-
 from numallm.kernels import jit
 from numallm.kernels.formats import block_size, packed_nbytes
 

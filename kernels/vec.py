@@ -21,12 +21,11 @@ cached kernel always carries the path of the CPU it runs on.
 from __future__ import annotations
 
 from llvmlite import ir
+from numallm.kernels.cpu import has_avx2, has_vnni256
+from numallm.kernels.llvm_scalar import half_to_float
 from numba.core import cgutils, types
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
-
-from numallm.kernels.cpu import has_avx2, has_vnni256
-from numallm.kernels.llvm_scalar import half_to_float
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32 = ir.FloatType()
@@ -125,6 +124,18 @@ def _dot_s8s8(builder: ir.IRBuilder, a: ir.Value, s: ir.Value) -> ir.Value:
                                       ir.Constant(ir.VectorType(I32, 8), [4 * i + k for i in range(8)]))
         acc = part if acc is None else builder.add(acc, part)
     return acc
+
+
+def _qh_bits_to_16s(builder: ir.IRBuilder, qh: ir.Value) -> ir.Value:
+    """<32 x i8> whose byte j is 16 if bit j of the integer qh is set, else 0: byte j
+    takes byte j/8 of qh and keeps bit j%8 (a vpshufb, an and, a compare, as
+    llama.cpp's bytes_from_bits_32)."""
+    qh4 = builder.bitcast(builder.trunc(qh, I32) if qh.type.width > 32 else qh, ir.VectorType(I8, 4))
+    spread = builder.shuffle_vector(qh4, ir.Constant(ir.VectorType(I8, 4), ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, 32), [j // 8 for j in range(32)]))
+    bits = builder.and_(spread, ir.Constant(V32I8, [1 << (j % 8) for j in range(32)]))
+    return builder.select(builder.icmp_unsigned("!=", bits, ir.Constant(V32I8, None)),
+                          _const_vec(V32I8, 16), ir.Constant(V32I8, None))
 
 
 def _nibbles16(builder: ir.IRBuilder, raw16: ir.Value) -> ir.Value:
@@ -269,14 +280,26 @@ def dot_q5(typingctx, w, p, qh, xq, xo):  # type: ignore[no-untyped-def]
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         wa, pv, qhv, xa, xov = args
         u = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
-        v32 = ir.VectorType(I32, 32)
-        bits = builder.and_(_splat(builder, builder.trunc(qhv, I32) if qhv.type.width > 32 else qhv, v32),
-                            ir.Constant(v32, [1 << j for j in range(32)]))
-        high = builder.select(builder.icmp_unsigned("!=", bits, ir.Constant(v32, None)),
-                              _const_vec(V32I8, 16), ir.Constant(V32I8, None))
+        high = _qh_bits_to_16s(builder, qhv)
         s = _load_bytes(context, builder, sig.args[3], xa, _as_i64(builder, xov), 32)
         return _dot_u8s8(builder, builder.or_(u, high), s)
     return i32x8(w, p, qh, xq, xo), codegen
+
+
+@intrinsic
+def dot_q5p(typingctx, w, p, shift, qh, xq, xo):  # type: ignore[no-untyped-def]
+    """Q5 quants of one block of a grouped pair: (w[p:p+32] >> shift) & 15, plus bit j
+    of qh as bit 4 of element j, . xq[xo:xo+32]."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, sv, qhv, xa, xov = args
+        raw = _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 32)
+        lo = builder.and_(builder.lshr(raw, _splat(builder, _as_i8(builder, sv), V32I8)), _const_vec(V32I8, 15))
+        s = _load_bytes(context, builder, sig.args[4], xa, _as_i64(builder, xov), 32)
+        return _dot_u8s8(builder, builder.or_(lo, _qh_bits_to_16s(builder, qhv)), s)
+    return i32x8(w, p, shift, qh, xq, xo), codegen
 
 
 @intrinsic
@@ -383,3 +406,113 @@ def vfma16(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
         a, vv, sc = args
         return _call(builder, "llvm.fmuladd.v16f32", V16F32, [vv, _splat(builder, sc, V16F32), a])
     return f32x16(f32x16, f32x16, types.float32), codegen
+
+
+@intrinsic
+def vfmav16(typingctx, acc, a, b):  # type: ignore[no-untyped-def]
+    """acc + a * b, lane by lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _call(builder, "llvm.fmuladd.v16f32", V16F32, [args[1], args[2], args[0]])
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vhsum16(typingctx, a):  # type: ignore[no-untyped-def]
+    """Sum of the 16 lanes as float32."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        for half in (8, 4, 2, 1):
+            mask = ir.Constant(ir.VectorType(I32, 16), [i + half if i < half else i for i in range(16)])
+            v = builder.fadd(v, builder.shuffle_vector(v, ir.Constant(V16F32, ir.Undefined), mask))
+        return builder.extract_element(v, ir.Constant(I32, 0))
+    return types.float32(f32x16), codegen
+
+
+def _float_weights16(decode):  # type: ignore[no-untyped-def]
+    """An intrinsic loading 16 weights at byte p of w as F32x16, via decode(builder, bytes)."""
+    nbytes = decode.nbytes
+
+    def typer(typingctx, w, p):  # type: ignore[no-untyped-def]
+        if not _is_bytes(w):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), nbytes)
+            return decode(builder, raw)
+        return f32x16(w, p), codegen
+
+    typer.__name__ = typer.__qualname__ = decode.__name__
+    return intrinsic(typer)
+
+
+def _f32x16_of_f32(builder: ir.IRBuilder, raw: ir.Value) -> ir.Value:
+    return builder.bitcast(raw, V16F32)
+
+
+def _f32x16_of_f16(builder: ir.IRBuilder, raw: ir.Value) -> ir.Value:
+    return half_to_float(builder, builder.bitcast(raw, ir.VectorType(I16, 16)))
+
+
+def _f32x16_of_bf16(builder: ir.IRBuilder, raw: ir.Value) -> ir.Value:
+    v32 = ir.VectorType(I32, 16)
+    wide = builder.zext(builder.bitcast(raw, ir.VectorType(I16, 16)), v32)
+    return builder.bitcast(builder.shl(wide, _const_vec(v32, 16)), V16F32)
+
+
+_f32x16_of_f32.nbytes = 64  # type: ignore[attr-defined]
+_f32x16_of_f16.nbytes = 32  # type: ignore[attr-defined]
+_f32x16_of_bf16.nbytes = 32  # type: ignore[attr-defined]
+vload_f32x16 = _float_weights16(_f32x16_of_f32)
+vload_f16x16 = _float_weights16(_f32x16_of_f16)
+vload_bf16x16 = _float_weights16(_f32x16_of_bf16)
+
+
+def _k_scales_or_mins(builder: ir.IRBuilder, raw: ir.Value, mins: bool) -> ir.Value:
+    """The eight 6-bit scales (or mins) of Q4_K/Q5_K's 12 scale bytes as <8 x float>.
+    For i < 4: byte i (scales) or i + 4 (mins), low 6 bits. For i >= 4: the low (scales)
+    or high (mins) nibble of byte i + 4, plus the top 2 bits of byte i - 4 (scales) or
+    byte i (mins) as bits 4-5."""
+    v8 = ir.VectorType(I8, 8)
+    idx = ir.VectorType(I32, 8)
+    undef = ir.Constant(ir.VectorType(I8, 16), ir.Undefined)
+    low_src = [4, 5, 6, 7, 8, 9, 10, 11] if mins else [0, 1, 2, 3, 8, 9, 10, 11]
+    low = builder.shuffle_vector(raw, undef, ir.Constant(idx, low_src))
+    if mins:
+        low = builder.lshr(low, ir.Constant(v8, [0, 0, 0, 0, 4, 4, 4, 4]))
+    low = builder.and_(low, ir.Constant(v8, [63, 63, 63, 63, 15, 15, 15, 15]))
+    top_src = [0, 1, 2, 3, 4, 5, 6, 7] if mins else [0, 1, 2, 3, 0, 1, 2, 3]
+    top = builder.shuffle_vector(raw, undef, ir.Constant(idx, top_src))
+    top = builder.and_(builder.lshr(top, _const_vec(v8, 2)), ir.Constant(v8, [0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30]))
+    return builder.uitofp(builder.or_(low, top), V8F32)
+
+
+@intrinsic
+def k_scales8(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """Q4_K/Q5_K: the 8 sub-block scales from the 12 bytes at w[p] as F32x8 (reads 16)."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
+        return _k_scales_or_mins(builder, raw, False)
+    return f32x8(w, p), codegen
+
+
+@intrinsic
+def k_mins8(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """Q4_K/Q5_K: the 8 sub-block mins from the 12 bytes at w[p] as F32x8 (reads 16)."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
+        return _k_scales_or_mins(builder, raw, True)
+    return f32x8(w, p), codegen
+
+
+@intrinsic
+def vsplat(typingctx, s):  # type: ignore[no-untyped-def]
+    """An F32x8 with s in every lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _splat(builder, args[0], V8F32)
+    return f32x8(types.float32), codegen

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from collections.abc import Sequence
 
 from numallm.errors import TopologyError
@@ -20,8 +21,16 @@ log = logging.getLogger(__name__)
 DEBIAN_PACKAGE = "libnuma1"
 
 
-@functools.cache
+_load_lock = threading.Lock()  # workers may ask at once; warn only once
+
+
 def _library() -> ctypes.CDLL | None:
+    with _load_lock:
+        return _load()
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
     try:
         import numa  # py-libnuma; a top-level module, hence numa/ has no __init__.py
 

@@ -59,15 +59,7 @@ def _allowed_json(topo: Topology) -> dict[str, Any]:
 def render_text(topo: Topology, plan: list[WorkerSlot]) -> str:
     """The human view: package > node > core > PUs, memory, distances, what this process
     may use, and which CPU each worker gets."""
-    lines = [_summary(topo)]
-    for package in topo.packages:
-        lines.append(f"  Package {package.os_index}: CPUs {format_cpulist(package.cpus)}")
-        cores = [c for c in topo.cores if c.pus[0] in package.cpus]
-        for node_id in sorted({topo.node_of_cpu(c.pus[0]) for c in cores}, key=_none_last):
-            header = "no online NUMA node" if node_id is None else _node_line(topo.node(node_id))
-            lines.append(f"    {header}")
-            lines.extend(f"      {_core_line(topo, c)}" for c in cores
-                         if topo.node_of_cpu(c.pus[0]) == node_id)
+    lines = [_summary(topo), *_tree_lines(topo)]
     memory_only = [n for n in topo.nodes if n.cpuless]
     if memory_only:
         lines.append("  Memory-only NUMA nodes (no CPUs):")
@@ -81,6 +73,38 @@ def render_text(topo: Topology, plan: list[WorkerSlot]) -> str:
     lines.append(f"Workers: {len(plan)} on {n_cores} physical core{'s' if n_cores != 1 else ''}")
     lines.extend(f"  worker {s.worker:>3} -> CPU {s.cpu:>3}  (core {s.core}, node {s.node})" for s in plan)
     return "\n".join(lines)
+
+
+def _tree_lines(topo: Topology) -> list[str]:
+    """Package > NUMA node > core > PUs, as hwloc draws it; when a node spans several
+    packages (a UMA multi-socket machine) the node goes above them instead."""
+    package_of = {c: i for i, p in enumerate(topo.packages) for c in p.cpus}
+
+    def package_key(core: Core) -> int | None:
+        return package_of[core.pus[0]]
+
+    def node_key(core: Core) -> int | None:
+        return topo.node_of_cpu(core.pus[0])
+
+    def package_line(i: int | None) -> str:
+        p = topo.packages[i or 0]  # every CPU has a package
+        return f"Package {p.os_index}: CPUs {format_cpulist(p.cpus)}"
+
+    def node_line(node: int | None) -> str:
+        return "no online NUMA node" if node is None else _node_line(topo.node(node))
+
+    levels = [(package_key, package_line), (node_key, node_line)]
+    if any(len({package_of[c] for c in n.cpus}) > 1 for n in topo.nodes):
+        levels.reverse()
+    (outer_key, outer_line), (inner_key, inner_line) = levels
+    lines = []
+    for outer in sorted({outer_key(c) for c in topo.cores}, key=_none_last):
+        lines.append(f"  {outer_line(outer)}")
+        cores = [c for c in topo.cores if outer_key(c) == outer]
+        for inner in sorted({inner_key(c) for c in cores}, key=_none_last):
+            lines.append(f"    {inner_line(inner)}")
+            lines.extend(f"      {_core_line(topo, c)}" for c in cores if inner_key(c) == inner)
+    return lines
 
 
 def _summary(topo: Topology) -> str:

@@ -67,14 +67,14 @@ LONG_TEXT = (
 # Shared by both models; the chat prompt is added per model (see chat_prompt).
 PROMPTS: tuple[tuple[str, str], ...] = (
     ("plain", "The capital of France is"),
-    ("code", 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n'
-             "        return n\n"),
+    ("code", ('def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n'
+             "        return n\n")),
     ("long", LONG_TEXT),
-    ("unicode", "Grüße aus München! 你好，世界。こんにちは、お元気ですか？ Emoji: 😀🚀👍🏽 — café, "
-                "naïve, façade, jalapeño."),
+    ("unicode", ("Grüße aus München! 你好，世界。こんにちは、お元気ですか？ Emoji: 😀🚀👍🏽 — café, "
+                "naïve, façade, jalapeño.")),
     ("single", "Hello"),
-    ("numbers", "In 2024, 1234567 people visited the museum, up 3.5% from 1,192,838 in 2023. "
-                "The total over both years was"),
+    ("numbers", ("In 2024, 1234567 people visited the museum, up 3.5% from 1,192,838 in 2023. "
+                "The total over both years was")),
     ("whitespace", "Name:\tAlice\n\n    Age:\t\t30\n  \n\tCity:   Paris   \n\n\n"),
     ("story", "Once upon a time, in a small village by the sea,"),
 )
@@ -127,12 +127,11 @@ def tokenize(llm: llama_cpp.Llama, text: str, add_special: bool, parse_special: 
     return llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
 
-def open_model(path: Path, n_threads: int = N_THREADS, n_batch: int = N_BATCH,
-               n_ubatch: int = N_BATCH) -> llama_cpp.Llama:
+def open_model(path: Path, n_threads: int = N_THREADS, n_ubatch: int = N_BATCH) -> llama_cpp.Llama:
     # flash_attn=False and the F16 KV cache are llama-cpp-python's defaults, spelled out
     # because the fixtures depend on them.
     return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, n_threads=n_threads,
-                           n_threads_batch=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
+                           n_threads_batch=n_threads, n_batch=N_BATCH, n_ubatch=n_ubatch,
                            flash_attn=False, logits_all=False, verbose=False)
 
 

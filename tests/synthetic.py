@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
-
 from kquants import K_QUANT_TYPES, quantize_k
 from synthetic_vocab import Vocab, gpt2_vocab, spm_vocab
 
@@ -233,7 +232,8 @@ def write_tiny_gemma3(
     fixed Gemma 3 pattern), so n_layer=6 and a small window exercise both. head_dim is
     free of n_embd / n_head as in Gemma. Types as in write_tiny_llama (the output is
     always tied). The vocabulary is SentencePiece-style: <pad>, <eos>, <bos>, <unk>,
-    <mask>, <start_of_turn>, <end_of_turn>, "\\n", 256 <0xNN> byte tokens, then pieces.
+    <mask>, <start_of_turn>, <end_of_turn>, "\\n", 256 <0xNN> byte tokens, then pieces
+    up to n_vocab (321..577).
     """
     if n_head % n_head_kv:
         raise ValueError(f"n_head={n_head} must be a multiple of n_head_kv={n_head_kv}")

@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from gguf import TokenType
 
@@ -65,11 +66,11 @@ def learn_merges(words: Iterable[tuple[str, ...]], n_merges: int) -> list[tuple[
     while len(merges) < n_merges:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in counts.items():
-            for pair in zip(word, word[1:]):
+            for pair in pairwise(word):
                 if pair[0] + pair[1] not in known:
                     pairs[pair] += count
         if not pairs:
-            raise ValueError(f"the corpus only supports {len(merges)} merges, {n_merges} asked")
+            raise ValueError(f"the corpus only supports {len(merges)} merges, {n_merges} asked: use a smaller n_vocab")
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
         known.add(best[0] + best[1])

@@ -16,12 +16,13 @@ orders of magnitude.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
-
+from gguf import GGML_QUANT_SIZES, quants
+from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.errors import UnsupportedError
 
@@ -65,23 +66,23 @@ def error_bound(qtype: T, W: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def shapes(qtype: T) -> list[tuple[int, int]]:
-    """(rows, cols): the smallest K the type allows, and a few blocks, with odd row counts."""
+    """(rows, cols) with odd row counts: the smallest K the type allows, a few blocks,
+    and 19 blocks of 32 (two full groups of 8 and an odd tail in the grouped layout)."""
     bs = GGML_QUANT_SIZES[qtype][0]
-    smallest = bs if bs > 1 else 1
-    return [(1, smallest), (7, max(smallest, 32)), (37, 3 * max(bs, 32))]
+    return [(1, bs), (7, max(bs, 32)), (37, 3 * max(bs, 32)), (5, 19 * 32 if bs <= 32 else 2 * bs)]
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_dequantize_and_get_rows_are_exact(qtype: T) -> None:
-    rows, cols = 37, 3 * max(GGML_QUANT_SIZES[qtype][0], 32)
-    raw = make_weight(qtype, rows, cols)
-    w = K.pack(qtype, raw, rows, cols)
-    ref = reference(qtype, raw, rows, cols).astype(np.float32)
-    assert np.array_equal(K.dequantize(qtype, w, rows, cols), ref)
-    ids = np.array([36, 0, 5, 5, 17])
-    out = np.full((len(ids), cols), np.nan, np.float32)
-    K.get_rows(qtype, w, rows, cols, ids, out)
-    assert np.array_equal(out, ref[ids])
+    for rows, cols in shapes(qtype):
+        raw = make_weight(qtype, rows, cols)
+        w = K.pack(qtype, raw, rows, cols)
+        ref = reference(qtype, raw, rows, cols).astype(np.float32)
+        assert np.array_equal(K.dequantize(qtype, w, rows, cols), ref), (rows, cols)
+        ids = np.array([rows - 1, 0, rows // 2, rows // 2])
+        out = np.full((len(ids), cols), np.nan, np.float32)
+        K.get_rows(qtype, w, rows, cols, ids, out)
+        assert np.array_equal(out, ref[ids])
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -95,7 +96,7 @@ def test_matvec_row_ranges(qtype: T) -> None:
         out = np.full(rows + 2, np.nan, np.float32)
         # Three workers with uneven shares, as a NUMA split of an odd row count gives.
         cuts = sorted({0, rows // 3, (2 * rows) // 3 + 1 if rows > 1 else rows, rows})
-        for r0, r1 in zip(cuts[:-1], cuts[1:]):
+        for r0, r1 in itertools.pairwise(cuts):
             K.matvec(qtype, w, rows, cols, x, out, r0, r1)
         err = np.abs(out[:rows] - W @ x)
         assert np.all(err <= error_bound(qtype, W, x)), (rows, cols, err.max())
@@ -158,16 +159,18 @@ def test_parallel_threads_on_disjoint_rows_match_one_thread() -> None:
     assert np.array_equal(out, single)
 
 
-def test_pack_is_zero_copy_or_fills_out_and_shards_by_rows() -> None:
-    qtype, rows, cols = T.Q8_0, 10, 64
+def test_pack_keeps_sizes_and_shards_by_rows() -> None:
+    for qtype in ALL_TYPES:
+        assert K.row_group(qtype) == 1
+        assert K.packed_nbytes(qtype, 10, 512) == make_weight(qtype, 10, 512).nbytes
+    # File-layout types pack with zero copy; grouped ones fill `out`.
+    raw = make_weight(T.Q6_K, 3, 256)
+    assert np.shares_memory(K.pack(T.Q6_K, raw, 3, 256), raw)
+    qtype, rows, cols = T.Q8_0, 10, 19 * 32
     raw = make_weight(qtype, rows, cols)
-    assert K.row_group(qtype) == 1
-    n = K.packed_nbytes(qtype, rows, cols)
-    assert n == raw.nbytes
-    assert np.shares_memory(K.pack(qtype, raw, rows, cols), raw)
-    dest = np.zeros(n, np.uint8)
+    dest = np.zeros(K.packed_nbytes(qtype, rows, cols), np.uint8)
     assert K.pack(qtype, raw, rows, cols, out=dest) is dest
-    # A shard holding rows [4, 10) computes the same as those rows of the whole.
+    # A shard packed from rows [4, 10) alone computes what those rows of the whole do.
     shard = K.pack(qtype, raw[4:], 6, cols)
     x = np.random.default_rng(5).standard_normal(cols).astype(np.float32)
     whole, part = np.empty(rows, np.float32), np.empty(6, np.float32)

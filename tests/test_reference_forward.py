@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from gguf import GGUFReader, quants
-
 from kquants import K_QUANT_TYPES, quantize_k
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_store import fetch_known_model
@@ -25,13 +24,16 @@ PROMPTS = ("plain", "chat", "code")
 
 # Tolerances on |reference - llama.cpp| over the recorded top-20 logits of all 32 steps,
 # measured with `python3 -m pytest tests/test_reference_forward.py -k top20 -s`:
-#   smollm2 plain/chat/code: max 0.79/0.98/0.62, rms 0.24/0.20/0.19 (all 9 prompts:
-#   max <= 1.05, rms <= 0.28). That is llama.cpp's own noise, not the oracle's: the
-#   fixture's self_consistency has llama.cpp differ from itself by 1.08 max / 0.21 rms
-#   (prompt batched vs fed token by token), since it rounds activations to 8 bits for
-#   quantized matmuls; on F32 synthetic models, where it does not, the two agree to
-#   1e-5 (test_synthetic_models_match_llama_cpp). The wrong RoPE mode gives 9-20 max.
-TOLERANCES = {"smollm2": (1.25, 0.30), "gemma3": (1.25, 0.30)}  # (max |diff|, rms)
+#   smollm2 plain/chat/code: max 0.79/0.98/0.62, rms 0.24/0.20/0.19
+#   gemma3  plain/chat/code: max 0.61/1.16/1.29, rms 0.19/0.30/0.31
+# (all 9 prompts: smollm2 max <= 1.05, rms <= 0.28; gemma3 max <= 2.64 on "long",
+# rms <= 0.31). That is llama.cpp's own noise, not the oracle's: each fixture's
+# self_consistency has llama.cpp differ from itself (prompt batched vs fed token by
+# token) by 1.08 max / 0.21 rms (smollm2) and 6.57 max / 0.41 rms (gemma3), since it
+# rounds activations to 8 bits for quantized matmuls. On F32 synthetic models, where
+# it does not, the two agree to 1e-5 (test_synthetic_models_match_llama_cpp). The
+# wrong RoPE mode (NEOX for llama, normal for gemma3) gives 9-20 max.
+TOLERANCES = {"smollm2": (1.25, 0.30), "gemma3": (1.6, 0.40)}  # (max |diff|, rms)
 
 
 # ---------------------------------------------------------------- llama.cpp fixtures
@@ -186,11 +188,12 @@ def test_tiny_vocab_builds_a_round_tripping_tokenizer(arch: str, tiny: dict[str,
 # measured 0.25 / 0.06 (llama K-quants) and 0.29 / 0.05 (gemma3 Q5_0); a block decoded
 # differently by the two sides gives rms > 1.
 LIVE_LLAMA_CPP_CASES: dict[str, tuple[Callable[..., Path], dict[str, Any], float, float]] = {
-    "llama-f32": (write_tiny_llama, dict(weight_type=Q.F32, embd_type=Q.F32), 1e-4, 2e-5),
-    "llama-f32-untied": (write_tiny_llama, dict(weight_type=Q.F32, embd_type=Q.F32, tied_output=False), 1e-4, 2e-5),
-    "gemma3-f32": (write_tiny_gemma3, dict(weight_type=Q.F32, embd_type=Q.F32), 2e-2, 3e-3),
-    "llama-k-quants": (write_tiny_llama, dict(n_embd=256, n_ff=512, weight_type=Q.Q4_K, embd_type=Q.Q6_K,
-                                              type_overrides={"ffn_down": Q.Q5_K}), 0.6, 0.15),
+    "llama-f32": (write_tiny_llama, {"weight_type": Q.F32, "embd_type": Q.F32}, 1e-4, 2e-5),
+    "llama-f32-untied": (write_tiny_llama, {"weight_type": Q.F32, "embd_type": Q.F32, "tied_output": False},
+                         1e-4, 2e-5),
+    "gemma3-f32": (write_tiny_gemma3, {"weight_type": Q.F32, "embd_type": Q.F32}, 2e-2, 3e-3),
+    "llama-k-quants": (write_tiny_llama, {"n_embd": 256, "n_ff": 512, "weight_type": Q.Q4_K, "embd_type": Q.Q6_K,
+                                          "type_overrides": {"ffn_down": Q.Q5_K}}, 0.6, 0.15),
     "gemma3-q5_0": (write_tiny_gemma3, {}, 0.6, 0.15),
 }
 
@@ -224,26 +227,32 @@ _BITS = {Q.F16: 11, Q.BF16: 8, Q.Q8_0: 8, Q.Q6_K: 6, Q.Q5_0: 5, Q.Q5_1: 5, Q.Q5_
          Q.Q4_0: 4, Q.Q4_1: 4, Q.Q4_K: 4}  # fmt: skip
 
 
-@pytest.mark.parametrize("qtype", sorted(SUPPORTED_TYPES - {Q.F32}, key=lambda t: t.name), ids=lambda t: t.name)
-def test_quantized_tiny_llama_tracks_f32(qtype: Q, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(t.name for t in SUPPORTED_TYPES - {Q.F32}))
+def test_quantized_tiny_llama_tracks_f32(name: str, tmp_path: Path) -> None:
     """Same seed, same float weights: logits move by about the quantization step.
 
     Measured relative rms error: 0.30 (Q4_0), 0.26-0.28 (Q4_1, Q4_K), 0.14-0.15 (5-bit),
     0.066 (Q6_K), 0.019 (Q8_0), 0.006 (BF16), 0.0007 (F16); the bound 8 * 2^-bits is
     1.3-5x above those. A mis-packed block gives ~1.4 (unrelated logits).
     """
-    shape = dict(n_embd=256, n_ff=512)  # K-quant rows must be multiples of 256
+    qtype = Q.__members__[name]
     ids = [1, 298, 13, 75, 292, 111, 114, 47]
-    exact = reference_logits(write_tiny_llama(tmp_path / "f32.gguf", weight_type=Q.F32, embd_type=Q.F32, **shape), ids)
-    path = write_tiny_llama(tmp_path / "q.gguf", weight_type=qtype, embd_type=qtype, **shape)
-    got = reference_logits(path, ids)
+
+    def logits(weights: Q) -> np.ndarray:
+        # K-quant rows must be multiples of 256.
+        path = write_tiny_llama(tmp_path / f"{weights.name}.gguf", n_embd=256, n_ff=512,
+                                weight_type=weights, embd_type=weights)
+        return reference_logits(path, ids)
+
+    exact, got = logits(Q.F32), logits(qtype)
     rel_rms = np.sqrt(np.mean((got - exact) ** 2) / np.mean(exact**2))
-    assert rel_rms < 8 * 2.0 ** -_BITS[qtype], f"{qtype.name}: relative rms error {rel_rms:.4f}"
+    assert rel_rms < 8 * 2.0 ** -_BITS[qtype], f"{name}: relative rms error {rel_rms:.4f}"
 
 
-@pytest.mark.parametrize("qtype", sorted(K_QUANT_TYPES, key=lambda t: t.name), ids=lambda t: t.name)
-def test_k_quant_encoder_round_trips_through_gguf(qtype: Q) -> None:
+@pytest.mark.parametrize("name", sorted(t.name for t in K_QUANT_TYPES))
+def test_k_quant_encoder_round_trips_through_gguf(name: str) -> None:
     """Our encoder against gguf-py's decoder: error within one quantization step per block."""
+    qtype = Q.__members__[name]
     rng = np.random.default_rng(1)
     data = rng.standard_normal((6, 512)).astype(np.float32) * np.array([[0], [1e-3], [1], [10], [1], [1]])
     data[4] = np.abs(data[4]) + 3  # all positive: the min term must not be forced in

@@ -212,6 +212,16 @@ def test_piece_bytes() -> None:
         smol.piece_bytes(smol.n_vocab)
 
 
+def test_gpt2_piece_outside_the_byte_alphabet_renders_as_llama_cpp_does() -> None:
+    md = metadata("smollm2")
+    tok = Tokenizer.from_metadata({
+        **md,  # one more normal token, with a literal space, which is no GPT-2 stand-in ('Ġ' is)
+        "tokenizer.ggml.tokens": [*md["tokenizer.ggml.tokens"], "a b"],
+        "tokenizer.ggml.token_type": [*md["tokenizer.ggml.token_type"], 1],
+    })
+    assert tok.piece_bytes(tok.n_vocab - 1) == b"a[UNK_BYTE_0x20a b]b"
+
+
 def test_gpt2_pre_tokenizer_keeps_numbers_and_cleans_spaces() -> None:
     md = dict(metadata("smollm2"))
     md["tokenizer.ggml.pre"] = "gpt-2"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from numallm.numa.cpulist import parse_cpulist
-from numallm.numa.report import to_json
+from numallm.numa.report import render_text, to_json
 from numallm.numa.topology import Topology, detect
 from numallm.numa.workers import plan_workers
 
@@ -135,9 +135,13 @@ def test_detector_finds_every_fact_of_the_fixture(fixture: tuple[dict[str, Any],
     assert memory_facts(got_nodes, exact) == memory_facts(expected["nodes"], exact)
 
 
-def test_report_json_matches_the_fixture(fixture: tuple[dict[str, Any], Topology]) -> None:
+def test_reports_match_the_fixture(fixture: tuple[dict[str, Any], Topology]) -> None:
     expected, topo = fixture
-    report = json.loads(json.dumps(to_json(topo, plan_workers(topo))))  # must survive JSON
+    plan = plan_workers(topo)
+    text = render_text(topo, plan).splitlines()
+    assert sum(line.lstrip().startswith("Core ") for line in text) == expected["cores"]
+    assert sum(line.lstrip().startswith("worker ") for line in text) == len(plan)
+    report = json.loads(json.dumps(to_json(topo, plan)))  # must survive JSON
     assert facts_from_schema(report) == facts_from_schema(expected)
     exact = {n["os_index"] for n in expected["nodes"] if "memory_bytes" in n}
     assert memory_facts(report["nodes"], exact) == memory_facts(expected["nodes"], exact)

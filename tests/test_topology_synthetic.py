@@ -201,6 +201,14 @@ def test_incomplete_distances_and_memory_warn_and_stay_unknown(
     assert "NUMA distances: unknown" in text and "NUMA node 0: unknown memory" in text
 
 
+def test_text_report_puts_a_node_spanning_packages_above_them(tmp_path: Path) -> None:
+    topo = detect(str(write_machine(tmp_path, nodes=1)))
+    tree = [line for line in render_text(topo, plan_workers(topo)).splitlines()
+            if line.lstrip().startswith(("Package", "NUMA node"))]
+    assert tree == ["  NUMA node 0: 1.0 GiB memory, 512.0 MiB free; CPUs 0-15",
+                    "    Package 0: CPUs 0-3,8-11", "    Package 1: CPUs 4-7,12-15"]
+
+
 def test_text_report_shows_the_tree_memory_distances_and_workers(tmp_path: Path) -> None:
     root = write_machine(tmp_path, nodes=4)
     write_cpuset(root, "0-5,8-13", "0-3")

@@ -115,8 +115,8 @@ def test_each_worker_runs_pinned_where_planned(guest: tuple[Shape, dict[str, Any
 
 def test_worker_memory_lands_on_its_node(guest: tuple[Shape, dict[str, Any]]) -> None:
     _, seen = guest
-    for w, pages in zip(seen["workers"], seen["page_nodes"]):
-        assert pages == [w["node"]] * len(pages)
+    for bound in seen["page_nodes"]:  # strict binding, then preferred node
+        assert bound == [[w["node"]] * len(pages) for w, pages in zip(seen["workers"], bound)]
     for node in seen["report"]["nodes"]:
         total, free = seen["libnuma_node_memory"][str(node["os_index"])]
         assert total == node["memory_bytes"] and 0 < free <= total

@@ -38,9 +38,10 @@ def observe(slot: WorkerSlot) -> dict[str, Any]:
             "affinity": sorted(os.sched_getaffinity(0)), "stat_cpu": stat_cpu(tid), "tid": tid}
 
 
-def page_nodes_after_binding(slot: WorkerSlot) -> list[int]:
-    """Bind this thread's memory to its node, fault in fresh pages, ask which node holds them."""
-    libnuma.bind_thread_memory(current_node())
+def page_nodes_after_binding(slot: WorkerSlot, strict: bool = True) -> list[int]:
+    """Bind this thread's memory to its node (strictly, or as preferred node), fault in
+    fresh pages, ask which node holds them."""
+    libnuma.bind_thread_memory(current_node(), strict)
     try:
         buf = mmap.mmap(-1, PAGES * mmap.PAGESIZE)
         for page in range(PAGES):
@@ -74,7 +75,8 @@ def probe() -> dict[str, Any]:
     plan = plan_workers(topo)
     with WorkerPool(plan) as pool:
         workers = pool.run(observe)
-        memory = pool.run(page_nodes_after_binding) if topo.libnuma else None
+        memory = [pool.run(page_nodes_after_binding, strict) for strict in (True, False)] \
+            if topo.libnuma else None
     with WorkerPool(plan_workers(topo, smt=True)) as pool:
         smt_workers = pool.run(observe)
     last_node = topo.nodes[-1]

@@ -1,0 +1,166 @@
+"""The measuring loop of `numallm bench`: every grid point, every test, repetitions
+interleaved between the engines, one record per engine and test.
+
+Per (model, numa, load mode, threads) one Engine is loaded (and, with --vs-llama-cpp,
+one llama.cpp context with the same thread count, context size and KV type). Per test
+each engine runs one warm-up as llama-bench does (the whole prompt for pp, one token
+for tg), then the repetitions alternate between the engines, in alternating order, so
+a noisy neighbour or a frequency change hits both alike. The memory read bandwidth is
+measured once per thread count in the same run and gives the tg roofline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from gguf import LlamaFileType
+
+from numallm.bench_report import ModelInfo, timing_fields
+from numallm.bench_roofline import tg_ceiling_ts, weight_bytes_per_token
+from numallm.bench_runners import LlamaCppRunner, NumallmRunner, Runner
+from numallm.engine import arch
+from numallm.engine.engine import N_BATCH, Engine
+from numallm.engine.gguf_file import GGUFFile, read_gguf
+from numallm.engine.model_store import resolve_model
+from numallm.kernels.bandwidth import memory_read_bandwidth
+
+BANDWIDTH_BYTES = 256 << 20  # well past any L3 here (32 MiB), so the probe reads DRAM
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to measure: comma lists of the command line, parsed and checked."""
+
+    models: tuple[str | None, ...]  # None: $NUMALLM_MODEL or the default model
+    n_prompt: tuple[int, ...]
+    n_gen: tuple[int, ...]
+    threads: tuple[int, ...]
+    numa: tuple[str, ...]
+    load_modes: tuple[str, ...]
+    repetitions: int
+    ctx_size: int          # 0: n_prompt + n_gen, the largest of each, as llama-bench sizes it
+    kv_type: str
+    smt: bool
+    seed: int
+    verbose: bool
+
+    def tests(self) -> list[tuple[int, int]]:
+        """(n_prompt, n_gen) of each test: pp tests have n_gen 0, tg tests n_prompt 0."""
+        return [(p, 0) for p in self.n_prompt if p > 0] + [(0, n) for n in self.n_gen if n > 0]
+
+
+def model_info(gf: GGUFFile, path: Path) -> ModelInfo:
+    n_params = sum(math.prod(t.shape) for t in gf.tensors.values())
+    try:
+        ftype = LlamaFileType(int(gf.metadata["general.file_type"])).name.removeprefix("MOSTLY_")
+    except (KeyError, ValueError):
+        ftype = "?"
+    short = (f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else
+             f"{round(n_params / 1e6)}M" if n_params >= 1e6 else f"{round(n_params / 1e3)}K")
+    return ModelInfo(filename=str(path), desc=f"{gf.architecture} {short} {ftype}",
+                     size=sum(t.nbytes for t in gf.tensors.values()), n_params=n_params)
+
+
+class BenchRun:
+    """One `numallm bench` invocation; records() yields each record as soon as it exists."""
+
+    def __init__(self, grid: Grid, llama_cpp: ModuleType | None) -> None:
+        self.grid = grid
+        self.llama_cpp = llama_cpp
+        self.bandwidth: dict[int, float] = {}   # GB/s per thread count, this run
+        self.per_token: dict[str, int] = {}     # weight bytes read per token, per model
+        self._rng = np.random.default_rng(grid.seed)
+
+    def _log(self, msg: str) -> None:
+        if self.grid.verbose:
+            print(f"numallm bench: {msg}", file=sys.stderr, flush=True)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        g = self.grid
+        tests = g.tests()
+        n_ctx = g.ctx_size or max((p for p, _ in tests), default=0) + max((n for _, n in tests), default=0)
+        for model in g.models:
+            path = resolve_model(model)
+            gf = read_gguf(path)
+            spec = arch.describe(gf.metadata, str(path))
+            info = model_info(gf, path)
+            self.per_token[info.filename] = weight_bytes_per_token(gf, spec)
+            for numa in g.numa:
+                for load_mode in g.load_modes:
+                    for threads in g.threads:
+                        yield from self._point(path, info, numa, load_mode, threads, n_ctx, tests)
+
+    def _point(self, path: Path, info: ModelInfo, numa: str, load_mode: str, threads: int, n_ctx: int,
+               tests: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+        g = self.grid
+        if threads not in self.bandwidth:
+            self.bandwidth[threads] = memory_read_bandwidth(BANDWIDTH_BYTES, threads)
+            self._log(f"memory read bandwidth, {threads} thread(s): {self.bandwidth[threads]:.1f} GB/s")
+        with Engine(path, numa=numa, load_mode=load_mode, threads=threads, ctx_size=n_ctx,
+                    kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
+            runners: list[Runner] = [NumallmRunner(eng, numa, load_mode)]
+            theirs = None
+            if self.llama_cpp is not None:
+                theirs = LlamaCppRunner(self.llama_cpp, path, threads, n_ctx, g.kv_type, load_mode)
+                runners.append(theirs)
+            try:
+                for n_prompt, n_gen in tests:
+                    samples = self._measure(eng, runners, n_prompt, n_gen)
+                    recs = [self._record(r, info, threads, n_prompt, n_gen, samples[r], eng)
+                            for r in runners]
+                    if theirs is not None:
+                        recs[0]["speedup"] = recs[0]["avg_ts"] / recs[1]["avg_ts"]
+                    yield from recs
+            finally:
+                if theirs is not None:
+                    theirs.close()
+
+    def _ids(self, eng: Engine, n: int) -> np.ndarray:
+        # Random tokens after BOS, as llama-bench feeds them; both engines get the same.
+        ids = self._rng.integers(0, eng.hparams.n_vocab, n, dtype=np.int32)
+        if eng.tokenizer.add_bos and eng.tokenizer.bos_id is not None:
+            ids[0] = eng.tokenizer.bos_id
+        return ids
+
+    def _measure(self, eng: Engine, runners: list[Runner], n_prompt: int,
+                 n_gen: int) -> dict[Runner, list[float]]:
+        def once(r: Runner, ids: np.ndarray) -> float:
+            return r.prompt(ids) if n_prompt else r.generate(ids)
+
+        warm = self._ids(eng, n_prompt or 1)
+        for r in runners:
+            once(r, warm)
+        samples: dict[Runner, list[float]] = {r: [] for r in runners}
+        for rep in range(self.grid.repetitions):
+            ids = self._ids(eng, n_prompt or n_gen)
+            for r in (runners if rep % 2 == 0 else runners[::-1]):
+                samples[r].append(once(r, ids))
+                self._log(f"{r.engine_name} {'pp' if n_prompt else 'tg'}{len(ids)} "
+                          f"rep {rep + 1}/{self.grid.repetitions}: {len(ids) / samples[r][-1]:.2f} t/s")
+        return samples
+
+    def _record(self, r: Runner, info: ModelInfo, threads: int, n_prompt: int, n_gen: int,
+                seconds: list[float], eng: Engine) -> dict[str, Any]:
+        g = self.grid
+        rec: dict[str, Any] = {
+            "engine": r.engine_name, "model_filename": info.filename, "model_type": info.desc,
+            "model_size": info.size, "model_n_params": info.n_params, "n_batch": N_BATCH,
+            "n_threads": threads, "type_k": g.kv_type, "type_v": g.kv_type, "numa": r.numa,
+            "load_mode": r.load_mode, "n_prompt": n_prompt, "n_gen": n_gen,
+            "test_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        rec.update(timing_fields(n_prompt or n_gen, seconds))
+        gbps = self.bandwidth[threads]
+        ceiling = (tg_ceiling_ts(self.per_token[info.filename], eng.hparams, eng.kv.k.itemsize, n_gen, gbps)
+                   if n_gen else None)
+        rec.update(mem_gbps=gbps, roofline_ts=ceiling,
+                   roofline_frac=rec["avg_ts"] / ceiling if ceiling else None)
+        return rec

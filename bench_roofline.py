@@ -1,0 +1,45 @@
+"""The memory roofline of token generation: the t/s ceiling a read bandwidth implies.
+
+Generating one token reads every weight once (the output projection included) and,
+in attention, the KV cache up to that position; nothing else of size. So at a read
+bandwidth B (bytes/s) a decode at position p takes at least
+(weight bytes per token + KV bytes read at p) / B, and tg N from an empty context
+(positions 0..N-1, as llama-bench runs it) at least the sum of that over those N.
+
+Byte counts come from the GGUF file, not from our in-memory layout, so the ceiling is
+the same for every engine reading that file.
+"""
+
+from __future__ import annotations
+
+from numallm.engine.arch.spec import ArchSpec, HParams
+from numallm.engine.gguf_file import GGUFFile
+
+
+def weight_bytes_per_token(gf: GGUFFile, spec: ArchSpec) -> int:
+    """Bytes of the model one decode step reads: every tensor, except that the token
+    embedding table contributes one row, unless it doubles as the output projection
+    (tied embeddings), in which case the projection reads all of it as well."""
+    embd = gf.tensors[spec.token_embd]
+    total = sum(t.nbytes for t in gf.tensors.values())
+    tied = spec.output not in gf.tensors
+    return total - embd.nbytes + embd.row_bytes + (embd.nbytes if tied else 0)
+
+
+def kv_bytes_read(hp: HParams, kv_itemsize: int, pos: int) -> int:
+    """KV cache bytes attention reads for the token at position `pos` (0-based), all
+    layers, K and V: positions 0..pos, or the last sliding_window of them on
+    sliding-window layers."""
+    per_position = 2 * hp.n_head_kv * hp.head_dim * kv_itemsize
+    total = 0
+    for il in range(hp.n_layer):
+        local = hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
+        seen = min(pos + 1, hp.sliding_window) if local and hp.sliding_window > 0 else pos + 1
+        total += seen * per_position
+    return total
+
+
+def tg_ceiling_ts(weight_bytes: int, hp: HParams, kv_itemsize: int, n_gen: int, gbps: float) -> float:
+    """The most tokens/s a tg n_gen run (positions 0..n_gen-1) can reach at `gbps` GB/s."""
+    total = sum(weight_bytes + kv_bytes_read(hp, kv_itemsize, p) for p in range(n_gen))
+    return n_gen * gbps * 1e9 / total

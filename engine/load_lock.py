@@ -1,0 +1,73 @@
+"""--load-mode mlock: keep the weights' pages in RAM (never swapped or dropped).
+
+The RLIMIT_MEMLOCK check comes first so a too-low limit is one clear error naming
+`ulimit -l` and the bytes needed, not a bare ENOMEM from mlock(2) after a slow fault-in.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import numpy as np
+
+from numallm.engine.load_pages import PAGE, address, align_down, align_up, libc, os_error
+from numallm.errors import ResourceError
+
+_CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK
+
+
+def _status_field(name: str) -> str:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def locked_bytes() -> int:
+    """Bytes this process has locked now (VmLck)."""
+    value = _status_field("VmLck").split()
+    return int(value[0]) * 1024 if value else 0
+
+
+def _may_exceed_limit() -> bool:
+    caps = _status_field("CapEff")
+    return bool(caps) and bool(int(caps, 16) >> _CAP_IPC_LOCK & 1)
+
+
+def _kib(n: int) -> str:
+    return f"{align_up(n, 1024) // 1024} KiB"
+
+
+def check_lock_limit(nbytes: int) -> None:
+    """Raise ResourceError unless `nbytes` more can be locked under RLIMIT_MEMLOCK."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == resource.RLIM_INFINITY or _may_exceed_limit():
+        return
+    need = locked_bytes() + nbytes
+    if need > soft:
+        raise ResourceError(
+            f"--load-mode mlock needs {nbytes} bytes ({nbytes / 2**20:.1f} MiB) of locked memory but "
+            f"RLIMIT_MEMLOCK allows {soft} bytes ({_kib(soft)}) and {locked_bytes()} are locked already: "
+            f"raise it with `ulimit -l {align_up(need, 1024) // 1024}` (KiB; or unlimited, or "
+            f"memlock in /etc/security/limits.conf), or use --load-mode mmap")
+
+
+class PageLock:
+    """The pages of one buffer, locked; unlock() releases them (idempotent)."""
+
+    def __init__(self, buf: np.ndarray) -> None:
+        start = align_down(address(buf), PAGE)
+        self._span = (start, align_up(address(buf) + buf.nbytes, PAGE) - start)
+        check_lock_limit(self._span[1])
+        # mlock faults every page in (reading the file for a mapping) before returning.
+        if libc().mlock(*self._span) != 0:
+            err = os_error("mlock")
+            raise ResourceError(f"--load-mode mlock: locking {self._span[1]} bytes failed ({err.strerror}); "
+                                f"check `ulimit -l` and free memory, or use --load-mode mmap")
+        self._buf: np.ndarray | None = buf  # keeps the memory mapped while it is locked
+
+    def unlock(self) -> None:
+        if self._buf is not None:
+            libc().munlock(*self._span)
+            self._buf = None

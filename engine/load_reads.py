@@ -1,0 +1,254 @@
+"""Read file ranges straight into destination buffers, from several threads at once.
+
+Placement-agnostic: the caller gives a list of ReadJob (a file offset, the uint8 buffer
+those bytes go to: a whole-model copy, one node's copy, a shard; and optionally what to
+do with them once they are all in, e.g. repack them in place), and may give a `setup`
+every reading thread runs first (e.g. bind its memory to a NUMA node, so the pages it
+fills, and the scratch memory of a repack, land there).
+
+Every read loops until each byte is there: a read may return fewer bytes than asked
+(signals, the 2 GiB cap of one read(2), O_DIRECT at the end of a file), and taking a
+short read for a full one silently corrupts weights (llama.cpp #18504). The file ending
+early is a ModelFormatError naming the bytes that are missing.
+
+Direct mode (O_DIRECT) keeps the page cache clean: aligned requests go from the disk
+straight into the destination; unaligned heads and tails go through a small aligned
+bounce buffer, also with O_DIRECT. Chunks the page cache already holds in full are
+copied from it instead (no new pages are cached, and RAM is faster than the disk).
+A filesystem that refuses O_DIRECT (EINVAL), or tmpfs (whose files live in the page
+cache anyway), gets buffered reads and one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+
+from numallm.engine.load_pages import PAGE, address, align_down, align_up, anonymous, libc, resident
+from numallm.errors import BadInputError, ModelFormatError, NumallmError
+from numallm.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+ALIGN = max(4096, PAGE)  # O_DIRECT alignment of addresses, offsets and lengths
+CHUNK = 16 << 20         # bytes per request: large enough to keep the disk queue busy
+THREADS = 4              # requests in flight: several beat one queue, on disk and in RAM
+_TMPFS_MAGIC = 0x01021994
+
+
+@dataclass(frozen=True)
+class ReadJob:
+    """File bytes [offset, offset + dest.size) go into `dest` (uint8, C-contiguous); then,
+    on the reading thread that completes it, `after(dest)` runs if given."""
+
+    offset: int
+    dest: np.ndarray
+    after: Callable[[np.ndarray], None] | None = None
+
+
+class _Truncated(Exception):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
+class _Source:
+    """The open file: a buffered descriptor, and an O_DIRECT one while direct reads work."""
+
+    def __init__(self, path: str, direct: bool) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise BadInputError(f"{path}: cannot open ({e.strerror})") from None
+        self.size = os.fstat(self.fd).st_size
+        self.dfd = -1
+        self._lock = threading.Lock()
+        if direct:
+            if _is_tmpfs(self.fd):
+                self._warn("it is on tmpfs, which keeps every file in the page cache anyway")
+                return
+            try:
+                self.dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise BadInputError(f"{path}: cannot open ({e.strerror})") from None
+                self._warn("its filesystem refuses O_DIRECT (EINVAL at open)")
+
+    @property
+    def direct(self) -> bool:
+        return self.dfd >= 0
+
+    def _warn(self, why: str) -> None:
+        log.warning("--load-mode dio: %s: %s; reading it buffered instead (the page cache will "
+                    "hold a copy)", self.path, why)
+
+    def refuse_direct(self) -> None:
+        """The filesystem took the O_DIRECT open but refuses the reads: go buffered."""
+        with self._lock:
+            if self.dfd >= 0:
+                os.close(self.dfd)
+                self.dfd = -1
+                self._warn("its filesystem refuses O_DIRECT reads (EINVAL)")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.dfd >= 0:
+            os.close(self.dfd)
+
+
+def _is_tmpfs(fd: int) -> bool:
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc().fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value == _TMPFS_MAGIC
+
+
+def _pread_full(src: _Source, view: memoryview, offset: int, required: int, direct: bool) -> None:
+    """Fill view[:required] from file bytes at `offset`, looping over short reads.
+
+    A direct request may ask for more (view is rounded up to ALIGN and may pass the end of
+    the file); it stays direct while it is aligned, and a short read that leaves it
+    unaligned finishes buffered.
+    """
+    got = 0
+    while got < required:
+        use_direct = direct and src.direct and got % ALIGN == 0
+        try:
+            n = os.preadv(src.dfd if use_direct else src.fd, [view[got:]], offset + got)
+        except OSError as e:
+            if use_direct and e.errno == errno.EINVAL:
+                src.refuse_direct()
+                continue
+            raise
+        if n == 0:
+            raise _Truncated(offset + got)
+        got += n
+
+
+class _Bounce(threading.local):
+    """Each thread's aligned scratch buffer for the unaligned edges of direct reads."""
+
+    buf: np.ndarray | None = None
+
+    def get(self, nbytes: int) -> np.ndarray:
+        if self.buf is None or self.buf.size < nbytes:
+            self.buf = anonymous(align_up(nbytes, ALIGN))[0]
+        return self.buf
+
+
+def _read_direct(src: _Source, bounce: _Bounce, offset: int, dest: np.ndarray) -> None:
+    n = dest.size
+    if (address(dest) - offset) % ALIGN:
+        head_end = offset + n  # the buffer's alignment differs from the file's: bounce it all
+    else:
+        head_end = min(offset + n, align_up(offset, ALIGN))
+    _read_bounced(src, bounce, offset, dest[:head_end - offset])
+    body_end = max(head_end, align_down(offset + n, ALIGN))
+    if body_end > head_end:
+        _pread_full(src, memoryview(dest[head_end - offset:body_end - offset]), head_end,
+                    body_end - head_end, True)
+    _read_bounced(src, bounce, body_end, dest[body_end - offset:])
+
+
+def _read_bounced(src: _Source, bounce: _Bounce, offset: int, dest: np.ndarray) -> None:
+    """Read an arbitrary range with aligned O_DIRECT requests into scratch, then copy."""
+    step = 1 << 20
+    for start in range(0, dest.size, step):
+        part = dest[start:start + step]
+        lo = align_down(offset + start, ALIGN)
+        hi = align_up(offset + start + part.size, ALIGN)
+        scratch = bounce.get(hi - lo)[:hi - lo]
+        _pread_full(src, memoryview(scratch), lo, offset + start + part.size - lo, True)
+        part[:] = scratch[offset + start - lo:offset + start - lo + part.size]
+
+
+def _read_chunk(src: _Source, bounce: _Bounce, offset: int, dest: np.ndarray) -> None:
+    if src.direct and not _cached(src, offset, dest.size):
+        _read_direct(src, bounce, offset, dest)
+    else:
+        _pread_full(src, memoryview(dest), offset, dest.size, False)
+
+
+def _cached(src: _Source, offset: int, length: int) -> bool:
+    lo = align_down(offset, PAGE)
+    hi = min(offset + length, src.size)
+    return hi > lo and bool(resident(src.fd, lo, hi - lo).all())
+
+
+def _chunks(job: ReadJob) -> list[tuple[int, np.ndarray]]:
+    dest = job.dest.reshape(-1)
+    if dest.dtype != np.uint8 or not job.dest.flags.c_contiguous:
+        raise ValueError("ReadJob.dest must be a C-contiguous uint8 array")
+    # Chunk boundaries on ALIGN multiples of the file offset keep every inner request aligned.
+    out, start = [], 0
+    while start < dest.size:
+        end = min(dest.size, align_down(job.offset + start + CHUNK, ALIGN) - job.offset)
+        out.append((job.offset + start, dest[start:end]))
+        start = end
+    return out
+
+
+class _Completion:
+    """Counts each job's chunks down; the thread reading a job's last chunk runs its `after`."""
+
+    def __init__(self, jobs: Sequence[ReadJob], counts: list[int]) -> None:
+        self._jobs = jobs
+        self._left = counts
+        self._lock = threading.Lock()
+
+    def chunk_done(self, index: int) -> None:
+        with self._lock:
+            self._left[index] -= 1
+            last = self._left[index] == 0
+        job = self._jobs[index]
+        if last and job.after is not None:
+            job.after(job.dest)
+
+
+def read_jobs(path: str, jobs: Sequence[ReadJob], *, direct: bool = False, threads: int = THREADS,
+              setup: Callable[[], None] | None = None, desc: str = "loading weights") -> bool:
+    """Fill every job's buffer from the file; True when O_DIRECT was used to the end.
+
+    Requests of up to CHUNK bytes are issued from `threads` threads, each of which runs
+    `setup` first. Raises ModelFormatError when the file ends before a job's last byte.
+    """
+    chunks = [_chunks(job) for job in jobs]
+    done = _Completion(jobs, [len(c) for c in chunks])
+    src = _Source(path, direct)
+    bounce = _Bounce()
+    bar = progress_bar(sum(j.dest.size for j in jobs), desc)
+
+    def work(index: int, offset: int, dest: np.ndarray) -> int:
+        _read_chunk(src, bounce, offset, dest)
+        done.chunk_done(index)
+        return dest.size
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, threads), initializer=setup) as pool:
+            futures = [pool.submit(work, i, off, dest) for i, cs in enumerate(chunks) for off, dest in cs]
+            try:
+                for fut in as_completed(futures):
+                    bar.update(fut.result())
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        return src.direct
+    except _Truncated as e:
+        need = max(j.offset + j.dest.size for j in jobs)
+        raise ModelFormatError(f"{path}: the file ends at byte {min(e.at, os.fstat(src.fd).st_size)} but "
+                               f"the weights need bytes up to {need}: it is truncated (re-download it)") from None
+    except OSError as e:
+        raise NumallmError(f"{path}: reading the weights failed ({e.strerror}); check the disk "
+                           f"and the file") from None
+    finally:
+        bar.close()
+        src.close()

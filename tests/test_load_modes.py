@@ -1,0 +1,370 @@
+"""--load-mode auto | mmap | mlock | dio | none: same bytes, clean page cache, real locks.
+
+Every mode must give the kernels the very same bytes (checked against kernels.pack of
+the file's raw bytes) and the same greedy text; dio must leave the page cache as it
+found it and fall back, with one warning, where O_DIRECT is refused or pointless;
+mlock must really lock (VmLck), fail clearly under a low RLIMIT_MEMLOCK without
+CAP_IPC_LOCK, and leave nothing locked once the engine is closed; a truncated file
+must be a clean ModelFormatError in every mode.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from synthetic import write_tiny_llama
+
+from numallm import kernels
+from numallm.cli import main as cli_main
+from numallm.engine import Engine, arch
+from numallm.engine import load_reads
+from numallm.engine.gguf_file import GGUFFile, read_gguf
+from numallm.engine.load_lock import locked_bytes
+from numallm.engine.load_pages import resident
+from numallm.engine.load_reads import ReadJob, read_jobs
+from numallm.engine.weights import Weights, load_weights
+from numallm.errors import ModelFormatError
+
+MODES = ("mmap", "mlock", "dio", "none")
+PYTHON = sys.executable
+WARNING_LOGGER = "numallm.engine.load_reads"
+
+
+@pytest.fixture(scope="module")
+def tiny_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model of types the kernels read in file layout: mmap uses it in place."""
+    return write_tiny_llama(tmp_path_factory.mktemp("f16") / "tiny-f16.gguf",
+                            weight_type=Q.F16, embd_type=Q.F16)
+
+
+def _disk_dir(tmp_path: Path) -> Path:
+    """A directory on a filesystem with real O_DIRECT (not tmpfs), for dio tests."""
+    for d in (tmp_path, Path(__file__).parent):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            if not load_reads._is_tmpfs(fd):
+                return d
+        finally:
+            os.close(fd)
+    pytest.fail("no directory on a disk filesystem (tmp_path and tests/ are both tmpfs)")
+
+
+def _load(path: Path, mode: str, cold: bool = False) -> tuple[GGUFFile, Weights]:
+    """Read the header, then load; cold: drop the file from the page cache in between
+    (reading the header of a tiny file reads all of it ahead, and dio copies what the
+    page cache holds instead of reading it with O_DIRECT)."""
+    gf = read_gguf(path)
+    if cold:
+        _drop_from_page_cache(path)
+    return gf, load_weights(gf, arch.describe(gf.metadata, str(path)), mode)
+
+
+def _expected_matrices(gf: GGUFFile, w: Weights) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(bytes the kernels will read, kernels.pack of the file's raw bytes) per matrix."""
+    spec = arch.describe(gf.metadata, gf.path)
+    names = [fmt.format(il) for il in range(spec.hparams.n_layer) for fmt in spec.matrices]
+    names += [spec.token_embd, spec.output if spec.output in gf.tensors else spec.token_embd]
+    raw = np.fromfile(gf.path, np.uint8)
+    out = []
+    for name, (qtype, rows, cols, off, n, _) in zip(names, np.concatenate([w.wtab.reshape(-1, 6), w.gtab])):
+        t = gf.tensors[name]
+        assert (int(t.qtype), t.rows, t.cols, t.nbytes) == (qtype, rows, cols, n)
+        out.append((w.buf[off:off + n], kernels.pack(t.qtype, raw[t.offset:t.offset + n].copy(), rows, cols)))
+    return out
+
+
+def _digest(w: Weights) -> list[bytes]:
+    rows = np.concatenate([w.wtab.reshape(-1, 6), w.gtab])
+    return [w.buf[off:off + n].tobytes() for _, _, _, off, n, _ in rows] + [w.vecs.tobytes()]
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_f16"])
+def test_every_mode_gives_the_packed_file_bytes(model: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(model)
+    digests = {}
+    for mode in MODES:
+        gf, w = _load(path, mode)
+        try:
+            # mmap uses the file in place exactly when no matrix needs repacking.
+            assert w.mapped == (mode in ("mmap", "mlock") and model == "tiny_f16")
+            for got, want in _expected_matrices(gf, w):
+                np.testing.assert_array_equal(got, want)
+            digests[mode] = _digest(w)
+        finally:
+            w.close()
+    assert all(d == digests["mmap"] for d in digests.values())
+
+
+def _resident_tensor_pages(gf: GGUFFile) -> np.ndarray:
+    start = min(t.offset for t in gf.tensors.values()) // 4096 * 4096
+    fd = os.open(gf.path, os.O_RDONLY)
+    try:
+        return resident(fd, start, gf.file_size - start)
+    finally:
+        os.close(fd)
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_dio_leaves_the_page_cache_clean(smollm2: Path, tmp_path: Path) -> None:
+    # A private copy: other processes on this machine read the shared model file.
+    path = _disk_dir(tmp_path) / "dio-copy.gguf"
+    shutil.copyfile(smollm2, path)
+    try:
+        gf = read_gguf(path)
+        spec = arch.describe(gf.metadata, str(path))
+        _drop_from_page_cache(path)
+        assert not _resident_tensor_pages(gf).any(), "posix_fadvise did not empty the page cache"
+        w = load_weights(gf, spec, "dio")
+        assert w.direct
+        after_dio = _resident_tensor_pages(gf)
+        w.close()
+        assert after_dio.sum() == 0, f"dio left {after_dio.sum()} of {after_dio.size} pages in the page cache"
+        # The check can fail: a buffered load fills the cache.
+        w = load_weights(gf, spec, "none")
+        w.close()
+        assert _resident_tensor_pages(gf).mean() > 0.9
+    finally:
+        path.unlink()
+
+
+def test_dio_on_tmpfs_falls_back_with_one_warning(tiny_llama: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shm = Path("/dev/shm")
+    fd = os.open(shm, os.O_RDONLY)
+    is_tmpfs = load_reads._is_tmpfs(fd)
+    os.close(fd)
+    assert is_tmpfs, "/dev/shm is not a tmpfs here: this test needs one"
+    path = shm / f"numallm-test-{os.getpid()}.gguf"
+    shutil.copyfile(tiny_llama, path)
+    try:
+        _, ref = _load(tiny_llama, "none")
+        with caplog.at_level(logging.WARNING, logger=WARNING_LOGGER):
+            _, w = _load(path, "dio")
+        warnings = [r.getMessage() for r in caplog.records if r.name == WARNING_LOGGER]
+        assert len(warnings) == 1 and "tmpfs" in warnings[0] and "buffered" in warnings[0]
+        assert not w.direct
+        assert _digest(w) == _digest(ref)
+        w.close()
+        ref.close()
+    finally:
+        path.unlink()
+
+
+def test_dio_on_a_filesystem_refusing_o_direct_falls_back(tiny_llama: Path, tmp_path: Path) -> None:
+    # ramfs refuses O_DIRECT with EINVAL: mount one in a private mount namespace.
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed for this test: apt-get install util-linux"
+    _, ref = _load(tiny_llama, "none")
+    want = [d.hex() for d in _digest(ref)]
+    ref.close()
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    child = textwrap.dedent(f"""
+        import json, logging, shutil, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_load_modes import _load, _digest
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+        shutil.copyfile({str(tiny_llama)!r}, {str(mnt / "m.gguf")!r})
+        _, w = _load({str(mnt / "m.gguf")!r}, "dio")
+        print(json.dumps({{"direct": w.direct, "digest": [d.hex() for d in _digest(w)]}}))
+    """)
+    ns = [unshare, "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    script = f"mount -t ramfs ramfs {mnt} && exec {PYTHON} -c \"$0\""
+    r = subprocess.run(ns + ["sh", "-c", script, child], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"could not run the ramfs check: {r.stderr[-2000:]}"
+    *log_lines, result = r.stdout.strip().splitlines()
+    got = json.loads(result)
+    assert [line for line in log_lines if "refuses O_DIRECT" in line] == log_lines and len(log_lines) == 1
+    assert got["direct"] is False and got["digest"] == want
+
+
+def _is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def test_short_reads_and_refused_direct_reads_are_completed(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    path = _disk_dir(tmp_path) / "short.gguf"
+    shutil.copyfile(tiny_llama, path)
+    _, ref = _load(path, "none")
+    want = _digest(ref)
+    ref.close()
+    real = os.preadv
+    calls = {"short": 0}
+
+    def short_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        # Return fewer bytes than asked, as signals and the kernel may: unaligned for
+        # buffered reads, whole blocks for O_DIRECT.
+        cap = 8192 if _is_direct(fd) else 1000
+        view = buffers[0]
+        if len(view) > cap:
+            calls["short"] += 1
+            view = view[:cap]
+        return real(fd, [view], offset)
+
+    monkeypatch.setattr(load_reads.os, "preadv", short_preadv)
+    monkeypatch.setattr(load_reads, "CHUNK", 16384)  # many chunks, each split by short reads
+    for mode in ("none", "dio"):
+        _, w = _load(path, mode, cold=True)
+        assert _digest(w) == want
+        assert w.direct == (mode == "dio")
+        w.close()
+    assert calls["short"] > 10
+
+    def refusing_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if _is_direct(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(load_reads.os, "preadv", refusing_preadv)
+    with caplog.at_level(logging.WARNING, logger=WARNING_LOGGER):
+        _, w = _load(path, "dio", cold=True)
+    warnings = [r.getMessage() for r in caplog.records if r.name == WARNING_LOGGER]
+    assert len(warnings) == 1 and "refuses O_DIRECT reads" in warnings[0]
+    assert not w.direct and _digest(w) == want
+    w.close()
+
+
+def test_read_jobs_fills_any_range_and_runs_setup_and_after(tiny_llama: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _disk_dir(tmp_path) / "jobs.bin"
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 300_000, dtype=np.uint8)
+    data.tofile(path)
+    monkeypatch.setattr(load_reads, "CHUNK", 3 * 4096)
+
+    for direct in (False, True):
+        _drop_from_page_cache(path)
+        threads: set[int] = set()
+        after: list[int] = []
+        backing = np.zeros(400_000, np.uint8)
+        # Unaligned offsets and lengths, a buffer offset unlike the file's (all bounced
+        # in dio), a job ending exactly at the end of the file, a 1-byte job.
+        spans = [(0, 5000, 0), (4095, 70_001, 8000), (123_457, 40_000, 90_001),
+                 (200_000, 100_000, 140_000 + 4096 - 200_000 % 4096), (299_999, 1, 399_000)]
+        jobs = [ReadJob(off, backing[at:at + n], after=lambda d, i=i: after.append(i))
+                for i, (off, n, at) in enumerate(spans)]
+        used = read_jobs(str(path), jobs, direct=direct, threads=3,
+                         setup=lambda: threads.add(threading.get_ident()))
+        assert used == direct
+        for off, n, at in spans:
+            np.testing.assert_array_equal(backing[at:at + n], data[off:off + n])
+        assert sorted(after) == list(range(len(spans)))
+        assert 1 <= len(threads) <= 3
+    with pytest.raises(ModelFormatError, match="truncated"):
+        read_jobs(str(path), [ReadJob(299_000, np.zeros(2000, np.uint8))], direct=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_truncated_file_fails_cleanly(mode: str, tiny_llama: Path, tiny_f16: Path, tmp_path: Path) -> None:
+    for src in (tiny_llama, tiny_f16):
+        path = tmp_path / src.name
+        shutil.copyfile(src, path)
+        gf = read_gguf(path)
+        size = path.stat().st_size
+        # Cut after the header was read (a file shrinking under us): the loader's own checks.
+        os.truncate(path, size - 5000)
+        with pytest.raises(ModelFormatError, match="truncated"):
+            load_weights(gf, arch.describe(gf.metadata, str(path)), mode)
+        assert locked_bytes() == 0
+        # Cut before: the CLI's usual path, exit status 2.
+        assert cli_main(["generate", "-m", str(path), "--load-mode", mode, "hi"]) == 2
+
+
+def test_mlock_locks_and_close_unlocks(tiny_llama: Path) -> None:
+    before = locked_bytes()
+    with Engine(tiny_llama, load_mode="mlock", threads=1) as e:
+        locked = locked_bytes() - before
+        assert locked >= e.weights.buf.nbytes
+        text = e.generate("Hello", max_tokens=5, temperature=0)
+    assert locked_bytes() == before
+    with Engine(tiny_llama, load_mode="none", threads=1) as e:
+        assert e.generate("Hello", max_tokens=5, temperature=0) == text
+
+
+def _drop_ipc_lock() -> list[str]:
+    """A command prefix that runs a program without CAP_IPC_LOCK."""
+    with open("/proc/self/status") as f:
+        caps = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+    if not caps >> 14 & 1:
+        return []
+    if shutil.which("setpriv"):
+        return ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"]
+    if shutil.which("capsh"):
+        return ["capsh", "--drop=cap_ipc_lock", "--"]
+    pytest.fail("dropping CAP_IPC_LOCK needs setpriv (util-linux) or capsh (libcap2-bin): "
+                "apt-get install util-linux")
+
+
+def test_mlock_over_rlimit_memlock_is_a_clear_error(tiny_llama: Path) -> None:
+    child = textwrap.dedent(f"""
+        import ctypes, json, mmap, resource, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_load_modes import _load
+        from numallm.engine.load_lock import locked_bytes
+        from numallm.engine.load_pages import libc
+        from numallm.errors import ResourceError
+        caps = int(open("/proc/self/status").read().split("CapEff:")[1].split()[0], 16)
+        _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (16384, hard))
+        big = mmap.mmap(-1, 1 << 20)
+        raw_ok = libc().mlock(ctypes.addressof(ctypes.c_char.from_buffer(big)), 1 << 20) == 0
+        try:
+            _load({str(tiny_llama)!r}, "mlock")
+            error = None
+        except ResourceError as e:
+            error = str(e)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+        _, w = _load({str(tiny_llama)!r}, "mlock")
+        print(json.dumps({{"cap": bool(caps >> 14 & 1), "raw_mlock_ok": raw_ok, "error": error,
+                          "locked": locked_bytes(), "size": w.buf.nbytes, "hard": hard}}))
+    """)
+    r = subprocess.run(_drop_ipc_lock() + [PYTHON, "-c", child], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not got["cap"] and not got["raw_mlock_ok"], "the child still may lock past RLIMIT_MEMLOCK"
+    assert got["error"] is not None and "ulimit -l" in got["error"] and "RLIMIT_MEMLOCK" in got["error"]
+    assert str(got["size"]) in got["error"] or f"{got['size'] // 4096 * 4096}" in got["error"]
+    assert got["hard"] == -1 or got["locked"] >= got["size"]
+
+
+@pytest.mark.model
+def test_every_mode_same_greedy_text_on_smollm2(smollm2: Path) -> None:
+    texts, digests = {}, {}
+    for mode in ("auto",) + MODES:
+        with Engine(smollm2, load_mode=mode) as e:
+            texts[mode] = e.generate("The capital of France is", max_tokens=8, temperature=0)
+            digests[mode] = _digest(e.weights)
+            assert e.weights.load_mode == ("mmap" if mode == "auto" else mode)
+    assert len(set(texts.values())) == 1, texts
+    assert all(d == digests["none"] for d in digests.values())
+
+
+def test_cli_aliases(tiny_llama: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["generate", "-m", str(tiny_llama), "--mmap", "--no-mmap", "hi"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert cli_main(["generate", "-m", str(tiny_llama), "--load-mode", "none", "--mlock", "hi"]) == 2
+    assert "contradicts" in capsys.readouterr().err
+    assert cli_main(["generate", "-m", str(tiny_llama), "--mlock", "--mmap", "-n", "2", "--temp", "0", "hi"]) == 0
+    err = capsys.readouterr().err
+    assert "--mlock --mmap is llama.cpp's spelling of --load-mode mlock" in err
