@@ -15,8 +15,11 @@ then -r times; t/s is the mean over the repetitions ± their sample standard dev
 --vs-llama-cpp (needs the `llama-cpp` extra: pip install -e '.[llama-cpp]') loads the
 same GGUF in llama.cpp with the same thread count, context size and KV type and
 alternates its repetitions with ours, so both see the same machine; our rows gain a
-speedup column (ours / llama.cpp's t/s). This machine is shared and noisy: only ratios
-from one run are evidence.
+speedup column (ours / llama.cpp's t/s). llama.cpp maps the file unless our load mode
+reads it (none, dio: its --no-mmap) or locks it (mlock: its --mlock); it runs without a
+NUMA strategy. Shared machines are noisy: only ratios from one run are evidence, and
+with more runnable threads than cores (see the load average line) multi-threaded
+numbers fall, llama.cpp's most (its workers spin at every barrier).
 
 The roofline column of tg rows: the memory read bandwidth measured in this run with
 the same thread count (numallm.kernels.bandwidth), divided by the bytes one token
@@ -25,11 +28,14 @@ up to that position), is the most t/s any engine can reach; "0.45 of 180" means 
 of a 180 t/s ceiling.
 
 Output: a markdown table (rows printed as they finish), or with --json a list of
-records with llama-bench's field names (model_filename, model_type, model_size,
+records with llama-bench's field names (cpu_info, model_filename, model_type, model_size,
 model_n_params, n_batch, n_threads, type_k, type_v, n_prompt, n_gen, test_time,
 avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts) plus engine ("numallm"
 or "llama.cpp"), numa, load_mode, mem_gbps, roofline_ts and roofline_frac (null for
-pp), and speedup on our records when compared; --csv prints the same fields.
+pp) and load_avg; our records add simd (the kernel build: vnni, avx2, generic) and,
+when compared, speedup. --csv prints the same fields.
+Under the table: the bandwidths, the tg speed ratio between thread counts beside the
+bandwidth ratio, the CPU, and the machine's load average during the run.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _items(flag: str, value: object) -> list[str]:
     items = [s.strip() for s in str(value).split(",")]
-    if not items or any(not s for s in items):
+    if any(not s for s in items):
         raise BadInputError(f"{flag} {value!r}: expected a comma list without empty items")
     return items
 
@@ -110,7 +116,7 @@ def parse_grid(args: argparse.Namespace) -> Grid:
         raise BadInputError("give at most one of --json and --csv")
     if args.cache_type_k != args.cache_type_v:
         raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
-    n_gen = DEFAULT_GEN if str(args.n_predict) == "-1" else args.n_predict
+    n_gen = DEFAULT_GEN if args.n_predict in (None, -1, "-1") else args.n_predict  # unset: 128
     if args.threads is None:
         # The engine's default, resolved here so llama.cpp gets the same count.
         threads: tuple[int, ...] = (len(plan_workers(detect("/"), None, args.smt)),)
@@ -119,18 +125,23 @@ def parse_grid(args: argparse.Namespace) -> Grid:
     grid = Grid(
         models=tuple(_items("-m", args.model)) if args.model else (None,),
         n_prompt=_ints("-p", args.n_prompt, 0), n_gen=_ints("-n", n_gen, 0), threads=threads,
-        numa=_names("--numa", args.numa, NUMA_MODES), load_modes=_load_modes(args),
+        numa=_names("--numa", args.numa or "auto", NUMA_MODES), load_modes=_load_modes(args),
         repetitions=args.repetitions, ctx_size=args.ctx_size, kv_type=args.cache_type_k, smt=args.smt,
         seed=max(args.seed, 0), verbose=args.verbose)
-    if not grid.tests():
+    tests = grid.tests()
+    if not tests:
         raise BadInputError("nothing to measure: -p and -n are both 0")
+    longest = max(p + n for p, n in tests)
+    if grid.ctx_size and grid.ctx_size < longest:
+        raise BadInputError(f"-c {grid.ctx_size} is too small for a {longest}-token test; "
+                            "raise it or leave it 0 (sized to the tests)")
     return grid
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure the grid and print the table, JSON or CSV on stdout; 0 on success."""
     from numallm.bench_measure import BenchRun
-    from numallm.bench_report import render_csv, render_json, roofline_note, table_header, table_row
+    from numallm.bench_report import render_csv, render_json, table_header, table_note, table_row
     from numallm.bench_runners import import_llama_cpp
 
     grid = parse_grid(args)
@@ -145,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         if table:
             print(table_row(rec, args.vs_llama_cpp), flush=True)
     if table:
-        print(roofline_note(bench.per_token, bench.bandwidth))
+        print(table_note(records, bench.per_token, bench.bandwidth))
     else:
         print(render_json(records) if args.json else render_csv(records))
     return 0

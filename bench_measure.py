@@ -12,8 +12,9 @@ measured once per thread count in the same run and gives the tg roofline.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
-import sys
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.model_store import resolve_model
 from numallm.kernels.bandwidth import memory_read_bandwidth
+from numallm.kernels.cpu import simd_path
+
+log = logging.getLogger(__name__)  # shown with -v (cli.py sets the "numallm" logger up)
 
 BANDWIDTH_BYTES = 256 << 20  # well past any L3 here (32 MiB), so the probe reads DRAM
 
@@ -57,6 +61,18 @@ class Grid:
         return [(p, 0) for p in self.n_prompt if p > 0] + [(0, n) for n in self.n_gen if n > 0]
 
 
+def cpu_info() -> str:
+    """The CPU's model name, llama-bench's cpu_info ("" where /proc/cpuinfo has none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def model_info(gf: GGUFFile, path: Path) -> ModelInfo:
     n_params = sum(math.prod(t.shape) for t in gf.tensors.values())
     try:
@@ -78,10 +94,7 @@ class BenchRun:
         self.bandwidth: dict[int, float] = {}   # GB/s per thread count, this run
         self.per_token: dict[str, int] = {}     # weight bytes read per token, per model
         self._rng = np.random.default_rng(grid.seed)
-
-    def _log(self, msg: str) -> None:
-        if self.grid.verbose:
-            print(f"numallm bench: {msg}", file=sys.stderr, flush=True)
+        self._cpu_info = cpu_info()
 
     def records(self) -> Iterator[dict[str, Any]]:
         g = self.grid
@@ -103,7 +116,7 @@ class BenchRun:
         g = self.grid
         if threads not in self.bandwidth:
             self.bandwidth[threads] = memory_read_bandwidth(BANDWIDTH_BYTES, threads)
-            self._log(f"memory read bandwidth, {threads} thread(s): {self.bandwidth[threads]:.1f} GB/s")
+            log.info(f"memory read bandwidth, {threads} thread(s): {self.bandwidth[threads]:.1f} GB/s")
         with Engine(path, numa=numa, load_mode=load_mode, threads=threads, ctx_size=n_ctx,
                     kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
             runners: list[Runner] = [NumallmRunner(eng, numa, load_mode)]
@@ -143,24 +156,26 @@ class BenchRun:
             ids = self._ids(eng, n_prompt or n_gen)
             for r in (runners if rep % 2 == 0 else runners[::-1]):
                 samples[r].append(once(r, ids))
-                self._log(f"{r.engine_name} {'pp' if n_prompt else 'tg'}{len(ids)} "
-                          f"rep {rep + 1}/{self.grid.repetitions}: {len(ids) / samples[r][-1]:.2f} t/s")
+                log.info(f"{r.engine_name} {'pp' if n_prompt else 'tg'}{len(ids)} "
+                         f"rep {rep + 1}/{self.grid.repetitions}: {len(ids) / samples[r][-1]:.2f} t/s")
         return samples
 
     def _record(self, r: Runner, info: ModelInfo, threads: int, n_prompt: int, n_gen: int,
                 seconds: list[float], eng: Engine) -> dict[str, Any]:
         g = self.grid
         rec: dict[str, Any] = {
-            "engine": r.engine_name, "model_filename": info.filename, "model_type": info.desc,
+            "engine": r.engine_name, "cpu_info": self._cpu_info, "model_filename": info.filename, "model_type": info.desc,
             "model_size": info.size, "model_n_params": info.n_params, "n_batch": N_BATCH,
             "n_threads": threads, "type_k": g.kv_type, "type_v": g.kv_type, "numa": r.numa,
             "load_mode": r.load_mode, "n_prompt": n_prompt, "n_gen": n_gen,
             "test_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        if isinstance(r, NumallmRunner):
+            rec["simd"] = simd_path()  # which of our kernel builds ran (vnni, avx2, generic)
         rec.update(timing_fields(n_prompt or n_gen, seconds))
         gbps = self.bandwidth[threads]
         ceiling = (tg_ceiling_ts(self.per_token[info.filename], eng.hparams, eng.kv.k.itemsize, n_gen, gbps)
                    if n_gen else None)
         rec.update(mem_gbps=gbps, roofline_ts=ceiling,
-                   roofline_frac=rec["avg_ts"] / ceiling if ceiling else None)
+                   roofline_frac=rec["avg_ts"] / ceiling if ceiling else None, load_avg=os.getloadavg()[0])
         return rec

@@ -1,8 +1,11 @@
 """`numallm bench` results: llama-bench's records and its three outputs (markdown, JSON, CSV).
 
 A record is a plain dict with llama-bench's field names (model_filename, n_threads,
-n_prompt, n_gen, avg_ts, stddev_ts, samples_ts, ...) plus engine, numa, load_mode,
-mem_gbps, roofline_ts, roofline_frac and, on our records beside llama.cpp's, speedup.
+n_prompt, n_gen, avg_ts, stddev_ts, samples_ts, cpu_info, ...) plus engine, numa,
+load_mode,
+mem_gbps, roofline_ts, roofline_frac, load_avg (the 1-minute load average when the
+record was made) and, on our records, simd (which kernel build ran) and, beside
+llama.cpp's, speedup.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +31,11 @@ class ModelInfo:
 
 def timing_fields(n_tokens: int, seconds: Sequence[float]) -> dict[str, Any]:
     """llama-bench's timing fields: per-repetition ns and t/s, their mean and sample stddev."""
-    ns = [int(round(s * 1e9)) for s in seconds]
+    ns = [round(s * 1e9) for s in seconds]
     ts = [n_tokens * 1e9 / t for t in ns]  # from the recorded ns, as llama-bench does
     return {
-        "avg_ns": int(round(statistics.fmean(ns))),
-        "stddev_ns": int(round(statistics.stdev(ns))) if len(ns) > 1 else 0,
+        "avg_ns": round(statistics.fmean(ns)),
+        "stddev_ns": round(statistics.stdev(ns)) if len(ns) > 1 else 0,
         "avg_ts": statistics.fmean(ts),
         "stddev_ts": statistics.stdev(ts) if len(ts) > 1 else 0.0,
         "samples_ns": ns,
@@ -94,14 +98,45 @@ def table_row(rec: dict[str, Any], vs: bool) -> str:
     return _line(_columns(vs), cells)
 
 
-def roofline_note(per_token: dict[str, int], bandwidth: dict[int, float]) -> str:
-    """The lines under the table that say where the roofline column comes from."""
+def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
+    """tg speed at each thread count against the fewest threads of the same setup, beside
+    the read bandwidth's ratio: generation should scale as far as the memory allows."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        if r["n_gen"]:
+            key = (r["engine"], r["model_filename"], r["numa"], r["load_mode"], r["n_gen"])
+            groups.setdefault(key, []).append(r)
+    lines = []
+    for (engine, model, numa, load_mode, n_gen), recs in groups.items():
+        base = min(recs, key=lambda r: r["n_threads"])
+        for r in sorted(recs, key=lambda r: r["n_threads"]):
+            if r["n_threads"] != base["n_threads"]:
+                speed, memory = r["avg_ts"] / base["avg_ts"], r["mem_gbps"] / base["mem_gbps"]
+                lines.append(f"  {engine} tg{n_gen} ({Path(model).name}, numa {numa}, load {load_mode}): "
+                             f"{r['n_threads']} threads {speed:.2f}x the t/s of {base['n_threads']}, "
+                             f"read bandwidth {memory:.2f}x: {speed / memory:.2f} of the scaling memory allows")
+    return lines
+
+
+def table_note(records: list[dict[str, Any]], per_token: dict[str, int], bandwidth: dict[int, float]) -> str:
+    """The lines under the table: where the roofline column comes from, thread scaling,
+    and how busy the machine was (ratios from a loaded machine are weaker evidence)."""
     bw = ", ".join(f"{t} thread{'s' if t > 1 else ''} {g:.1f} GB/s" for t, g in sorted(bandwidth.items()))
     models = "; ".join(f"{Path(m).name} {b / 1e6:.2f} MB" for m, b in per_token.items())
-    return (f"\nroofline (tg rows): fraction reached of the ceiling t/s = memory read bandwidth / bytes "
-            f"read per token.\n  read bandwidth, measured in this run: {bw}\n"
-            f"  bytes per token: weights incl. the output projection ({models}) "
-            "+ the KV cache read at each position")
+    lines = ["",
+             "roofline (tg rows): fraction reached of the ceiling t/s = memory read bandwidth / bytes read per token",
+             f"  read bandwidth, measured in this run: {bw}",
+             (f"  bytes per token: weights incl. the output projection ({models}) "
+              "+ the KV cache read at each position")]
+    scaling = scaling_lines(records)
+    if scaling:
+        lines += ["thread scaling:"] + scaling
+    if records:
+        loads = [r["load_avg"] for r in records]
+        lines.append(f"machine: {records[0]['cpu_info'] or 'unknown CPU'}, numallm kernels {records[0]['simd']}; "
+                     f"load average (1 min) during the run {min(loads):.1f} to {max(loads):.1f} "
+                     f"on {os.cpu_count()} CPUs")
+    return "\n".join(lines)
 
 
 def render_json(records: list[dict[str, Any]]) -> str:

@@ -61,6 +61,9 @@ def import_llama_cpp() -> ModuleType:
     except ImportError:
         raise BadInputError("--vs-llama-cpp needs llama-cpp-python, which is not installed; "
                             f"install it with: {INSTALL_HINT}") from None
+    except (OSError, RuntimeError) as e:  # installed, but its shared library does not load
+        raise NumallmError(f"llama-cpp-python is installed but cannot be loaded ({e}); "
+                           f"reinstall it with: {INSTALL_HINT}") from None
     return llama_cpp
 
 

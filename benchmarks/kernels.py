@@ -71,7 +71,7 @@ def bench_matvec(qtype: T, nbytes: int, threads: int, rng: np.random.Generator) 
     w, rows = random_weight(qtype, nbytes, rng)
     x = rng.standard_normal(COLS, dtype=np.float32)
     kernel, mem = 0.0, 0.0
-    for _ in range(3):  # interleaved, so both see the same neighbours
+    for _ in range(5):  # interleaved, so both see the same neighbours
         mem = max(mem, memory_read_bandwidth(w.nbytes, threads))
         kernel = max(kernel, w.nbytes / best_matvec_seconds(qtype, w, rows, x, threads, 3) / 1e9)
     return {"op": "matvec", "type": qtype.name, "threads": threads, "gbps": round(kernel, 2),

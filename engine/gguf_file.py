@@ -38,6 +38,9 @@ MAX_STRING_LEN = 16 << 20     # chat templates are tens of KB; nothing real is n
 MAX_ARRAY_LEN = 1 << 24       # numeric arrays: at most 128 MiB even for 8-byte elements
 MAX_STRING_ARRAY_LEN = 1 << 21  # vocabularies and merge lists stay below ~1M entries
 MAX_ALIGNMENT = 1 << 16
+# Metadata and tensor table together: Gemma 3's 262k-token vocabulary takes 6.5 MB.
+# What parsing allocates is proportional to the header bytes read, so this bounds it.
+MAX_HEADER_BYTES = 128 << 20
 # Smallest encodings: a kv is an empty key (8) + type (4) + a 1-byte value; a tensor
 # entry is an empty name (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
 _MIN_KV_BYTES = 13
@@ -124,16 +127,22 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.size = len(buf)
+        self.end = min(self.size, MAX_HEADER_BYTES)  # no header read goes past this
         self.path = path
 
     def fail(self, what: str, at: int | None = None) -> ModelFormatError:
         where = self.pos if at is None else at
         return ModelFormatError(f"{self.path}: {what} (at byte {where})")
 
-    def need(self, n: int, what: str) -> None:
+    def need(self, n: int, what: str, at: int | None = None) -> None:
+        """Fail unless `n` more header bytes exist; `at` is where the culprit starts."""
+        if self.pos + n <= self.end:
+            return
         if self.pos + n > self.size:
             raise self.fail(f"truncated or corrupt file: {what} needs {n} bytes, "
-                            f"only {self.size - self.pos} remain")
+                            f"only {self.size - self.pos} remain", at)
+        raise self.fail(f"corrupt file: {what} needs {n} bytes, which would take the header "
+                        f"past the limit of {MAX_HEADER_BYTES} bytes", at)
 
     def unpack(self, fmt: struct.Struct, what: str) -> Any:
         self.need(fmt.size, what)
@@ -193,37 +202,32 @@ class _Cursor:
             raise self.fail(f"array {shown} has {count} elements, over the limit of {limit}", start)
         if etype == GGUFValueType.STRING:
             # Each string takes at least its 8-byte length prefix.
-            if count * 8 > self.size - self.pos:
-                raise self.fail(f"truncated or corrupt file: array {shown} claims {count} strings, "
-                                f"more than the file holds", start)
+            self.need(count * 8, f"array {shown} of {count} strings", start)
             return self.string_array(count, shown)
         dtype = np.dtype(_NUMPY_DTYPES[etype])
         nbytes = count * dtype.itemsize
-        if nbytes > self.size - self.pos:
-            raise self.fail(f"truncated or corrupt file: array {shown} claims {count} elements, "
-                            f"more than the file holds", start)
+        self.need(nbytes, f"array {shown} of {count} elements", start)
         out = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
         self.pos += nbytes
         return out
 
     def string_array(self, count: int, shown: str) -> list[str]:
-        # The hot loop of every load (262k tokens for Gemma 3): inlined checks and
-        # local names make it about twice as fast as calling self.string per element.
-        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        # The hot loop of every load (262k tokens for Gemma 3), so the common case
+        # makes no method calls; `need` only runs to word the error.
+        buf, pos, end, unpack = self.buf, self.pos, self.end, _U64.unpack_from
         out: list[str] = []
         append = out.append
         for i in range(count):
-            if pos + 8 > size:
+            if pos + 8 > end:
                 self.pos = pos
-                raise self.fail(f"truncated or corrupt file: length of element {i} of {shown} "
-                                f"needs 8 bytes, only {size - pos} remain")
+                self.need(8, f"length of element {i} of {shown}")
             (n,) = unpack(buf, pos)
             if n > MAX_STRING_LEN:
                 raise self.fail(f"element {i} of {shown} has length {n}, over the limit "
                                 f"of {MAX_STRING_LEN}", pos)
-            if n > size - pos - 8:
-                raise self.fail(f"truncated or corrupt file: element {i} of {shown} has "
-                                f"length {n}, more than the file holds", pos)
+            if pos + 8 + n > end:
+                self.pos = pos + 8
+                self.need(n, f"element {i} of {shown}", pos)
             pos += 8
             append(str(buf[pos:pos + n], "utf-8", "surrogateescape"))
             pos += n
@@ -282,9 +286,7 @@ def _parse(cur: _Cursor, size: int) -> GGUFFile:
     if n_kv > MAX_KV:
         raise cur.fail(f"metadata count {n_kv} is over the limit of {MAX_KV}", 16)
     least = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES
-    if least > size - cur.pos:
-        raise cur.fail(f"truncated or corrupt file: {n_kv} metadata entries and {n_tensors} "
-                       f"tensors need at least {least} bytes, only {size - cur.pos} remain", 8)
+    cur.need(least, f"a table of {n_kv} metadata entries and {n_tensors} tensors", 8)
 
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):

@@ -12,8 +12,10 @@ import numpy as np
 
 from numallm.engine.load_pages import PAGE, address, align_down, align_up, libc, os_error
 from numallm.errors import ResourceError
+from numallm.progress import progress_bar
 
 _CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK
+_STEP = 64 << 20    # bytes locked per mlock call, between progress bar updates
 
 
 def _status_field(name: str) -> str:
@@ -60,12 +62,21 @@ class PageLock:
         start = align_down(address(buf), PAGE)
         self._span = (start, align_up(address(buf) + buf.nbytes, PAGE) - start)
         check_lock_limit(self._span[1])
-        # mlock faults every page in (reading the file for a mapping) before returning.
-        if libc().mlock(*self._span) != 0:
-            err = os_error("mlock")
-            raise ResourceError(f"--load-mode mlock: locking {self._span[1]} bytes failed ({err.strerror}); "
-                                f"check `ulimit -l` and free memory, or use --load-mode mmap")
         self._buf: np.ndarray | None = buf  # keeps the memory mapped while it is locked
+        # mlock faults every page in (reading the file, for a mapping): in steps, for the bar.
+        bar = progress_bar(self._span[1], "locking weights")
+        try:
+            for pos in range(0, self._span[1], _STEP):
+                n = min(_STEP, self._span[1] - pos)
+                if libc().mlock(start + pos, n) != 0:
+                    err = os_error("mlock")
+                    self.unlock()
+                    raise ResourceError(f"--load-mode mlock: locking {self._span[1]} bytes failed "
+                                        f"({err.strerror}); check `ulimit -l` and free memory, "
+                                        "or use --load-mode mmap")
+                bar.update(n)
+        finally:
+            bar.close()
 
     def unlock(self) -> None:
         if self._buf is not None:

@@ -48,9 +48,13 @@ def anonymous(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
     """A zeroed, page-aligned uint8 buffer of private anonymous memory and its mapping.
 
     Pages are not touched here: each lands on the NUMA node of the thread that first
-    writes it (the reader), and O_DIRECT needs the page alignment.
+    writes it (the reader), and O_DIRECT needs the page alignment. Transparent huge
+    pages are asked for: filling fresh memory is about 3x faster with them (a fault per
+    2 MiB instead of per 4 KiB), and the kernels' reads miss the TLB less.
     """
     m = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(m, np.uint8, count=nbytes), m
 
 

@@ -44,7 +44,7 @@ THREADS = 4              # requests in flight: several beat one queue, on disk a
 _TMPFS_MAGIC = 0x01021994
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ReadJob:
     """File bytes [offset, offset + dest.size) go into `dest` (uint8, C-contiguous); then,
     on the reading thread that completes it, `after(dest)` runs if given."""
@@ -72,7 +72,7 @@ class _Source:
         self.dfd = -1
         self._lock = threading.Lock()
         if direct:
-            if _is_tmpfs(self.fd):
+            if on_tmpfs(self.fd):
                 self._warn("it is on tmpfs, which keeps every file in the page cache anyway")
                 return
             try:
@@ -104,7 +104,8 @@ class _Source:
             os.close(self.dfd)
 
 
-def _is_tmpfs(fd: int) -> bool:
+def on_tmpfs(fd: int) -> bool:
+    """Is the open file on tmpfs (where O_DIRECT, if taken at all, still goes through RAM)?"""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     if libc().fstatfs(fd, buf) != 0:
         return False
@@ -221,6 +222,9 @@ def read_jobs(path: str, jobs: Sequence[ReadJob], *, direct: bool = False, threa
     `setup` first. Raises ModelFormatError when the file ends before a job's last byte.
     """
     chunks = [_chunks(job) for job in jobs]
+    for job, cs in zip(jobs, chunks):
+        if not cs and job.after is not None:
+            job.after(job.dest)  # nothing to read: done already
     done = _Completion(jobs, [len(c) for c in chunks])
     src = _Source(path, direct)
     bounce = _Bounce()

@@ -28,6 +28,7 @@ from numallm.engine.load_pages import align_down, anonymous
 from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
 
+
 @dataclass
 class Weights:
     buf: np.ndarray          # uint8: every matrix, kernel layout
@@ -95,7 +96,10 @@ def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int) -> None:
 
 
 def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False) -> Weights:
-    """Check every tensor, then map or read the file and lay the weights out."""
+    """Check every tensor, then map or read the file and lay the weights out.
+
+    numa_copies: the NUMA mode will copy the weights anyway (auto then reads, see
+    resolve_load_mode)."""
     hp = spec.hparams
     shapes = _expected_shapes(hp)
     matrices: list[tuple[tuple[int, ...], TensorInfo]] = []

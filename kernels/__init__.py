@@ -3,10 +3,31 @@
 Python interface (all `qtype` are gguf.GGMLQuantizationType):
     SUPPORTED_TYPES, check_type, row_group, packed_nbytes, pack   (load time)
     matvec, matmul, get_rows, dequantize, warmup                  (run time)
-    bandwidth.memory_read_bandwidth                               (benchmarks)
+    bandwidth.memory_read_bandwidth, bandwidth.run_pinned         (benchmarks)
 
-Numba interface: numallm.kernels.jit.{matvec, matmul, get_rows}(qcode, ...) take the
-integer type code and are callable from any @njit(nogil=True) function.
+Numba interface: numallm.kernels.jit.{matvec, matmul, get_rows}(qcode, w, rows, cols,
+...) take the integer type code `int(qtype)` and otherwise the arguments of the
+Python functions; call them from your own @njit(nogil=True) code (a whole token
+per pinned worker). They dispatch on qcode inside the compiled code, check shapes
+and the row range once per call (ValueError) and allocate only the int8 copy of x.
+
+Design (issue 5):
+- Layout. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows are regrouped at load into groups of 8
+  blocks (kernels/repack.py), which made their kernels 1.5-3x faster than on the file
+  layout; the K-quants and float types are read as the file stores them (zero-copy
+  pack). A row keeps its size and place, so packed_nbytes is the file's and
+  row_group is 1: a shard may start on any row.
+- matvec quantizes x to int8 blocks of 32 (llama.cpp's q8_0/q8_1, kernels/actq.py)
+  and runs integer dot products as LLVM vector IR (kernels/vec.py: vpdpbusd with
+  VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is
+  that of quantizing x: relative L2 about 5e-3 against float64, bounded per row in
+  tests/test_kernels.py. F32/F16/BF16 keep x in float32 (kernels/floatdot.py).
+- matmul of 8 or more tokens decodes tiles of 16 rows to float32 and runs a float32
+  micro-kernel (kernels/gemm.py), each weight block read once per call; below 8
+  tokens it runs the matvec kernels per token on 16-row tiles.
+- The SIMD path is chosen by the features Numba compiles for (kernels/cpu.py), which
+  are part of Numba's cache key; kernels/numba_cache.py invalidates every kernel's
+  cache when any kernel source changes.
 """
 
 from numallm.kernels import numba_cache

@@ -2,8 +2,8 @@
 
 As llama.cpp's q8_0/q8_1: per block of 32, d = max|x| / 127 and q = round(x / d), so
 |q| <= 127 (never -128, which the sign trick of vec._dot_s8s8 needs). Kept with it:
-xs[b] = d * sum(q) for the weight types with a min or an offset, and x16 (the integer
-sums per 16 elements) for the K-quants whose scales cover 16 elements. The rounding
+xs[b] = d * sum(q) for the weight types with a min or an offset, and the same per 16
+elements, xs16, for the K-quants whose scales cover 16 elements. The rounding
 error is at most d/2 per element, which gives the SIMD kernels a relative L2 error of
 about 5e-3 against float64; tests/test_kernels.py bounds it.
 """
@@ -15,7 +15,7 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
-def quantize_x(x, xq, xd, xs, x16):  # type: ignore[no-untyped-def]
+def quantize_x(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
     for b in range(x.shape[0] // 32):
         amax = np.float32(0.0)
         for j in range(32):
@@ -32,18 +32,36 @@ def quantize_x(x, xq, xd, xs, x16):  # type: ignore[no-untyped-def]
             s0 += q0
             s1 += q1
         xd[b] = d
-        x16[2 * b] = s0
-        x16[2 * b + 1] = s1
+        xs16[2 * b] = d * np.float32(s0)
+        xs16[2 * b + 1] = d * np.float32(s1)
         xs[b] = d * np.float32(s0 + s1)
 
 
 @njit(nogil=True, cache=True)
 def quantized_x(x):  # type: ignore[no-untyped-def]
-    """(xq, xd, xs, x16) of x, freshly allocated (cols + 4 * cols / 32 * 3 bytes)."""
+    """(xq, xd, xs, xs16) of x, freshly allocated (cols + 4 * cols / 8 bytes)."""
     n = x.shape[0]
     xq = np.empty(n, np.int8)
     xd = np.empty(n // 32, np.float32)
     xs = np.empty(n // 32, np.float32)
-    x16 = np.empty(n // 16, np.int32)
-    quantize_x(x, xq, xd, xs, x16)
-    return xq, xd, xs, x16
+    xs16 = np.empty(n // 16, np.float32)
+    quantize_x(x, xq, xd, xs, xs16)
+    return xq, xd, xs, xs16
+
+
+@njit(nogil=True, cache=True)
+def as_quantized(X):  # type: ignore[no-untyped-def]
+    """X[n, cols] as the int8 quantization of each row sees it (xd * xq), in float32:
+    the float32 matmul runs on this for quantized weights, so a batch gives what the
+    same tokens give one at a time through matvec (up to float32 rounding)."""
+    n, cols = X.shape
+    out = np.empty((n, cols), np.float32)
+    xq = np.empty(cols, np.int8)
+    xd = np.empty(cols // 32, np.float32)
+    xs = np.empty(cols // 32, np.float32)
+    xs16 = np.empty(cols // 16, np.float32)
+    for t in range(n):
+        quantize_x(X[t], xq, xd, xs, xs16)
+        for j in range(cols):
+            out[t, j] = xd[j // 32] * np.float32(xq[j])
+    return out

@@ -23,8 +23,8 @@ def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def
     bs, ts = geometry(qcode)
     nb = cols // bs
     rb = nb * ts
-    xq, xd, xs, x16 = quantized_x(x)
-    rows_dot(qcode, w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+    xq, xd, xs, xs16 = quantized_x(x)
+    rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
 
 
 @njit(nogil=True, cache=True)
@@ -36,10 +36,10 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     xq = np.empty((n, cols), np.int8)
     xd = np.empty((n, cols // 32), np.float32)
     xs = np.empty((n, cols // 32), np.float32)
-    x16 = np.empty((n, cols // 16), np.int32)
+    xs16 = np.empty((n, cols // 16), np.float32)
     for t in range(n):
-        quantize_x(X[t], xq[t], xd[t], xs[t], x16[t])
+        quantize_x(X[t], xq[t], xd[t], xs[t], xs16[t])
     for rt in range(r0, r1, ROW_TILE):
         re = min(rt + ROW_TILE, r1)
         for t in range(n):
-            rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], x16[t], out[t], rt, re)
+            rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], xs16[t], out[t], rt, re)

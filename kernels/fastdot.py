@@ -3,7 +3,7 @@
 Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 live in kernels/fastdot_grouped.py (their grouped
 layout); the K-quants, read in file layout, are here.
 
-`rows_<type>(w, rb, nb, xq, xd, xs, x16, out, r0, r1)` sets out[r] for r in [r0, r1)
+`rows_<type>(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)` sets out[r] for r in [r0, r1)
 to the dot product of row r (the `nb` blocks at byte r * rb of w, the file's block
 layout) with x given as actq.quantize_x made it. The row loop lives inside each
 kernel because a Numba call per row costs atomic reference counting of every array
@@ -28,7 +28,6 @@ from numallm.kernels.decode import (
     Q5_K,
     Q6_K,
     Q8_0,
-    q3_k_scale,
 )
 from numallm.kernels.fastdot_grouped import rows_q8_0, rows_q45
 from numallm.kernels.llvm_scalar import at, load_f16
@@ -36,14 +35,17 @@ from numallm.kernels.vec import (
     dot_planes,
     k_mins8,
     k_scales8,
+    q3k_scales8,
     vadd,
     vfma,
-    vfma2,
+    vfmai,
     vfmav,
     vhsum,
     vlane,
     vload8,
+    vload_b8,
     vmul,
+    vpair,
     vsplat,
     vzero,
 )
@@ -51,48 +53,52 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
-def rows_q2_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    # Elements 128h + 32s + j: bits 2s of qs[32h + j]; scale bytes 8h + 2s (+1) cover 16 each.
+def rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+    # Elements 128h + 32s + j: bits 2s of qs[32h + j]; scale bytes 8h + 2s (+1) cover 16
+    # each, low nibble the scale, high nibble the min (applied through xs16).
     for r in range(r0, r1):
         o = r * rb
-        acc = vzero()
-        c = np.float32(0.0)
+        a0 = vzero()
+        a1 = vzero()
+        cv = vzero()
         for b in range(nb):
             p = o + 84 * b
-            d = load_f16(w, p + 80)
-            dmin = load_f16(w, p + 82)
+            d = vsplat(load_f16(w, p + 80))
+            dmin = vsplat(load_f16(w, p + 82))
             for h in range(2):
-                for s in range(4):
+                sc = vmul(vload_b8(w, p + 8 * h, 1), d)
+                cv = vfmav(cv, vmul(vload_b8(w, p + 8 * h, 2), dmin), vload8(xs16, 16 * b + 8 * h))
+                for s in range(0, 4, 2):
                     xb = 8 * b + 4 * h + s
-                    sa = at(w, p + 8 * h + 2 * s)
-                    sb = at(w, p + 8 * h + 2 * s + 1)
-                    v = dot_planes(w, p + 16 + 32 * h, 2 * s, 3, p, 0, 0, 0, xq, 32 * xb)
-                    dx = d * at(xd, xb)
-                    acc = vfma2(acc, v, dx * np.float32(sa & 15), dx * np.float32(sb & 15))
-                    c += dmin * at(xd, xb) * np.float32(np.int32(sa >> 4) * at(x16, 2 * xb) + np.int32(sb >> 4) * at(x16, 2 * xb + 1))
-        out[r] = vhsum(acc) - c
+                    a0 = vfmai(a0, dot_planes(w, p + 16 + 32 * h, 2 * s, 3, p, 0, 0, 0, xq, 32 * xb),
+                               vmul(vpair(sc, s), vsplat(at(xd, xb))))
+                    a1 = vfmai(a1, dot_planes(w, p + 16 + 32 * h, 2 * s + 2, 3, p, 0, 0, 0, xq, 32 * xb + 32),
+                               vmul(vpair(sc, s + 1), vsplat(at(xd, xb + 1))))
+        out[r] = vhsum(vadd(a0, a1)) - vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
-def rows_q3_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
-    # q + 4 = (2 bits of qs) | (hmask bit << 2), in 0..7; the -4 goes through x16.
+def rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+    # q + 4 = (2 bits of qs) | (hmask bit << 2), in 0..7; the -4 goes through xs16.
     for r in range(r0, r1):
         o = r * rb
-        acc = vzero()
-        c = np.float32(0.0)
+        a0 = vzero()
+        a1 = vzero()
+        cv = vzero()
         for b in range(nb):
             p = o + 110 * b
-            d = load_f16(w, p + 108)
+            d = vsplat(load_f16(w, p + 108))
             for h in range(2):
-                for s in range(4):
+                sc = vmul(q3k_scales8(w, p + 96, h), d)
+                cv = vfmav(cv, sc, vload8(xs16, 16 * b + 8 * h))
+                for s in range(0, 4, 2):
                     xb = 8 * b + 4 * h + s
-                    sa = q3_k_scale(w, p + 96, 8 * h + 2 * s)
-                    sb = q3_k_scale(w, p + 96, 8 * h + 2 * s + 1)
-                    v = dot_planes(w, p + 32 + 32 * h, 2 * s, 3, p, 4 * h + s, 1, 2, xq, 32 * xb)
-                    dx = d * at(xd, xb)
-                    acc = vfma2(acc, v, dx * np.float32(sa), dx * np.float32(sb))
-                    c += dx * np.float32(sa * at(x16, 2 * xb) + sb * at(x16, 2 * xb + 1))
-        out[r] = vhsum(acc) - np.float32(4.0) * c
+                    q = p + 32 + 32 * h
+                    a0 = vfmai(a0, dot_planes(w, q, 2 * s, 3, p, 4 * h + s, 1, 2, xq, 32 * xb),
+                               vmul(vpair(sc, s), vsplat(at(xd, xb))))
+                    a1 = vfmai(a1, dot_planes(w, q, 2 * s + 2, 3, p, 4 * h + s + 1, 1, 2, xq, 32 * xb + 32),
+                               vmul(vpair(sc, s + 1), vsplat(at(xd, xb + 1))))
+        out[r] = vhsum(vadd(a0, a1)) - np.float32(4.0) * vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
@@ -122,30 +128,32 @@ def rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1):  # type: ignore[no-unt
 
 
 @njit(nogil=True, cache=True)
-def rows_q6_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
+def rows_q6_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
     # Elements 128h + 32g + j: low nibble plane ql[64h + 32(g&1) + j] >> 4(g>>1), two high
-    # bits qh[32h + j] >> 2g; q - 32 with the -32 through x16; int8 scales per 16.
+    # bits qh[32h + j] >> 2g; q - 32 with the -32 through xs16; int8 scales per 16,
+    # converted 8 at a time (vload_b8) and scaled by d once per half super-block.
     for r in range(r0, r1):
         o = r * rb
-        acc = vzero()
-        c = np.float32(0.0)
+        a0 = vzero()
+        a1 = vzero()
+        cv = vzero()
         for b in range(nb):
             p = o + 210 * b
-            d = load_f16(w, p + 208)
+            d = vsplat(load_f16(w, p + 208))
             for h in range(2):
-                for g in range(4):
+                sc = vmul(vload_b8(w, p + 192 + 8 * h, 0), d)
+                cv = vfmav(cv, sc, vload8(xs16, 16 * b + 8 * h))
+                for g in range(0, 4, 2):
                     xb = 8 * b + 4 * h + g
-                    sa = np.int32(np.int8(at(w, p + 192 + 8 * h + 2 * g)))
-                    sb = np.int32(np.int8(at(w, p + 193 + 8 * h + 2 * g)))
-                    v = dot_planes(w, p + 64 * h + 32 * (g & 1), 4 * (g >> 1), 15, p + 128 + 32 * h, 2 * g, 3, 4, xq, 32 * xb)
-                    dx = d * at(xd, xb)
-                    acc = vfma2(acc, v, dx * np.float32(sa), dx * np.float32(sb))
-                    c += dx * np.float32(sa * at(x16, 2 * xb) + sb * at(x16, 2 * xb + 1))
-        out[r] = vhsum(acc) - np.float32(32.0) * c
+                    v0 = dot_planes(w, p + 64 * h, 4 * (g >> 1), 15, p + 128 + 32 * h, 2 * g, 3, 4, xq, 32 * xb)
+                    v1 = dot_planes(w, p + 64 * h + 32, 4 * (g >> 1), 15, p + 128 + 32 * h, 2 * g + 2, 3, 4, xq, 32 * xb + 32)
+                    a0 = vfmai(a0, v0, vmul(vpair(sc, g), vsplat(at(xd, xb))))
+                    a1 = vfmai(a1, v1, vmul(vpair(sc, g + 1), vsplat(at(xd, xb + 1))))
+        out[r] = vhsum(vadd(a0, a1)) - np.float32(32.0) * vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
-def rows_dot(qcode, w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no-untyped-def]
+def rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
     """out[r] = row r . x for r in [r0, r1); dispatch on the GGML type code (quantized types)."""
     if qcode == Q4_0:
         rows_q45(w, rb, nb, False, False, xq, xd, xs, out, r0, r1)
@@ -158,12 +166,12 @@ def rows_dot(qcode, w, rb, nb, xq, xd, xs, x16, out, r0, r1):  # type: ignore[no
     elif qcode == Q8_0:
         rows_q8_0(w, rb, nb, xq, xd, out, r0, r1)
     elif qcode == Q2_K:
-        rows_q2_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
     elif qcode == Q3_K:
-        rows_q3_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
     elif qcode == Q4_K:
         rows_q45_k(w, rb, nb, False, xq, xd, xs, out, r0, r1)
     elif qcode == Q5_K:
         rows_q45_k(w, rb, nb, True, xq, xd, xs, out, r0, r1)
     elif qcode == Q6_K:
-        rows_q6_k(w, rb, nb, xq, xd, xs, x16, out, r0, r1)
+        rows_q6_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)

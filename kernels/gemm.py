@@ -3,11 +3,10 @@
 A tile of TILE_ROWS weight rows is decoded to float32 (kernels/decode.py) and stored
 k-major (tile[k, i] = W[row i, k]), then every group of TILE_TOKENS tokens is
 multiplied with it by outer products: per k one 16-float load of the tile and six
-broadcast FMAs into six 16-lane accumulators. That does ~6x the multiply-adds per
-instruction of the int8 matvec kernels, which is what makes a 512-token matmul
-several times faster than 512 matvecs; the decode is paid once per tile and the
-weight is read from memory once per call. x stays float32 here (no activation
-quantization), so matmul is as exact as float32 accumulation allows.
+broadcast FMAs into six 16-lane accumulators: 16 multiply-adds per instruction, the
+int8 matvec kernels about 3. The decode is paid once per tile and the weight is
+read from memory once per call; benchmarks/README.md has the speed against matvec.
+X is used as given (kernels/jit.py passes quantized weights their int8-rounded X).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ TILE_TOKENS = 6  # six accumulators plus the tile vector fit the 16 ymm of AVX2 
 
 @njit(nogil=True, cache=True)
 def _tile_times_tokens(tile, X, t0, nt, res):  # type: ignore[no-untyped-def]
-    """res[j*16:(j+1)*16] = tile^T . X[t0 + j] for j < nt (nt <= 6)."""
+    """res[16j:16j+16] = tile^T . X[t0 + j] for j < nt (nt <= 6)."""
     cols = X.shape[1]
     x0 = X[t0]
     x1 = X[t0 + min(1, nt - 1)]

@@ -6,7 +6,8 @@ numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
 matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
 quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
 kernel of kernels/floatdot.py; matmul of 8 tokens or more the float32 micro-kernel
-of kernels/gemm.py. The instruction set is the one Numba compiles for (see
+of kernels/gemm.py, on x as its int8 quantization sees it for quantized weights, so
+that every batch size gives the same numbers as token-by-token matvec. The instruction set is the one Numba compiles for (see
 kernels/cpu.py), so a cached build never runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
 unchecked.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from numallm.kernels import fast, gemm
+from numallm.kernels.actq import as_quantized
 from numallm.kernels.decode import BF16, F16, F32, geometry
 from numallm.kernels.decode import get_rows as decode_rows
 from numallm.kernels.floatdot import rows_float
@@ -57,8 +59,10 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     _check(qcode, w, rows, cols, r0, r1)
     if X.shape[1] != cols or out.shape[0] != X.shape[0] or out.shape[1] < r1:
         raise ValueError("matmul: X must be [n, cols] and out [n, >= r1]")
-    if X.shape[0] >= GEMM_MIN_TOKENS or qcode == F32 or qcode == F16 or qcode == BF16:
+    if qcode == F32 or qcode == F16 or qcode == BF16:
         gemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    elif X.shape[0] >= GEMM_MIN_TOKENS:
+        gemm.matmul(qcode, w, rows, cols, as_quantized(X), out, r0, r1)
     else:
         fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
 

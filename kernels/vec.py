@@ -172,14 +172,11 @@ def vfma(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def vfma2(typingctx, acc, v, sa, sb):  # type: ignore[no-untyped-def]
-    """acc + float(v) * (sa in lanes 0-3, sb in lanes 4-7): two 16-element sub-blocks."""
+def vfmai(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
+    """acc + float(v) * s, for an I32x8 v and an F32x8 s."""
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        a, vi, x, y = args
-        sc = builder.shuffle_vector(_splat(builder, x, V8F32), _splat(builder, y, V8F32),
-                                    ir.Constant(ir.VectorType(I32, 8), [0, 1, 2, 3, 12, 13, 14, 15]))
-        return _fma(builder, builder.sitofp(vi, V8F32), sc, a)
-    return f32x8(f32x8, i32x8, types.float32, types.float32), codegen
+        return _fma(builder, builder.sitofp(args[1], V8F32), args[2], args[0])
+    return f32x8(f32x8, i32x8, f32x8), codegen
 
 
 @intrinsic
@@ -516,3 +513,65 @@ def vsplat(typingctx, s):  # type: ignore[no-untyped-def]
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         return _splat(builder, args[0], V8F32)
     return f32x8(types.float32), codegen
+
+
+@intrinsic
+def vload_b8(typingctx, w, p, mode):  # type: ignore[no-untyped-def]
+    """The 8 bytes at w[p:p+8] as F32x8: mode 0 as int8, 1 their low nibbles, 2 their
+    high nibbles (K-quant sub-block scales and mins)."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 8)
+        v8 = ir.VectorType(I8, 8)
+        signed = builder.sitofp(raw, V8F32)
+        low = builder.uitofp(builder.and_(raw, _const_vec(v8, 15)), V8F32)
+        high = builder.uitofp(builder.lshr(raw, _const_vec(v8, 4)), V8F32)
+        m = builder.trunc(args[2], I32) if args[2].type.width > 32 else args[2]
+        return builder.select(builder.icmp_signed("==", m, ir.Constant(I32, 0)), signed,
+                              builder.select(builder.icmp_signed("==", m, ir.Constant(I32, 1)), low, high))
+    return f32x8(w, p, mode), codegen
+
+
+@intrinsic
+def vpair(typingctx, sc, s):  # type: ignore[no-untyped-def]
+    """[sc[2s] x 4, sc[2s+1] x 4]: the scales of the two 16-element sub-blocks whose
+    integer dot product vec._dot_u8s8 leaves in lanes 0-3 and 4-7 (s is a constant
+    after unrolling, so this is one vpermps)."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v, sv = args
+        base = builder.shl(builder.trunc(sv, I32) if sv.type.width > 32 else sv, ir.Constant(I32, 1))
+        idx = builder.add(_splat(builder, base, V8I32), ir.Constant(V8I32, [0, 0, 0, 0, 1, 1, 1, 1]))
+        if has_avx2():
+            return _call(builder, "llvm.x86.avx2.permps", V8F32, [v, idx])
+        out = ir.Constant(V8F32, ir.Undefined)
+        for lane in range(8):
+            e = builder.extract_element(v, builder.extract_element(idx, ir.Constant(I32, lane)))
+            out = builder.insert_element(out, e, ir.Constant(I32, lane))
+        return out
+    return f32x8(f32x8, s), codegen
+
+
+@intrinsic
+def q3k_scales8(typingctx, w, p, h):  # type: ignore[no-untyped-def]
+    """Q3_K: the signed 6-bit scales 8h..8h+7 of the 12 bytes at w[p] as F32x8 (reads 16):
+    scale i has low bits (byte i % 8) >> 4 * (i // 8) and high bits
+    (byte 8 + i % 4) >> 2 * (i // 4), minus 32."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
+        hv = _as_i8(builder, args[2])
+        v8 = ir.VectorType(I8, 8)
+        undef = ir.Constant(ir.VectorType(I8, 16), ir.Undefined)
+        idx = ir.VectorType(I32, 8)
+        low = builder.shuffle_vector(raw, undef, ir.Constant(idx, list(range(8))))
+        low = builder.and_(builder.lshr(low, _splat(builder, builder.shl(hv, ir.Constant(I8, 2)), v8)), _const_vec(v8, 15))
+        high = builder.shuffle_vector(raw, undef, ir.Constant(idx, [8, 9, 10, 11, 8, 9, 10, 11]))
+        shift = builder.add(_splat(builder, builder.shl(hv, ir.Constant(I8, 2)), v8), ir.Constant(v8, [0, 0, 0, 0, 2, 2, 2, 2]))
+        high = builder.and_(builder.lshr(high, shift), _const_vec(v8, 3))
+        q = builder.sub(builder.or_(low, builder.shl(high, _const_vec(v8, 4))), _const_vec(v8, 32))
+        return builder.sitofp(q, V8F32)
+    return f32x8(w, p, h), codegen

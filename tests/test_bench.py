@@ -9,6 +9,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import statistics
 import sys
 from pathlib import Path
@@ -18,14 +19,15 @@ import gguf
 import pytest
 
 from numallm import bench, cli
+from numallm.bench_report import scaling_lines
 from numallm.bench_roofline import kv_bytes_read
 from numallm.engine.arch.spec import HParams
 from numallm.errors import BadInputError
 
-LLAMA_BENCH_FIELDS = ("model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_threads",
+LLAMA_BENCH_FIELDS = ("cpu_info", "model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_threads",
                       "type_k", "type_v", "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns", "avg_ts",
                       "stddev_ts", "samples_ns", "samples_ts")
-OUR_FIELDS = ("engine", "numa", "load_mode", "mem_gbps", "roofline_ts", "roofline_frac")
+OUR_FIELDS = ("engine", "simd", "numa", "load_mode", "mem_gbps", "roofline_ts", "roofline_frac", "load_avg")
 LIST_FLAGS = ("threads", "n_predict", "numa", "load_mode")
 
 
@@ -108,6 +110,14 @@ def test_roofline_is_bandwidth_over_bytes_read_per_token(records: list[dict[str,
     assert all(r["mem_gbps"] == by_threads[r["n_threads"]] for r in records)  # one probe per count
 
 
+def test_scaling_line_compares_thread_counts(records: list[dict[str, Any]]) -> None:
+    (line,) = scaling_lines(records)  # one tg test, thread counts 1 and 2
+    one, two = (r for r in records if r["n_gen"])
+    assert f"2 threads {two['avg_ts'] / one['avg_ts']:.2f}x the t/s of 1" in line
+    speed, memory = two["avg_ts"] / one["avg_ts"], two["mem_gbps"] / one["mem_gbps"]
+    assert f"read bandwidth {memory:.2f}x: {speed / memory:.2f} of the scaling memory allows" in line
+
+
 def test_sliding_window_layers_read_only_the_window() -> None:
     hp = HParams(n_layer=6, n_embd=64, n_head=4, n_head_kv=1, head_dim=16, n_ff=128, n_vocab=10, n_ctx_train=64,
                  rms_eps=1e-6, rope_base=1e6, rope_base_local=1e4, n_rot=16, rope_neox=True, attn_scale=0.25,
@@ -129,7 +139,8 @@ def test_table_and_csv(tiny_llama: Path) -> None:
         assert avg > 0 and sd == 0  # one repetition: no spread
     frac, ceiling = rows[1][8].split(" of ")
     assert float(frac) > 0 and float(ceiling) > 0 and rows[0][8] == ""
-    assert any("GB/s" in line for line in table[4:])
+    assert any("GB/s" in line for line in table[4:]) and "load average" in table[-1]
+    assert table[-1].startswith("machine: ")
 
     text = run_bench("-m", str(tiny_llama), "-p", "8,16", "-n", "0", "-r", "2", "-t", "1", "--csv")
     got = list(csv.DictReader(io.StringIO(text)))
@@ -149,6 +160,7 @@ def test_table_and_csv(tiny_llama: Path) -> None:
     (["-r", "0"], "repetition"),
     (["--json", "--csv"], "at most one"),
     (["-p", "0", "-n", "0"], "nothing to measure"),
+    (["-p", "64", "-n", "8", "-c", "32"], "too small"),
 ])
 def test_bad_grid_is_bad_input(argv: list[str], message: str) -> None:
     with pytest.raises(BadInputError, match=message):
@@ -161,15 +173,37 @@ def test_vs_llama_cpp_without_it_names_the_extra(tiny_llama: Path, monkeypatch: 
         bench.run(parser().parse_args(["-m", str(tiny_llama), "-p", "8", "-n", "4", "--vs-llama-cpp"]))
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def test_vs_llama_cpp_interleaves_and_adds_the_speedup(tiny_llama: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an opt-in extra: pip install -e '.[llama-cpp]'")
-    recs = json.loads(run_bench("-m", str(tiny_llama), "-p", "8", "-n", "4", "-r", "2", "-t", "1",
-                                "--vs-llama-cpp", "--json"))
+    # The per-repetition log lines show the order the engines really ran in (a handler
+    # on the module's own logger: cli.py may have stopped "numallm" propagating).
+    logger, seen = logging.getLogger("numallm.bench_measure"), _Lines()
+    logger.addHandler(seen)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        recs = json.loads(run_bench("-m", str(tiny_llama), "-p", "8", "-n", "4", "-r", "2", "-t", "1",
+                                    "--vs-llama-cpp", "--json"))
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(old_level)
+    runs = [line.split()[:2] for line in seen.lines if " rep " in line]
+    assert runs == [["numallm", "pp8"], ["llama.cpp", "pp8"], ["llama.cpp", "pp8"], ["numallm", "pp8"],
+                    ["numallm", "tg4"], ["llama.cpp", "tg4"], ["llama.cpp", "tg4"], ["numallm", "tg4"]]
     assert [(r["engine"], r["n_prompt"], r["n_gen"]) for r in recs] == [
         ("numallm", 8, 0), ("llama.cpp", 8, 0), ("numallm", 0, 4), ("llama.cpp", 0, 4)]
     for ours, theirs in (recs[0:2], recs[2:4]):
         assert ours["speedup"] == pytest.approx(ours["avg_ts"] / theirs["avg_ts"])
-        assert "speedup" not in theirs
+        assert "speedup" not in theirs and "simd" not in theirs
         assert theirs["n_threads"] == ours["n_threads"] == 1
         assert theirs["model_filename"] == ours["model_filename"]
         assert len(theirs["samples_ts"]) == 2 and theirs["avg_ts"] > 0

@@ -137,6 +137,24 @@ def test_int8_activation_error_is_llama_cpp_level(qtype: T) -> None:
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-2
 
 
+@pytest.mark.parametrize("qtype", (T.Q4_1, T.Q6_K, T.F16), ids=lambda t: t.name)
+def test_batch_equals_token_by_token(qtype: T) -> None:
+    """A batch through matmul (any size) gives what its tokens give one at a time through
+    matvec, up to float32 summation order: the engine's prompt and generation agree."""
+    rows, cols = 20, 512
+    raw = make_weight(qtype, rows, cols)
+    w = K.pack(qtype, raw, rows, cols)
+    X = np.random.default_rng(6).standard_normal((11, cols)).astype(np.float32)
+    single = np.empty((11, rows), np.float32)
+    for t in range(11):
+        K.matvec(qtype, w, rows, cols, X[t], single[t], 0, rows)
+    scale = np.abs(reference(qtype, raw, rows, cols)) @ np.abs(X.T).astype(np.float64)
+    for n in (3, 11):  # the int8 kernels, then the float32 tile path
+        out = np.empty((n, rows), np.float32)
+        K.matmul(qtype, w, rows, cols, X[:n], out, 0, rows)
+        assert np.all(np.abs(out - single[:n]) <= 1e-5 * scale[:, :n].T), n
+
+
 def test_parallel_threads_on_disjoint_rows_match_one_thread() -> None:
     qtype, rows, cols = T.Q4_1, 301, 512
     raw = make_weight(qtype, rows, cols)

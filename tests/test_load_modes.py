@@ -18,8 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from numallm.engine import load_reads
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.load_lock import locked_bytes
 from numallm.engine.load_pages import resident
-from numallm.engine.load_reads import ReadJob, read_jobs
+from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
 from numallm.engine.weights import Weights, load_weights
 from numallm.errors import ModelFormatError
 
@@ -50,16 +52,24 @@ def tiny_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             weight_type=Q.F16, embd_type=Q.F16)
 
 
-def _disk_dir(tmp_path: Path) -> Path:
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory on a filesystem with real O_DIRECT (not tmpfs), for dio tests."""
-    for d in (tmp_path, Path(__file__).parent):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            if not load_reads._is_tmpfs(fd):
-                return d
-        finally:
-            os.close(fd)
-    pytest.fail("no directory on a disk filesystem (tmp_path and tests/ are both tmpfs)")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    tmpfs = on_tmpfs(fd)
+    os.close(fd)
+    if not tmpfs:
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="numallm-dio-", dir="/var/tmp"))
+    fd = os.open(d, os.O_RDONLY)
+    tmpfs = on_tmpfs(fd)
+    os.close(fd)
+    try:
+        assert not tmpfs, "no directory on a disk filesystem: tmp_path and /var/tmp are both tmpfs"
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _load(path: Path, mode: str, cold: bool = False) -> tuple[GGUFFile, Weights]:
@@ -126,9 +136,9 @@ def _drop_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def test_dio_leaves_the_page_cache_clean(smollm2: Path, tmp_path: Path) -> None:
+def test_dio_leaves_the_page_cache_clean(smollm2: Path, disk_dir: Path) -> None:
     # A private copy: other processes on this machine read the shared model file.
-    path = _disk_dir(tmp_path) / "dio-copy.gguf"
+    path = disk_dir / "dio-copy.gguf"
     shutil.copyfile(smollm2, path)
     try:
         gf = read_gguf(path)
@@ -151,7 +161,7 @@ def test_dio_leaves_the_page_cache_clean(smollm2: Path, tmp_path: Path) -> None:
 def test_dio_on_tmpfs_falls_back_with_one_warning(tiny_llama: Path, caplog: pytest.LogCaptureFixture) -> None:
     shm = Path("/dev/shm")
     fd = os.open(shm, os.O_RDONLY)
-    is_tmpfs = load_reads._is_tmpfs(fd)
+    is_tmpfs = on_tmpfs(fd)
     os.close(fd)
     assert is_tmpfs, "/dev/shm is not a tmpfs here: this test needs one"
     path = shm / f"numallm-test-{os.getpid()}.gguf"
@@ -203,8 +213,8 @@ def _is_direct(fd: int) -> bool:
 
 
 def test_short_reads_and_refused_direct_reads_are_completed(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    path = _disk_dir(tmp_path) / "short.gguf"
+                                                             caplog: pytest.LogCaptureFixture, disk_dir: Path) -> None:
+    path = disk_dir / "short.gguf"
     shutil.copyfile(tiny_llama, path)
     _, ref = _load(path, "none")
     want = _digest(ref)
@@ -245,9 +255,8 @@ def test_short_reads_and_refused_direct_reads_are_completed(tiny_llama: Path, mo
     w.close()
 
 
-def test_read_jobs_fills_any_range_and_runs_setup_and_after(tiny_llama: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _disk_dir(tmp_path) / "jobs.bin"
+def test_read_jobs_fills_any_range_and_runs_setup_and_after(disk_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = disk_dir / "jobs.bin"
     rng = np.random.default_rng(1)
     data = rng.integers(0, 256, 300_000, dtype=np.uint8)
     data.tofile(path)
@@ -344,7 +353,8 @@ def test_mlock_over_rlimit_memlock_is_a_clear_error(tiny_llama: Path) -> None:
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert not got["cap"] and not got["raw_mlock_ok"], "the child still may lock past RLIMIT_MEMLOCK"
     assert got["error"] is not None and "ulimit -l" in got["error"] and "RLIMIT_MEMLOCK" in got["error"]
-    assert str(got["size"]) in got["error"] or f"{got['size'] // 4096 * 4096}" in got["error"]
+    needed = int(got["error"].split(" needs ")[1].split()[0])  # its pages: the buffer, rounded out
+    assert got["size"] <= needed <= got["size"] + 2 * 4096
     assert got["hard"] == -1 or got["locked"] >= got["size"]
 
 
@@ -368,3 +378,41 @@ def test_cli_aliases(tiny_llama: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert cli_main(["generate", "-m", str(tiny_llama), "--mlock", "--mmap", "-n", "2", "--temp", "0", "hi"]) == 0
     err = capsys.readouterr().err
     assert "--mlock --mmap is llama.cpp's spelling of --load-mode mlock" in err
+
+
+NUMA_VM = Path("/work/shared/numa-vm/numa-vm")
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(not NUMA_VM.exists(), reason=f"the NUMA VM script {NUMA_VM} is absent")
+def test_reading_threads_bound_to_a_node_fill_it() -> None:
+    # What the copying NUMA modes rely on: read_jobs with a `setup` that binds each reading
+    # thread's memory to node N puts every page of the destination on node N.
+    workdir = Path(tempfile.mkdtemp(prefix="numallm-load-vm-", dir="/var/tmp"))  # the guest sees it
+    child = textwrap.dedent("""
+        import json, os
+        import numpy as np
+        from numallm.engine.load_pages import PAGE, address, anonymous
+        from numallm.engine.load_reads import ReadJob, read_jobs
+        from numallm.numa.libnuma import bind_thread_memory, nodes_of_pages
+        np.random.default_rng(0).integers(0, 256, 6 << 20, dtype=np.uint8).tofile("data.bin")
+        want = np.fromfile("data.bin", np.uint8)
+        out = []
+        for direct in (False, True):
+            for node in (1, 0):
+                buf, _ = anonymous(want.size)
+                read_jobs("data.bin", [ReadJob(0, buf)], direct=direct, threads=3,
+                          setup=lambda node=node: bind_thread_memory(node))
+                pages = nodes_of_pages(range(address(buf), address(buf) + buf.size, PAGE))
+                out.append({"node": node, "equal": bool((buf == want).all()), "pages": sorted(set(pages))})
+        json.dump(out, open("load_vm.json", "w"))
+    """)
+    try:
+        cmd = [str(NUMA_VM), "--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M",
+               "--timeout", "300", "--", PYTHON, "-c", child]
+        run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=360, check=False)
+        assert run.returncode == 0, f"the VM run failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-1000:]}"
+        for r in json.loads((workdir / "load_vm.json").read_text()):
+            assert r["equal"] and r["pages"] == [r["node"]], r
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
