@@ -4,9 +4,10 @@
 
 Every figure is measured in a fresh child process (imports excluded), so no run
 inherits another's memory, Numba functions or allocator state; "warm" is the best of
---repeat runs with the file in the page cache, "cold" one run after dropping it
-(echo 1 > /proc/sys/vm/drop_caches when allowed, else posix_fadvise DONTNEED on the
-file; the output says which). Rows:
+--repeat runs with the file in the page cache, "cold" one run after dropping it:
+posix_fadvise DONTNEED on the file (other processes' caches stay warm), or with
+--drop-caches echo 1 > /proc/sys/vm/drop_caches (needs root; the output says which,
+and how much of the file a mapping elsewhere kept cached). Rows:
 
 - raw read: one thread read(2)s the whole file into fresh memory (what any loader
   must at least do), and dd bs=4M to /dev/null, buffered and iflag=direct;
@@ -29,6 +30,8 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+
+from numallm.engine.load_pages import resident
 
 PYTHON = sys.executable
 MODES = ("mmap", "mlock", "dio", "none")
@@ -117,18 +120,24 @@ def llama_load(path: str, use_mmap: bool) -> float:
     """)
 
 
-def drop_cache(path: str) -> str:
+def drop_cache(path: str, system: bool) -> str:
     """Drop the file from the page cache; return how."""
     os.sync()
+    how = "posix_fadvise DONTNEED"
+    if system:
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")
+            how = "drop_caches"
+        except OSError:
+            how = "posix_fadvise DONTNEED (drop_caches refused)"
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
-        return "drop_caches"
-    except OSError:
-        fd = os.open(path, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        left = resident(fd, 0, os.fstat(fd).st_size).mean()
+    finally:
         os.close(fd)
-        return "posix_fadvise DONTNEED"
+    return how if left == 0 else f"{how}, {left:.0%} of the file still cached (mapped elsewhere?)"
 
 
 def warm_up(path: str) -> None:
@@ -137,11 +146,12 @@ def warm_up(path: str) -> None:
             pass
 
 
-def measure(run: Callable[[], float], path: str, repeat: int, cold: bool) -> tuple[float, float | None]:
+def measure(run: Callable[[], float], path: str, repeat: int, cold: bool,
+            system: bool) -> tuple[float, float | None]:
     """(best warm seconds, cold seconds or None)."""
     cold_s = None
     if cold:
-        drop_cache(path)
+        drop_cache(path, system)
         cold_s = run()
     warm_up(path)
     return min(run() for _ in range(repeat)), cold_s
@@ -151,18 +161,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path (default smollm2)")
     ap.add_argument("--repeat", type=int, default=3, help="warm runs per row, best kept (default 3)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="cold runs after dropping every clean page cache of the machine (root)")
     args = ap.parse_args()
     from numallm.engine.model_store import resolve_model
 
     path = str(resolve_model(args.model))
     size = os.path.getsize(path)
-    how = drop_cache(path)
+    how = drop_cache(path, args.drop_caches)
     print(f"model {Path(path).name}: {size / 1e6:.1f} MB; cold = after {how}; warm = best of {args.repeat}")
     print(f"{'row':34} {'warm s':>8} {'GB/s':>6} {'cold s':>8} {'GB/s':>6}")
     res: dict[str, tuple[float, float | None]] = {}
 
     def row(name: str, run: Callable[[], float], cold: bool = True) -> None:
-        warm, cold_s = measure(run, path, args.repeat, cold)
+        warm, cold_s = measure(run, path, args.repeat, cold, args.drop_caches)
         res[name] = (warm, cold_s)
         cold_txt = f"{cold_s:8.3f} {size / cold_s / 1e9:6.2f}" if cold_s is not None else f"{'-':>8} {'-':>6}"
         print(f"{name:34} {warm:8.3f} {size / warm / 1e9:6.2f} {cold_txt}", flush=True)

@@ -70,32 +70,32 @@ class _Source:
             raise BadInputError(f"{path}: cannot open ({e.strerror})") from None
         self.size = os.fstat(self.fd).st_size
         self.dfd = -1
+        self.direct = False  # cleared, never set again, when the filesystem refuses
         self._lock = threading.Lock()
-        if direct:
-            if on_tmpfs(self.fd):
-                self._warn("it is on tmpfs, which keeps every file in the page cache anyway")
-                return
-            try:
-                self.dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise BadInputError(f"{path}: cannot open ({e.strerror})") from None
-                self._warn("its filesystem refuses O_DIRECT (EINVAL at open)")
-
-    @property
-    def direct(self) -> bool:
-        return self.dfd >= 0
+        if not direct:
+            return
+        if on_tmpfs(self.fd):
+            self._warn("it is on tmpfs, which keeps every file in the page cache anyway")
+            return
+        try:
+            self.dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            self.direct = True
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                os.close(self.fd)
+                raise BadInputError(f"{path}: cannot open ({e.strerror})") from None
+            self._warn("its filesystem refuses O_DIRECT (EINVAL at open)")
 
     def _warn(self, why: str) -> None:
         log.warning("--load-mode dio: %s: %s; reading it buffered instead (the page cache will "
                     "hold a copy)", self.path, why)
 
     def refuse_direct(self) -> None:
-        """The filesystem took the O_DIRECT open but refuses the reads: go buffered."""
+        """The filesystem took the O_DIRECT open but refuses the reads: go buffered. The
+        descriptor stays open until close(): other threads may be reading with it."""
         with self._lock:
-            if self.dfd >= 0:
-                os.close(self.dfd)
-                self.dfd = -1
+            if self.direct:
+                self.direct = False
                 self._warn("its filesystem refuses O_DIRECT reads (EINVAL)")
 
     def close(self) -> None:

@@ -62,6 +62,7 @@ _COMMON_INT_KEYS = (
 _COMMON_FLOAT_KEYS = (
     _FloatKey("attention.layer_norm_rms_epsilon", 0.0, 1.0),
     _FloatKey("rope.freq_base", 0.0, 1e12),
+    _FloatKey("final_logit_softcapping", 0.0, 1e6),
 )
 _ARCH_INT_KEYS: dict[str, tuple[_IntKey, ...]] = {
     "llama": _COMMON_INT_KEYS,
@@ -176,10 +177,12 @@ def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int | None) -> int:
     if merges is not None and not (isinstance(merges, list) and (not merges or isinstance(merges[0], str))):
         raise _error(gf, f"key 'tokenizer.ggml.merges' should be an array of strings, found {_describe(merges)}")
     for name in SPECIAL_TOKEN_KEYS:
+        # An id outside the vocabulary is ignored by the tokenizer, as llama.cpp does
+        # (real files have them); only a value that is no integer at all is refused.
         key = f"tokenizer.ggml.{name}_token_id"
         tid = md.get(key)
-        if tid is not None and (not isinstance(tid, int) or isinstance(tid, bool) or not 0 <= tid < n_vocab):
-            raise _error(gf, f"key {key!r} is {_describe(tid)}, not a token id below {n_vocab}")
+        if tid is not None and (not isinstance(tid, int) or isinstance(tid, bool)):
+            raise _error(gf, f"key {key!r} should be a token id, found {_describe(tid)}")
 
     embd = gf.tensors.get("token_embd.weight")
     if embd is None:
@@ -197,6 +200,6 @@ def _check_per_token_array(gf: GGUFFile, key: str, n_vocab: int) -> None:
         return
     if not isinstance(value, np.ndarray):
         raise _error(gf, f"key {key!r} should be a numeric array, found {_describe(value)}")
-    if len(value) != n_vocab:
+    if len(value) < n_vocab:  # longer is harmless: the tokenizer reads the first n_vocab
         raise _error(gf, f"key {key!r} has {len(value)} entries but tokenizer.ggml.tokens has {n_vocab}")
 

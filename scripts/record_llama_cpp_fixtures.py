@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from numallm.engine.model_store import KNOWN_MODELS, _sha256, fetch_known_model
+from numallm.engine.model_store import KNOWN_MODELS, fetch_known_model, sha256_file
 from numallm.errors import NumallmError
 
 try:
@@ -254,7 +254,7 @@ def record_model(model: str, command: str) -> dict[str, Any]:
              for t in tokenize_texts([text for _, text in prompts]) for a, p in TOKENIZE_MODES]
     return {
         "model": path.name,
-        "model_sha256": _sha256(path),
+        "model_sha256": sha256_file(path),
         "llama_cpp_python": llama_cpp.__version__,
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "n_ctx": N_CTX, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_threads": N_THREADS,
@@ -298,8 +298,9 @@ def main(argv: list[str] | None = None) -> None:
                         default=["smollm2", "gemma3"])
     parser.add_argument("--out-dir", type=Path,
                         default=Path(__file__).resolve().parent.parent / "tests/fixtures/llama_cpp")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    command = " ".join(["python3 scripts/record_llama_cpp_fixtures.py", *sys.argv[1:]]).strip()
+    command = " ".join(["python3 scripts/record_llama_cpp_fixtures.py", *argv])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for model in args.models:
         fixture = record_model(model, command)

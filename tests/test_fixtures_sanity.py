@@ -29,7 +29,8 @@ def load(model: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{model}.json").read_text(encoding="utf-8"))
 
 
-def tokenized(fixture: dict[str, Any], text: str, add_special: bool, parse_special: bool) -> list[int]:
+def tokenized(fixture: dict[str, Any], text: str, add_special: bool,
+              parse_special: bool) -> list[int]:
     matches = [c["ids"] for c in fixture["tokenize_cases"] if c["text"] == text
                and c["add_special"] == add_special and c["parse_special"] == parse_special]
     assert len(matches) == 1, f"{text!r} {add_special=} {parse_special=}: {len(matches)} cases"
@@ -58,7 +59,7 @@ def test_greedy_steps_are_argmax_of_their_top_k(model: str) -> None:
         assert len(p["greedy"]) == len(p["steps"]) == N_STEPS, p["name"]
         assert isinstance(p["greedy_text"], str) and p["greedy_text"], p["name"]
         assert 0 < len(p["tokens"]) <= fixture["n_ctx"] - N_STEPS
-        for greedy, step in zip(p["greedy"], p["steps"]):
+        for greedy, step in zip(p["greedy"], p["steps"], strict=True):
             ids, values = step["ids"], step["values"]
             assert len(ids) == len(set(ids)) == len(values) == TOP_K
             assert all(0 <= i < n_vocab for i in ids)

@@ -328,6 +328,10 @@ def arch_error(gf: GGUFFile, exc: type[Exception] = ModelFormatError) -> str:
 
 def test_valid_metadata_passes() -> None:
     check_architecture(model_file(llama_md()))
+    # Like llama.cpp, accept what the tokenizer tolerates: an out-of-range special id
+    # (ignored) and per-token arrays longer than the vocabulary (cut).
+    check_architecture(model_file(llama_md(tokenizer__ggml__eos_token_id=1 << 31,
+                                           tokenizer__ggml__token_type=np.ones(5, np.int32))))
     gemma = {k.replace("llama.", "gemma3."): v for k, v in llama_md().items()}
     gemma.update({"general.architecture": "gemma3", "gemma3.embedding_length": 50,
                   "gemma3.attention.key_length": 256, "gemma3.attention.sliding_window": 512})
@@ -369,8 +373,9 @@ def test_mistyped_integer_key_is_named(value: Any) -> None:
     ("tokenizer.ggml.token_type", np.ones(3, np.int32), "key 'tokenizer.ggml.token_type' has 3 entries"),
     ("tokenizer.ggml.scores", ["x"] * 4, "key 'tokenizer.ggml.scores' should be a numeric array"),
     ("tokenizer.ggml.merges", np.zeros(2, np.int32), "key 'tokenizer.ggml.merges' should be an array of strings"),
-    ("tokenizer.ggml.eos_token_id", 4, "key 'tokenizer.ggml.eos_token_id' is the int 4, not a token id below 4"),
-    ("tokenizer.ggml.bos_token_id", "1", "key 'tokenizer.ggml.bos_token_id' is a string"),
+    ("tokenizer.ggml.eos_token_id", np.array([1, 2], np.uint32), "key 'tokenizer.ggml.eos_token_id' should be a token id, found an array of 2"),
+    ("tokenizer.ggml.bos_token_id", 1.0, "key 'tokenizer.ggml.bos_token_id' should be a token id, found the float 1.0"),
+    ("llama.final_logit_softcapping", float("inf"), "key 'llama.final_logit_softcapping' is inf"),
 ])
 def test_bad_value_is_named(key: str, value: Any, expected: str) -> None:
     md = llama_md()
