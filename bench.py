@@ -21,19 +21,19 @@ NUMA strategy. Shared machines are noisy: only ratios from one run are evidence,
 with more runnable threads than cores (see the load average line) multi-threaded
 numbers fall, llama.cpp's most (its workers spin at every barrier).
 
-The roofline column of tg rows: the memory read bandwidth measured in this run with
-the same thread count (numallm.kernels.bandwidth), divided by the bytes one token
-reads (every weight incl. the output projection, one embedding row, and the KV cache
-up to that position), is the most t/s any engine can reach; "0.45 of 180" means 45%
-of a 180 t/s ceiling.
+The roofline column of tg rows: the read bandwidth (numallm.kernels.bandwidth) of as
+many bytes as a token reads weights, measured at each grid point with its thread count,
+divided by the bytes one token reads (every weight incl. the output projection, one
+embedding row, and the KV cache up to that position), is the most t/s any engine can
+reach; "0.45 of 180" means 45% of a 180 t/s ceiling.
 
 Output: a markdown table (rows printed as they finish), or with --json a list of
-records with llama-bench's field names (cpu_info, model_filename, model_type, model_size,
-model_n_params, n_batch, n_threads, type_k, type_v, n_prompt, n_gen, test_time,
-avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts) plus engine ("numallm"
-or "llama.cpp"), numa, load_mode, mem_gbps, roofline_ts and roofline_frac (null for
-pp) and load_avg; our records add simd (the kernel build: vnni, avx2, generic) and,
-when compared, speedup. --csv prints the same fields.
+records with llama-bench's field names (cpu_info, model_filename, model_type,
+model_size, model_n_params, n_batch, n_threads, type_k, type_v, n_prompt, n_gen,
+test_time, avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts) plus engine
+("numallm" or "llama.cpp"), numa, load_mode, weight_bytes, mem_gbps, roofline_ts and
+roofline_frac (null for pp) and load_avg; our records add simd (the kernel build:
+vnni, avx2, generic) and, when compared, speedup. --csv prints the same fields.
 Under the table: the bandwidths, the tg speed ratio between thread counts beside the
 bandwidth ratio, the CPU, and the machine's load average during the run.
 """
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         if table:
             print(table_row(rec, args.vs_llama_cpp), flush=True)
     if table:
-        print(table_note(records, bench.per_token, bench.bandwidth))
+        print(table_note(records))
     else:
         print(render_json(records) if args.json else render_csv(records))
     return 0

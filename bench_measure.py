@@ -6,7 +6,7 @@ one llama.cpp context with the same thread count, context size and KV type). Per
 each engine runs one warm-up as llama-bench does (the whole prompt for pp, one token
 for tg), then the repetitions alternate between the engines, in alternating order, so
 a noisy neighbour or a frequency change hits both alike. The memory read bandwidth is
-measured once per thread count in the same run and gives the tg roofline.
+measured at every grid point, before its tests, and gives their tg roofline.
 """
 
 from __future__ import annotations
@@ -36,7 +36,11 @@ from numallm.kernels.cpu import simd_path
 
 log = logging.getLogger(__name__)  # shown with -v (cli.py sets the "numallm" logger up)
 
-BANDWIDTH_BYTES = 256 << 20  # well past any L3 here (32 MiB), so the probe reads DRAM
+# The bandwidth probe reads as many bytes as a token reads weights: a ceiling must be
+# measured on the working set the engine streams (here a 256 MiB probe read 19-30 GB/s
+# and a 96 MiB one 36-49, SmolLM2's size, whose tg then beat the 256 MiB "ceiling"),
+# but at least this much, so that tiny models still measure memory, not loop overhead.
+MIN_PROBE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def cpu_info() -> str:
     return ""
 
 
-def model_info(gf: GGUFFile, path: Path) -> ModelInfo:
+def model_info(gf: GGUFFile, path: Path, weight_bytes: int) -> ModelInfo:
     n_params = sum(math.prod(t.shape) for t in gf.tensors.values())
     try:
         ftype = LlamaFileType(int(gf.metadata["general.file_type"])).name.removeprefix("MOSTLY_")
@@ -82,7 +86,8 @@ def model_info(gf: GGUFFile, path: Path) -> ModelInfo:
     short = (f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else
              f"{round(n_params / 1e6)}M" if n_params >= 1e6 else f"{round(n_params / 1e3)}K")
     return ModelInfo(filename=str(path), desc=f"{gf.architecture} {short} {ftype}",
-                     size=sum(t.nbytes for t in gf.tensors.values()), n_params=n_params)
+                     size=sum(t.nbytes for t in gf.tensors.values()), n_params=n_params,
+                     weight_bytes=weight_bytes)
 
 
 class BenchRun:
@@ -91,8 +96,6 @@ class BenchRun:
     def __init__(self, grid: Grid, llama_cpp: ModuleType | None) -> None:
         self.grid = grid
         self.llama_cpp = llama_cpp
-        self.bandwidth: dict[int, float] = {}   # GB/s per thread count, this run
-        self.per_token: dict[str, int] = {}     # weight bytes read per token, per model
         self._rng = np.random.default_rng(grid.seed)
         self._cpu_info = cpu_info()
 
@@ -104,8 +107,7 @@ class BenchRun:
             path = resolve_model(model)
             gf = read_gguf(path)
             spec = arch.describe(gf.metadata, str(path))
-            info = model_info(gf, path)
-            self.per_token[info.filename] = weight_bytes_per_token(gf, spec)
+            info = model_info(gf, path, weight_bytes_per_token(gf, spec))
             for numa in g.numa:
                 for load_mode in g.load_modes:
                     for threads in g.threads:
@@ -114,9 +116,9 @@ class BenchRun:
     def _point(self, path: Path, info: ModelInfo, numa: str, load_mode: str, threads: int, n_ctx: int,
                tests: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
         g = self.grid
-        if threads not in self.bandwidth:
-            self.bandwidth[threads] = memory_read_bandwidth(BANDWIDTH_BYTES, threads)
-            log.info(f"memory read bandwidth, {threads} thread(s): {self.bandwidth[threads]:.1f} GB/s")
+        # Probed at every grid point, next to the tests it bounds, with their thread count.
+        gbps = memory_read_bandwidth(max(info.weight_bytes, MIN_PROBE_BYTES), threads)
+        log.info(f"memory read bandwidth, {threads} thread(s): {gbps:.1f} GB/s")
         with Engine(path, numa=numa, load_mode=load_mode, threads=threads, ctx_size=n_ctx,
                     kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
             runners: list[Runner] = [NumallmRunner(eng, numa, load_mode)]
@@ -127,7 +129,7 @@ class BenchRun:
             try:
                 for n_prompt, n_gen in tests:
                     samples = self._measure(eng, runners, n_prompt, n_gen)
-                    recs = [self._record(r, info, threads, n_prompt, n_gen, samples[r], eng)
+                    recs = [self._record(r, info, threads, n_prompt, n_gen, samples[r], eng, gbps)
                             for r in runners]
                     if theirs is not None:
                         recs[0]["speedup"] = recs[0]["avg_ts"] / recs[1]["avg_ts"]
@@ -161,7 +163,7 @@ class BenchRun:
         return samples
 
     def _record(self, r: Runner, info: ModelInfo, threads: int, n_prompt: int, n_gen: int,
-                seconds: list[float], eng: Engine) -> dict[str, Any]:
+                seconds: list[float], eng: Engine, gbps: float) -> dict[str, Any]:
         g = self.grid
         rec: dict[str, Any] = {
             "engine": r.engine_name, "cpu_info": self._cpu_info, "model_filename": info.filename, "model_type": info.desc,
@@ -173,9 +175,7 @@ class BenchRun:
         if isinstance(r, NumallmRunner):
             rec["simd"] = simd_path()  # which of our kernel builds ran (vnni, avx2, generic)
         rec.update(timing_fields(n_prompt or n_gen, seconds))
-        gbps = self.bandwidth[threads]
-        ceiling = (tg_ceiling_ts(self.per_token[info.filename], eng.hparams, eng.kv.k.itemsize, n_gen, gbps)
-                   if n_gen else None)
-        rec.update(mem_gbps=gbps, roofline_ts=ceiling,
+        ceiling = tg_ceiling_ts(info.weight_bytes, eng.hparams, eng.kv.k.itemsize, n_gen, gbps) if n_gen else None
+        rec.update(weight_bytes=info.weight_bytes, mem_gbps=gbps, roofline_ts=ceiling,
                    roofline_frac=rec["avg_ts"] / ceiling if ceiling else None, load_avg=os.getloadavg()[0])
         return rec

@@ -3,8 +3,8 @@
 A record is a plain dict with llama-bench's field names (model_filename, n_threads,
 n_prompt, n_gen, avg_ts, stddev_ts, samples_ts, cpu_info, ...) plus engine, numa,
 load_mode,
-mem_gbps, roofline_ts, roofline_frac, load_avg (the 1-minute load average when the
-record was made) and, on our records, simd (which kernel build ran) and, beside
+weight_bytes, mem_gbps, roofline_ts, roofline_frac, load_avg (the 1-minute load average
+when the record was made) and, on our records, simd (which kernel build ran) and, beside
 llama.cpp's, speedup.
 """
 
@@ -27,6 +27,7 @@ class ModelInfo:
     desc: str          # llama-bench's model column: "llama 135M Q4_1"
     size: int          # bytes of all tensors
     n_params: int
+    weight_bytes: int  # bytes of weights one decode step reads (see bench_roofline)
 
 
 def timing_fields(n_tokens: int, seconds: Sequence[float]) -> dict[str, Any]:
@@ -118,25 +119,32 @@ def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def table_note(records: list[dict[str, Any]], per_token: dict[str, int], bandwidth: dict[int, float]) -> str:
+def table_note(records: list[dict[str, Any]]) -> str:
     """The lines under the table: where the roofline column comes from, thread scaling,
     and how busy the machine was (ratios from a loaded machine are weaker evidence)."""
-    bw = ", ".join(f"{t} thread{'s' if t > 1 else ''} {g:.1f} GB/s" for t, g in sorted(bandwidth.items()))
-    models = "; ".join(f"{Path(m).name} {b / 1e6:.2f} MB" for m, b in per_token.items())
-    lines = ["",
-             "roofline (tg rows): fraction reached of the ceiling t/s = memory read bandwidth / bytes read per token",
-             f"  read bandwidth, measured in this run: {bw}",
-             (f"  bytes per token: weights incl. the output projection ({models}) "
-              "+ the KV cache read at each position")]
+    probes: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        probes.setdefault((r["model_filename"], r["n_threads"]), []).append(r["mem_gbps"])
+    lines = ["", ("roofline (tg rows): fraction reached of the ceiling t/s = memory read bandwidth / bytes read "
+                  "per token (weights incl. the output projection + the KV cache read at each position)")]
+    weights = {r["model_filename"]: r["weight_bytes"] for r in records}
+    for model, nbytes in weights.items():
+        bw = ", ".join(f"{t} thread{'s' if t > 1 else ''} " + _span(gb) + " GB/s"
+                       for (m, t), gb in sorted(probes.items()) if m == model)
+        lines.append(f"  {Path(model).name}: {nbytes / 1e6:.2f} MB of weights per token; "
+                     f"read bandwidth of that many bytes, measured in this run: {bw}")
     scaling = scaling_lines(records)
     if scaling:
         lines += ["thread scaling:"] + scaling
-    if records:
-        loads = [r["load_avg"] for r in records]
-        lines.append(f"machine: {records[0]['cpu_info'] or 'unknown CPU'}, numallm kernels {records[0]['simd']}; "
-                     f"load average (1 min) during the run {min(loads):.1f} to {max(loads):.1f} "
-                     f"on {os.cpu_count()} CPUs")
+    loads = [r["load_avg"] for r in records]
+    lines.append(f"machine: {records[0]['cpu_info'] or 'unknown CPU'}, numallm kernels {records[0]['simd']}; "
+                 f"load average (1 min) during the run {_span(loads)} on {os.cpu_count()} CPUs")
     return "\n".join(lines)
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
 
 
 def render_json(records: list[dict[str, Any]]) -> str:

@@ -4,7 +4,8 @@
 
 Every figure is measured in a fresh child process (imports excluded), so no run
 inherits another's memory, Numba functions or allocator state; "warm" is the best of
---repeat runs with the file in the page cache, "cold" one run after dropping it:
+--repeat runs with the file in the page cache, "cold" the median of --repeat runs, each
+after dropping it:
 posix_fadvise DONTNEED on the file (other processes' caches stay warm), or with
 --drop-caches echo 1 > /proc/sys/vm/drop_caches (needs root; the output says which,
 and how much of the file a mapping elsewhere kept cached). Rows:
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -40,7 +42,7 @@ MODES = ("mmap", "mlock", "dio", "none")
 def _child(code: str) -> float:
     """Run `code` (which sets `seconds`) in a fresh interpreter; return `seconds`."""
     script = textwrap.dedent(code) + "\nimport json; print(json.dumps(seconds))"
-    r = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=900, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"benchmark child failed: {r.stderr.strip()[-1500:]}")
     return float(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -148,19 +150,21 @@ def warm_up(path: str) -> None:
 
 def measure(run: Callable[[], float], path: str, repeat: int, cold: bool,
             system: bool) -> tuple[float, float | None]:
-    """(best warm seconds, cold seconds or None)."""
-    cold_s = None
-    if cold:
+    """(best of `repeat` warm seconds, median of `repeat` cold seconds or None): the disk
+    of a shared machine is noisy, one cold run says little."""
+    cold_runs = []
+    for _ in range(repeat if cold else 0):
         drop_cache(path, system)
-        cold_s = run()
+        cold_runs.append(run())
     warm_up(path)
-    return min(run() for _ in range(repeat)), cold_s
+    return min(run() for _ in range(repeat)), statistics.median(cold_runs) if cold_runs else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path (default smollm2)")
-    ap.add_argument("--repeat", type=int, default=3, help="warm runs per row, best kept (default 3)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="warm runs per row (best kept) and cold runs (median kept) (default 3)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold runs after dropping every clean page cache of the machine (root)")
     args = ap.parse_args()
@@ -169,7 +173,8 @@ def main() -> None:
     path = str(resolve_model(args.model))
     size = os.path.getsize(path)
     how = drop_cache(path, args.drop_caches)
-    print(f"model {Path(path).name}: {size / 1e6:.1f} MB; cold = after {how}; warm = best of {args.repeat}")
+    print(f"model {Path(path).name}: {size / 1e6:.1f} MB; warm = best of {args.repeat}; "
+          f"cold = median of {args.repeat}, each after {how}")
     print(f"{'row':34} {'warm s':>8} {'GB/s':>6} {'cold s':>8} {'GB/s':>6}")
     res: dict[str, tuple[float, float | None]] = {}
 
@@ -197,7 +202,7 @@ def main() -> None:
         row("llama.cpp use_mmap=False", lambda: llama_load(path, False))
 
     print("\ntargets (ratios from this run; lower is better for the first, <= limit for the rest):")
-    dd_direct = res["dd bs=4M iflag=direct"][0]
+    dd_direct = res["dd bs=4M iflag=direct"][1]
     for name in ("weights --load-mode dio", "read_jobs O_DIRECT (no repack)"):
         print(f"  {name} cold / dd iflag=direct  {res[name][1] / dd_direct:5.2f}  (target < 1)")
     print(f"  (buffered cold dd / dd iflag=direct: {res['dd bs=4M'][1] / dd_direct:5.2f})")

@@ -16,11 +16,11 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from numallm.errors import BadInputError, ModelFormatError
 
 GGUF_MAGIC = b"GGUF"
@@ -39,32 +39,26 @@ MAX_ARRAY_LEN = 1 << 24       # numeric arrays: at most 128 MiB even for 8-byte 
 MAX_STRING_ARRAY_LEN = 1 << 21  # vocabularies and merge lists stay below ~1M entries
 MAX_ALIGNMENT = 1 << 16
 # Metadata and tensor table together: Gemma 3's 262k-token vocabulary takes 6.5 MB.
-# What parsing allocates is proportional to the header bytes read, so this bounds it.
-MAX_HEADER_BYTES = 128 << 20
+# Parsing allocates at most ~4x the header bytes it reads (a copy, the decoded str,
+# the mapped pages), so this bounds a hostile header to a few hundred MB.
+MAX_HEADER_BYTES = 64 << 20
 # Smallest encodings: a kv is an empty key (8) + type (4) + a 1-byte value; a tensor
 # entry is an empty name (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
 _MIN_KV_BYTES = 13
 _MIN_TENSOR_INFO_BYTES = 32
 _SHOWN_NAME_LEN = 80
 
-_SCALAR_FORMATS: dict[GGUFValueType, struct.Struct] = {
-    t: struct.Struct("<" + f) for t, f in {
-        GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b",
-        GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
-        GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i",
-        GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q",
-        GGUFValueType.FLOAT32: "f", GGUFValueType.FLOAT64: "d",
-        GGUFValueType.BOOL: "?",
-    }.items()
+# The struct format (for one value) and numpy dtype (for arrays) of each fixed-size type.
+_FIXED_TYPES: dict[GGUFValueType, tuple[str, str]] = {
+    GGUFValueType.UINT8: ("B", "<u1"), GGUFValueType.INT8: ("b", "<i1"),
+    GGUFValueType.UINT16: ("H", "<u2"), GGUFValueType.INT16: ("h", "<i2"),
+    GGUFValueType.UINT32: ("I", "<u4"), GGUFValueType.INT32: ("i", "<i4"),
+    GGUFValueType.UINT64: ("Q", "<u8"), GGUFValueType.INT64: ("q", "<i8"),
+    GGUFValueType.FLOAT32: ("f", "<f4"), GGUFValueType.FLOAT64: ("d", "<f8"),
+    GGUFValueType.BOOL: ("?", "?"),
 }
-_NUMPY_DTYPES: dict[GGUFValueType, str] = {
-    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1",
-    GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
-    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
-    GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
-    GGUFValueType.FLOAT32: "<f4", GGUFValueType.FLOAT64: "<f8",
-    GGUFValueType.BOOL: "?",
-}
+_SCALAR_FORMATS = {t: struct.Struct("<" + f) for t, (f, _) in _FIXED_TYPES.items()}
+_NUMPY_DTYPES = {t: np.dtype(d) for t, (_, d) in _FIXED_TYPES.items()}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -204,7 +198,7 @@ class _Cursor:
             # Each string takes at least its 8-byte length prefix.
             self.need(count * 8, f"array {shown} of {count} strings", start)
             return self.string_array(count, shown)
-        dtype = np.dtype(_NUMPY_DTYPES[etype])
+        dtype = _NUMPY_DTYPES[etype]
         nbytes = count * dtype.itemsize
         self.need(nbytes, f"array {shown} of {count} elements", start)
         out = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos).copy()
@@ -363,7 +357,7 @@ def _tensor_info(cur: _Cursor, start: int, name: str, shape: tuple[int, ...], co
 
 def _check_no_overlap(cur: _Cursor, tensors: dict[str, TensorInfo]) -> None:
     spans = sorted(tensors.values(), key=lambda t: t.offset)
-    for a, b in zip(spans, spans[1:]):
+    for a, b in pairwise(spans):
         if a.offset + a.nbytes > b.offset:
             raise cur.fail(f"tensors {show_name(a.name)} and {show_name(b.name)} overlap "
                            f"in the data section", a.offset)

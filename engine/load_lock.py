@@ -9,8 +9,14 @@ from __future__ import annotations
 import resource
 
 import numpy as np
-
-from numallm.engine.load_pages import PAGE, address, align_down, align_up, libc, os_error
+from numallm.engine.load_pages import (
+    PAGE,
+    address,
+    align_down,
+    align_up,
+    libc,
+    os_error,
+)
 from numallm.errors import ResourceError
 from numallm.progress import progress_bar
 

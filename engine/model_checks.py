@@ -2,9 +2,9 @@
 
 `read_gguf` guarantees a well-formed container; this module guarantees the metadata a
 decoder reads is there, has the right type and a sane value, and agrees with the
-token embedding, so later code can use `int(md[key])` and index the vocabulary without
-meeting a string, an array, a zero or an out-of-range id from a hostile file. Each
-failure is one line naming the file and the key or tensor. Per-layer tensor shapes
+token embedding, so later code can use `int(md[key])`, divide by a head count and size
+tables by the vocabulary without meeting a string, an array, a zero or a mismatch from
+a hostile file. Each failure is one line naming the file and the key or tensor. Per-layer tensor shapes
 and types are checked by the weight loader, which knows the decoder's layout.
 """
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from numallm.engine.gguf_file import GGUFFile, show_name
 from numallm.errors import ModelFormatError, UnsupportedError
 
@@ -70,7 +69,7 @@ _ARCH_INT_KEYS: dict[str, tuple[_IntKey, ...]] = {
 }
 _ARCH_FLOAT_KEYS: dict[str, tuple[_FloatKey, ...]] = {
     "llama": _COMMON_FLOAT_KEYS,
-    "gemma3": _COMMON_FLOAT_KEYS + (_FloatKey("rope.scaling.factor", 0.0, 1e6),),
+    "gemma3": _COMMON_FLOAT_KEYS,
 }
 
 
@@ -81,8 +80,8 @@ def check_architecture(gf: GGUFFile) -> None:
     ints = {k.suffix: _int_key(gf, f"{arch}.{k.suffix}", k) for k in _ARCH_INT_KEYS[arch]}
     for fk in _ARCH_FLOAT_KEYS[arch]:
         _float_key(gf, f"{arch}.{fk.suffix}", fk)
-    _check_heads(gf, arch, ints)
-    n_vocab = _check_vocabulary(gf, arch, ints["embedding_length"])
+    n_embd = _check_heads(gf, arch, ints)
+    n_vocab = _check_vocabulary(gf, arch, n_embd)
     if ints["vocab_size"] is not None and ints["vocab_size"] != n_vocab:
         raise _error(gf, f"{arch}.vocab_size is {ints['vocab_size']} but tokenizer.ggml.tokens "
                          f"has {n_vocab} tokens")
@@ -138,7 +137,8 @@ def _float_key(gf: GGUFFile, key: str, spec: _FloatKey) -> None:
         raise _error(gf, f"key {key!r} is {value!r}, outside the sane range ({spec.lo}, {spec.hi}]")
 
 
-def _check_heads(gf: GGUFFile, arch: str, ints: dict[str, int | None]) -> None:
+def _check_heads(gf: GGUFFile, arch: str, ints: dict[str, int | None]) -> int:
+    """Check the attention geometry; returns the embedding length."""
     n_embd, n_head = ints["embedding_length"], ints["attention.head_count"]
     assert n_embd is not None and n_head is not None  # required keys, checked above
     n_head_kv = ints["attention.head_count_kv"] or n_head
@@ -155,9 +155,11 @@ def _check_heads(gf: GGUFFile, arch: str, ints: dict[str, int | None]) -> None:
     if n_rot is not None and (n_rot > head_dim or n_rot % 2):
         raise _error(gf, f"{arch}.rope.dimension_count {n_rot} should be even and at most "
                          f"the head size {head_dim}")
+    return n_embd
 
 
-def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int | None) -> int:
+def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int) -> int:
+    """Check the tokenizer keys and token_embd.weight; returns the vocabulary size."""
     md = gf.metadata
     model = md.get("tokenizer.ggml.model")
     if model is None:
@@ -176,6 +178,12 @@ def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int | None) -> int:
     merges = md.get("tokenizer.ggml.merges")
     if merges is not None and not (isinstance(merges, list) and (not merges or isinstance(merges[0], str))):
         raise _error(gf, f"key 'tokenizer.ggml.merges' should be an array of strings, found {_describe(merges)}")
+    if model == "gpt2":
+        # Byte-level BPE maps every byte to a printable character, so its tokens and
+        # merges are always valid UTF-8; read_gguf keeps invalid bytes as surrogates,
+        # which the BPE library would reject with a multi-line error of its own.
+        _check_utf8(gf, "tokenizer.ggml.tokens", tokens)
+        _check_utf8(gf, "tokenizer.ggml.merges", merges or [])
     for name in SPECIAL_TOKEN_KEYS:
         # An id outside the vocabulary is ignored by the tokenizer, as llama.cpp does
         # (real files have them); only a value that is no integer at all is refused.
@@ -192,6 +200,23 @@ def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int | None) -> int:
                          f"[{n_embd}, {n_vocab}] ({arch}.embedding_length, and the "
                          f"{n_vocab} entries of tokenizer.ggml.tokens)")
     return n_vocab
+
+
+def _check_utf8(gf: GGUFFile, key: str, strings: list[str]) -> None:
+    try:
+        "".join(strings).encode("utf-8")  # one pass over all, for the common case
+    except UnicodeEncodeError:
+        bad = next(i for i, s in enumerate(strings) if _has_surrogate(s))
+        raise _error(gf, f"entry {bad} of {key!r} is not valid UTF-8, which a gpt2 "
+                         f"(byte-level BPE) vocabulary never holds") from None
+
+
+def _has_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_per_token_array(gf: GGUFFile, key: str, n_vocab: int) -> None:

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import functools
 import mmap
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from gguf import GGMLQuantizationType
-
 from numallm import kernels
 from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
-from numallm.engine.load_lock import PageLock
-from numallm.engine.load_pages import align_down, anonymous
+from numallm.engine.load_lock import PageLock, check_lock_limit
+from numallm.engine.load_pages import PAGE, align_down, align_up, anonymous
 from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
+
+_REPACK_BYTES = 4 << 20  # bytes of a matrix repacked at a time
 
 
 @dataclass
@@ -128,7 +130,7 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
     mode = resolve_load_mode(load_mode, numa_copies)
     in_place = mode in ("mmap", "mlock") and all(_file_layout(t.qtype, t.cols) for t in all_mats)
     if in_place:
-        image, base, maps, direct = _mapped_image(gf, all_mats + vec_list)
+        image, base, maps, direct = _mapped_image(gf, all_mats + vec_list, mode)
     else:
         image, base, maps, direct = _read_image(gf, all_mats, vec_list, mode)
 
@@ -172,10 +174,13 @@ def _file_layout(qtype: GGMLQuantizationType, cols: int) -> bool:
     return np.shares_memory(kernels.pack(qtype, probe, rg, cols), probe)
 
 
-def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo]) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
+def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo],
+                  mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
     """The file mapping, used in place: (image, base 0, [mapping], no O_DIRECT)."""
     end = max(t.offset + t.nbytes for t in tensors)
     with open(gf.path, "rb") as f:
+        if mode == "mlock":  # before any byte is read, so a low limit fails fast
+            check_lock_limit(align_up(os.fstat(f.fileno()).st_size, PAGE))
         fmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     if len(fmap) < end:
         # Touching a mapped page past the end of the file would be a SIGBUS, not an error.
@@ -193,7 +198,10 @@ def _read_image(gf: GGUFFile, mats: list[TensorInfo], vecs: list[TensorInfo],
     kernels' layout is not the file's: (image, base, [its mapping], O_DIRECT used)."""
     tensors = mats + vecs
     base = align_down(min(t.offset for t in tensors), ALIGN)
-    image, amap = anonymous(max(t.offset + t.nbytes for t in tensors) - base)
+    size = max(t.offset + t.nbytes for t in tensors) - base
+    if mode == "mlock":  # before any byte is read, so a low limit fails fast
+        check_lock_limit(align_up(size, PAGE))
+    image, amap = anonymous(size)
     jobs = [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes], _repack(t)) for t in mats]
     jobs += [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes]) for t in vecs]
     try:
@@ -215,8 +223,16 @@ def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:
         raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
                            "numallm.engine.weights needs updating for it")
 
+    # Row blocks of about _REPACK_BYTES: the packer's temporaries stay small (an embedding
+    # matrix can be gigabytes), and the kernels' layouts allow any row range.
+    group = kernels.row_group(t.qtype)
+    step = max(group, _REPACK_BYTES // t.row_bytes // group * group)
+
     def repack(raw: np.ndarray) -> None:
-        raw[:] = kernels.pack(t.qtype, raw, t.rows, t.cols)
+        for r in range(0, t.rows, step):
+            n = min(step, t.rows - r)
+            part = raw[r * t.row_bytes:(r + n) * t.row_bytes]
+            part[:] = kernels.pack(t.qtype, part, n, t.cols)
     return repack
 
 

@@ -25,6 +25,11 @@ def has_avx2() -> bool:
     return "avx2" in target_features()
 
 
+def has_avx512() -> bool:
+    """32 zmm registers and 16-lane float ops."""
+    return "avx512f" in target_features()
+
+
 def has_vnni256() -> bool:
     """vpdpbusd on ymm registers: AVX512-VNNI with AVX512-VL, or AVX-VNNI (Zen 5, Alder Lake)."""
     f = target_features()

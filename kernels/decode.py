@@ -119,10 +119,13 @@ def k_scale_min(w, s, i):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def decode_q4_k(w, o, nb, y):  # type: ignore[no-untyped-def]
-    # 144 bytes: d, dmin, scales[12], qs[128] (4 chunks of 32 bytes, low then high nibbles).
+def decode_q45_k(w, o, nb, y, five):  # type: ignore[no-untyped-def]
+    # Q4_K, 144 bytes: d, dmin, scales[12], qs[128] (4 chunks of 32 bytes, low then high
+    # nibbles). Q5_K (five), 176 bytes: the same with qh[32] (bit s = sub-block s) before qs.
+    ts = 176 if five else 144
+    qs = 48 if five else 16
     for b in range(nb):
-        p = o + 144 * b
+        p = o + ts * b
         d = load_f16(w, p)
         dmin = load_f16(w, p + 2)
         for s in range(8):
@@ -131,24 +134,9 @@ def decode_q4_k(w, o, nb, y):  # type: ignore[no-untyped-def]
             ms = dmin * np.float32(mn)
             shift = 4 * (s & 1)
             for j in range(32):
-                q = (w[p + 16 + 32 * (s >> 1) + j] >> shift) & 15
-                y[256 * b + 32 * s + j] = ds * np.float32(q) - ms
-
-
-@njit(nogil=True, cache=True)
-def decode_q5_k(w, o, nb, y):  # type: ignore[no-untyped-def]
-    # 176 bytes: d, dmin, scales[12], qh[32] (bit s = sub-block s), qs[128] as in Q4_K.
-    for b in range(nb):
-        p = o + 176 * b
-        d = load_f16(w, p)
-        dmin = load_f16(w, p + 2)
-        for s in range(8):
-            sc, mn = k_scale_min(w, p + 4, s)
-            ds = d * np.float32(sc)
-            ms = dmin * np.float32(mn)
-            shift = 4 * (s & 1)
-            for j in range(32):
-                q = ((w[p + 48 + 32 * (s >> 1) + j] >> shift) & 15) | (((w[p + 16 + j] >> s) & 1) << 4)
+                q = (w[p + qs + 32 * (s >> 1) + j] >> shift) & 15
+                if five:
+                    q |= ((w[p + 16 + j] >> s) & 1) << 4
                 y[256 * b + 32 * s + j] = ds * np.float32(q) - ms
 
 
@@ -190,9 +178,9 @@ def decode_row(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
     elif qcode == Q3_K:
         decode_q3_k(w, o, nb, y)
     elif qcode == Q4_K:
-        decode_q4_k(w, o, nb, y)
+        decode_q45_k(w, o, nb, y, False)
     elif qcode == Q5_K:
-        decode_q5_k(w, o, nb, y)
+        decode_q45_k(w, o, nb, y, True)
     elif qcode == Q6_K:
         decode_q6_k(w, o, nb, y)
 

@@ -1,8 +1,8 @@
 """matvec and matmul over quantized types with the SIMD row dots of kernels/fastdot.py.
 
 The activation is quantized to int8 once per call (actq), then each row in [r0, r1)
-is one row_dot. matmul quantizes every token once and walks the weight in tiles of
-ROW_TILE rows: a tile (a few KiB) stays in L1/L2 while all tokens use it, so every
+is one call of fastdot.rows_dot. matmul (used for fewer than jit.GEMM_MIN_TOKENS
+tokens) quantizes every token once and walks the weight in tiles of ROW_TILE rows: a tile (a few KiB) stays in L1/L2 while all tokens use it, so every
 weight block is read from memory once per call, and the int8 tokens (n * cols bytes)
 are streamed from cache.
 """

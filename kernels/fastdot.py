@@ -33,7 +33,6 @@ from numallm.kernels.fastdot_grouped import rows_q8_0, rows_q45
 from numallm.kernels.llvm_scalar import at, load_f16
 from numallm.kernels.vec import (
     dot_planes,
-    k_mins8,
     k_scales8,
     q3k_scales8,
     vadd,
@@ -104,7 +103,7 @@ def rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-unty
 @njit(nogil=True, cache=True)
 def rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
     """Q4_K, and Q5_K (five: a 5th bit from the qh plane). The 8 scales and mins of a
-    super-block are unpacked as vectors (k_scales8, k_mins8): one multiply makes all
+    super-block are unpacked as vectors (k_scales8): one multiply makes all
     8 sub-block factors d * sc * xd and one FMA applies the 8 min terms."""
     ts = 176 if five else 144
     qs = 48 if five else 16
@@ -116,8 +115,8 @@ def rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1):  # type: ignore[no-unt
         for b in range(nb):
             p = o + ts * b
             xb = 8 * b
-            dsc = vmul(vmul(k_scales8(w, p + 4), vsplat(load_f16(w, p))), vload8(xd, xb))
-            cv = vfmav(cv, vmul(k_mins8(w, p + 4), vsplat(load_f16(w, p + 2))), vload8(xs, xb))
+            dsc = vmul(vmul(k_scales8(w, p + 4, False), vsplat(load_f16(w, p))), vload8(xd, xb))
+            cv = vfmav(cv, vmul(k_scales8(w, p + 4, True), vsplat(load_f16(w, p + 2))), vload8(xs, xb))
             for s in range(0, 8, 2):
                 q = p + qs + 16 * s
                 a0 = vfma(a0, dot_planes(w, q, 0, 15, p + 16, s, 1 if five else 0, 4, xq, 32 * (xb + s)),

@@ -2,8 +2,8 @@
 
 A tile of TILE_ROWS weight rows is decoded to float32 (kernels/decode.py) and stored
 k-major (tile[k, i] = W[row i, k]), then every group of TILE_TOKENS tokens is
-multiplied with it by outer products: per k one 16-float load of the tile and six
-broadcast FMAs into six 16-lane accumulators: 16 multiply-adds per instruction, the
+multiplied with it by outer products: per k one 16-float load of the tile and one
+broadcast FMA per token into its 16-lane accumulator: 16 multiply-adds per instruction, the
 int8 matvec kernels about 3. The decode is paid once per tile and the weight is
 read from memory once per call; benchmarks/README.md has the speed against matvec.
 X is used as given (kernels/jit.py passes quantized weights their int8-rounded X).
@@ -12,18 +12,22 @@ X is used as given (kernels/jit.py passes quantized weights their int8-rounded X
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels.cpu import has_avx512
 from numallm.kernels.decode import decode_row, geometry
 from numallm.kernels.llvm_scalar import at
 from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
 from numba import njit
 
 TILE_ROWS = 16  # one 16-lane vector of the tile per k
-TILE_TOKENS = 6  # six accumulators plus the tile vector fit the 16 ymm of AVX2 as well
+# Eight FMA chains cover the FMA latency on AVX-512 (32 registers); AVX2 has 16 ymm
+# registers, which hold six 16-lane accumulators (two ymm each) and the tile vector.
+TILE_TOKENS = 8 if has_avx512() else 6
 
 
 @njit(nogil=True, cache=True)
 def _tile_times_tokens(tile, X, t0, nt, res):  # type: ignore[no-untyped-def]
-    """res[16j:16j+16] = tile^T . X[t0 + j] for j < nt (nt <= 6)."""
+    """res[16j:16j+16] = tile^T . X[t0 + j] for j < nt <= TILE_TOKENS. Accumulators 6 and
+    7 exist only when TILE_TOKENS is 8 (a compile-time constant: LLVM drops them)."""
     cols = X.shape[1]
     x0 = X[t0]
     x1 = X[t0 + min(1, nt - 1)]
@@ -31,12 +35,16 @@ def _tile_times_tokens(tile, X, t0, nt, res):  # type: ignore[no-untyped-def]
     x3 = X[t0 + min(3, nt - 1)]
     x4 = X[t0 + min(4, nt - 1)]
     x5 = X[t0 + min(5, nt - 1)]
+    x6 = X[t0 + min(6, nt - 1)]
+    x7 = X[t0 + min(7, nt - 1)]
     a0 = vzero16()
     a1 = vzero16()
     a2 = vzero16()
     a3 = vzero16()
     a4 = vzero16()
     a5 = vzero16()
+    a6 = vzero16()
+    a7 = vzero16()
     for k in range(cols):
         v = vload16(tile, 16 * k)
         a0 = vfma16(a0, v, at(x0, k))
@@ -45,12 +53,18 @@ def _tile_times_tokens(tile, X, t0, nt, res):  # type: ignore[no-untyped-def]
         a3 = vfma16(a3, v, at(x3, k))
         a4 = vfma16(a4, v, at(x4, k))
         a5 = vfma16(a5, v, at(x5, k))
+        if TILE_TOKENS == 8:
+            a6 = vfma16(a6, v, at(x6, k))
+            a7 = vfma16(a7, v, at(x7, k))
     vstore16(res, 0, a0)
     vstore16(res, 16, a1)
     vstore16(res, 32, a2)
     vstore16(res, 48, a3)
     vstore16(res, 64, a4)
     vstore16(res, 80, a5)
+    if TILE_TOKENS == 8:
+        vstore16(res, 96, a6)
+        vstore16(res, 112, a7)
 
 
 @njit(nogil=True, cache=True)

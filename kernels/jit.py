@@ -7,8 +7,9 @@ matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
 quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
 kernel of kernels/floatdot.py; matmul of 8 tokens or more the float32 micro-kernel
 of kernels/gemm.py, on x as its int8 quantization sees it for quantized weights, so
-that every batch size gives the same numbers as token-by-token matvec. The instruction set is the one Numba compiles for (see
-kernels/cpu.py), so a cached build never runs on a CPU it was not built for.
+that every batch size gives the same numbers as token-by-token matvec. The
+instruction set is the one Numba compiles for (see kernels/cpu.py), so a cached
+build never runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
 unchecked.
 """

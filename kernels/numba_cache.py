@@ -1,10 +1,11 @@
-"""Numba's on-disk cache for the kernels, invalidated by a change to any kernel source.
+"""Numba's on-disk cache for numallm, invalidated by a change to any kernel source.
 
 Numba stamps a cached function with its own source file only, so a cached caller
-(jit.matvec) keeps running the old machine code of a callee edited in another file
-(a changed fastdot.py kernel went unnoticed until the cache was cleared). These
-locators stamp every function defined in kernels/ with a digest of all kernels/*.py
-instead; functions elsewhere keep Numba's usual locators.
+keeps running the old machine code of a callee edited in another file (a changed
+fastdot.py kernel went unnoticed by the cached jit.matvec, and would be by the
+engine's cached forward pass, until the cache was cleared). These locators stamp
+every cached function of the numallm package with a digest of all kernels/*.py
+besides its own file; functions outside the package keep Numba's usual locators.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from numba.core import caching
 
 _KERNELS_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = _KERNELS_DIR.parent
 
 
 @cache
-def tree_digest() -> str:
+def kernels_digest() -> str:
     """sha256 over the names and contents of kernels/*.py."""
     h = hashlib.sha256()
     for path in sorted(_KERNELS_DIR.glob("*.py")):
@@ -28,31 +30,33 @@ def tree_digest() -> str:
     return h.hexdigest()
 
 
-class _TreeStamped:
+class _KernelStamped:
     @classmethod
     def from_function(cls, py_func, py_file):  # type: ignore[no-untyped-def]
-        if Path(py_file).resolve().parent != _KERNELS_DIR:
+        if not Path(py_file).resolve().is_relative_to(_PACKAGE_DIR):
             return None
         return super().from_function(py_func, py_file)  # type: ignore[misc]
 
-    def get_source_stamp(self) -> str:
-        return tree_digest()
+    def get_source_stamp(self):  # type: ignore[no-untyped-def]
+        return (kernels_digest(), super().get_source_stamp())  # type: ignore[misc]
 
 
-class _UserProvided(_TreeStamped, caching.UserProvidedCacheLocator):
+class _UserProvided(_KernelStamped, caching.UserProvidedCacheLocator):
     pass
 
 
-class _InTree(_TreeStamped, caching.InTreeCacheLocator):
+class _InTree(_KernelStamped, caching.InTreeCacheLocator):
     pass
 
 
-class _UserWide(_TreeStamped, caching.UserWideCacheLocator):
+class _UserWide(_KernelStamped, caching.UserWideCacheLocator):
     pass
 
 
 def install() -> None:
-    """Put the kernel locators before Numba's own (idempotent)."""
+    """Put these locators before Numba's own (idempotent). numallm.kernels does it on
+    import; a module defining cached functions that call kernels must import
+    numallm.kernels before it defines them."""
     classes = caching.CacheImpl._locator_classes
     for locator in (_UserWide, _InTree, _UserProvided):
         if locator not in classes:

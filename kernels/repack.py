@@ -23,6 +23,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 GROUP = 8
+CHUNK_BYTES = 4 << 20  # rows packed at a time: keeps numpy's temporaries small and in cache
 # (byte widths of the fields before the quants in a block, whether quants are nibbles)
 GROUPED: dict[T, tuple[tuple[int, ...], bool]] = {
     T.Q4_0: ((2,), True), T.Q4_1: ((2, 2), True), T.Q5_0: ((2, 4), True),
@@ -54,7 +55,11 @@ def pack_grouped(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarra
     blocks = raw[: rows * nb * ts].reshape(rows, nb, ts)
     dest = out[: rows * nb * ts].reshape(rows, nb * ts)
     full = nb // GROUP * GROUP
-    if full:
-        dest[:, : full * ts] = _regroup(blocks[:, :full].reshape(rows, -1, GROUP, ts), fields, nibbles).reshape(rows, -1)
-    if full < nb:
-        dest[:, full * ts:] = _regroup(blocks[:, full:].reshape(rows, 1, nb - full, ts), fields, nibbles).reshape(rows, -1)
+    step = max(1, CHUNK_BYTES // (nb * ts))
+    for r0 in range(0, rows, step):
+        part, dpart = blocks[r0:r0 + step], dest[r0:r0 + step]
+        n = part.shape[0]
+        if full:
+            dpart[:, : full * ts] = _regroup(part[:, :full].reshape(n, -1, GROUP, ts), fields, nibbles).reshape(n, -1)
+        if full < nb:
+            dpart[:, full * ts:] = _regroup(part[:, full:].reshape(n, 1, nb - full, ts), fields, nibbles).reshape(n, -1)

@@ -484,27 +484,17 @@ def _k_scales_or_mins(builder: ir.IRBuilder, raw: ir.Value, mins: bool) -> ir.Va
 
 
 @intrinsic
-def k_scales8(typingctx, w, p):  # type: ignore[no-untyped-def]
-    """Q4_K/Q5_K: the 8 sub-block scales from the 12 bytes at w[p] as F32x8 (reads 16)."""
+def k_scales8(typingctx, w, p, mins):  # type: ignore[no-untyped-def]
+    """Q4_K/Q5_K: the 8 sub-block scales (mins False) or mins (True) from the 12 bytes
+    at w[p] as F32x8 (reads 16; `mins` is a constant at every call site)."""
     if not _is_bytes(w):
         return None
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
-        return _k_scales_or_mins(builder, raw, False)
-    return f32x8(w, p), codegen
-
-
-@intrinsic
-def k_mins8(typingctx, w, p):  # type: ignore[no-untyped-def]
-    """Q4_K/Q5_K: the 8 sub-block mins from the 12 bytes at w[p] as F32x8 (reads 16)."""
-    if not _is_bytes(w):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
-        return _k_scales_or_mins(builder, raw, True)
-    return f32x8(w, p), codegen
+        want_mins = builder.icmp_unsigned("!=", args[2], ir.Constant(args[2].type, 0))
+        return builder.select(want_mins, _k_scales_or_mins(builder, raw, True), _k_scales_or_mins(builder, raw, False))
+    return f32x8(w, p, mins), codegen
 
 
 @intrinsic

@@ -27,7 +27,7 @@ from numallm.errors import BadInputError
 LLAMA_BENCH_FIELDS = ("cpu_info", "model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_threads",
                       "type_k", "type_v", "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns", "avg_ts",
                       "stddev_ts", "samples_ns", "samples_ts")
-OUR_FIELDS = ("engine", "simd", "numa", "load_mode", "mem_gbps", "roofline_ts", "roofline_frac", "load_avg")
+OUR_FIELDS = ("engine", "simd", "numa", "load_mode", "weight_bytes", "mem_gbps", "roofline_ts", "roofline_frac", "load_avg")
 LIST_FLAGS = ("threads", "n_predict", "numa", "load_mode")
 
 
@@ -98,7 +98,7 @@ def test_roofline_is_bandwidth_over_bytes_read_per_token(records: list[dict[str,
                                                         "attention.head_count_kv"))
     kv_per_position = n_layer * 2 * n_kv * (n_embd // n_head) * 2  # K and V, f16
     for r in records:
-        assert r["mem_gbps"] > 0
+        assert r["mem_gbps"] > 0 and r["weight_bytes"] == weights
         if r["n_gen"] == 0:
             assert r["roofline_ts"] is None and r["roofline_frac"] is None
             continue
@@ -107,7 +107,7 @@ def test_roofline_is_bandwidth_over_bytes_read_per_token(records: list[dict[str,
         assert r["roofline_ts"] == pytest.approx(n / seconds)
         assert r["roofline_frac"] == pytest.approx(r["avg_ts"] / r["roofline_ts"])
     by_threads = {r["n_threads"]: r["mem_gbps"] for r in records}
-    assert all(r["mem_gbps"] == by_threads[r["n_threads"]] for r in records)  # one probe per count
+    assert all(r["mem_gbps"] == by_threads[r["n_threads"]] for r in records)  # one probe per grid point
 
 
 def test_scaling_line_compares_thread_counts(records: list[dict[str, Any]]) -> None:

@@ -47,11 +47,16 @@ def test_worker_count_does_not_change_results(tiny_llama: Path, eng: Engine) -> 
         np.testing.assert_array_equal(one.logits(ids), eng.logits(ids))
 
 
-def test_prompt_batch_equals_token_by_token(eng: Engine) -> None:
-    ids = eng.tokenize(PROMPT)
-    batch = eng.logits(ids)
-    steps = np.stack([eng._run(np.array([t], np.int32), i, False)[0] for i, t in enumerate(ids)])
-    np.testing.assert_allclose(steps, batch, rtol=0, atol=1e-3)
+def test_prompt_batch_equals_token_by_token(tiny_llama: Path) -> None:
+    # The batch path (matmul) and the one-token path (matvec) round activations alike
+    # and agree to about 1e-6; with an F16 KV cache that can still flip the rounding of
+    # a cached value near a half-ulp boundary (a 0.07 change in later logits on this
+    # model, as llama.cpp also shows), so the exact comparison uses an F32 cache.
+    with Engine(tiny_llama, threads=2, kv_type="f32") as e:
+        ids = e.tokenize(PROMPT)
+        batch = e.logits(ids)
+        steps = np.stack([e._run(np.array([t], np.int32), i, False)[0] for i, t in enumerate(ids)])
+    np.testing.assert_allclose(steps, batch, rtol=0, atol=1e-4)
 
 
 def test_greedy_generation_is_deterministic_and_streams(eng: Engine) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFReader, GGUFValueType as V
-
+from gguf import GGUFReader
+from gguf import GGUFValueType as V
 from numallm.engine import gguf_file
 from numallm.engine.gguf_file import GGUFFile, TensorInfo, read_gguf
 from numallm.engine.model_checks import check_architecture
@@ -381,6 +381,18 @@ def test_bad_value_is_named(key: str, value: Any, expected: str) -> None:
     md = llama_md()
     md[key] = value
     assert expected in arch_error(model_file(md, (64, 4)))
+
+
+def test_gpt2_vocabulary_must_be_utf8() -> None:
+    # Byte tokens read from the file keep their bytes as surrogates (see read_gguf).
+    bad = b"\xdc".decode("utf-8", "surrogateescape")
+    msg = arch_error(model_file(llama_md(tokenizer__ggml__tokens=["a", "b", bad, "d"])))
+    assert "entry 2 of 'tokenizer.ggml.tokens' is not valid UTF-8" in msg
+    msg = arch_error(model_file(llama_md(tokenizer__ggml__merges=["a b", "c" + bad])))
+    assert "entry 1 of 'tokenizer.ggml.merges' is not valid UTF-8" in msg
+    # SentencePiece vocabularies may hold such pieces: accepted.
+    check_architecture(model_file(llama_md(tokenizer__ggml__model="llama",
+                                           tokenizer__ggml__tokens=["a", "b", bad, "d"])))
 
 
 def test_vocabulary_must_match_the_embedding() -> None:

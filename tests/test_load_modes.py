@@ -27,18 +27,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
-from synthetic import write_tiny_llama
-
 from numallm import kernels
 from numallm.cli import main as cli_main
-from numallm.engine import Engine, arch
-from numallm.engine import load_reads
+from numallm.engine import Engine, arch, load_reads
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.load_lock import locked_bytes
 from numallm.engine.load_pages import resident
 from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
 from numallm.engine.weights import Weights, load_weights
 from numallm.errors import ModelFormatError
+from synthetic import write_tiny_llama
 
 MODES = ("mmap", "mlock", "dio", "none")
 PYTHON = sys.executable
@@ -200,7 +198,7 @@ def test_dio_on_a_filesystem_refusing_o_direct_falls_back(tiny_llama: Path, tmp_
     """)
     ns = [unshare, "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     script = f"mount -t ramfs ramfs {mnt} && exec {PYTHON} -c \"$0\""
-    r = subprocess.run(ns + ["sh", "-c", script, child], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(ns + ["sh", "-c", script, child], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, f"could not run the ramfs check: {r.stderr[-2000:]}"
     *log_lines, result = r.stdout.strip().splitlines()
     got = json.loads(result)
@@ -271,10 +269,10 @@ def test_read_jobs_fills_any_range_and_runs_setup_and_after(disk_dir: Path, monk
         # in dio), a job ending exactly at the end of the file, a 1-byte job.
         spans = [(0, 5000, 0), (4095, 70_001, 8000), (123_457, 40_000, 90_001),
                  (200_000, 100_000, 140_000 + 4096 - 200_000 % 4096), (299_999, 1, 399_000)]
-        jobs = [ReadJob(off, backing[at:at + n], after=lambda d, i=i: after.append(i))
+        jobs = [ReadJob(off, backing[at:at + n], after=lambda d, i=i, after=after: after.append(i))
                 for i, (off, n, at) in enumerate(spans)]
         used = read_jobs(str(path), jobs, direct=direct, threads=3,
-                         setup=lambda: threads.add(threading.get_ident()))
+                         setup=lambda threads=threads: threads.add(threading.get_ident()))
         assert used == direct
         for off, n, at in spans:
             np.testing.assert_array_equal(backing[at:at + n], data[off:off + n])
@@ -348,7 +346,7 @@ def test_mlock_over_rlimit_memlock_is_a_clear_error(tiny_llama: Path) -> None:
         print(json.dumps({{"cap": bool(caps >> 14 & 1), "raw_mlock_ok": raw_ok, "error": error,
                           "locked": locked_bytes(), "size": w.buf.nbytes, "hard": hard}}))
     """)
-    r = subprocess.run(_drop_ipc_lock() + [PYTHON, "-c", child], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(_drop_ipc_lock() + [PYTHON, "-c", child], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert not got["cap"] and not got["raw_mlock_ok"], "the child still may lock past RLIMIT_MEMLOCK"
