@@ -21,16 +21,23 @@ from numallm.errors import BadInputError, NumallmError, TopologyError
 
 
 
-def _shared_options() -> argparse.ArgumentParser:
+def _shared_options(lists: bool = False) -> argparse.ArgumentParser:
+    """The option group every subcommand shares. With lists=True (bench), -n, -t, --numa
+    and --load-mode take comma lists, checked by the subcommand itself."""
     p = argparse.ArgumentParser(add_help=False)
+    int_or_list = str if lists else int
+
+    def modes(values: tuple[str, ...]) -> tuple[str, ...] | None:
+        return None if lists else values
+
     g = p.add_argument_group("common options (llama.cpp names)")
     g.add_argument("-m", "--model", help="GGUF file, or a known model name: smollm2 (default), gemma3; "
                    "also $NUMALLM_MODEL")
-    g.add_argument("-n", "--n-predict", type=int, default=-1,
+    g.add_argument("-n", "--n-predict", type=int_or_list, default=-1,
                    help="tokens to generate; -1 = until end of generation or a full context (default -1)")
     g.add_argument("-c", "--ctx-size", type=int, default=0,
                    help="context size; 0 = min(the model's context, 4096) (default 0)")
-    g.add_argument("-t", "--threads", type=int, default=None,
+    g.add_argument("-t", "--threads", type=int_or_list, default=None,
                    help="worker threads (default: one per allowed physical core)")
     g.add_argument("--smt", action="store_true", help="also use SMT siblings (hyperthreads)")
     g.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
@@ -46,8 +53,8 @@ def _shared_options() -> argparse.ArgumentParser:
                    help="KV cache type for K (default f16)")
     g.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES,
                    help="KV cache type for V (default f16)")
-    g.add_argument("--numa", default="auto", choices=NUMA_MODES, help="weight placement (default auto)")
-    g.add_argument("--load-mode", default=None, choices=LOAD_MODES,
+    g.add_argument("--numa", default="auto", choices=modes(NUMA_MODES), help="weight placement (default auto)")
+    g.add_argument("--load-mode", default=None, choices=modes(LOAD_MODES),
                    help="how weights are read: mmap = map the file, mlock = map and lock it in RAM, "
                    "dio = O_DIRECT reads, none = plain reads; auto = mmap unless the NUMA mode "
                    "copies (default auto)")
@@ -77,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", parents=[shared], help="interactive chat with the model's template")
     chat.add_argument("-sys", "--system-prompt", default=None, help="system message")
     chat.set_defaults(func=_cmd_chat)
+
+    from numallm import bench
+
+    b = sub.add_parser("bench", parents=[_shared_options(lists=True)],
+                       help="prompt and generation speed, llama-bench style")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.run)
 
     topo = sub.add_parser("topology", parents=[shared],
                           help="show packages, NUMA nodes, cores and the worker plan")

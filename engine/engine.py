@@ -24,6 +24,7 @@ from numallm.engine.barrier import new_barrier
 from numallm.engine.forward import f16_table, forward
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.kv_cache import KVCache
+from numallm.engine.model_checks import check_architecture
 from numallm.engine.model_store import resolve_model
 from numallm.engine.sampling import Sampler, SamplingParams
 from numallm.engine.tokenizer import Tokenizer
@@ -77,6 +78,7 @@ class Engine:
         self._check_numa(numa, plan)
         self.path = resolve_model(model)
         gf = read_gguf(self.path)
+        check_architecture(gf)
         self.spec = arch.describe(gf.metadata, str(self.path))
         self.hparams = hp = self.spec.hparams
         self.tokenizer = Tokenizer.from_metadata(gf.metadata)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import functools
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from gguf import GGMLQuantizationType
 from numallm import kernels
+from numallm.engine import load_reads
 from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.load_lock import PageLock, check_lock_limit
@@ -195,23 +197,58 @@ def _read_image(gf: GGUFFile, mats: list[TensorInfo], vecs: list[TensorInfo],
                 mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
     """The file's tensor data read into anonymous memory at the file's own offsets minus
     `base` (aligned for O_DIRECT), each matrix repacked in place once it is in when the
-    kernels' layout is not the file's: (image, base, [its mapping], O_DIRECT used)."""
+    kernels' layout is not the file's: (image, base, [its mapping], O_DIRECT used).
+
+    The span is read in aligned pieces, not tensor by tensor: every request is then
+    aligned (tensors start anywhere), and the pieces are of one size."""
     tensors = mats + vecs
     base = align_down(min(t.offset for t in tensors), ALIGN)
     size = max(t.offset + t.nbytes for t in tensors) - base
     if mode == "mlock":  # before any byte is read, so a low limit fails fast
         check_lock_limit(align_up(size, PAGE))
     image, amap = anonymous(size)
-    jobs = [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes], _repack(t)) for t in mats]
-    jobs += [ReadJob(t.offset, image[t.offset - base:t.offset - base + t.nbytes]) for t in vecs]
+    repacks = _Repacks(mats, base, image, load_reads.CHUNK)
+    jobs = [ReadJob(base + start, image[start:start + load_reads.CHUNK], functools.partial(repacks.piece_read, k))
+            for k, start in enumerate(range(0, size, load_reads.CHUNK))]
     try:
         # mmap or mlock get here only to repack: buffered reads share the page cache as a mapping would.
         direct = read_jobs(gf.path, jobs, direct=mode == "dio")
     except BaseException:
-        del image, jobs
+        del image, jobs, repacks
         _close_quietly([amap])
         raise
     return image, base, [amap], direct
+
+
+class _Repacks:
+    """Counts down, for each matrix to repack, the pieces of the image still to read; the
+    thread reading a matrix's last piece repacks it (so repacking overlaps reading, and
+    runs where a NUMA-bound reader put the pages)."""
+
+    def __init__(self, mats: list[TensorInfo], base: int, image: np.ndarray, piece: int) -> None:
+        self._left: dict[str, int] = {}
+        self._in_piece: dict[int, list[tuple[TensorInfo, Callable[[np.ndarray], None]]]] = {}
+        self._image = image
+        self._base = base
+        self._lock = threading.Lock()
+        for t in mats:
+            repack = _repack(t)
+            if repack is None:
+                continue
+            first, last = (t.offset - base) // piece, (t.offset + t.nbytes - 1 - base) // piece
+            self._left[t.name] = 1
+            for k in range(first, last + 1):
+                self._in_piece.setdefault(k, []).append((t, repack))
+
+    def piece_read(self, k: int, _piece: np.ndarray) -> None:
+        ready = []
+        with self._lock:
+            for t, repack in self._in_piece.get(k, ()):
+                self._left[t.name] -= 1
+                if self._left[t.name] == 0:
+                    ready.append((t, repack))
+        for t, repack in ready:
+            repack(self._image[t.offset - self._base:t.offset - self._base + t.nbytes])
 
 
 def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:

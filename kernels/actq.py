@@ -50,6 +50,19 @@ def quantized_x(x):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
+def quantize_rows(X):  # type: ignore[no-untyped-def]
+    """(xq, xd, xs, xs16) of every row of X[n, cols], each array with n rows."""
+    n, cols = X.shape
+    xq = np.empty((n, cols), np.int8)
+    xd = np.empty((n, cols // 32), np.float32)
+    xs = np.empty((n, cols // 32), np.float32)
+    xs16 = np.empty((n, cols // 16), np.float32)
+    for t in range(n):
+        quantize_x(X[t], xq[t], xd[t], xs[t], xs16[t])
+    return xq, xd, xs, xs16
+
+
+@njit(nogil=True, cache=True)
 def as_quantized(X):  # type: ignore[no-untyped-def]
     """X[n, cols] as the int8 quantization of each row sees it (xd * xq), in float32:
     the float32 matmul runs on this for quantized weights, so a batch gives what the

@@ -9,8 +9,7 @@ are streamed from cache.
 
 from __future__ import annotations
 
-import numpy as np
-from numallm.kernels.actq import quantize_x, quantized_x
+from numallm.kernels.actq import quantize_rows, quantized_x
 from numallm.kernels.decode import geometry
 from numallm.kernels.fastdot import rows_dot
 from numba import njit
@@ -33,12 +32,7 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     nb = cols // bs
     rb = nb * ts
     n = X.shape[0]
-    xq = np.empty((n, cols), np.int8)
-    xd = np.empty((n, cols // 32), np.float32)
-    xs = np.empty((n, cols // 32), np.float32)
-    xs16 = np.empty((n, cols // 16), np.float32)
-    for t in range(n):
-        quantize_x(X[t], xq[t], xd[t], xs[t], xs16[t])
+    xq, xd, xs, xs16 = quantize_rows(X)
     for rt in range(r0, r1, ROW_TILE):
         re = min(rt + ROW_TILE, r1)
         for t in range(n):

@@ -17,16 +17,20 @@ unchecked.
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels import fast, gemm
+from numallm.kernels import fast, gemm, igemm
 from numallm.kernels.actq import as_quantized
-from numallm.kernels.decode import BF16, F16, F32, geometry
+from numallm.kernels.decode import BF16, F16, F32, Q8_0, geometry
 from numallm.kernels.decode import get_rows as decode_rows
+from numallm.kernels.cpu import has_vnni256
 from numallm.kernels.floatdot import rows_float
 from numba import njit
 
 # From this many tokens on, decoding a tile of rows to float32 once (kernels/gemm.py)
 # beats the int8 kernels run once per token (kernels/fast.py).
 GEMM_MIN_TOKENS = 8
+# Q8_0's quants as unsigned bytes (w + 128) would saturate vpmaddubsw: without VNNI
+# its batches take the float32 micro-kernel.
+INT8_GEMM_Q8_0 = has_vnni256()
 
 
 @njit(nogil=True, cache=True)
@@ -62,10 +66,12 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
         raise ValueError("matmul: X must be [n, cols] and out [n, >= r1]")
     if qcode == F32 or qcode == F16 or qcode == BF16:
         gemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
-    elif X.shape[0] >= GEMM_MIN_TOKENS:
+    elif X.shape[0] < GEMM_MIN_TOKENS:
+        fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    elif qcode == Q8_0 and not INT8_GEMM_Q8_0:
         gemm.matmul(qcode, w, rows, cols, as_quantized(X), out, r0, r1)
     else:
-        fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
+        igemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
 @njit(nogil=True, cache=True)

@@ -99,8 +99,13 @@ def _digest(w: Weights) -> list[bytes]:
     return [w.buf[off:off + n].tobytes() for _, _, _, off, n, _ in rows] + [w.vecs.tobytes()]
 
 
+@pytest.mark.parametrize("chunk", [None, 8192], ids=["one piece", "many pieces"])
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_f16"])
-def test_every_mode_gives_the_packed_file_bytes(model: str, request: pytest.FixtureRequest) -> None:
+def test_every_mode_gives_the_packed_file_bytes(model: str, chunk: int | None, request: pytest.FixtureRequest,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # With many pieces, matrices span several reads: each is repacked once, after its last.
+    if chunk is not None:
+        monkeypatch.setattr(load_reads, "CHUNK", chunk)
     path = request.getfixturevalue(model)
     digests = {}
     for mode in MODES:

@@ -1,0 +1,103 @@
+"""16-lane integer vectors for the int8 tile GEMM (kernels/igemm.py), as LLVM IR.
+
+An I32x16 holds one int32 accumulator per row of a 16-row weight tile. `idot16`
+adds to it, for every row, the dot product of 4 weight quants (unsigned bytes, the
+row's 4 consecutive bytes of a 64-byte tile vector) with 4 int8 activations of one
+token broadcast to all rows: 64 multiply-adds in one instruction, by the features
+Numba compiles for (kernels/cpu.py):
+  avx512vnni  one vpdpbusd on a zmm register, the activation a broadcast operand
+  otherwise   two halves through vec._dot_u8s8 (vpdpbusd on ymm, vpmaddubsw +
+              vpmaddwd, or plain LLVM vectors), each added to its half.
+vpmaddubsw saturates pairs above 2**15: callers keep the quants below 128 on that
+path (igemm.py sends Q8_0 to the float path when there is no VNNI).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numallm.kernels.cpu import target_features
+from numallm.kernels.vec import (
+    I8,
+    I32,
+    V16F32,
+    _as_i64,
+    _call,
+    _dot_u8s8,
+    _is_bytes,
+    _load_bytes,
+    _splat,
+    f32x16,
+)
+from numba.core import types
+from numba.core.datamodel import models, register_default
+from numba.extending import intrinsic
+
+V16I32 = ir.VectorType(I32, 16)
+V64I8 = ir.VectorType(I8, 64)
+
+
+class I32x16Type(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="I32x16")
+
+
+i32x16 = I32x16Type()
+
+
+@register_default(I32x16Type)
+class I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):  # type: ignore[no-untyped-def]
+        super().__init__(dmm, fe_type, V16I32)
+
+
+def has_vnni512() -> bool:
+    """vpdpbusd on zmm registers."""
+    return {"avx512vnni", "avx512f"} <= target_features()
+
+
+def _dpbusd16(builder: ir.IRBuilder, acc: ir.Value, u: ir.Value, s: ir.Value) -> ir.Value:
+    """acc + (<64 x u8> u . <64 x s8> s, each lane the sum of its 4 bytes' products)."""
+    if has_vnni512():
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.512", V16I32,
+                     [acc, builder.bitcast(u, V16I32), builder.bitcast(s, V16I32)])
+    undef = ir.Constant(V64I8, ir.Undefined)
+    halves = []
+    for h in range(2):
+        pick = ir.Constant(ir.VectorType(I32, 32), list(range(32 * h, 32 * h + 32)))
+        halves.append(_dot_u8s8(builder, builder.shuffle_vector(u, undef, pick),
+                                builder.shuffle_vector(s, undef, pick)))
+    both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+    return builder.add(acc, both)
+
+
+@intrinsic
+def izero16(typingctx):  # type: ignore[no-untyped-def]
+    """An I32x16 of zeros."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(V16I32, None)
+    return i32x16(), codegen
+
+
+@intrinsic
+def idot16(typingctx, acc, tile, p, xq, xo):  # type: ignore[no-untyped-def]
+    """acc[i] + sum_{j<4} tile[p + 4i + j] * xq[xo + j] for the 16 lanes i (unchecked)."""
+    if not (_is_bytes(tile) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, ta, pv, xa, xov = args
+        u = _load_bytes(context, builder, sig.args[1], ta, _as_i64(builder, pv), 64)
+        x4 = _load_bytes(context, builder, sig.args[3], xa, _as_i64(builder, xov), 4)
+        s = builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
+        return _dpbusd16(builder, a, u, s)
+    return i32x16(i32x16, tile, p, xq, xo), codegen
+
+
+@intrinsic
+def vfmai16(typingctx, acc, iv, v, s):  # type: ignore[no-untyped-def]
+    """acc + float(iv) * v * s for an I32x16 iv, an F32x16 v and a float32 s."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, ivv, vv, sc = args
+        scaled = builder.fmul(builder.sitofp(ivv, V16F32), vv)
+        return _call(builder, "llvm.fmuladd.v16f32", V16F32, [scaled, _splat(builder, sc, V16F32), a])
+    return f32x16(f32x16, i32x16, f32x16, types.float32), codegen
