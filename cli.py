@@ -197,18 +197,17 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
-class _LowercaseLevel(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"numallm: {record.levelname.lower()}: {record.getMessage()}"
+class _StderrLines(logging.Handler):
+    """numallm's warnings as `numallm: warning: ...` lines on whatever stderr is now."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"numallm: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LowercaseLevel())
-    root = logging.getLogger("numallm")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    root.propagate = False
+    log = logging.getLogger("numallm")
+    log.handlers[:] = [_StderrLines()]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import jit as kjit
+from numallm.numa.split import part_jit as part
 
 W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN = range(7)
 V_ATTN_NORM, V_FFN_NORM, V_POST_ATTN, V_POST_FFN, V_Q_NORM, V_K_NORM = range(6)
@@ -98,15 +99,6 @@ def _kv_put(row, src):
 def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
     """Convert float32 values to float16 bits (exposed for tests of the conversion)."""
     kv_put(out, src)
-
-
-@njit(nogil=True)
-def part(total, group, worker, n_workers):
-    """Worker's share [lo, hi) of `total` items, cut on multiples of `group`."""
-    n_groups = (total + group - 1) // group
-    lo = min(n_groups * worker // n_workers * group, total)
-    hi = min(n_groups * (worker + 1) // n_workers * group, total)
-    return lo, hi
 
 
 @njit(nogil=True)

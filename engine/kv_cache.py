@@ -15,11 +15,15 @@ from numallm.errors import BadInputError
 
 
 
+# Bytes per cached element: float16 is kept as its bits in uint16.
+KV_ITEMSIZE = {"f16": 2, "f32": 4}
+
+
 class KVCache:
     def __init__(self, hp: HParams, n_ctx: int, n_slots: int = 1, kv_type: str = "f16") -> None:
         if kv_type not in KV_TYPES:
             raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_TYPES)})")
-        dtype = np.uint16 if kv_type == "f16" else np.float32
+        dtype = np.uint16 if KV_ITEMSIZE[kv_type] == 2 else np.float32
         shape = (n_slots, hp.n_layer, hp.n_head_kv, n_ctx, hp.head_dim)
         # np.zeros maps fresh zero pages lazily: a large context costs memory only as used.
         self.k = np.zeros(shape, dtype)

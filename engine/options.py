@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from numallm.errors import BadInputError
 
-NUMA_MODES = ("auto", "mirror", "distribute", "interleave", "isolate", "none")
+from numallm.numa.modes import NUMA_MODES
 LOAD_MODES = ("auto", "mmap", "mlock", "dio", "none")
 KV_TYPES = ("f16", "f32")
 

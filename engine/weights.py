@@ -236,7 +236,7 @@ class _Repacks:
             if repack is None:
                 continue
             first, last = (t.offset - base) // piece, (t.offset + t.nbytes - 1 - base) // piece
-            self._left[t.name] = 1
+            self._left[t.name] = last - first + 1
             for k in range(first, last + 1):
                 self._in_piece.setdefault(k, []).append((t, repack))
 

@@ -22,9 +22,14 @@ Design (issue 5):
   VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is
   that of quantizing x: relative L2 about 5e-3 against float64, bounded per row in
   tests/test_kernels.py. F32/F16/BF16 keep x in float32 (kernels/floatdot.py).
-- matmul of 8 or more tokens decodes tiles of 16 rows to float32 and runs a float32
-  micro-kernel (kernels/gemm.py), each weight block read once per call; below 8
-  tokens it runs the matvec kernels per token on 16-row tiles.
+- matmul of 8 or more tokens quantizes them to int8 once and unpacks tiles of 16
+  rows to unsigned byte quants with a scale and offset per sub-block
+  (kernels/unpack.py), then multiplies each tile vector with 8 tokens at a time by
+  vpdpbusd on zmm registers (kernels/igemm.py, vec_tile.py; twice the float32
+  micro-kernel's speed), each weight block read once per call. Float weights, and
+  Q8_0 without VNNI, decode tiles to float32 for a float32 micro-kernel
+  (kernels/gemm.py). Below 8 tokens matmul runs the matvec kernels per token on
+  16-row tiles.
 - The SIMD path is chosen by the features Numba compiles for (kernels/cpu.py), which
   are part of Numba's cache key; kernels/numba_cache.py invalidates every kernel's
   cache when any kernel source changes.

@@ -10,8 +10,8 @@ are streamed from cache.
 from __future__ import annotations
 
 from numallm.kernels.actq import quantize_rows, quantized_x
-from numallm.kernels.decode import geometry
 from numallm.kernels.fastdot import rows_dot
+from numallm.kernels.qcodes import row_geometry
 from numba import njit
 
 ROW_TILE = 16
@@ -19,18 +19,14 @@ ROW_TILE = 16
 
 @njit(nogil=True, cache=True)
 def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
-    bs, ts = geometry(qcode)
-    nb = cols // bs
-    rb = nb * ts
+    nb, rb = row_geometry(qcode, cols)
     xq, xd, xs, xs16 = quantized_x(x)
     rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
 
 
 @njit(nogil=True, cache=True)
 def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
-    bs, ts = geometry(qcode)
-    nb = cols // bs
-    rb = nb * ts
+    nb, rb = row_geometry(qcode, cols)
     n = X.shape[0]
     xq, xd, xs, xs16 = quantize_rows(X)
     for rt in range(r0, r1, ROW_TILE):

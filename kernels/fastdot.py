@@ -17,7 +17,9 @@ Two accumulators per row hide the latency of the float adds.
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.decode import (
+from numallm.kernels.fastdot_grouped import rows_q8_0, rows_q45
+from numallm.kernels.llvm_scalar import at, load_f16
+from numallm.kernels.qcodes import (
     Q2_K,
     Q3_K,
     Q4_0,
@@ -29,8 +31,6 @@ from numallm.kernels.decode import (
     Q6_K,
     Q8_0,
 )
-from numallm.kernels.fastdot_grouped import rows_q8_0, rows_q45
-from numallm.kernels.llvm_scalar import at, load_f16
 from numallm.kernels.vec import (
     dot_planes,
     k_scales8,
@@ -40,6 +40,7 @@ from numallm.kernels.vec import (
     vfmai,
     vfmav,
     vhsum,
+    vhsum16,
     vlane,
     vload8,
     vload_b8,
@@ -47,18 +48,21 @@ from numallm.kernels.vec import (
     vpair,
     vsplat,
     vzero,
+    vzero16,
 )
+from numallm.kernels.vec_tile import dot_planes64, vadd16, vfmaiv16, vquad16
 from numba import njit
 
 
 @njit(nogil=True, cache=True)
 def rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
     # Elements 128h + 32s + j: bits 2s of qs[32h + j]; scale bytes 8h + 2s (+1) cover 16
-    # each, low nibble the scale, high nibble the min (applied through xs16).
+    # each, low nibble the scale, high nibble the min (applied through xs16). Sub-blocks
+    # s and s + 1 go through one 64-element dot (vec_tile.dot_planes64).
     for r in range(r0, r1):
         o = r * rb
-        a0 = vzero()
-        a1 = vzero()
+        a0 = vzero16()
+        a1 = vzero16()
         cv = vzero()
         for b in range(nb):
             p = o + 84 * b
@@ -67,22 +71,22 @@ def rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-unty
             for h in range(2):
                 sc = vmul(vload_b8(w, p + 8 * h, 1), d)
                 cv = vfmav(cv, vmul(vload_b8(w, p + 8 * h, 2), dmin), vload8(xs16, 16 * b + 8 * h))
-                for s in range(0, 4, 2):
-                    xb = 8 * b + 4 * h + s
-                    a0 = vfmai(a0, dot_planes(w, p + 16 + 32 * h, 2 * s, 3, p, 0, 0, 0, xq, 32 * xb),
-                               vmul(vpair(sc, s), vsplat(at(xd, xb))))
-                    a1 = vfmai(a1, dot_planes(w, p + 16 + 32 * h, 2 * s + 2, 3, p, 0, 0, 0, xq, 32 * xb + 32),
-                               vmul(vpair(sc, s + 1), vsplat(at(xd, xb + 1))))
-        out[r] = vhsum(vadd(a0, a1)) - vhsum(cv)
+                xb = 8 * b + 4 * h
+                a0 = vfmaiv16(a0, dot_planes64(w, p + 16 + 32 * h, 0, 3, p, 0, 0, 0, 0, 2, 0, xq, 32 * xb),
+                              vquad16(sc, 0, at(xd, xb), at(xd, xb + 1)))
+                a1 = vfmaiv16(a1, dot_planes64(w, p + 16 + 32 * h, 4, 3, p, 0, 0, 0, 0, 2, 0, xq, 32 * xb + 64),
+                              vquad16(sc, 2, at(xd, xb + 2), at(xd, xb + 3)))
+        out[r] = vhsum16(vadd16(a0, a1)) - vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
 def rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
     # q + 4 = (2 bits of qs) | (hmask bit << 2), in 0..7; the -4 goes through xs16.
+    # Sub-blocks s and s + 1 go through one 64-element dot, as for Q2_K.
     for r in range(r0, r1):
         o = r * rb
-        a0 = vzero()
-        a1 = vzero()
+        a0 = vzero16()
+        a1 = vzero16()
         cv = vzero()
         for b in range(nb):
             p = o + 110 * b
@@ -90,14 +94,13 @@ def rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-unty
             for h in range(2):
                 sc = vmul(q3k_scales8(w, p + 96, h), d)
                 cv = vfmav(cv, sc, vload8(xs16, 16 * b + 8 * h))
-                for s in range(0, 4, 2):
-                    xb = 8 * b + 4 * h + s
-                    q = p + 32 + 32 * h
-                    a0 = vfmai(a0, dot_planes(w, q, 2 * s, 3, p, 4 * h + s, 1, 2, xq, 32 * xb),
-                               vmul(vpair(sc, s), vsplat(at(xd, xb))))
-                    a1 = vfmai(a1, dot_planes(w, q, 2 * s + 2, 3, p, 4 * h + s + 1, 1, 2, xq, 32 * xb + 32),
-                               vmul(vpair(sc, s + 1), vsplat(at(xd, xb + 1))))
-        out[r] = vhsum(vadd(a0, a1)) - np.float32(4.0) * vhsum(cv)
+                xb = 8 * b + 4 * h
+                q = p + 32 + 32 * h
+                a0 = vfmaiv16(a0, dot_planes64(w, q, 0, 3, p, 4 * h, 1, 2, 0, 2, 1, xq, 32 * xb),
+                              vquad16(sc, 0, at(xd, xb), at(xd, xb + 1)))
+                a1 = vfmaiv16(a1, dot_planes64(w, q, 4, 3, p, 4 * h + 2, 1, 2, 0, 2, 1, xq, 32 * xb + 64),
+                              vquad16(sc, 2, at(xd, xb + 2), at(xd, xb + 3)))
+        out[r] = vhsum16(vadd16(a0, a1)) - np.float32(4.0) * vhsum(cv)
 
 
 @njit(nogil=True, cache=True)

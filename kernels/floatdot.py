@@ -6,8 +6,8 @@ F32/F16/BF16; it is invariant in the loops, which LLVM unswitches.
 
 from __future__ import annotations
 
-from numallm.kernels.decode import BF16, F16
 from numallm.kernels.llvm_scalar import at, load_bf16, load_f16, load_f32
+from numallm.kernels.qcodes import BF16, F16
 from numallm.kernels.vec import (
     vfmav16,
     vhsum16,

@@ -12,12 +12,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.errors import UnsupportedError
+from numallm.kernels.qcodes import CODES
 from numallm.kernels.repack import GROUPED, pack_grouped
 
-SUPPORTED_TYPES: frozenset[T] = frozenset(
-    {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
-     T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
-)
+SUPPORTED_TYPES: frozenset[T] = frozenset(T(code) for code in CODES)
 
 
 def block_size(qtype: T) -> int:

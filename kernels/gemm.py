@@ -1,5 +1,8 @@
 """matmul for batches of tokens: decode a tile of rows once, then a float32 micro-kernel.
 
+For float weights (F32, F16, BF16), and Q8_0 on CPUs without VNNI; every other
+quantized batch takes the int8 tile GEMM of kernels/igemm.py, about twice as fast.
+
 A tile of TILE_ROWS weight rows is decoded to float32 (kernels/decode.py) and stored
 k-major (tile[k, i] = W[row i, k]), then every group of TILE_TOKENS tokens is
 multiplied with it by outer products: per k one 16-float load of the tile and one
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 from numallm.kernels.cpu import has_avx512
-from numallm.kernels.decode import decode_row, geometry
+from numallm.kernels.decode import decode_row
 from numallm.kernels.llvm_scalar import at
+from numallm.kernels.qcodes import row_geometry
 from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
 from numba import njit
 
@@ -67,11 +71,17 @@ def _tile_times_tokens(tile, X, t0, nt, res):  # type: ignore[no-untyped-def]
         vstore16(res, 112, a7)
 
 
+@njit(inline="always", cache=True)
+def store_tile(res, out, t, nt, rt, nr):  # type: ignore[no-untyped-def]
+    """out[t + j, rt + i] = res[16 j + i]: a micro-kernel's results for nt tokens x nr rows."""
+    for j in range(nt):
+        for i in range(nr):
+            out[t + j, rt + i] = res[16 * j + i]
+
+
 @njit(nogil=True, cache=True)
 def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
-    bs, ts = geometry(qcode)
-    nb = cols // bs
-    rb = nb * ts
+    nb, rb = row_geometry(qcode, cols)
     n = X.shape[0]
     row = np.empty(cols, np.float32)
     tile = np.zeros(cols * TILE_ROWS, np.float32)
@@ -85,6 +95,4 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
         for t in range(0, n, TILE_TOKENS):
             nt = min(TILE_TOKENS, n - t)
             _tile_times_tokens(tile, X, t, nt, res)
-            for j in range(nt):
-                for i in range(nr):
-                    out[t + j, rt + i] = res[16 * j + i]
+            store_tile(res, out, t, nt, rt, nr)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numallm.kernels.actq import quantize_rows
 from numallm.kernels.cpu import has_avx512
-from numallm.kernels.decode import geometry
+from numallm.kernels.gemm import store_tile
 from numallm.kernels.llvm_scalar import at
+from numallm.kernels.qcodes import row_geometry
 from numallm.kernels.unpack import sub_size, unpack_row
 from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
 from numallm.kernels.vec_tile import idot16, izero16, vfmai16
@@ -69,17 +70,19 @@ def _tile_times_tokens(tq, td, tm, S, xq, xd, xsum, t0, nt, res):  # type: ignor
         i5 = izero16()
         i6 = izero16()
         i7 = izero16()
-        for c in range(S * s // 4, S * (s + 1) // 4):
-            p = 64 * c
-            i0 = idot16(i0, tq, p, x0, 4 * c)
-            i1 = idot16(i1, tq, p, x1, 4 * c)
-            i2 = idot16(i2, tq, p, x2, 4 * c)
-            if TILE_TOKENS > 3:
-                i3 = idot16(i3, tq, p, x3, 4 * c)
-                i4 = idot16(i4, tq, p, x4, 4 * c)
-                i5 = idot16(i5, tq, p, x5, 4 * c)
-                i6 = idot16(i6, tq, p, x6, 4 * c)
-                i7 = idot16(i7, tq, p, x7, 4 * c)
+        # Four tile vectors (16 columns) per step: a constant trip count LLVM unrolls.
+        for c0 in range(S * s // 4, S * (s + 1) // 4, 4):
+            for c in range(c0, c0 + 4):
+                p = 64 * c
+                i0 = idot16(i0, tq, p, x0, 4 * c)
+                i1 = idot16(i1, tq, p, x1, 4 * c)
+                i2 = idot16(i2, tq, p, x2, 4 * c)
+                if TILE_TOKENS > 3:
+                    i3 = idot16(i3, tq, p, x3, 4 * c)
+                    i4 = idot16(i4, tq, p, x4, 4 * c)
+                    i5 = idot16(i5, tq, p, x5, 4 * c)
+                    i6 = idot16(i6, tq, p, x6, 4 * c)
+                    i7 = idot16(i7, tq, p, x7, 4 * c)
         dv = vload16(td, 16 * s)
         mv = vload16(tm, 16 * s)
         b = S * s // 32
@@ -105,9 +108,7 @@ def _tile_times_tokens(tq, td, tm, S, xq, xd, xsum, t0, nt, res):  # type: ignor
 
 @njit(nogil=True, cache=True)
 def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
-    bs, ts = geometry(qcode)
-    nb = cols // bs
-    rb = nb * ts
+    nb, rb = row_geometry(qcode, cols)
     n = X.shape[0]
     S = sub_size(qcode)
     nsub = cols // S
@@ -134,6 +135,4 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
         for t in range(0, n, TILE_TOKENS):
             nt = min(TILE_TOKENS, n - t)
             _tile_times_tokens(tq, td, tm, S, xq, xd, xsum, t, nt, res)
-            for j in range(nt):
-                for i in range(nr):
-                    out[t + j, rt + i] = res[16 * j + i]
+            store_tile(res, out, t, nt, rt, nr)

@@ -5,9 +5,10 @@ worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
 numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
 matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
 quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
-kernel of kernels/floatdot.py; matmul of 8 tokens or more the float32 micro-kernel
-of kernels/gemm.py, on x as its int8 quantization sees it for quantized weights, so
-that every batch size gives the same numbers as token-by-token matvec. The
+kernel of kernels/floatdot.py; matmul of 8 tokens or more the int8 tile GEMM of
+kernels/igemm.py for quantized weights (on the same int8 quantization of x, so that
+every batch size gives the same numbers as token-by-token matvec) and the float32
+micro-kernel of kernels/gemm.py for float weights. The
 instruction set is the one Numba compiles for (see kernels/cpu.py), so a cached
 build never runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
@@ -19,14 +20,14 @@ from __future__ import annotations
 import numpy as np
 from numallm.kernels import fast, gemm, igemm
 from numallm.kernels.actq import as_quantized
-from numallm.kernels.decode import BF16, F16, F32, Q8_0, geometry
-from numallm.kernels.decode import get_rows as decode_rows
 from numallm.kernels.cpu import has_vnni256
+from numallm.kernels.decode import get_rows as decode_rows
 from numallm.kernels.floatdot import rows_float
+from numallm.kernels.qcodes import BF16, F16, F32, Q8_0, geometry
 from numba import njit
 
-# From this many tokens on, decoding a tile of rows to float32 once (kernels/gemm.py)
-# beats the int8 kernels run once per token (kernels/fast.py).
+# From this many tokens on, unpacking a tile of rows once (kernels/igemm.py, gemm.py)
+# beats the int8 row kernels run once per token (kernels/fast.py).
 GEMM_MIN_TOKENS = 8
 # Q8_0's quants as unsigned bytes (w + 128) would saturate vpmaddubsw: without VNNI
 # its batches take the float32 micro-kernel.

@@ -12,7 +12,8 @@ Bit layouts as kernels/decode.py (grouped Q4_0-Q8_0, file layout K-quants).
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.decode import (
+from numallm.kernels.llvm_scalar import at, load_f16, load_u32
+from numallm.kernels.qcodes import (
     Q2_K,
     Q3_K,
     Q4_0,
@@ -23,12 +24,34 @@ from numallm.kernels.decode import (
     Q5_K,
     Q6_K,
     Q8_0,
-    grouped_nibble,
-    k_scale_min,
-    q3_k_scale,
 )
-from numallm.kernels.llvm_scalar import at, load_f16, load_u32
 from numba import njit
+
+
+@njit(inline="always", cache=True)
+def grouped_nibble(w, qo, g, j, e):  # type: ignore[no-untyped-def]
+    """Quant e of block j of a Q4 group of g blocks whose quants start at byte qo
+    (kernels/repack.py: pairs of blocks share 32 bytes; an odd last block has 16)."""
+    if j < g - (g & 1):
+        return (at(w, qo + 32 * (j >> 1) + e) >> (4 * (j & 1))) & 15
+    return (at(w, qo + 32 * (j >> 1) + (e & 15)) >> (4 * (e >> 4))) & 15
+
+
+@njit(inline="always", cache=True)
+def q3_k_scale(w, s, i):  # type: ignore[no-untyped-def]
+    lo = (at(w, s + (i & 7)) >> (4 * (i >> 3))) & 15
+    hi = (at(w, s + 8 + (i & 3)) >> (2 * (i >> 2))) & 3
+    return np.int32(lo | (hi << 4)) - 32
+
+
+@njit(inline="always", cache=True)
+def k_scale_min(w, s, i):  # type: ignore[no-untyped-def]
+    """6-bit (scale, min) number i of the 12-byte Q4_K/Q5_K scales at byte s."""
+    if i < 4:
+        return at(w, s + i) & 63, at(w, s + 4 + i) & 63
+    sc = (at(w, s + 4 + i) & 15) | ((at(w, s + i - 4) >> 2) & 0x30)
+    mn = (at(w, s + 4 + i) >> 4) | ((at(w, s + i) >> 2) & 0x30)
+    return sc, mn
 
 
 @njit(inline="always", cache=True)

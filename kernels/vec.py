@@ -313,6 +313,20 @@ def dot_s8(typingctx, w, p, xq, xo):  # type: ignore[no-untyped-def]
     return i32x8(w, p, xq, xo), codegen
 
 
+def planes_ir(context, builder, wt, args):  # type: ignore[no-untyped-def]
+    """<32 x i8> ((w[pl:pl+32] >> sl) & ml) | (((w[ph:ph+32] >> sh) & mh) << hs) for
+    args = (w, pl, sl, ml, ph, sh, mh, hs) of array type wt."""
+    wa, plv, slv, mlv, phv, shv, mhv, hsv = args
+
+    def plane(pv, shift, mask):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, wt, wa, _as_i64(builder, pv), 32)
+        return builder.and_(builder.lshr(raw, _splat(builder, _as_i8(builder, shift), V32I8)),
+                            _splat(builder, _as_i8(builder, mask), V32I8))
+
+    lo = plane(plv, slv, mlv)
+    return builder.or_(lo, builder.shl(plane(phv, shv, mhv), _splat(builder, _as_i8(builder, hsv), V32I8)))
+
+
 @intrinsic
 def dot_planes(typingctx, w, pl, sl, ml, ph, sh, mh, hs, xq, xo):  # type: ignore[no-untyped-def]
     """K-quant quants of 32 elements . xq[xo:xo+32], from two bit planes of 32 bytes each:
@@ -322,18 +336,9 @@ def dot_planes(typingctx, w, pl, sl, ml, ph, sh, mh, hs, xq, xo):  # type: ignor
         return None
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        wa, plv, slv, mlv, phv, shv, mhv, hsv, xa, xov = args
-        wt = sig.args[0]
-
-        def plane(pv, shift, mask):  # type: ignore[no-untyped-def]
-            raw = _load_bytes(context, builder, wt, wa, _as_i64(builder, pv), 32)
-            return builder.and_(builder.lshr(raw, _splat(builder, _as_i8(builder, shift), V32I8)),
-                                _splat(builder, _as_i8(builder, mask), V32I8))
-
-        lo = plane(plv, slv, mlv)
-        hi = builder.shl(plane(phv, shv, mhv), _splat(builder, _as_i8(builder, hsv), V32I8))
-        s = _load_bytes(context, builder, sig.args[8], xa, _as_i64(builder, xov), 32)
-        return _dot_u8s8(builder, builder.or_(lo, hi), s)
+        u = planes_ir(context, builder, sig.args[0], args[:8])
+        s = _load_bytes(context, builder, sig.args[8], args[8], _as_i64(builder, args[9]), 32)
+        return _dot_u8s8(builder, u, s)
     return i32x8(w, pl, sl, ml, ph, sh, mh, hs, xq, xo), codegen
 
 

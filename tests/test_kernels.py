@@ -105,8 +105,9 @@ def test_matvec_row_ranges(qtype: T) -> None:
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_matmul_matches_per_token(qtype: T) -> None:
-    """5 tokens take the int8 kernels, 13 the float32 tile micro-kernel (two full groups
-    of 6 and a single token; 27 rows are one full and one partial tile of 16)."""
+    """5 tokens take the int8 row kernels, 13 the tile GEMM (int8 for quantized types,
+    float32 for float ones; a full group of 8 tokens and a partial one; 27 rows are one
+    full and one partial tile of 16)."""
     rng = np.random.default_rng(2)
     rows, cols = 37, 2 * max(GGML_QUANT_SIZES[qtype][0], 32)
     raw = make_weight(qtype, rows, cols)
@@ -149,10 +150,29 @@ def test_batch_equals_token_by_token(qtype: T) -> None:
     for t in range(11):
         K.matvec(qtype, w, rows, cols, X[t], single[t], 0, rows)
     scale = np.abs(reference(qtype, raw, rows, cols)) @ np.abs(X.T).astype(np.float64)
-    for n in (3, 11):  # the int8 kernels, then the float32 tile path
+    for n in (3, 11):  # the int8 row kernels, then the tile GEMM
         out = np.empty((n, rows), np.float32)
         K.matmul(qtype, w, rows, cols, X[:n], out, 0, rows)
         assert np.all(np.abs(out - single[:n]) <= 1e-5 * scale[:, :n].T), n
+
+
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t not in FLOAT_TYPES], ids=lambda t: t.name)
+def test_unpacked_form_is_the_dequantized_weight(qtype: T) -> None:
+    """The int8 GEMM's form of a row (kernels/unpack.py): d[k // S] * q[k] + m[k // S]
+    is the reference dequantization up to float32 rounding of its scale products."""
+    from numallm.kernels.unpack import sub_size, unpack_row
+
+    rows, cols = 3, 19 * 32 if GGML_QUANT_SIZES[qtype][0] == 32 else 512
+    raw = make_weight(qtype, rows, cols, seed=7)
+    w = K.pack(qtype, raw, rows, cols)
+    ref = reference(qtype, raw, rows, cols)
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    S = sub_size(int(qtype))
+    q, d, m = np.empty(cols, np.uint8), np.empty(cols // S, np.float32), np.empty(cols // S, np.float32)
+    for r in range(rows):
+        unpack_row(int(qtype), w, r * cols // bs * ts, cols // bs, q, d, m)
+        got = np.repeat(d, S).astype(np.float64) * q + np.repeat(m, S)
+        assert np.allclose(got, ref[r], rtol=1e-6, atol=1e-6 * np.abs(ref[r]).max()), r
 
 
 def test_parallel_threads_on_disjoint_rows_match_one_thread() -> None:

@@ -38,7 +38,7 @@ for qtype in tk.ALL_TYPES:
         out = np.empty(rows, np.float32)
         K.matvec(qtype, w, rows, cols, X[0], out, 0, rows)
         ok = np.all(np.abs(out - W @ X[0]) <= tk.error_bound(qtype, W, X[0]))
-        for n in (3, 9):  # the int8 kernels, then the float32 micro-kernel
+        for n in (3, 9):  # the int8 row kernels, then the tile GEMM
             outs = np.empty((n, rows), np.float32)
             K.matmul(qtype, w, rows, cols, X[:n], outs, 0, rows)
             ok &= all(np.all(np.abs(outs[t] - W @ X[t]) <= tk.error_bound(qtype, W, X[t])) for t in range(n))

@@ -1,0 +1,393 @@
+"""Where each byte of the weights and the KV cache goes under each --numa mode: the plan.
+
+Pure logic over a Topology and the worker slots: nothing is allocated here. The engine
+builds a plan, checks it against free memory before allocating anything, then fills
+each node's memory from a thread bound to that node (the next step of issue 7).
+
+Modes (see README, issue 7): mirror = a whole copy on every node in use; distribute =
+one copy split by rows, each node holding exactly the rows its own workers compute in
+the forward pass (same part() split); interleave = one copy, pages round-robin over the
+nodes in use; isolate = everything on one node; none = no policy, the kernel decides.
+
+A worker's memory goes to its own node ("home"); when the cpuset forbids allocating
+there, to the nearest allowed node with memory, and its reads then count as remote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numallm.errors import BadInputError, ResourceError
+from numallm.numa.cpulist import format_cpulist
+from numallm.numa.modes import NUMA_MODES
+from numallm.numa.split import part
+from numallm.numa.sysfs import SysfsRoot
+from numallm.numa.topology import LOCAL_DISTANCE, Topology
+from numallm.numa.workers import WorkerSlot
+
+
+PLACED_MODES = tuple(m for m in NUMA_MODES if m != "auto")
+# The order in which check_memory suggests another mode: least memory and remote traffic first.
+_FALLBACKS = ("distribute", "interleave", "isolate", "mirror")
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A weight matrix as the forward pass reads it.
+
+    row_group: part() cuts its rows on multiples of this, exactly as forward.py does
+    (for gate and up: the larger group of the two). matmul: its rows are split among
+    the workers every token; lookup: one row per token is read by worker 0 (the token
+    embeddings; both flags when the output projection is tied to them)."""
+
+    name: str
+    rows: int
+    row_bytes: int
+    row_group: int
+    matmul: bool = True
+    lookup: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_bytes
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Rows [row_lo, row_hi) of a matrix (bytes [byte_lo, byte_hi) of it) held on `node`.
+    node None: no single node (interleave: pages round-robin over the plan's nodes;
+    none: wherever the kernel puts them)."""
+
+    row_lo: int
+    row_hi: int
+    byte_lo: int
+    byte_hi: int
+    node: int | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.byte_hi - self.byte_lo
+
+
+@dataclass(frozen=True)
+class KvHeads:
+    """The KV cache in units of KV heads: head_bytes is one KV head's K and V for every
+    layer, position and slot."""
+
+    n_head: int
+    n_head_kv: int
+    head_bytes: int
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    mode: str  # the effective mode (never auto)
+    nodes: tuple[int, ...]  # memory nodes in use, ascending
+    workers: tuple[WorkerSlot, ...]
+    homes: tuple[int, ...]  # the memory node of each worker, in worker order
+    matrices: tuple[Matrix, ...]
+    extents: tuple[tuple[Extent, ...], ...]  # per matrix, in matrices order
+    kv: KvHeads | None
+    kv_heads: tuple[tuple[int | None, tuple[int, ...]], ...]  # (node or None as in Extent, KV heads)
+
+    def workers_per_node(self) -> dict[int, int]:
+        """Workers running on each node (the node of their CPU)."""
+        counts: dict[int, int] = {}
+        for slot in self.workers:
+            counts[slot.node] = counts.get(slot.node, 0) + 1
+        return counts
+
+    def extents_of(self, name: str) -> tuple[Extent, ...]:
+        for m, ext in zip(self.matrices, self.extents):
+            if m.name == name:
+                return ext
+        raise KeyError(name)
+
+    def weight_bytes_per_node(self) -> dict[int, int] | None:
+        """Weight bytes each node in use holds; None when the kernel decides (none mode)."""
+        return self._per_node((e.node, e.nbytes) for ext in self.extents for e in ext)
+
+    def kv_bytes_per_node(self) -> dict[int, int] | None:
+        """KV cache bytes each node in use holds; None when the kernel decides (none mode)."""
+        head_bytes = self.kv.head_bytes if self.kv else 0
+        return self._per_node((node, len(heads) * head_bytes) for node, heads in self.kv_heads)
+
+    def _per_node(self, pieces: Iterable[tuple[int | None, int]]) -> dict[int, int] | None:
+        placed = dict.fromkeys(self.nodes, 0)
+        spread = 0
+        for node, nbytes in pieces:
+            if node is None:
+                spread += nbytes
+            else:
+                placed[node] += nbytes
+        if spread and self.mode != "interleave":
+            return None
+        # pages go round-robin: equal shares, give or take a page per buffer
+        share = math.ceil(spread / len(self.nodes))
+        return {n: b + share for n, b in placed.items()}
+
+
+def memory_nodes(topo: Topology) -> list[int]:
+    """Nodes this process may allocate on that have memory."""
+    return [n.os_index for n in topo.nodes if n.os_index in topo.allowed_nodes and n.memory_bytes != 0]
+
+
+def home_node(topo: Topology, slot: WorkerSlot) -> int:
+    """Where a worker's memory goes: its own node, else the nearest allowed node with memory
+    (lowest number among equals; the lowest allowed one when distances are unknown)."""
+    allowed = memory_nodes(topo) or sorted(topo.allowed_nodes)
+    if slot.node in allowed:
+        return slot.node
+    order = [n.os_index for n in topo.nodes]
+    own = topo.node(slot.node).distances if slot.node in order else None
+
+    def distance(n: int) -> int:
+        return own[order.index(n)] if own else LOCAL_DISTANCE
+    return min(allowed, key=lambda n: (distance(n), n))
+
+
+def choose_mode(requested: str, topo: Topology, plan: Sequence[WorkerSlot], weight_bytes: int,
+                kv_bytes_per_node: dict[int, int]) -> tuple[str, str]:
+    """(the effective mode, one line saying why) for --numa `requested` with these workers.
+
+    auto on several nodes: mirror when every node in use has free memory for a whole copy
+    of the weights plus its KV cache share (kv_bytes_per_node, as mirror places it:
+    build_plan("mirror", ...).kv_bytes_per_node()), else distribute. One node in use:
+    every mode but none comes down to that node (isolate on it, or none when the process
+    may allocate on no other node)."""
+    if requested not in NUMA_MODES:
+        raise BadInputError(f"--numa {requested!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
+    homes = sorted({home_node(topo, s) for s in plan})
+    if len(homes) == 1:
+        node = homes[0]
+        if requested == "none" or len(memory_nodes(topo)) <= 1:
+            return "none", (f"--numa {requested}: one NUMA node in use (node {node}), "
+                            "no placement needed")
+        return "isolate", f"--numa {requested}: every worker uses node {node}, so everything goes there"
+    in_use = format_cpulist(homes)
+    if requested != "auto":
+        return requested, f"--numa {requested} over nodes {in_use}, as asked"
+    for n in homes:
+        free = topo.node(n).free_bytes
+        need = weight_bytes + kv_bytes_per_node.get(n, 0)
+        if free is None:
+            return "distribute", f"--numa auto: distribute, node {n}'s free memory is unknown (one copy is safe)"
+        if free < need:
+            return "distribute", (f"--numa auto: distribute, node {n} has {_size(free)} free, less than "
+                                  f"a whole copy ({_size(weight_bytes)}) plus its KV cache "
+                                  f"({_size(kv_bytes_per_node.get(n, 0))})")
+    return "mirror", (f"--numa auto: mirror, every node in use ({in_use}) has room for a whole copy "
+                      f"({_size(weight_bytes)}) plus its KV cache")
+
+
+def build_plan(mode: str, topo: Topology, workers: Sequence[WorkerSlot], matrices: Sequence[Matrix],
+               kv: KvHeads | None = None, node: int | None = None) -> PlacementPlan:
+    """The placement of every matrix and KV head under an effective `mode` (see choose_mode).
+
+    node: isolate's node (--numa-node); default the first worker's memory node."""
+    if mode not in PLACED_MODES:
+        raise BadInputError(f"no placement for mode {mode!r} (use one of {', '.join(PLACED_MODES)})")
+    if not workers:
+        raise BadInputError("a placement needs at least one worker")
+    homes = tuple(home_node(topo, s) for s in workers)
+    if node is not None and mode != "isolate":
+        raise BadInputError(f"--numa-node {node} goes with --numa isolate, not --numa {mode}")
+    if mode == "isolate":
+        target = homes[0] if node is None else _check_node(topo, node)
+        nodes: tuple[int, ...] = (target,)
+    else:
+        nodes = tuple(sorted(set(homes)))
+    only = memory_nodes(topo)
+    # none on a machine with one usable node: the kernel has no choice to make
+    unbound = None if len(only) != 1 else only[0]
+    if mode == "none" and unbound is not None:
+        nodes = (unbound,)
+    extents = tuple(_extents(mode, m, nodes, homes, unbound) for m in matrices)
+    kv_heads = _kv_heads(mode, kv, nodes, homes, unbound) if kv else ()
+    return PlacementPlan(mode=mode, nodes=nodes,
+                         workers=tuple(workers), homes=homes, matrices=tuple(matrices),
+                         extents=extents, kv=kv, kv_heads=kv_heads)
+
+
+def _check_node(topo: Topology, node: int) -> int:
+    if node not in memory_nodes(topo):
+        raise BadInputError(f"--numa-node {node} is not a NUMA node with memory this process may use "
+                            f"(those are: {format_cpulist(memory_nodes(topo))})")
+    return node
+
+
+def _extent(m: Matrix, lo: int, hi: int, node: int | None) -> Extent:
+    return Extent(lo, hi, lo * m.row_bytes, hi * m.row_bytes, node)
+
+
+def _extents(mode: str, m: Matrix, nodes: tuple[int, ...], homes: tuple[int, ...],
+             unbound: int | None) -> tuple[Extent, ...]:
+    if mode == "mirror":
+        return tuple(_extent(m, 0, m.rows, n) for n in nodes)
+    if mode == "isolate":
+        return (_extent(m, 0, m.rows, nodes[0]),)
+    if mode in ("interleave", "none"):
+        return (_extent(m, 0, m.rows, unbound if mode == "none" else None),)
+    # distribute: each worker's rows on its home node, neighbouring shares of one node merged
+    out: list[Extent] = []
+    for w, home in enumerate(homes):
+        lo, hi = part(m.rows, m.row_group, w, len(homes))
+        if lo >= hi:
+            continue
+        if out and out[-1].node == home and out[-1].row_hi == lo:
+            lo = out.pop().row_lo
+        out.append(_extent(m, lo, hi, home))
+    return tuple(out)
+
+
+def query_heads(worker: int, n_workers: int, kv: KvHeads) -> range:
+    """The query heads a worker attends with, as forward.py splits them."""
+    return range(*part(kv.n_head, 1, worker, n_workers))
+
+
+def _kv_heads(mode: str, kv: KvHeads, nodes: tuple[int, ...], homes: tuple[int, ...],
+              unbound: int | None) -> tuple[tuple[int | None, tuple[int, ...]], ...]:
+    every = tuple(range(kv.n_head_kv))
+    if mode == "isolate":
+        return ((nodes[0], every),)
+    if mode in ("interleave", "none"):
+        return ((unbound if mode == "none" else None, every),)
+    # mirror, distribute: a node keeps the KV heads its workers' query heads read, so a
+    # KV head shared by workers on several nodes is kept once on each of them
+    group = kv.n_head // kv.n_head_kv
+    needed: dict[int, set[int]] = {n: set() for n in nodes}
+    for w, home in enumerate(homes):
+        needed[home].update(h // group for h in query_heads(w, len(homes), kv))
+    return tuple((n, tuple(sorted(needed[n]))) for n in nodes)
+
+
+def check_memory(plan: PlacementPlan, topo: Topology) -> None:
+    """Raise ResourceError, before anything is allocated, when a node lacks free memory for
+    its share of the plan; the message names the node, the numbers and a mode that fits."""
+    short = _shortage(plan, topo)
+    if short is None:
+        return
+    where, need, weights, kv_bytes, free = short
+    alternative = _fitting_mode(plan, topo)
+    advice = (f"--numa {alternative} would fit" if alternative else
+              "no --numa mode fits: free some memory or use a smaller context (-c)")
+    raise ResourceError(f"--numa {plan.mode} needs {_size(need)} on {where} ({_size(weights)} weights + "
+                        f"{_size(kv_bytes)} KV cache) but it has {_size(free)} free; {advice}")
+
+
+def _shortage(plan: PlacementPlan, topo: Topology) -> tuple[str, int, int, int, int] | None:
+    """(where, bytes needed, of which weights, of which KV, bytes free) of the first node
+    (or, for none, the allowed nodes together) short of memory; None when all fit."""
+    weights, kv = plan.weight_bytes_per_node(), plan.kv_bytes_per_node()
+    if weights is None or kv is None:  # the kernel decides: only the total can be checked
+        frees = [topo.node(n).free_bytes for n in memory_nodes(topo)]
+        if any(f is None for f in frees):
+            return None
+        w = sum(m.nbytes for m in plan.matrices)
+        k = plan.kv.n_head_kv * plan.kv.head_bytes if plan.kv else 0
+        free = sum(f for f in frees if f is not None)
+        nodes = format_cpulist(memory_nodes(topo))
+        return (f"NUMA nodes {nodes} together", w + k, w, k, free) if w + k > free else None
+    for n in plan.nodes:
+        free = topo.node(n).free_bytes
+        if free is not None and weights[n] + kv[n] > free:
+            return f"NUMA node {n}", weights[n] + kv[n], weights[n], kv[n], free
+    return None
+
+
+def _fitting_mode(plan: PlacementPlan, topo: Topology) -> str | None:
+    """A mode whose plan for the same workers fits; isolate on the node with the most free memory."""
+    for mode in _FALLBACKS:
+        if mode == plan.mode:
+            continue
+        node = None
+        if mode == "isolate":
+            node = max(memory_nodes(topo), key=lambda n: (topo.node(n).free_bytes or 0, -n))
+        other = build_plan(mode, topo, plan.workers, plan.matrices, plan.kv, node)
+        if _shortage(other, topo) is None:
+            return mode if node is None else f"isolate --numa-node {node}"
+    return None
+
+
+def locality(plan: PlacementPlan) -> dict[str, int | str | None]:
+    """Weight bytes read per generated token from the reader's own node and from others,
+    from the plan and the rows each worker reads (the engine later checks the plan against
+    where the pages really are). "embedding_*": the one token-embedding row worker 0
+    looks up, averaged over the vocabulary. "basis": how the figures were found; under
+    none on several nodes the figures are None (where the kernel put pages is not planned)."""
+    if plan.mode == "none" and len(plan.nodes) > 1:
+        return {"local_bytes": None, "remote_bytes": None, "matmul_local_bytes": None,
+                "matmul_remote_bytes": None, "embedding_local_bytes": None,
+                "embedding_remote_bytes": None, "basis": "unknown: the kernel places the pages"}
+    matmul = [0.0, 0.0]
+    lookup = [0.0, 0.0]
+    n = len(plan.workers)
+    for m, ext in zip(plan.matrices, plan.extents):
+        if m.matmul:
+            for w, slot in enumerate(plan.workers):
+                lo, hi = part(m.rows, m.row_group, w, n)
+                share = _local_rows(plan, ext, lo, hi, slot.node)
+                matmul[0] += share * m.row_bytes
+                matmul[1] += ((hi - lo) - share) * m.row_bytes
+        if m.lookup:
+            share = _local_rows(plan, ext, 0, m.rows, plan.workers[0].node) / m.rows
+            lookup[0] += share * m.row_bytes
+            lookup[1] += (1 - share) * m.row_bytes
+    ml, mr, el, er = (round(v) for v in (*matmul, *lookup))
+    return {"local_bytes": ml + el, "remote_bytes": mr + er, "matmul_local_bytes": ml,
+            "matmul_remote_bytes": mr, "embedding_local_bytes": el, "embedding_remote_bytes": er,
+            "basis": "interleave average" if plan.mode == "interleave" and len(plan.nodes) > 1 else "plan"}
+
+
+def _local_rows(plan: PlacementPlan, extents: tuple[Extent, ...], lo: int, hi: int, node: int) -> float:
+    """How many of rows [lo, hi) a worker running on `node` finds on its own node (reading
+    its own node's copy where there is one: a plan never holds a row twice on one node);
+    interleaved rows count 1/N."""
+    local = 0.0
+    for e in extents:
+        overlap = max(0, min(hi, e.row_hi) - max(lo, e.row_lo))
+        if e.node == node:
+            local += overlap
+        elif e.node is None and node in plan.nodes:  # interleave: 1 page in N is here
+            local += overlap / len(plan.nodes)
+    return local
+
+
+def isolate_topology(topo: Topology, node: int) -> Topology:
+    """The topology narrowed to one node, to plan isolate's workers there (plan_workers)."""
+    _check_node(topo, node)
+    cpus = topo.node(node).cpus & topo.allowed_cpus
+    if not cpus:
+        raise BadInputError(f"NUMA node {node} has no CPU this process may use; isolate needs its "
+                            "workers there (choose another --numa-node)")
+    return dataclasses.replace(topo, allowed_cpus=cpus, allowed_nodes=frozenset({node}))
+
+
+def numa_balancing_warning(root: str = "/") -> str | None:
+    """The one-line warning when automatic NUMA balancing is on (it migrates the placed
+    pages between nodes behind our back); None when it is off or absent."""
+    value = SysfsRoot(root).text("proc/sys/kernel/numa_balancing")
+    if value is None or value == "0":
+        return None
+    return (f"kernel.numa_balancing is {value}: Linux may move the placed weight and KV cache pages "
+            "to other nodes; turn it off with `sysctl kernel.numa_balancing=0` (as root)")
+
+
+def summary(plan: PlacementPlan) -> str:
+    """The verbose startup line: mode, nodes in use, and per node the workers whose memory
+    it holds and the bytes placed on it."""
+    weights, kv = plan.weight_bytes_per_node(), plan.kv_bytes_per_node()
+    per_node = "; ".join(
+        f"node {n}: {plan.homes.count(n)} workers"
+        + ("" if weights is None or kv is None else f", {_size(weights[n])} weights, {_size(kv[n])} KV cache")
+        for n in plan.nodes)
+    placed = "" if weights is not None else " (the kernel places the pages)"
+    return f"numa {plan.mode}{placed}: {per_node}"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes < 1 << 30 else f"{nbytes / 2**30:.2f} GiB"
