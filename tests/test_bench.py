@@ -19,8 +19,8 @@ import gguf
 import pytest
 
 from numallm import bench, cli
-from numallm.bench_report import scaling_lines
-from numallm.bench_roofline import kv_bytes_read
+from numallm.bench.report import scaling_lines
+from numallm.bench.roofline import kv_bytes_read
 from numallm.engine.arch.spec import HParams
 from numallm.errors import BadInputError
 
@@ -186,7 +186,7 @@ def test_vs_llama_cpp_interleaves_and_adds_the_speedup(tiny_llama: Path) -> None
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an opt-in extra: pip install -e '.[llama-cpp]'")
     # The per-repetition log lines show the order the engines really ran in (a handler
     # on the module's own logger: cli.py may have stopped "numallm" propagating).
-    logger, seen = logging.getLogger("numallm.bench_measure"), _Lines()
+    logger, seen = logging.getLogger("numallm.bench.measure"), _Lines()
     logger.addHandler(seen)
     old_level = logger.level
     logger.setLevel(logging.INFO)

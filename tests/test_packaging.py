@@ -38,3 +38,18 @@ def test_python_dash_m_runs_the_cli_from_repo_root() -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("numallm ")
+
+
+def test_regular_wheel_contains_every_module(tmp_path: Path) -> None:
+    # A module missing from pyproject's package list works in an editable install
+    # and breaks a regular one; build the wheel and compare with the source tree.
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("numallm-*.whl")
+    inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    expected = {f"numallm/{p.relative_to(ROOT).as_posix()}" for folder in ("engine", "kernels", "numa", "bench")
+                for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
+    expected |= {f"numallm/{p.name}" for p in ROOT.glob("*.py")}
+    assert expected <= inside, sorted(expected - inside)

@@ -48,7 +48,7 @@ from numallm.engine.options import LOAD_MODES, NUMA_MODES, load_mode_from_flags
 from numallm.errors import BadInputError
 
 if TYPE_CHECKING:  # the measuring modules import Numba: only run() loads them
-    from numallm.bench_measure import Grid
+    from numallm.bench.measure import Grid
 
 DEFAULT_PROMPT = "512"
 DEFAULT_GEN = "128"
@@ -106,7 +106,7 @@ def _load_modes(args: argparse.Namespace) -> tuple[str, ...]:
 
 def parse_grid(args: argparse.Namespace) -> Grid:
     """The checked grid of a parsed command line (light: no model is touched)."""
-    from numallm.bench_measure import Grid
+    from numallm.bench.measure import Grid
     from numallm.numa.topology import detect
     from numallm.numa.workers import plan_workers
 
@@ -140,9 +140,9 @@ def parse_grid(args: argparse.Namespace) -> Grid:
 
 def run(args: argparse.Namespace) -> int:
     """Measure the grid and print the table, JSON or CSV on stdout; 0 on success."""
-    from numallm.bench_measure import BenchRun
-    from numallm.bench_report import render_csv, render_json, table_header, table_note, table_row
-    from numallm.bench_runners import import_llama_cpp
+    from numallm.bench.measure import BenchRun
+    from numallm.bench.report import render_csv, render_json, table_header, table_note, table_row
+    from numallm.bench.runners import import_llama_cpp
 
     grid = parse_grid(args)
     llama_cpp = import_llama_cpp() if args.vs_llama_cpp else None  # fail before loading anything

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from gguf import LlamaFileType
 
-from numallm.bench_report import ModelInfo, timing_fields
-from numallm.bench_roofline import tg_ceiling_ts, weight_bytes_per_token
-from numallm.bench_runners import LlamaCppRunner, NumallmRunner, Runner
+from numallm.bench.report import ModelInfo, timing_fields
+from numallm.bench.roofline import tg_ceiling_ts, weight_bytes_per_token
+from numallm.bench.runners import LlamaCppRunner, NumallmRunner, Runner
 from numallm.engine import arch
 from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf

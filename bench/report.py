@@ -27,7 +27,7 @@ class ModelInfo:
     desc: str          # llama-bench's model column: "llama 135M Q4_1"
     size: int          # bytes of all tensors
     n_params: int
-    weight_bytes: int  # bytes of weights one decode step reads (see bench_roofline)
+    weight_bytes: int  # bytes of weights one decode step reads (see bench/roofline.py)
 
 
 def timing_fields(n_tokens: int, seconds: Sequence[float]) -> dict[str, Any]:
