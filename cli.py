@@ -48,6 +48,8 @@ def _shared_options(lists: bool = False) -> argparse.ArgumentParser:
                    help="penalize repeated tokens; 1.0 = off (default 1.0)")
     g.add_argument("--repeat-last-n", type=int, default=64,
                    help="tokens the repeat penalty looks back over (default 64)")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating past end-of-generation tokens (for benchmarks)")
     g.add_argument("-s", "--seed", type=int, default=-1, help="RNG seed; -1 = random (default -1)")
     g.add_argument("-ctk", "--cache-type-k", default="f16", choices=KV_TYPES,
                    help="KV cache type for K (default f16)")
@@ -129,7 +131,7 @@ def _engine(args: argparse.Namespace) -> Any:
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return dict(max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                 min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                seed=None if args.seed < 0 else args.seed)
+                seed=None if args.seed < 0 else args.seed, ignore_eos=args.ignore_eos)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

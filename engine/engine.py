@@ -209,7 +209,7 @@ class Engine:
     def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
-                 stream: bool = False, add_special: bool = True) -> str | Iterator[str]:
+                 stream: bool = False, add_special: bool = True, ignore_eos: bool = False) -> str | Iterator[str]:
         """Continue `prompt`. max_tokens < 0 runs until an end-of-generation token or the
         context is full. With stream=True, returns an iterator of text pieces."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -217,7 +217,7 @@ class Engine:
                                 seed=-1 if seed is None else seed)
         params.validate()
         ids = self.tokenize(prompt, add_special=add_special)
-        pieces = self._generate_ids(ids, params, max_tokens, tuple(stop))
+        pieces = self._generate_ids(ids, params, max_tokens, tuple(stop), ignore_eos)
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: list[dict[str, str]], stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
@@ -234,7 +234,7 @@ class Engine:
         return self.generate(prompt, stream=stream, add_special=not has_bos, **kwargs)
 
     def _generate_ids(self, ids: list[int], params: SamplingParams, max_tokens: int,
-                      stop: tuple[str, ...]) -> Iterator[str]:
+                      stop: tuple[str, ...], ignore_eos: bool) -> Iterator[str]:
         with self._lock:
             st = self.stats = Stats(load_s=self.stats.load_s, prompt_tokens=len(ids))
             t0 = time.perf_counter()
@@ -248,7 +248,7 @@ class Engine:
             limit = max_tokens if max_tokens >= 0 else self.n_ctx
             while st.gen_tokens < limit:
                 tok = sampler.sample(logits, history)
-                if tok in self.tokenizer.stop_ids:
+                if tok in self.tokenizer.stop_ids and not ignore_eos:
                     break
                 history.append(tok)
                 st.gen_tokens += 1

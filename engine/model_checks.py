@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numallm.engine.arch import ARCHITECTURES
 from numallm.engine.gguf_file import GGUFFile, show_name
 from numallm.errors import ModelFormatError, UnsupportedError
 
-SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
 
 # Upper bounds far above any real model, so a corrupt value fails here with its key
 # named instead of as a huge allocation or a division by zero later.
@@ -108,9 +108,9 @@ def _architecture(gf: GGUFFile) -> str:
         raise _error(gf, "required key 'general.architecture' is missing")
     if not isinstance(arch, str):
         raise _error(gf, f"key 'general.architecture' should be a string, found {_describe(arch)}")
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{gf.path}: architecture {show_name(arch)} is not supported "
-                               f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+                               f"(supported: {', '.join(sorted(ARCHITECTURES))})")
     return arch
 
 

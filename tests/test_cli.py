@@ -100,3 +100,21 @@ def test_chat_reads_messages_from_stdin(tiny_llama: Path) -> None:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_ctrl_c_during_generation_exits_130_promptly(smollm2: Path) -> None:
+    import signal
+    import time
+
+    env = dict(os.environ, NUMALLM_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, "-m", "numallm", "generate", "-m", str(smollm2), "-n", "4000",
+                             "--ignore-eos", "Once upon a time"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.read(1)  # generating now
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 10  # measured 0.3-0.5 s; a token takes milliseconds
+    assert "interrupted" in err and "Traceback" not in err
