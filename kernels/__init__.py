@@ -22,14 +22,25 @@ Design (issue 5):
   VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is
   that of quantizing x: relative L2 about 5e-3 against float64, bounded per row in
   tests/test_kernels.py. F32/F16/BF16 keep x in float32 (kernels/floatdot.py).
-- matmul of 8 or more tokens quantizes them to int8 once and unpacks tiles of 16
+- matmul of 32 or more tokens (jit.GEMM_MIN_TOKENS) quantizes them to int8 once and unpacks tiles of 16
   rows to unsigned byte quants with a scale and offset per sub-block
   (kernels/unpack.py), then multiplies each tile vector with 8 tokens at a time by
   vpdpbusd on zmm registers (kernels/igemm.py, vec_tile.py; twice the float32
   micro-kernel's speed), each weight block read once per call. Float weights, and
   Q8_0 without VNNI, decode tiles to float32 for a float32 micro-kernel
-  (kernels/gemm.py). Below 8 tokens matmul runs the matvec kernels per token on
+  (kernels/gemm.py). Below 32 tokens matmul of quantized weights runs the matvec kernels per token on
   16-row tiles.
+- Q2_K and Q3_K matvec dot two 32-element sub-blocks at once (64 bytes, one vpdpbusd
+  on a zmm register: vec_tile.dot_planes64), 1.25x their 32-byte kernels.
+- Compile cost. The jit.* dispatch takes the type as a runtime integer (the forward
+  pass reads it from its weight table), so compiling it compiles every type's branch:
+  about 22 s of CPU cold, 0.5 s from Numba's cache. Compiling only a model's types
+  needs the type set known when the caller is compiled, and the caller (the cached
+  forward pass) keys its cache on argument types only: the set would have to become
+  part of its signature (e.g. per-type kernels passed in as first-class function
+  objects, or one forward variant per type set), or the kernels be called through
+  function pointers, which Numba cannot cache (addresses differ per process). Both
+  change engine/forward.py's interface, so the dispatch stays whole.
 - The SIMD path is chosen by the features Numba compiles for (kernels/cpu.py), which
   are part of Numba's cache key; kernels/numba_cache.py invalidates every kernel's
   cache when any kernel source changes.

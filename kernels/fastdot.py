@@ -55,52 +55,38 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
-def rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
-    # Elements 128h + 32s + j: bits 2s of qs[32h + j]; scale bytes 8h + 2s (+1) cover 16
-    # each, low nibble the scale, high nibble the min (applied through xs16). Sub-blocks
-    # s and s + 1 go through one 64-element dot (vec_tile.dot_planes64).
+def rows_q23_k(w, rb, nb, three, xq, xd, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+    """Q2_K, and Q3_K (three). Elements 128h + 32s + j take bits 2s of byte 32h + j of
+    the quants. Q2_K: scale bytes 8h + 2s (+1) cover 16 elements each, low nibble the
+    scale, high nibble the min (applied through xs16). Q3_K: q + 4 = those 2 bits |
+    hmask bit << 2, in 0..7, 6-bit signed scales, the -4 through xs16. Sub-blocks s and
+    s + 1 go through one 64-element dot (vec_tile.dot_planes64)."""
+    ts = 110 if three else 84
+    hm = 1 if three else 0  # the hmask plane's bit mask and per-sub-block bit step
     for r in range(r0, r1):
         o = r * rb
         a0 = vzero16()
         a1 = vzero16()
         cv = vzero()
         for b in range(nb):
-            p = o + 84 * b
-            d = vsplat(load_f16(w, p + 80))
-            dmin = vsplat(load_f16(w, p + 82))
+            p = o + ts * b
+            d = vsplat(load_f16(w, p + (108 if three else 80)))
             for h in range(2):
-                sc = vmul(vload_b8(w, p + 8 * h, 1), d)
-                cv = vfmav(cv, vmul(vload_b8(w, p + 8 * h, 2), dmin), vload8(xs16, 16 * b + 8 * h))
+                xs8 = vload8(xs16, 16 * b + 8 * h)
+                if three:
+                    sc = vmul(q3k_scales8(w, p + 96, h), d)
+                    cv = vfmav(cv, sc, xs8)
+                else:
+                    sc = vmul(vload_b8(w, p + 8 * h, 1), d)
+                    cv = vfmav(cv, vmul(vload_b8(w, p + 8 * h, 2), vsplat(load_f16(w, p + 82))), xs8)
                 xb = 8 * b + 4 * h
-                a0 = vfmaiv16(a0, dot_planes64(w, p + 16 + 32 * h, 0, 3, p, 0, 0, 0, 0, 2, 0, xq, 32 * xb),
+                q = p + (32 if three else 16) + 32 * h
+                # High plane: Q3_K's hmask bit 4h + s as bit 2; none for Q2_K (mask 0).
+                a0 = vfmaiv16(a0, dot_planes64(w, q, 0, 3, p, 4 * h, hm, 2, 0, 2, hm, xq, 32 * xb),
                               vquad16(sc, 0, at(xd, xb), at(xd, xb + 1)))
-                a1 = vfmaiv16(a1, dot_planes64(w, p + 16 + 32 * h, 4, 3, p, 0, 0, 0, 0, 2, 0, xq, 32 * xb + 64),
+                a1 = vfmaiv16(a1, dot_planes64(w, q, 4, 3, p, 4 * h + 2, hm, 2, 0, 2, hm, xq, 32 * xb + 64),
                               vquad16(sc, 2, at(xd, xb + 2), at(xd, xb + 3)))
-        out[r] = vhsum16(vadd16(a0, a1)) - vhsum(cv)
-
-
-@njit(nogil=True, cache=True)
-def rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
-    # q + 4 = (2 bits of qs) | (hmask bit << 2), in 0..7; the -4 goes through xs16.
-    # Sub-blocks s and s + 1 go through one 64-element dot, as for Q2_K.
-    for r in range(r0, r1):
-        o = r * rb
-        a0 = vzero16()
-        a1 = vzero16()
-        cv = vzero()
-        for b in range(nb):
-            p = o + 110 * b
-            d = vsplat(load_f16(w, p + 108))
-            for h in range(2):
-                sc = vmul(q3k_scales8(w, p + 96, h), d)
-                cv = vfmav(cv, sc, vload8(xs16, 16 * b + 8 * h))
-                xb = 8 * b + 4 * h
-                q = p + 32 + 32 * h
-                a0 = vfmaiv16(a0, dot_planes64(w, q, 0, 3, p, 4 * h, 1, 2, 0, 2, 1, xq, 32 * xb),
-                              vquad16(sc, 0, at(xd, xb), at(xd, xb + 1)))
-                a1 = vfmaiv16(a1, dot_planes64(w, q, 4, 3, p, 4 * h + 2, 1, 2, 0, 2, 1, xq, 32 * xb + 64),
-                              vquad16(sc, 2, at(xd, xb + 2), at(xd, xb + 3)))
-        out[r] = vhsum16(vadd16(a0, a1)) - np.float32(4.0) * vhsum(cv)
+        out[r] = vhsum16(vadd16(a0, a1)) - (np.float32(4.0) if three else np.float32(1.0)) * vhsum(cv)
 
 
 @njit(nogil=True, cache=True)
@@ -168,9 +154,9 @@ def rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[n
     elif qcode == Q8_0:
         rows_q8_0(w, rb, nb, xq, xd, out, r0, r1)
     elif qcode == Q2_K:
-        rows_q2_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
+        rows_q23_k(w, rb, nb, False, xq, xd, xs16, out, r0, r1)
     elif qcode == Q3_K:
-        rows_q3_k(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
+        rows_q23_k(w, rb, nb, True, xq, xd, xs16, out, r0, r1)
     elif qcode == Q4_K:
         rows_q45_k(w, rb, nb, False, xq, xd, xs, out, r0, r1)
     elif qcode == Q5_K:

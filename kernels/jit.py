@@ -5,7 +5,7 @@ worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
 numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
 matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
 quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
-kernel of kernels/floatdot.py; matmul of 8 tokens or more the int8 tile GEMM of
+kernel of kernels/floatdot.py; matmul of GEMM_MIN_TOKENS or more the int8 tile GEMM of
 kernels/igemm.py for quantized weights (on the same int8 quantization of x, so that
 every batch size gives the same numbers as token-by-token matvec) and the float32
 micro-kernel of kernels/gemm.py for float weights. The
@@ -26,9 +26,11 @@ from numallm.kernels.floatdot import rows_float
 from numallm.kernels.qcodes import BF16, F16, F32, Q8_0, geometry
 from numba import njit
 
-# From this many tokens on, unpacking a tile of rows once (kernels/igemm.py, gemm.py)
-# beats the int8 row kernels run once per token (kernels/fast.py).
-GEMM_MIN_TOKENS = 8
+# From this many tokens on, unpacking a tile of rows once (kernels/igemm.py) beats the
+# int8 row kernels run once per token (kernels/fast.py): the unpack costs what 20-40
+# tokens through the row kernels do (benchmarks/README.md). Float weights always
+# take the tile GEMM.
+GEMM_MIN_TOKENS = 32
 # Q8_0's quants as unsigned bytes (w + 128) would saturate vpmaddubsw: without VNNI
 # its batches take the float32 micro-kernel.
 INT8_GEMM_Q8_0 = has_vnni256()

@@ -1,4 +1,5 @@
-"""16-lane integer vectors for the int8 tile GEMM (kernels/igemm.py), as LLVM IR.
+"""16-lane integer vectors, as LLVM IR: the int8 tile GEMM's inner step (kernels/igemm.py)
+and the 64-element K-quant dots of the Q2_K/Q3_K matvec kernels (kernels/fastdot.py).
 
 An I32x16 holds one int32 accumulator per row of a 16-row weight tile. `idot16`
 adds to it, for every row, the dot product of 4 weight quants (unsigned bytes, the

@@ -25,6 +25,7 @@ from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.errors import UnsupportedError
+from numallm.kernels import jit
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 K_TYPES = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
@@ -106,7 +107,7 @@ def test_matvec_row_ranges(qtype: T) -> None:
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_matmul_matches_per_token(qtype: T) -> None:
     """5 tokens take the int8 row kernels, 13 the tile GEMM (int8 for quantized types,
-    float32 for float ones; a full group of 8 tokens and a partial one; 27 rows are one
+    float32 for float ones; full groups of 8 tokens and a partial one; 27 rows are one
     full and one partial tile of 16)."""
     rng = np.random.default_rng(2)
     rows, cols = 37, 2 * max(GGML_QUANT_SIZES[qtype][0], 32)
@@ -114,7 +115,7 @@ def test_matmul_matches_per_token(qtype: T) -> None:
     w = K.pack(qtype, raw, rows, cols)
     W = reference(qtype, raw, rows, cols)
     r0, r1 = 3, 30
-    for n in (5, 13):
+    for n in (5, jit.GEMM_MIN_TOKENS + 5):
         X = rng.standard_normal((n, cols)).astype(np.float32)
         out = np.full((n, rows), np.nan, np.float32)
         K.matmul(qtype, w, rows, cols, X, out, r0, r1)
@@ -145,12 +146,13 @@ def test_batch_equals_token_by_token(qtype: T) -> None:
     rows, cols = 20, 512
     raw = make_weight(qtype, rows, cols)
     w = K.pack(qtype, raw, rows, cols)
-    X = np.random.default_rng(6).standard_normal((11, cols)).astype(np.float32)
-    single = np.empty((11, rows), np.float32)
-    for t in range(11):
+    n_all = jit.GEMM_MIN_TOKENS + 3
+    X = np.random.default_rng(6).standard_normal((n_all, cols)).astype(np.float32)
+    single = np.empty((n_all, rows), np.float32)
+    for t in range(n_all):
         K.matvec(qtype, w, rows, cols, X[t], single[t], 0, rows)
     scale = np.abs(reference(qtype, raw, rows, cols)) @ np.abs(X.T).astype(np.float64)
-    for n in (3, 11):  # the int8 row kernels, then the tile GEMM
+    for n in (3, n_all):  # the int8 row kernels, then the tile GEMM
         out = np.empty((n, rows), np.float32)
         K.matmul(qtype, w, rows, cols, X[:n], out, 0, rows)
         assert np.all(np.abs(out - single[:n]) <= 1e-5 * scale[:, :n].T), n

@@ -2,8 +2,8 @@
 SmolLM2; Q5_0, Q4_K, Q6_K, Q8_0 from Gemma 3), against gguf.quants.dequantize.
 
 Same bound as tests/test_kernels.py: the int8 quantization of x (at most d_b / 2 per
-element) times sum|w| per block, plus float32 rounding, for matvec and for matmul of
-16 tokens (the float32 tile path, which sees x as the int8 quantization does).
+element) times sum|w| per block, plus float32 rounding, for matvec and for a matmul
+batch large enough for the int8 tile GEMM (jit.GEMM_MIN_TOKENS + 1 tokens).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from gguf import quants
 from numallm import kernels as K
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_store import fetch_known_model
+from numallm.kernels import jit
 from test_kernels import error_bound
 
 ROWS = 96  # enough rows for every kind of block, few enough to stay fast
@@ -46,8 +47,9 @@ def test_real_tensors(model: str, expected: set[T]) -> None:
         out = np.empty(ROWS, np.float32)
         K.matvec(qtype, w, ROWS, cols, x, out, 0, ROWS)
         assert np.all(np.abs(out - W @ x) <= error_bound(qtype, W, x)), name
-        X = rng.standard_normal((16, cols)).astype(np.float32)
-        outs = np.empty((16, ROWS), np.float32)
+        n = jit.GEMM_MIN_TOKENS + 1
+        X = rng.standard_normal((n, cols)).astype(np.float32)
+        outs = np.empty((n, ROWS), np.float32)
         K.matmul(qtype, w, ROWS, cols, X, outs, 0, ROWS)
-        for t in range(16):
+        for t in range(n):
             assert np.all(np.abs(outs[t] - W @ X[t]) <= error_bound(qtype, W, X[t])), name

@@ -33,12 +33,12 @@ for qtype in tk.ALL_TYPES:
     for rows, cols in tk.shapes(qtype)[1:]:
         raw = tk.make_weight(qtype, rows, cols)
         W = tk.reference(qtype, raw, rows, cols)
-        X = rng.standard_normal((9, cols)).astype(np.float32)
+        X = rng.standard_normal((jit.GEMM_MIN_TOKENS + 1, cols)).astype(np.float32)
         w = K.pack(qtype, raw, rows, cols)
         out = np.empty(rows, np.float32)
         K.matvec(qtype, w, rows, cols, X[0], out, 0, rows)
         ok = np.all(np.abs(out - W @ X[0]) <= tk.error_bound(qtype, W, X[0]))
-        for n in (3, 9):  # the int8 row kernels, then the tile GEMM
+        for n in (3, X.shape[0]):  # the int8 row kernels, then the tile GEMM
             outs = np.empty((n, rows), np.float32)
             K.matmul(qtype, w, rows, cols, X[:n], outs, 0, rows)
             ok &= all(np.all(np.abs(outs[t] - W @ X[t]) <= tk.error_bound(qtype, W, X[t])) for t in range(n))
