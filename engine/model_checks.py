@@ -110,7 +110,7 @@ def _architecture(gf: GGUFFile) -> str:
         raise _error(gf, f"key 'general.architecture' should be a string, found {_describe(arch)}")
     if arch not in ARCHITECTURES:
         raise UnsupportedError(f"{gf.path}: architecture {show_name(arch)} is not supported "
-                               f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+                               f"(supported: {', '.join(ARCHITECTURES)})")
     return arch
 
 

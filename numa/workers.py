@@ -224,8 +224,18 @@ class WorkerPool:
             self._job = (fn, args)
             for go in self._go:
                 go.release()
-            self._done.acquire()
+            interrupted: BaseException | None = None
+            while True:
+                try:
+                    self._done.acquire()
+                    break
+                except KeyboardInterrupt as exc:
+                    # The workers are still running this job (a token takes ms): wait
+                    # for them so the pool stays consistent, then let Ctrl-C through.
+                    interrupted = exc
             self._job = None
+            if interrupted is not None:
+                raise interrupted
             results, errors = self._results, self._errors
         for exc in errors:
             if exc is not None:

@@ -13,13 +13,13 @@ from numallm.engine.arch import gemma3, llama
 from numallm.engine.arch.spec import ArchSpec
 from numallm.errors import UnsupportedError
 
-ARCHITECTURES = {"gemma3": gemma3.describe, "llama": llama.describe}
+ARCHITECTURES = {"llama": llama.describe, "gemma3": gemma3.describe}
 
 
 def describe(md: Mapping[str, Any], path: str) -> ArchSpec:
     """The ArchSpec of a GGUF file's architecture, or UnsupportedError."""
     arch = str(md.get("general.architecture", ""))
     if arch not in ARCHITECTURES:
-        supported = ", ".join(sorted(ARCHITECTURES))
+        supported = ", ".join(ARCHITECTURES)
         raise UnsupportedError(f"{path}: architecture {arch!r} is not supported (supported: {supported})")
     return ARCHITECTURES[arch](md, path)
