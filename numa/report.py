@@ -1,7 +1,7 @@
 """`numallm topology`: the machine and the worker plan, for people (text) and scripts (JSON).
 
 The JSON uses the field names of the topology fixtures' schema
-(/work/shared/topologies/README.md) for the facts they share, so a report of a
+(shared/topologies/README.md beside the checkout) for the facts they share, so a report of a
 recorded root can be compared with the fixture's expected facts field by field.
 """
 

@@ -1,4 +1,4 @@
-"""detect() against real machines recorded by hwloc (/work/shared/topologies).
+"""detect() against real machines recorded by hwloc (../shared/topologies beside the checkout).
 
 Each fixture's JSON holds the facts hwloc found in its sysfs dump. Every fact is
 checked twice: from the Topology object, and from the `numallm topology --json`
@@ -19,7 +19,7 @@ from numallm.numa.report import render_text, to_json
 from numallm.numa.topology import Topology, detect
 from numallm.numa.workers import plan_workers
 
-FIXTURES = Path("/work/shared/topologies")
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "topologies"  # ../shared beside the checkout
 FIXTURE_JSONS = sorted(FIXTURES.glob("*.json"))
 
 # Four fifths of the dumps' files lie below these names (CPU caches and frequencies, PCI

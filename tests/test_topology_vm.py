@@ -18,7 +18,7 @@ import pytest
 
 from numallm.numa.cpulist import format_cpulist, parse_cpulist
 
-NUMA_VM = Path("/work/shared/numa-vm/numa-vm")
+NUMA_VM = Path(__file__).resolve().parents[2] / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
 PROBE = Path(__file__).parent / "vm" / "topology_probe.py"
 GUEST_MEM_MIB = 2048
 
