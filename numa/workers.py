@@ -8,9 +8,12 @@ mostly competes with the first). Workers are numbered node by node, so workers
 
 import logging
 import os
+import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TypeVar
 
 from numallm.errors import BadInputError, TopologyError
@@ -143,6 +146,27 @@ def _slot() -> WorkerSlot:
     return slot
 
 
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the call is over: an interrupt after some workers were handed
+    the job and before the others would leave them waiting at a barrier for ever. A
+    call takes milliseconds; the interrupt is delivered right after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only
+        return
+    caught: list[FrameType | None] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+
+
 class WorkerPool:
     """One long-lived thread per slot, pinned to the slot's CPU.
 
@@ -215,7 +239,7 @@ class WorkerPool:
     def run(self, fn: Callable[..., R], *args: Any) -> list[R]:
         """fn(slot, *args) on every worker concurrently; results in plan order.
         The first worker (in plan order) that raised has its exception re-raised here."""
-        with self._call_lock:
+        with self._call_lock, _sigint_deferred():
             if self._closed:
                 raise RuntimeError("this WorkerPool is closed")
             n = len(self.plan)
@@ -224,18 +248,8 @@ class WorkerPool:
             self._job = (fn, args)
             for go in self._go:
                 go.release()
-            interrupted: BaseException | None = None
-            while True:
-                try:
-                    self._done.acquire()
-                    break
-                except KeyboardInterrupt as exc:
-                    # The workers are still running this job (a token takes ms): wait
-                    # for them so the pool stays consistent, then let Ctrl-C through.
-                    interrupted = exc
+            self._done.acquire()
             self._job = None
-            if interrupted is not None:
-                raise interrupted
             results, errors = self._results, self._errors
         for exc in errors:
             if exc is not None:

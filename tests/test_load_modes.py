@@ -387,7 +387,8 @@ def test_cli_aliases(tiny_llama: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--mlock --mmap is llama.cpp's spelling of --load-mode mlock" in err
 
 
-NUMA_VM = Path(__file__).resolve().parents[2] / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
+REPO = Path(__file__).resolve().parents[1]
+NUMA_VM = REPO.parent / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
 
 
 @pytest.mark.vm
@@ -395,7 +396,9 @@ NUMA_VM = Path(__file__).resolve().parents[2] / "shared" / "numa-vm" / "numa-vm"
 def test_reading_threads_bound_to_a_node_fill_it() -> None:
     # What the copying NUMA modes rely on: read_jobs with a `setup` that binds each reading
     # thread's memory to node N puts every page of the destination on node N.
-    workdir = Path(tempfile.mkdtemp(prefix="numallm-load-vm-", dir="/var/tmp"))  # the guest sees it
+    # The guest sees the current directory read-write at its own path (and a fresh /tmp):
+    # run from the checkout, so the editable install resolves, and work in a folder in it.
+    workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
     child = textwrap.dedent("""
         import json, os
         import numpy as np
@@ -416,8 +419,8 @@ def test_reading_threads_bound_to_a_node_fill_it() -> None:
     """)
     try:
         cmd = [str(NUMA_VM), "--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M",
-               "--timeout", "300", "--", PYTHON, "-c", child]
-        run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=360, check=False)
+               "--timeout", "300", "--", PYTHON, "-c", f"import os; os.chdir({str(workdir)!r})\n" + child]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=360, check=False)
         assert run.returncode == 0, f"the VM run failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-1000:]}"
         for r in json.loads((workdir / "load_vm.json").read_text()):
             assert r["equal"] and r["pages"] == [r["node"]], r

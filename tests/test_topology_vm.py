@@ -18,7 +18,8 @@ import pytest
 
 from numallm.numa.cpulist import format_cpulist, parse_cpulist
 
-NUMA_VM = Path(__file__).resolve().parents[2] / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
+REPO = Path(__file__).resolve().parents[1]
+NUMA_VM = REPO.parent / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
 PROBE = Path(__file__).parent / "vm" / "topology_probe.py"
 GUEST_MEM_MIB = 2048
 
@@ -62,15 +63,16 @@ SHAPES = {
 def guest(request: pytest.FixtureRequest) -> tuple[Shape, dict[str, Any]]:
     """Boot the shape once and run the probe in it."""
     shape: Shape = request.param
-    # the guest sees the host's / read-only and a fresh /tmp, but the current directory
-    # read-write at the same path: the probe writes its result there
-    workdir = Path(tempfile.mkdtemp(prefix="numallm-vm-", dir="/var/tmp"))
+    # The guest sees the host's / read-only and a fresh /tmp, but the current directory
+    # read-write at its own path: run from the checkout (so the probe and the editable
+    # install resolve wherever it is cloned) and let the probe write into a folder in it.
+    workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
     try:
         cmd = [str(NUMA_VM), "--nodes", str(shape.nodes), "--sockets", str(shape.sockets),
                "--cores", str(shape.cores), "--threads", str(shape.threads),
                "--dist", str(shape.distance), "--mem", f"{GUEST_MEM_MIB}M", "--timeout", "420",
-               "--", sys.executable, str(PROBE.resolve()), "probe.json"]
-        run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=480, check=False)
+               "--", sys.executable, str(PROBE.resolve()), str(workdir / "probe.json")]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=480, check=False)
         assert run.returncode == 0, f"probe failed in the VM (exit {run.returncode}):\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
         return shape, json.loads((workdir / "probe.json").read_text())
     finally:
