@@ -109,7 +109,7 @@ class Engine:
         if verbose:
             _log(f"loaded {self.path.name}: {self.spec.name}, {hp.n_layer} layers, "
                  f"{self.weights.matrix_bytes / 1e6:.1f} MB of weights "
-                 f"({'mapped' if self.weights.mapped else 'copied'}), n_ctx {self.n_ctx}, "
+                 f"(load mode {self.weights.load_mode}, {'mapped' if self.weights.mapped else 'copied'}), n_ctx {self.n_ctx}, "
                  f"KV cache {kv_type} {self.kv.nbytes / 1e6:.1f} MB, {len(plan)} workers on CPUs "
                  f"{','.join(str(s.cpu) for s in plan)}, in {self.stats.load_s:.2f} s")
 
