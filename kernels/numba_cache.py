@@ -1,11 +1,12 @@
-"""Numba's on-disk cache for numallm, invalidated by a change to any kernel source.
+"""Numba's on-disk cache for numallm, invalidated by a change to any compiled source.
 
 Numba stamps a cached function with its own source file only, so a cached caller
 keeps running the old machine code of a callee edited in another file (a changed
 fastdot.py kernel went unnoticed by the cached jit.matvec, and would be by the
 engine's cached forward pass, until the cache was cleared). These locators stamp
-every cached function of the numallm package with a digest of all kernels/*.py
-besides its own file; functions outside the package keep Numba's usual locators.
+every cached function of the numallm package with a digest of every numallm source
+file that holds Numba code (the kernels, the forward pass, the barrier, the work
+split) besides its own file; functions outside the package keep Numba's usual locators.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from numba.core import caching
 
 _KERNELS_DIR = Path(__file__).resolve().parent
 _PACKAGE_DIR = _KERNELS_DIR.parent
+_COMPILED_FOLDERS = ("engine", "kernels", "numa")  # where numallm keeps Numba code
 
 
 @cache
-def kernels_digest() -> str:
-    """sha256 over the names and contents of kernels/*.py."""
+def compiled_sources_digest() -> str:
+    """sha256 over the paths and contents of the package's .py files that use Numba."""
     h = hashlib.sha256()
-    for path in sorted(_KERNELS_DIR.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for path in sorted(p for sub in _COMPILED_FOLDERS for p in (_PACKAGE_DIR / sub).glob("*.py")):
+        text = path.read_bytes()
+        if b"numba" in text:
+            h.update(path.relative_to(_PACKAGE_DIR).as_posix().encode())
+            h.update(text)
     return h.hexdigest()
 
 
@@ -38,7 +42,7 @@ class _KernelStamped:
         return super().from_function(py_func, py_file)  # type: ignore[misc]
 
     def get_source_stamp(self):  # type: ignore[no-untyped-def]
-        return (kernels_digest(), super().get_source_stamp())  # type: ignore[misc]
+        return (compiled_sources_digest(), super().get_source_stamp())  # type: ignore[misc]
 
 
 class _UserProvided(_KernelStamped, caching.UserProvidedCacheLocator):
