@@ -21,12 +21,13 @@ from numallm import kernels
 from numallm.engine import arch
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
-from numallm.engine.forward import f16_table, forward
+from numallm.engine.forward import f16_table, forward, kv_writers
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.kv_cache import KVCache
 from numallm.engine.model_checks import check_architecture
 from numallm.engine.model_store import resolve_model
-from numallm.engine.sampling import Sampler, SamplingParams
+from numallm.engine.sampling import SamplingParams
+from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
 from numallm.engine.options import LOAD_MODES, NUMA_MODES
 from numallm.engine.weights import load_weights
@@ -65,7 +66,7 @@ class Engine:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
                  load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
-                 kv_type: str = "f16", smt: bool = False, verbose: bool = False) -> None:
+                 kv_type: str = "f16", smt: bool = False, n_slots: int = 1, verbose: bool = False) -> None:
         t0 = time.perf_counter()
         if load_mode not in LOAD_MODES:
             raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
@@ -91,9 +92,15 @@ class Engine:
         if self.n_ctx > hp.n_ctx_train:
             _log(f"warning: --ctx-size {self.n_ctx} is above the model's trained context "
                  f"{hp.n_ctx_train}; quality may degrade past it")
+        if isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots <= 0:
+            raise BadInputError(f"the number of sequence slots must be a positive whole number, not {n_slots!r}")
+        self.n_slots = n_slots
         self.numa = numa
         self.weights = load_weights(gf, self.spec, load_mode)
-        self.kv = KVCache(hp, self.n_ctx, kv_type=kv_type)
+        self.kv = KVCache(hp, self.n_ctx, n_slots=n_slots, kv_type=kv_type)
+        homes = [0] * len(plan)  # one node's memory for every worker, until placement lands
+        self._worker_memory = [(self.weights.buf, self.kv.k, self.kv.v, heads)
+                               for heads in kv_writers(hp.n_head, hp.n_head_kv, homes)]
         self._f16 = f16_table()
         self._lock = threading.RLock()
         self._pool = WorkerPool(plan)
@@ -161,18 +168,47 @@ class Engine:
         return self._scratch[n]
 
     def _run(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:
+        """A run of slot 0's tokens from position pos0: logits of every token or the last."""
+        n = len(tokens)
+        rows = np.arange(n if all_logits else 1, dtype=np.int32) + (0 if all_logits else n - 1)
+        return self._eval(tokens, np.zeros(n, np.int32), np.arange(pos0, pos0 + n, dtype=np.int32), rows)
+
+    def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+              rows: np.ndarray) -> np.ndarray:
         if self._pool is None:
             raise NumallmError("this Engine is closed; create a new one")
-        n_out = len(tokens) if all_logits else 1
-        logits = np.empty((n_out, self.hparams.n_vocab), np.float32)
-        self._pool.run(self._worker_forward, len(self._pool), tokens, pos0, logits, self._buffers(len(tokens)))
+        logits = np.empty((len(rows), self.hparams.n_vocab), np.float32)
+        self._pool.run(self._worker_forward, len(self._pool), tokens, slots, positions, rows, logits,
+                       self._buffers(len(tokens)))
         return logits
 
-    def _worker_forward(self, slot: WorkerSlot, n_workers: int, tokens: np.ndarray, pos0: int,
-                        logits: np.ndarray, bufs: tuple[np.ndarray, ...]) -> None:
+    def _worker_forward(self, slot: WorkerSlot, n_workers: int, tokens: np.ndarray, slots: np.ndarray,
+                        positions: np.ndarray, rows: np.ndarray, logits: np.ndarray,
+                        bufs: tuple[np.ndarray, ...]) -> None:
         w = self.weights
-        forward(slot.worker, n_workers, self._bar, self.hparams, w.buf, w.wtab, w.gtab, w.vecs, w.vtab,
-                w.gvec, self.kv.k, self.kv.v, 0, tokens, pos0, logits, self._f16, *bufs)
+        wbuf, kc, vc, kv_heads = self._worker_memory[slot.worker]
+        forward(slot.worker, n_workers, self._bar, self.hparams, wbuf, w.wtab, w.gtab, w.vecs, w.vtab,
+                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, self._f16, *bufs)
+
+    def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                   logits_rows: np.ndarray) -> np.ndarray:
+        """Run token i at position positions[i] of sequence slot slots[i], all in one pass
+        (each weight read once for the batch); logits of the rows logits_rows, in order.
+
+        The cache of a slot holds whatever was run in it: positions before positions[i]
+        must have been run in that slot (earlier, or earlier in this batch). A slot is
+        reused by running from position 0 again."""
+        tokens, slots, positions, logits_rows = (np.ascontiguousarray(a, np.int32)
+                                                 for a in (tokens, slots, positions, logits_rows))
+        n = len(tokens)
+        if n == 0 or len(slots) != n or len(positions) != n:
+            raise BadInputError("eval_batch: tokens, slots and positions must be non-empty and of one length")
+        for name, arr, hi in (("token ids", tokens, self.hparams.n_vocab), ("slots", slots, self.n_slots),
+                              ("positions", positions, self.n_ctx), ("logits rows", logits_rows, n)):
+            if len(arr) and (arr.min() < 0 or arr.max() >= hi):
+                raise BadInputError(f"eval_batch: {name} must be in [0, {hi})")
+        with self._lock:
+            return self._eval(tokens, slots, positions, logits_rows)
 
     def _prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         arr = np.asarray(ids, np.int32)
@@ -240,34 +276,20 @@ class Engine:
             t0 = time.perf_counter()
             logits = self._prefill(ids)
             st.prompt_s = time.perf_counter() - t0
-            sampler = Sampler(params, self.hparams.n_vocab)
-            decoder = self.tokenizer.stream()
-            history = list(ids)
-            pending = ""  # text held back while it could be the start of a stop string
+            seq = SequenceState(self.tokenizer, self.hparams.n_vocab, self.n_ctx, ids, params,
+                                max_tokens, stop, ignore_eos)
             t1 = time.perf_counter()
-            limit = max_tokens if max_tokens >= 0 else self.n_ctx
-            while st.gen_tokens < limit:
-                tok = sampler.sample(logits, history)
-                if tok in self.tokenizer.stop_ids and not ignore_eos:
+            while True:
+                text, done = seq.accept(logits)
+                st.gen_tokens = seq.n_generated
+                if text:
+                    yield text
+                if done:
                     break
-                history.append(tok)
-                st.gen_tokens += 1
-                pending += decoder.feed(tok)
-                cut = _find_stop(pending, stop)
-                if cut is not None:
-                    pending = pending[:cut]
-                    break
-                emit, pending = _split_safe(pending, stop)
-                if emit:
-                    yield emit
-                if len(history) >= self.n_ctx:
-                    break  # context full: stop as llama.cpp does without context shifting
-                logits = self._run(np.array([tok], np.int32), len(history) - 1, False)[0]
+                logits = self._run(np.array([seq.next_token], np.int32), seq.position, False)[0]
                 st.gen_s = time.perf_counter() - t1
             st.gen_s = time.perf_counter() - t1
-            tail = pending + decoder.flush()
-            cut = _find_stop(tail, stop)
-            tail = tail[:cut] if cut is not None else tail
+            tail = seq.finish()
             if tail:
                 yield tail
 
@@ -288,18 +310,3 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _find_stop(text: str, stop: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _split_safe(text: str, stop: tuple[str, ...]) -> tuple[str, str]:
-    """Split into (emit now, hold back): hold the longest suffix that starts a stop string."""
-    hold = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return (text[:len(text) - hold], text[len(text) - hold:]) if hold else (text, "")

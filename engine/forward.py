@@ -14,6 +14,12 @@ Tables (int64):
 - gvec = (offset, length) of the final norm
 The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
 stored as uint16 (Numba has no float16 type; `f16tab` maps the bits to float32).
+
+NUMA: each worker is handed its own node's weight buffer (same offsets in every
+node's copy or shard) and its own node's KV arrays. A worker reads only the rows it
+computes and the KV heads its query heads attend with; it writes the KV heads
+kv_writers() gives it into its node's arrays, so every KV head a node's workers read
+is written on that node by one of them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import jit as kjit
+from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
 W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN = range(7)
@@ -128,24 +135,25 @@ def _rmsnorm(x, w, eps, out):
 
 
 @njit(nogil=True)
-def _head_rmsnorm(x, t, base, hd, w, eps):
+def _head_rmsnorm(h, w, eps):
     ss = 0.0
-    for i in range(hd):
-        ss += np.float64(x[t, base + i]) * x[t, base + i]
-    scale = np.float32(1.0 / math.sqrt(ss / hd + eps))
-    for i in range(hd):
-        x[t, base + i] = x[t, base + i] * scale * w[i]
+    for i in range(h.shape[0]):
+        ss += np.float64(h[i]) * h[i]
+    scale = np.float32(1.0 / math.sqrt(ss / h.shape[0] + eps))
+    for i in range(h.shape[0]):
+        h[i] = h[i] * scale * w[i]
 
 
 @njit(nogil=True)
-def _rope_tables(pos0, n, n_rot, base):
+def _rope_tables(positions, n_rot, base):
+    n = positions.shape[0]
     half = n_rot // 2
     cos = np.empty((n, half), np.float32)
     sin = np.empty((n, half), np.float32)
     # ggml multiplies theta by theta_scale pair after pair, in float32.
     theta_scale = np.float32(base ** (-2.0 / n_rot))
     for t in range(n):
-        theta = np.float32(pos0 + t)
+        theta = np.float32(positions[t])
         for i in range(half):
             cos[t, i] = math.cos(theta)
             sin[t, i] = math.sin(theta)
@@ -154,30 +162,32 @@ def _rope_tables(pos0, n, n_rot, base):
 
 
 @njit(nogil=True)
-def _rope_head(x, t, base, n_rot, neox, cos, sin):
+def _rope_head(h, n_rot, neox, cos, sin):
+    """Rotate one head h in place by one token's cos/sin rows."""
     half = n_rot // 2
     for i in range(half):
         if neox:
-            a, b = base + i, base + i + half
+            a, b = i, i + half
         else:
-            a, b = base + 2 * i, base + 2 * i + 1
-        x0 = x[t, a]
-        x1 = x[t, b]
-        x[t, a] = x0 * cos[t, i] - x1 * sin[t, i]
-        x[t, b] = x0 * sin[t, i] + x1 * cos[t, i]
+            a, b = 2 * i, 2 * i + 1
+        x0 = h[a]
+        x1 = h[b]
+        h[a] = x0 * cos[i] - x1 * sin[i]
+        h[b] = x0 * sin[i] + x1 * cos[i]
 
 
 @njit(nogil=True)
-def _attention(q, kc, vc, slot, il, pos0, hp, window, tab, out, h0, h1):
-    """Causal attention of query heads [h0, h1) of every token over the cache."""
+def _attention(q, kc, vc, slots, positions, il, hp, window, tab, out, h0, h1):
+    """Causal attention of query heads [h0, h1) of every token over its slot's cache."""
     n = q.shape[0]
     hd = hp.head_dim
     group = hp.n_head // hp.n_head_kv
-    scores = np.empty(pos0 + n, np.float32)
+    scores = np.empty(positions.max() + 1, np.float32)
     acc = np.empty(hd, np.float32)
     scale = np.float32(hp.attn_scale)
     for t in range(n):
-        p = pos0 + t
+        p = positions[t]
+        slot = slots[t]
         start = 0
         if window > 0 and p - window + 1 > 0:
             start = p - window + 1
@@ -239,14 +249,16 @@ def _vec(vecs, entry):
 
 
 @njit(nogil=True, cache=True)
-def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, slot, tokens,
-            pos0, logits, tab, x, q, k, v, att, tmp, g, u):
-    """One worker's part of running `tokens` at positions pos0.. of cache slot `slot`.
+def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, kv_heads,
+            tokens, slots, positions, out_rows, logits, tab, x, q, k, v, att, tmp, g, u):
+    """One worker's part of running token t at position positions[t] of cache slot slots[t].
 
-    Every worker of the group calls this at once with the same shared buffers
-    (x, q, k, v, att, tmp, g, u sized for len(tokens)); each computes its share of
-    every matrix's rows and of the attention heads, and they meet at `bar` where a step
-    needs everyone's output. logits gets the last len(logits) positions.
+    Every worker of the group calls this at once with the same shared activations
+    (x, q, k, v, att, tmp, g, u sized for len(tokens)) and its own node's wbuf, kc, vc;
+    each computes its share of every matrix's rows and of the attention heads, writes
+    the KV heads `kv_heads` of every token, and they meet at `bar` where a step needs
+    everyone's output. A token may attend to tokens before it in the same call (a
+    prompt) or to earlier calls (its slot's cache). logits[i] gets token out_rows[i].
     """
     n = tokens.shape[0]
     d = hp.n_embd
@@ -258,9 +270,9 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         if hp.embd_scale != 1.0:
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
-    cos_g, sin_g = _rope_tables(pos0, n, hp.n_rot, hp.rope_base)
-    cos_l, sin_l = _rope_tables(pos0, n, hp.n_rot, hp.rope_base_local)
-    kh0, kh1 = part(hp.n_head_kv, 1, worker, n_workers)
+    head = np.empty(hd, np.float32)
+    cos_g, sin_g = _rope_tables(positions, hp.n_rot, hp.rope_base)
+    cos_l, sin_l = _rope_tables(positions, hp.n_rot, hp.rope_base_local)
     qh0, qh1 = part(hp.n_head, 1, worker, n_workers)
     barrier_wait(bar, n_workers)
 
@@ -274,21 +286,24 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
             r0, r1 = part(wt[m, 1], wt[m, 5], worker, n_workers)
             _matmul(wt[m], wbuf, xn, out, r0, r1)
         barrier_wait(bar, n_workers)
-        # Keys are normed, rotated and cached by the worker owning their KV head ...
+        # Each worker normalises and rotates its KV heads on a private copy (a head
+        # kept on several nodes is computed on each) and caches them on its node ...
         for t in range(n):
-            for h in range(kh0, kh1):
+            for h in kv_heads:
+                head[:] = k[t, h * hd:(h + 1) * hd]
                 if vt[V_K_NORM, 1] > 0:
-                    _head_rmsnorm(k, t, h * hd, hd, _vec(vecs, vt[V_K_NORM]), eps)
-                _rope_head(k, t, h * hd, hp.n_rot, hp.rope_neox, cos, sin)
-                kv_put(kc[slot, il, h, pos0 + t], k[t, h * hd:(h + 1) * hd].copy())
-                kv_put(vc[slot, il, h, pos0 + t], v[t, h * hd:(h + 1) * hd].copy())
+                    _head_rmsnorm(head, _vec(vecs, vt[V_K_NORM]), eps)
+                _rope_head(head, hp.n_rot, hp.rope_neox, cos[t], sin[t])
+                kv_put(kc[slots[t], il, h, positions[t]], head)
+                kv_put(vc[slots[t], il, h, positions[t]], v[t, h * hd:(h + 1) * hd].copy())
             for h in range(qh0, qh1):
+                qv = q[t, h * hd:(h + 1) * hd]
                 if vt[V_Q_NORM, 1] > 0:
-                    _head_rmsnorm(q, t, h * hd, hd, _vec(vecs, vt[V_Q_NORM]), eps)
-                _rope_head(q, t, h * hd, hp.n_rot, hp.rope_neox, cos, sin)
+                    _head_rmsnorm(qv, _vec(vecs, vt[V_Q_NORM]), eps)
+                _rope_head(qv, hp.n_rot, hp.rope_neox, cos[t], sin[t])
         barrier_wait(bar, n_workers)
-        # ... then every query head attends over the complete cache.
-        _attention(q, kc, vc, slot, il, pos0, hp, hp.sliding_window if local else 0, tab, att, qh0, qh1)
+        # ... then every query head attends over its slot's complete cache.
+        _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, tab, att, qh0, qh1)
         barrier_wait(bar, n_workers)
         r0, r1 = part(d, wt[W_O, 5], worker, n_workers)
         _matmul(wt[W_O], wbuf, att, tmp, r0, r1)
@@ -317,9 +332,9 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_FFN]), eps)
         barrier_wait(bar, n_workers)
 
-    m = logits.shape[0]
+    m = out_rows.shape[0]
     xo = np.empty((m, d), np.float32)
-    _rmsnorm(x[n - m:], _vec(vecs, gvec), eps, xo)
+    _rmsnorm(x[out_rows], _vec(vecs, gvec), eps, xo)
     r0, r1 = part(hp.n_vocab, gtab[1, 5], worker, n_workers)
     _matmul(gtab[1], wbuf, xo, logits, r0, r1)
     if hp.final_softcap > 0.0:
@@ -327,3 +342,19 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         for t in range(m):
             for i in range(r0, r1):
                 logits[t, i] = c * np.float32(math.tanh(logits[t, i] / c))
+
+
+def kv_writers(n_head: int, n_head_kv: int, homes: list[object]) -> list[np.ndarray]:
+    """The KV heads each worker writes: on each home (the node whose KV arrays the
+    worker uses), every KV head its workers' query heads read, written by the first of
+    them (forward.py splits query heads with part(n_head, 1, w, n_workers))."""
+    group = n_head // n_head_kv
+    written: dict[object, set[int]] = {}
+    out = []
+    for w, home in enumerate(homes):
+        q0, q1 = split.part(n_head, 1, w, len(homes))
+        done = written.setdefault(home, set())
+        mine = sorted({h // group for h in range(q0, q1)} - done)
+        done.update(mine)
+        out.append(np.array(mine, np.int64))
+    return out
