@@ -21,7 +21,7 @@ from numallm import kernels
 from numallm.engine import arch
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
-from numallm.engine.forward import f16_table, forward, kv_writers
+from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.kv_cache import KVCache
 from numallm.engine.model_checks import check_architecture
@@ -101,7 +101,6 @@ class Engine:
         homes = [0] * len(plan)  # one node's memory for every worker, until placement lands
         self._worker_memory = [(self.weights.buf, self.kv.k, self.kv.v, heads)
                                for heads in kv_writers(hp.n_head, hp.n_head_kv, homes)]
-        self._f16 = f16_table()
         self._lock = threading.RLock()
         self._pool = WorkerPool(plan)
         self._bar = new_barrier()
@@ -188,7 +187,7 @@ class Engine:
         w = self.weights
         wbuf, kc, vc, kv_heads = self._worker_memory[slot.worker]
         forward(slot.worker, n_workers, self._bar, self.hparams, wbuf, w.wtab, w.gtab, w.vecs, w.vtab,
-                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, self._f16, *bufs)
+                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, *bufs)
 
     def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                    logits_rows: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ Tables (int64):
 - vtab[layer, v] = (offset, length) into `vecs` (float32) for spec.VECTORS; length 0: absent
 - gvec = (offset, length) of the final norm
 The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
-stored as uint16 (Numba has no float16 type; `f16tab` maps the bits to float32).
+stored as uint16 (Numba has no float16 type; kernels/kvrow.py reads them).
 
 NUMA: each worker is handed its own node's weight buffer (same offsets in every
 node's copy or shard) and its own node's KV arrays. A worker reads only the rows it
@@ -32,16 +32,12 @@ from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import jit as kjit
+from numallm.kernels.kvrow import row_axpy, row_dot
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
 W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN = range(7)
 V_ATTN_NORM, V_FFN_NORM, V_POST_ATTN, V_POST_FFN, V_Q_NORM, V_K_NORM = range(6)
-
-
-def f16_table() -> np.ndarray:
-    """float32 value of every float16 bit pattern: KV cache reads are one lookup."""
-    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 @njit(nogil=True)
@@ -73,19 +69,8 @@ def _f32_bits_to_f16(bits: int) -> int:
     return sign | half
 
 
-def kv_get(row, d, tab):  # pragma: no cover - replaced by the overload in compiled code
-    raise NotImplementedError
-
-
 def kv_put(row, src):  # pragma: no cover - replaced by the overload in compiled code
     raise NotImplementedError
-
-
-@overload(kv_get)
-def _kv_get(row, d, tab):
-    if row.dtype == types.uint16:
-        return lambda row, d, tab: tab[row[d]]
-    return lambda row, d, tab: row[d]
 
 
 @overload(kv_put)
@@ -177,7 +162,7 @@ def _rope_head(h, n_rot, neox, cos, sin):
 
 
 @njit(nogil=True)
-def _attention(q, kc, vc, slots, positions, il, hp, window, tab, out, h0, h1):
+def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
     """Causal attention of query heads [h0, h1) of every token over its slot's cache."""
     n = q.shape[0]
     hd = hp.head_dim
@@ -192,15 +177,12 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, tab, out, h0, h1):
         if window > 0 and p - window + 1 > 0:
             start = p - window + 1
         for h in range(h0, h1):
-            hk = h // group
-            qo = h * hd
+            keys = kc[slot, il, h // group]
+            values = vc[slot, il, h // group]
+            qh = q[t, h * hd:(h + 1) * hd]
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
-                krow = kc[slot, il, hk, j]
-                s = np.float32(0.0)
-                for i in range(hd):
-                    s += q[t, qo + i] * kv_get(krow, i, tab)
-                s *= scale
+                s = row_dot(qh, keys[j]) * scale
                 scores[j] = s
                 if s > mx:
                     mx = s
@@ -212,11 +194,8 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, tab, out, h0, h1):
             inv = np.float32(1.0 / total)
             acc[:] = 0.0
             for j in range(start, p + 1):
-                vrow = vc[slot, il, hk, j]
-                wgt = scores[j] * inv
-                for i in range(hd):
-                    acc[i] += wgt * kv_get(vrow, i, tab)
-            out[t, qo:qo + hd] = acc
+                row_axpy(acc, scores[j] * inv, values[j])
+            out[t, h * hd:(h + 1) * hd] = acc
 
 
 @njit(nogil=True)
@@ -250,7 +229,7 @@ def _vec(vecs, entry):
 
 @njit(nogil=True, cache=True)
 def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, kv_heads,
-            tokens, slots, positions, out_rows, logits, tab, x, q, k, v, att, tmp, g, u):
+            tokens, slots, positions, out_rows, logits, x, q, k, v, att, tmp, g, u):
     """One worker's part of running token t at position positions[t] of cache slot slots[t].
 
     Every worker of the group calls this at once with the same shared activations
@@ -303,7 +282,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
                 _rope_head(qv, hp.n_rot, hp.rope_neox, cos[t], sin[t])
         barrier_wait(bar, n_workers)
         # ... then every query head attends over its slot's complete cache.
-        _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, tab, att, qh0, qh1)
+        _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
         barrier_wait(bar, n_workers)
         r0, r1 = part(d, wt[W_O, 5], worker, n_workers)
         _matmul(wt[W_O], wbuf, att, tmp, r0, r1)

@@ -1,11 +1,19 @@
 """The F16 KV cache stores float16 bits converted inside compiled code (Numba has no
-float16 type): the conversion must round exactly as numpy (and ggml) do."""
+float16 type): the conversion must round exactly as numpy (and ggml) do, and reading
+the bits back (kernels/kvrow.py) must give numpy's float32 of every bit pattern."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from numallm.engine.forward import f16_table, f32_to_f16_bits
+from numallm.engine.forward import f32_to_f16_bits
+from numallm.kernels.kvrow import row_axpy, row_dot
+
+
+def _read(bits: np.ndarray) -> np.ndarray:
+    out = np.zeros(bits.shape, np.float32)
+    row_axpy(out, np.float32(1.0), bits)
+    return out
 
 
 def test_f32_to_f16_matches_numpy_on_edge_cases_and_random_values() -> None:
@@ -21,10 +29,25 @@ def test_f32_to_f16_matches_numpy_on_edge_cases_and_random_values() -> None:
     with np.errstate(over="ignore"):  # 1e9 overflows to inf, as it must
         expected = values.astype(np.float16)
     np.testing.assert_array_equal(out, expected.view(np.uint16))
-    np.testing.assert_array_equal(f16_table()[out], expected.astype(np.float32))
+    np.testing.assert_array_equal(_read(out), expected.astype(np.float32))
 
 
 def test_nan_stays_nan() -> None:
     out = np.empty(1, np.uint16)
     f32_to_f16_bits(np.array([np.nan], np.float32), out)
-    assert np.isnan(f16_table()[out][0])
+    assert np.isnan(_read(out)[0])
+
+
+def test_every_f16_bit_pattern_reads_back_as_numpy_does() -> None:
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    np.testing.assert_array_equal(_read(bits), bits.view(np.float16).astype(np.float32))
+
+
+def test_row_dot_of_f16_and_f32_rows() -> None:
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal(256).astype(np.float32)
+    row = rng.standard_normal(256).astype(np.float16)
+    exact = float(q.astype(np.float64) @ row.astype(np.float64))
+    # float32 sums in a vectorised order: about 1e-6 relative
+    assert abs(row_dot(q, row.view(np.uint16)) - exact) < 1e-4 * np.abs(q).sum()
+    assert abs(row_dot(q, row.astype(np.float32)) - exact) < 1e-4 * np.abs(q).sum()
