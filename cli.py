@@ -56,6 +56,11 @@ def _shared_options(lists: bool = False) -> argparse.ArgumentParser:
     g.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES,
                    help="KV cache type for V (default f16)")
     g.add_argument("--numa", default="auto", choices=modes(NUMA_MODES), help="weight placement (default auto)")
+    g.add_argument("--numa-node", type=int, default=None, metavar="N",
+                   help="with --numa isolate: the NUMA node for the weights and the workers "
+                   "(default: the first worker's node)")
+    g.add_argument("--no-hugepages", action="store_true",
+                   help="do not ask for transparent huge pages for the placed weights and KV cache")
     g.add_argument("--load-mode", default=None, choices=modes(LOAD_MODES),
                    help="how weights are read: mmap = map the file, mlock = map and lock it in RAM, "
                    "dio = O_DIRECT reads, none = plain reads; auto = mmap unless the NUMA mode "
@@ -94,9 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(b)
     b.set_defaults(func=bench.run)
 
+    from numallm import serve
+
+    srv = sub.add_parser("serve", parents=[shared], help="OpenAI-compatible HTTP server with continuous batching")
+    serve.add_arguments(srv)
+    srv.set_defaults(func=serve.run)
+
     topo = sub.add_parser("topology", parents=[shared],
                           help="show packages, NUMA nodes, cores and the worker plan")
     topo.set_defaults(func=_cmd_topology)
+
+    place = sub.add_parser("placement", parents=[shared],
+                           help="load and place the model, then show where its pages really are")
+    place.set_defaults(func=_cmd_placement)
     return parser
 
 
@@ -197,6 +212,12 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     plan = plan_workers(topo, args.threads, args.smt)
     print(json.dumps(to_json(topo, plan), indent=2) if args.json else render_text(topo, plan))
     return 0
+
+
+def _cmd_placement(args: argparse.Namespace) -> int:
+    from numallm.engine.placement_command import run
+
+    return run(args)
 
 
 class _StderrLines(logging.Handler):

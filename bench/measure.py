@@ -30,6 +30,7 @@ from numallm.bench.runners import LlamaCppRunner, NumallmRunner, Runner
 from numallm.engine import arch
 from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf
+from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.engine.model_store import resolve_model
 from numallm.kernels.bandwidth import memory_read_bandwidth
 from numallm.kernels.cpu import simd_path
@@ -122,6 +123,9 @@ class BenchRun:
         with Engine(path, numa=numa, load_mode=load_mode, threads=threads, ctx_size=n_ctx,
                     kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
             runners: list[Runner] = [NumallmRunner(eng, numa, load_mode)]
+            # Weight bytes each token reads from its workers' own node and from others,
+            # from the pages as the kernel reports them (issue 7's locality figure).
+            locality = {k: eng.placed.page_report()["per_token"][k] for k in ("local_bytes", "remote_bytes")}
             theirs = None
             if self.llama_cpp is not None:
                 theirs = LlamaCppRunner(self.llama_cpp, path, threads, n_ctx, g.kv_type, load_mode)
@@ -131,6 +135,7 @@ class BenchRun:
                     samples = self._measure(eng, runners, n_prompt, n_gen)
                     recs = [self._record(r, info, threads, n_prompt, n_gen, samples[r], eng, gbps)
                             for r in runners]
+                    recs[0].update(numa_effective=eng.numa, **locality)
                     if theirs is not None:
                         recs[0]["speedup"] = recs[0]["avg_ts"] / recs[1]["avg_ts"]
                     yield from recs
@@ -175,7 +180,7 @@ class BenchRun:
         if isinstance(r, NumallmRunner):
             rec["simd"] = simd_path()  # which of our kernel builds ran (vnni, avx2, generic)
         rec.update(timing_fields(n_prompt or n_gen, seconds))
-        ceiling = tg_ceiling_ts(info.weight_bytes, eng.hparams, eng.kv.k.itemsize, n_gen, gbps) if n_gen else None
+        ceiling = tg_ceiling_ts(info.weight_bytes, eng.hparams, KV_ITEMSIZE[g.kv_type], n_gen, gbps) if n_gen else None
         rec.update(weight_bytes=info.weight_bytes, mem_gbps=gbps, roofline_ts=ceiling,
                    roofline_frac=rec["avg_ts"] / ceiling if ceiling else None, load_avg=os.getloadavg()[0])
         return rec

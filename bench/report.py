@@ -133,6 +133,15 @@ def table_note(records: list[dict[str, Any]]) -> str:
                        for (m, t), gb in sorted(probes.items()) if m == model)
         lines.append(f"  {Path(model).name}: {nbytes / 1e6:.2f} MB of weights per token; "
                      f"read bandwidth of that many bytes, measured in this run: {bw}")
+    placed = {(Path(r["model_filename"]).name, r["numa"], r["numa_effective"], r["n_threads"]): r
+              for r in records if "local_bytes" in r}
+    if placed:
+        lines.append("locality (numallm, from the pages read back): weight bytes read per token")
+        for (model, numa, effective, threads), r in placed.items():
+            total = r["local_bytes"] + r["remote_bytes"]
+            lines.append(f"  {model}, numa {numa} ({effective}), {threads} thread{'s' if threads > 1 else ''}: "
+                         f"{r['local_bytes'] / 1e6:.2f} MB local, {r['remote_bytes'] / 1e6:.2f} MB remote "
+                         f"({r['remote_bytes'] / total if total else 0:.0%})")
     scaling = scaling_lines(records)
     if scaling:
         lines += ["thread scaling:"] + scaling

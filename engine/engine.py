@@ -23,17 +23,16 @@ from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
 from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gguf_file import read_gguf
-from numallm.engine.kv_cache import KVCache
 from numallm.engine.model_checks import check_architecture
 from numallm.engine.model_store import resolve_model
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
 from numallm.engine.options import LOAD_MODES, NUMA_MODES
-from numallm.engine.weights import load_weights
+from numallm.engine.placing import place_model, placed_workers
 from numallm.errors import BadInputError, NumallmError
 from numallm.numa.topology import detect
-from numallm.numa.workers import WorkerPool, WorkerSlot, plan_workers
+from numallm.numa.workers import WorkerPool, WorkerSlot
 from numallm.progress import progress_bar
 
 DEFAULT_CTX = 4096
@@ -66,7 +65,8 @@ class Engine:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
                  load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
-                 kv_type: str = "f16", smt: bool = False, n_slots: int = 1, verbose: bool = False) -> None:
+                 kv_type: str = "f16", smt: bool = False, n_slots: int = 1, numa_node: int | None = None,
+                 hugepages: bool = True, verbose: bool = False) -> None:
         t0 = time.perf_counter()
         if load_mode not in LOAD_MODES:
             raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
@@ -74,9 +74,8 @@ class Engine:
             raise BadInputError(f"--numa {numa!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
         self.verbose = verbose
         self._pool: WorkerPool | None = None
-        self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
-        plan = plan_workers(detect("/"), threads, smt)
-        self._check_numa(numa, plan)
+        topo = detect("/")
+        plan = placed_workers(topo, numa, numa_node, threads, smt)
         self.path = resolve_model(model)
         gf = read_gguf(self.path)
         check_architecture(gf)
@@ -95,17 +94,21 @@ class Engine:
         if isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots <= 0:
             raise BadInputError(f"the number of sequence slots must be a positive whole number, not {n_slots!r}")
         self.n_slots = n_slots
-        self.numa = numa
-        self.weights = load_weights(gf, self.spec, load_mode)
-        self.kv = KVCache(hp, self.n_ctx, n_slots=n_slots, kv_type=kv_type)
-        homes = [0] * len(plan)  # one node's memory for every worker, until placement lands
-        self._worker_memory = [(self.weights.buf, self.kv.k, self.kv.v, heads)
-                               for heads in kv_writers(hp.n_head, hp.n_head_kv, homes)]
         self._lock = threading.RLock()
-        self._pool = WorkerPool(plan)
-        self._bar = new_barrier()
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
+        self._worker_memory: list[tuple[np.ndarray, ...]] | None = []
+        self.placed = place_model(gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
+                                  load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
+                                  n_slots=n_slots, kv_type=kv_type, verbose=verbose)
+        self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
         try:
+            self.numa = self.placed.plan.mode
+            self.weights = self.placed.weights
+            # Each worker gets its own node's weights and KV arrays, and the KV heads it writes there.
+            writers = kv_writers(hp.n_head, hp.n_head_kv, [self.placed.key(s.worker) for s in plan])
+            self._worker_memory = [(*self.placed.buffers(s.worker), writers[s.worker]) for s in plan]
+            self._pool = WorkerPool(plan)
+            self._bar = new_barrier()
             self.chat_template = self._load_chat_template(gf.metadata)
             self._warmup()
         except BaseException:
@@ -113,22 +116,12 @@ class Engine:
             raise
         self.stats = Stats(load_s=time.perf_counter() - t0)
         if verbose:
+            _log(self.placed.why)
             _log(f"loaded {self.path.name}: {self.spec.name}, {hp.n_layer} layers, "
                  f"{self.weights.matrix_bytes / 1e6:.1f} MB of weights "
                  f"(load mode {self.weights.load_mode}, {'mapped' if self.weights.mapped else 'copied'}), n_ctx {self.n_ctx}, "
-                 f"KV cache {kv_type} {self.kv.nbytes / 1e6:.1f} MB, {len(plan)} workers on CPUs "
+                 f"KV cache {kv_type} {self.placed.kv_nbytes / 1e6:.1f} MB, {len(plan)} workers on CPUs "
                  f"{','.join(str(s.cpu) for s in plan)}, in {self.stats.load_s:.2f} s")
-
-    def _check_numa(self, numa: str, plan: list[WorkerSlot]) -> None:
-        nodes = sorted({s.node for s in plan})
-        if len(nodes) > 1 and numa not in ("auto", "none"):
-            # Placement across nodes is the next step (see README, "Status"); refusing
-            # is better than silently ignoring the flag.
-            raise NumallmError(f"--numa {numa} across {len(nodes)} NUMA nodes is not implemented yet; "
-                               "use --numa none (the OS places the weights)")
-        if self.verbose:
-            _log(f"numa {numa}: workers on node(s) {','.join(map(str, nodes))}; "
-                 + ("one node, nothing to place" if len(nodes) == 1 else "pages placed by the OS"))
 
     # -- loading ---------------------------------------------------------------------
 
@@ -241,22 +234,24 @@ class Engine:
         with self._lock:
             return self._prefill(ids, all_logits=True)
 
-    def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
                  stream: bool = False, add_special: bool = True, ignore_eos: bool = False) -> str | Iterator[str]:
         """Continue `prompt`. max_tokens < 0 runs until an end-of-generation token or the
-        context is full. With stream=True, returns an iterator of text pieces."""
+        context is full. With stream=True, returns an iterator of text pieces. prompt may
+        also be token ids, used as they are (add_special then does nothing)."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                                 seed=-1 if seed is None else seed)
         params.validate()
-        ids = self.tokenize(prompt, add_special=add_special)
+        ids = self.tokenize(prompt, add_special=add_special) if isinstance(prompt, str) else list(prompt)
         pieces = self._generate_ids(ids, params, max_tokens, tuple(stop), ignore_eos)
         return pieces if stream else "".join(pieces)
 
-    def chat(self, messages: list[dict[str, str]], stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
-        """Reply to a conversation, formatted with the model's chat template."""
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation formatted with the model's chat template (its built-in fallback
+        when the file's template fails), ready for the reply: token ids."""
         try:
             prompt = self.chat_template.render(messages, add_generation_prompt=True)
         except ChatTemplateError as e:
@@ -266,7 +261,11 @@ class Engine:
         # Templates that write the BOS token themselves must not get a second one.
         bos = self.tokenizer.bos_id
         has_bos = bos is not None and prompt.startswith(self.tokenizer.detokenize([bos], special=True))
-        return self.generate(prompt, stream=stream, add_special=not has_bos, **kwargs)
+        return self.tokenize(prompt, add_special=not has_bos)
+
+    def chat(self, messages: list[dict[str, str]], stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
+        """Reply to a conversation, formatted with the model's chat template."""
+        return self.generate(self.chat_ids(messages), stream=stream, **kwargs)
 
     def _generate_ids(self, ids: list[int], params: SamplingParams, max_tokens: int,
                       stop: tuple[str, ...], ignore_eos: bool) -> Iterator[str]:
@@ -298,9 +297,10 @@ class Engine:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-                self.weights.close()
-                self.kv = KVCache(self.hparams, 1)
+            if self._worker_memory is not None:
+                self._worker_memory = None  # views into the buffers placed.close() unmaps
                 self._scratch.clear()
+                self.placed.close()
                 self._blas_limits.restore_original_limits()
 
     def __enter__(self) -> Engine:

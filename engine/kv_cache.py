@@ -7,24 +7,37 @@ the same way. F16 (llama.cpp's default) is stored as float16 bits in uint16.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from numallm.engine.arch.spec import HParams
 from numallm.engine.options import KV_TYPES
 from numallm.errors import BadInputError
 
-
-
 # Bytes per cached element: float16 is kept as its bits in uint16.
 KV_ITEMSIZE = {"f16": 2, "f32": 4}
 
 
+def kv_layout(hp: HParams, n_ctx: int, n_slots: int, kv_type: str) -> tuple[tuple[int, ...], type]:
+    """(shape, dtype) of the K array (and of the V array, alike)."""
+    if kv_type not in KV_TYPES:
+        raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_TYPES)})")
+    dtype = np.uint16 if KV_ITEMSIZE[kv_type] == 2 else np.float32
+    return (n_slots, hp.n_layer, hp.n_head_kv, n_ctx, hp.head_dim), dtype
+
+
+def head_ranges(shape: tuple[int, ...], itemsize: int, heads: Iterable[int]) -> list[tuple[int, int]]:
+    """Byte ranges of one K (or V) array holding KV heads `heads`, for every slot and layer."""
+    n_slots, n_layer, n_head_kv, n_ctx, head_dim = shape
+    block = n_ctx * head_dim * itemsize  # one head of one layer of one slot
+    return [(((s * n_layer + il) * n_head_kv + h) * block, ((s * n_layer + il) * n_head_kv + h + 1) * block)
+            for s in range(n_slots) for il in range(n_layer) for h in heads]
+
+
 class KVCache:
     def __init__(self, hp: HParams, n_ctx: int, n_slots: int = 1, kv_type: str = "f16") -> None:
-        if kv_type not in KV_TYPES:
-            raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_TYPES)})")
-        dtype = np.uint16 if KV_ITEMSIZE[kv_type] == 2 else np.float32
-        shape = (n_slots, hp.n_layer, hp.n_head_kv, n_ctx, hp.head_dim)
+        shape, dtype = kv_layout(hp, n_ctx, n_slots, kv_type)
         # np.zeros maps fresh zero pages lazily: a large context costs memory only as used.
         self.k = np.zeros(shape, dtype)
         self.v = np.zeros(shape, dtype)

@@ -17,6 +17,15 @@ def forward_matrices(wtab: np.ndarray, gtab: np.ndarray) -> tuple[Matrix, ...]:
     part() calls use: gate and up are cut together on the larger of their two groups.
     The token embeddings are looked up; tied to the output projection (same bytes), they
     are one matrix, read both ways."""
+    return tuple(m for m, _ in _table_matrices(wtab, gtab))
+
+
+def matrix_offsets(wtab: np.ndarray, gtab: np.ndarray) -> dict[str, int]:
+    """Where each of forward_matrices' matrices starts in a weight buffer (bytes)."""
+    return {m.name: offset for m, offset in _table_matrices(wtab, gtab)}
+
+
+def _table_matrices(wtab: np.ndarray, gtab: np.ndarray) -> list[tuple[Matrix, int]]:
     out = []
     for il, layer in enumerate(wtab):
         for m, entry in enumerate(layer):
@@ -27,12 +36,12 @@ def forward_matrices(wtab: np.ndarray, gtab: np.ndarray) -> tuple[Matrix, ...]:
     out.append(_table_matrix("output", output, output[5], matmul=True, lookup=bool(tied)))
     if not tied:
         out.append(_table_matrix("token_embd", embd, embd[5], matmul=False, lookup=True))
-    return tuple(out)
+    return out
 
 
-def _table_matrix(name: str, entry: np.ndarray, group: int, matmul: bool, lookup: bool) -> Matrix:
+def _table_matrix(name: str, entry: np.ndarray, group: int, matmul: bool, lookup: bool) -> tuple[Matrix, int]:
     rows, nbytes = int(entry[1]), int(entry[4])
-    return Matrix(name, rows, nbytes // rows, int(group), matmul=matmul, lookup=lookup)
+    return Matrix(name, rows, nbytes // rows, int(group), matmul=matmul, lookup=lookup), int(entry[3])
 
 
 def kv_heads(hp: HParams, n_ctx: int, kv_type: str, n_slots: int = 1) -> KvHeads:

@@ -29,6 +29,7 @@ from numallm.engine.load_lock import PageLock, check_lock_limit
 from numallm.engine.load_pages import PAGE, align_down, align_up, anonymous
 from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
+from numallm.numa.memory import merge_ranges
 
 _REPACK_BYTES = 4 << 20  # bytes of a matrix repacked at a time
 
@@ -99,14 +100,40 @@ def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int) -> None:
     kernels.check_type(t.qtype, t.name, t.cols)
 
 
-def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False) -> Weights:
-    """Check every tensor, then map or read the file and lay the weights out.
+@dataclass(frozen=True)
+class Layout:
+    """Every tensor of a model, checked against the architecture and the kernels."""
 
-    numa_copies: the NUMA mode will copy the weights anyway (auto then reads, see
-    resolve_load_mode)."""
+    matrices: list[tuple[tuple[int, int], TensorInfo]]  # ((layer, MATRICES index), tensor)
+    embd: TensorInfo
+    out: TensorInfo  # the output projection; `embd` itself when tied
+    vectors: list[tuple[tuple[int, int], TensorInfo]]  # ((layer, VECTORS index), tensor)
+    onorm: TensorInfo
+
+    @property
+    def all_mats(self) -> list[TensorInfo]:
+        return [t for _, t in self.matrices] + [self.embd] + ([self.out] if self.out is not self.embd else [])
+
+    @property
+    def vec_list(self) -> list[TensorInfo]:
+        return [t for _, t in self.vectors] + [self.onorm]
+
+    def read_span(self) -> tuple[int, int]:
+        """(base, size): an image holds file bytes [base, base + size), base aligned for O_DIRECT."""
+        tensors = self.all_mats + self.vec_list
+        base = align_down(min(t.offset for t in tensors), ALIGN)
+        return base, max(t.offset + t.nbytes for t in tensors) - base
+
+    def vector_ranges(self, base: int) -> list[tuple[int, int]]:
+        """Image byte ranges of the norm vectors."""
+        return [(t.offset - base, t.offset - base + t.nbytes) for t in self.vec_list]
+
+
+def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
+    """Check every tensor's presence, shape and type before any byte is read."""
     hp = spec.hparams
     shapes = _expected_shapes(hp)
-    matrices: list[tuple[tuple[int, ...], TensorInfo]] = []
+    matrices: list[tuple[tuple[int, int], TensorInfo]] = []
     for il in range(hp.n_layer):
         for m, fmt in enumerate(spec.matrices):
             t = _tensor(gf, fmt.format(il))
@@ -116,34 +143,36 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
     _check_matrix(gf, embd, hp.n_vocab, hp.n_embd)
     out = gf.tensors.get(spec.output, embd)
     _check_matrix(gf, out, hp.n_vocab, hp.n_embd)
-    vectors: list[tuple[tuple[int, ...], TensorInfo]] = []
+    vectors: list[tuple[tuple[int, int], TensorInfo]] = []
     for il in range(hp.n_layer):
-        for v, fmt in enumerate(spec.vectors):
-            if fmt is not None:
-                t = _tensor(gf, fmt.format(il))
+        for v, vfmt in enumerate(spec.vectors):
+            if vfmt is not None:
+                t = _tensor(gf, vfmt.format(il))
                 length = hp.head_dim if VECTORS[v] in ("q_norm", "k_norm") else hp.n_embd
                 _check_vector(gf, t, length)
                 vectors.append(((il, v), t))
     onorm = _tensor(gf, spec.output_norm)
     _check_vector(gf, onorm, hp.n_embd)
+    return Layout(matrices, embd, out, vectors, onorm)
 
-    all_mats = [t for _, t in matrices] + [embd] + ([out] if out is not embd else [])
-    vec_list = [t for _, t in vectors] + [onorm]
-    mode = resolve_load_mode(load_mode, numa_copies)
-    in_place = mode in ("mmap", "mlock") and all(_file_layout(t.qtype, t.cols) for t in all_mats)
-    if in_place:
-        image, base, maps, direct = _mapped_image(gf, all_mats + vec_list, mode)
-    else:
-        image, base, maps, direct = _read_image(gf, all_mats, vec_list, mode)
 
+def tables(layout: Layout, n_layer: int, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """(wtab, gtab) for an image of the file's bytes from `base` (see engine/forward.py)."""
     def entry(t: TensorInfo) -> list[int]:
         return [int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, kernels.row_group(t.qtype)]
 
-    wtab = np.zeros((hp.n_layer, len(MATRICES), 6), np.int64)
-    for (il, m), t in matrices:
+    wtab = np.zeros((n_layer, len(MATRICES), 6), np.int64)
+    for (il, m), t in layout.matrices:
         wtab[il, m] = entry(t)
-    gtab = np.array([entry(embd), entry(out)], np.int64)
+    return wtab, np.array([entry(layout.embd), entry(layout.out)], np.int64)
 
+
+def make_weights(layout: Layout, n_layer: int, image: np.ndarray, base: int, *, mapped: bool, load_mode: str,
+                 direct: bool, maps: list[mmap.mmap] | None = None) -> Weights:
+    """The Weights of an image that holds (at least) every norm vector: the vectors are
+    copied out of it, the tables point into it (and into every image of the same layout)."""
+    wtab, gtab = tables(layout, n_layer, base)
+    vec_list = layout.vec_list
     vecs = np.empty(sum(t.shape[0] for t in vec_list), np.float32)
     vpos: dict[str, int] = {}
     pos = 0
@@ -151,14 +180,30 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
         vecs[pos:pos + t.shape[0]] = image[t.offset - base:t.offset - base + t.nbytes].view(np.float32)
         vpos[t.name] = pos
         pos += t.shape[0]
-    vtab = np.zeros((hp.n_layer, len(VECTORS), 2), np.int64)
-    for (il, v), t in vectors:
+    vtab = np.zeros((n_layer, len(VECTORS), 2), np.int64)
+    for (il, v), t in layout.vectors:
         vtab[il, v] = (vpos[t.name], t.shape[0])
-    gvec = np.array([vpos[onorm.name], onorm.shape[0]], np.int64)
+    gvec = np.array([vpos[layout.onorm.name], layout.onorm.shape[0]], np.int64)
+    mats = layout.all_mats
+    return Weights(buf=image, wtab=wtab, gtab=gtab, vecs=vecs, vtab=vtab, gvec=gvec,
+                   qtypes=frozenset(t.qtype for t in mats), matrix_bytes=sum(t.nbytes for t in mats),
+                   mapped=mapped, load_mode=load_mode, direct=direct, _maps=maps if maps is not None else [])
 
-    w = Weights(buf=image, wtab=wtab, gtab=gtab, vecs=vecs, vtab=vtab, gvec=gvec,
-                qtypes=frozenset(t.qtype for t in all_mats), matrix_bytes=sum(t.nbytes for t in all_mats),
-                mapped=in_place, load_mode=mode, direct=direct, _maps=maps)
+
+def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False) -> Weights:
+    """Check every tensor, then map or read the file and lay the weights out.
+
+    numa_copies: the NUMA mode will copy the weights anyway (auto then reads, see
+    resolve_load_mode)."""
+    layout = check_model(gf, spec)
+    mode = resolve_load_mode(load_mode, numa_copies)
+    in_place = mode in ("mmap", "mlock") and all(_file_layout(t.qtype, t.cols) for t in layout.all_mats)
+    if in_place:
+        image, base, maps, direct = _mapped_image(gf, layout.all_mats + layout.vec_list, mode)
+    else:
+        image, base, maps, direct = _read_image(gf, layout, mode)
+    w = make_weights(layout, spec.hparams.n_layer, image, base, mapped=in_place, load_mode=mode,
+                     direct=direct, maps=maps)
     if mode == "mlock":
         try:
             w._lock = PageLock(image)
@@ -193,62 +238,85 @@ def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo],
     return np.frombuffer(fmap, np.uint8), 0, [fmap], False
 
 
-def _read_image(gf: GGUFFile, mats: list[TensorInfo], vecs: list[TensorInfo],
-                mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
+def _read_image(gf: GGUFFile, layout: Layout, mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
     """The file's tensor data read into anonymous memory at the file's own offsets minus
-    `base` (aligned for O_DIRECT), each matrix repacked in place once it is in when the
-    kernels' layout is not the file's: (image, base, [its mapping], O_DIRECT used).
-
-    The span is read in aligned pieces, not tensor by tensor: every request is then
-    aligned (tensors start anywhere), and the pieces are of one size."""
-    tensors = mats + vecs
-    base = align_down(min(t.offset for t in tensors), ALIGN)
-    size = max(t.offset + t.nbytes for t in tensors) - base
+    `base` (aligned for O_DIRECT), repacked: (image, base, [its mapping], O_DIRECT used)."""
+    base, size = layout.read_span()
     if mode == "mlock":  # before any byte is read, so a low limit fails fast
         check_lock_limit(align_up(size, PAGE))
     image, amap = anonymous(size)
-    repacks = _Repacks(mats, base, image, load_reads.CHUNK)
-    jobs = [ReadJob(base + start, image[start:start + load_reads.CHUNK], functools.partial(repacks.piece_read, k))
-            for k, start in enumerate(range(0, size, load_reads.CHUNK))]
     try:
         # mmap or mlock get here only to repack: buffered reads share the page cache as a mapping would.
-        direct = read_jobs(gf.path, jobs, direct=mode == "dio")
+        direct = fill_image(gf, layout, image, base, [(0, size)], direct=mode == "dio")
     except BaseException:
-        del image, jobs, repacks
+        del image
         _close_quietly([amap])
         raise
     return image, base, [amap], direct
 
 
-class _Repacks:
-    """Counts down, for each matrix to repack, the pieces of the image still to read; the
-    thread reading a matrix's last piece repacks it (so repacking overlaps reading, and
-    runs where a NUMA-bound reader put the pages)."""
+def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, ranges: list[tuple[int, int]],
+               *, direct: bool, setup: Callable[[], None] | None = None, desc: str = "loading weights") -> bool:
+    """Read image bytes `ranges` (offsets into image = file offset - base) from the file and
+    repack the matrix rows in them into the kernels' layout; True when O_DIRECT was used
+    to the end. Ranges may overlap (they are merged); where one cuts a matrix, it must
+    cut on a row boundary that is a multiple of the row group (as part() does). Every
+    reading thread runs `setup` first (bind its memory to a NUMA node).
 
-    def __init__(self, mats: list[TensorInfo], base: int, image: np.ndarray, piece: int) -> None:
-        self._left: dict[str, int] = {}
-        self._in_piece: dict[int, list[tuple[TensorInfo, Callable[[np.ndarray], None]]]] = {}
-        self._image = image
+    Ranges are read in pieces on CHUNK multiples of the image offset: every request is
+    then aligned (tensors start anywhere), and the pieces are of one size."""
+    jobs: list[ReadJob] = []
+    repacks = _Repacks(image, base)
+    for lo, hi in merge_ranges(ranges):
+        pieces = [(a, min(hi, align_down(a, load_reads.CHUNK) + load_reads.CHUNK))
+                  for a in [lo, *range(align_down(lo, load_reads.CHUNK) + load_reads.CHUNK, hi, load_reads.CHUNK)]]
+        first = len(jobs)
+        for a, b in pieces:
+            jobs.append(ReadJob(base + a, image[a:b], functools.partial(repacks.piece_read, len(jobs))))
+        for t in layout.all_mats:
+            a, b = max(lo, t.offset - base), min(hi, t.offset - base + t.nbytes)
+            if a < b:
+                repacks.add(t, a, b, [first + k for k, (pa, pb) in enumerate(pieces) if pa < b and pb > a])
+    return read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
+
+
+class _Repacks:
+    """Counts down, for each run of matrix rows to repack, the pieces of the image still
+    to read; the thread reading a run's last piece repacks it (so repacking overlaps
+    reading, and runs where a NUMA-bound reader put the pages)."""
+
+    def __init__(self, image: np.ndarray, base: int) -> None:
         self._base = base
+        self._left: list[int] = []
+        self._runs: list[tuple[Callable[[np.ndarray], None], int, int]] = []
+        self._in_piece: dict[int, list[int]] = {}
+        self._image = image
         self._lock = threading.Lock()
-        for t in mats:
-            repack = _repack(t)
-            if repack is None:
-                continue
-            first, last = (t.offset - base) // piece, (t.offset + t.nbytes - 1 - base) // piece
-            self._left[t.name] = last - first + 1
-            for k in range(first, last + 1):
-                self._in_piece.setdefault(k, []).append((t, repack))
+
+    def add(self, t: TensorInfo, lo: int, hi: int, pieces: list[int]) -> None:
+        """Image bytes [lo, hi) are rows of matrix t, read by `pieces`."""
+        repack = _repack(t)
+        if repack is None:
+            return
+        start = t.offset - self._base
+        if (lo - start) % t.row_bytes or ((hi - start) % t.row_bytes and hi - start != t.nbytes):
+            raise NumallmError(f"bytes [{lo}, {hi}) of the image cut rows of {t.name!r}: a placement "
+                               "range must hold whole rows")
+        run = len(self._runs)
+        self._runs.append((repack, lo, hi))
+        self._left.append(len(pieces))
+        for k in pieces:
+            self._in_piece.setdefault(k, []).append(run)
 
     def piece_read(self, k: int, _piece: np.ndarray) -> None:
         ready = []
         with self._lock:
-            for t, repack in self._in_piece.get(k, ()):
-                self._left[t.name] -= 1
-                if self._left[t.name] == 0:
-                    ready.append((t, repack))
-        for t, repack in ready:
-            repack(self._image[t.offset - self._base:t.offset - self._base + t.nbytes])
+            for run in self._in_piece.get(k, ()):
+                self._left[run] -= 1
+                if self._left[run] == 0:
+                    ready.append(self._runs[run])
+        for repack, lo, hi in ready:
+            repack(self._image[lo:hi])
 
 
 def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:
@@ -265,9 +333,10 @@ def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:
     group = kernels.row_group(t.qtype)
     step = max(group, _REPACK_BYTES // t.row_bytes // group * group)
 
-    def repack(raw: np.ndarray) -> None:
-        for r in range(0, t.rows, step):
-            n = min(step, t.rows - r)
+    def repack(raw: np.ndarray) -> None:  # raw: whole rows of t, starting on a group boundary
+        rows = raw.size // t.row_bytes
+        for r in range(0, rows, step):
+            n = min(step, rows - r)
             part = raw[r * t.row_bytes:(r + n) * t.row_bytes]
             part[:] = kernels.pack(t.qtype, part, n, t.cols)
     return repack

@@ -2,7 +2,7 @@
 
 Topology facts come from sysfs (topology.py reads the same files libnuma does, and can
 read a recorded root); libnuma is needed only to act on the live machine: bind a
-thread's memory to a node and ask which node a page landed on. When libnuma.so is
+thread's memory or an address range to nodes, and ask which node a page landed on. When libnuma.so is
 missing, py-libnuma fails at import with AttributeError (CDLL(None) has no numa_*
 symbols): we warn once and keep running; only a request that needs it fails.
 """
@@ -14,11 +14,16 @@ import os
 import threading
 from collections.abc import Sequence
 
-from numallm.errors import TopologyError
+import numpy as np
+from numallm.errors import ResourceError, TopologyError
 
 log = logging.getLogger(__name__)
 
 DEBIAN_PACKAGE = "libnuma1"
+
+# linux/mempolicy.h
+RANGE_POLICIES = {"default": 0, "bind": 2, "interleave": 3}
+_QUERY_BATCH = 1 << 16  # pages per move_pages(2) call
 
 
 _load_lock = threading.Lock()  # workers may ask at once; warn only once
@@ -68,6 +73,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.numa_set_localalloc.argtypes = []
     lib.numa_node_size64.restype = ctypes.c_longlong
     lib.numa_node_size64.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_longlong)]
+    lib.mbind.restype = ctypes.c_long
+    lib.mbind.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_void_p,
+                          ctypes.c_ulong, ctypes.c_uint]
     lib.numa_move_pages.restype = ctypes.c_int
     lib.numa_move_pages.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.POINTER(ctypes.c_void_p),
                                     ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
@@ -121,13 +129,46 @@ def unbind_thread_memory() -> None:
     require("resetting the memory policy").numa_set_localalloc()
 
 
+def bind_range(address: int, nbytes: int, policy: str, nodes: Sequence[int] = ()) -> None:
+    """Set the memory policy of a page-aligned address range (mbind(2)): pages touched there
+    later come from `nodes` ("bind": only those, "interleave": round-robin over them),
+    or as the touching thread's own policy says ("default"). Whoever faults a page in,
+    the range's policy wins over the thread's."""
+    lib = require(f"placing memory with policy {policy}")
+    words = (max(nodes, default=0) // 64) + 1
+    mask = (ctypes.c_ulong * words)()
+    for n in nodes:
+        mask[n // 64] |= 1 << (n % 64)
+    # maxnode counts one more bit than the mask holds (the kernel drops the last one)
+    if lib.mbind(address, nbytes, RANGE_POLICIES[policy], ctypes.addressof(mask) if nodes else None,
+                 words * 64 + 1 if nodes else 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise ResourceError(f"mbind({policy} on nodes {list(nodes)}) of {nbytes} bytes failed: "
+                            f"{os.strerror(err)}; check that those NUMA nodes exist and this "
+                            "process may use them")
+
+
+def page_nodes(start: int, n_pages: int, page: int) -> np.ndarray:
+    """The node holding each of `n_pages` pages from page-aligned `start` (int32), or -errno
+    for a page that is not there (-2 ENOENT: never touched, -14 EFAULT: not mapped)."""
+    return _query(start + np.arange(n_pages, dtype=np.uint64) * np.uint64(page))
+
+
 def nodes_of_pages(addresses: Sequence[int]) -> list[int]:
-    """The node holding each page (addresses inside the pages), or -errno for a page that
-    is not there (-2 ENOENT: never touched, -14 EFAULT: not mapped). move_pages(2) query mode."""
+    """The node holding each page (addresses inside the pages), or -errno as page_nodes."""
+    return _query(np.asarray(addresses, dtype=np.uint64)).tolist()
+
+
+def _query(pages: np.ndarray) -> np.ndarray:
+    """move_pages(2) in query mode (nodes=NULL), in batches of _QUERY_BATCH pages."""
     lib = require("querying the node of pages")
-    count = len(addresses)
-    pages = (ctypes.c_void_p * count)(*addresses)
-    status = (ctypes.c_int * count)()
-    if lib.numa_move_pages(0, count, pages, None, status, 0) != 0:
-        raise TopologyError(f"move_pages could not query {count} pages: {os.strerror(ctypes.get_errno())}")
-    return list(status)
+    status = np.empty(len(pages), np.int32)
+    for lo in range(0, len(pages), _QUERY_BATCH):
+        batch = np.ascontiguousarray(pages[lo:lo + _QUERY_BATCH])
+        out = status[lo:lo + len(batch)]
+        rc = lib.numa_move_pages(0, len(batch), batch.ctypes.data_as(ctypes.POINTER(ctypes.c_void_p)), None,
+                                 out.ctypes.data_as(ctypes.POINTER(ctypes.c_int)), 0)
+        if rc != 0:
+            raise TopologyError(f"move_pages could not query {len(batch)} pages: "
+                                f"{os.strerror(ctypes.get_errno())}")
+    return status

@@ -1,8 +1,8 @@
 """Where each byte of the weights and the KV cache goes under each --numa mode: the plan.
 
 Pure logic over a Topology and the worker slots: nothing is allocated here. The engine
-builds a plan, checks it against free memory before allocating anything, then fills
-each node's memory from a thread bound to that node (the next step of issue 7).
+(engine/placing.py) builds a plan, checks it against free memory before allocating
+anything, then fills each node's memory from threads bound to that node.
 
 Modes (see README, issue 7): mirror = a whole copy on every node in use; distribute =
 one copy split by rows, each node holding exactly the rows its own workers compute in
@@ -20,7 +20,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from numallm.errors import BadInputError, ResourceError
 from numallm.numa.cpulist import format_cpulist
 from numallm.numa.modes import NUMA_MODES
@@ -157,17 +156,25 @@ def choose_mode(requested: str, topo: Topology, plan: Sequence[WorkerSlot], weig
     auto on several nodes: mirror when every node in use has free memory for a whole copy
     of the weights plus its KV cache share (kv_bytes_per_node, as mirror places it:
     build_plan("mirror", ...).kv_bytes_per_node()), else distribute. One node in use:
-    every mode but none comes down to that node (isolate on it, or none when the process
-    may allocate on no other node)."""
+    none, and auto where that node is the only one, leave the pages to the kernel
+    (nothing to place); auto on a machine with more nodes isolates there (so no page
+    strays to another node); an explicit mode keeps its name and comes down to that node
+    (one copy bound there), running the same placement code as on several nodes."""
     if requested not in NUMA_MODES:
         raise BadInputError(f"--numa {requested!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
     homes = sorted({home_node(topo, s) for s in plan})
     if len(homes) == 1:
         node = homes[0]
-        if requested == "none" or len(memory_nodes(topo)) <= 1:
+        if requested == "none" or (requested == "auto" and len(memory_nodes(topo)) <= 1):
             return "none", (f"--numa {requested}: one NUMA node in use (node {node}), "
                             "no placement needed")
-        return "isolate", f"--numa {requested}: every worker uses node {node}, so everything goes there"
+        if topo.libnuma is False:
+            return "none", (f"--numa {requested}: one NUMA node in use (node {node}) and no libnuma "
+                            "to bind memory with, so the kernel places the pages")
+        if requested == "auto":
+            return "isolate", f"--numa auto: every worker uses node {node}, so everything goes there"
+        return requested, (f"--numa {requested}: one NUMA node in use (node {node}), so it comes "
+                           "down to one copy bound there")
     in_use = format_cpulist(homes)
     if requested != "auto":
         return requested, f"--numa {requested} over nodes {in_use}, as asked"
@@ -232,15 +239,21 @@ def _extents(mode: str, m: Matrix, nodes: tuple[int, ...], homes: tuple[int, ...
         return (_extent(m, 0, m.rows, nodes[0]),)
     if mode in ("interleave", "none"):
         return (_extent(m, 0, m.rows, unbound if mode == "none" else None),)
-    # distribute: each worker's rows on its home node, neighbouring shares of one node merged
+    # distribute: each worker's rows on its home node, neighbouring shares of one node
+    # merged; a looked-up matrix (token embeddings) whole on worker 0's node, since worker 0
+    # looks up any token's row (tied to the output, the other nodes hold their rows too)
     out: list[Extent] = []
     for w, home in enumerate(homes):
+        if not m.matmul or (m.lookup and home == homes[0]):
+            continue
         lo, hi = part(m.rows, m.row_group, w, len(homes))
         if lo >= hi:
             continue
         if out and out[-1].node == home and out[-1].row_hi == lo:
             lo = out.pop().row_lo
         out.append(_extent(m, lo, hi, home))
+    if m.lookup:
+        out.insert(0, _extent(m, 0, m.rows, homes[0]))
     return tuple(out)
 
 
@@ -315,8 +328,8 @@ def _fitting_mode(plan: PlacementPlan, topo: Topology) -> str | None:
 
 def locality(plan: PlacementPlan) -> dict[str, int | str | None]:
     """Weight bytes read per generated token from the reader's own node and from others,
-    from the plan and the rows each worker reads (the engine later checks the plan against
-    where the pages really are). "embedding_*": the one token-embedding row worker 0
+    from the plan and the rows each worker reads (engine/page_report.py finds the same
+    figures from where the pages really are). "embedding_*": the one token-embedding row worker 0
     looks up, averaged over the vocabulary. "basis": how the figures were found; under
     none on several nodes the figures are None (where the kernel put pages is not planned)."""
     if plan.mode == "none" and len(plan.nodes) > 1:

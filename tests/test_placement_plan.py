@@ -6,7 +6,6 @@ workers really run), independently of the plan's own Python call of it.
 """
 
 import dataclasses
-import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -86,19 +85,23 @@ def test_distribute_shards_are_exactly_each_nodes_worker_rows(machines: dict[str
     plan = build_plan("distribute", topo, workers, MATRICES, KV)
     assert set(plan.nodes) == set(plan.homes) and len(plan.nodes) > 1
     assert set(plan.nodes) <= topo.allowed_nodes
+    first = plan.homes[0]
+    extra = 0
     for m in MATRICES:
-        ext = sorted(plan.extents_of(m.name), key=lambda e: e.row_lo)
-        # a partition of the matrix: contiguous, no overlap, bytes = rows x row size
-        assert ext[0].row_lo == 0 and ext[-1].row_hi == m.rows
-        assert all(a.row_hi == b.row_lo for a, b in itertools.pairwise(ext))
-        assert all((e.byte_lo, e.byte_hi) == (e.row_lo * m.row_bytes, e.row_hi * m.row_bytes) for e in ext)
         held: dict[int, set[int]] = {}
-        for e in ext:
+        for e in plan.extents_of(m.name):
+            assert (e.byte_lo, e.byte_hi) == (e.row_lo * m.row_bytes, e.row_hi * m.row_bytes)
+            assert not held.get(e.node, set()) & set(range(e.row_lo, e.row_hi))  # never twice on a node
             held.setdefault(e.node, set()).update(range(e.row_lo, e.row_hi))
         expected = {n: rows for n, rows in rows_by_node(workers, plan.homes, m).items() if rows}
+        if m.lookup:
+            # worker 0 looks up any token's row: the whole matrix sits on its node, and the
+            # other nodes keep the rows their workers compute with it as the output projection
+            expected[first] = set(range(m.rows))
+            extra += sum(len(rows) for n, rows in expected.items() if n != first) * m.row_bytes
         assert held == expected
     per_node = plan.weight_bytes_per_node()
-    assert per_node is not None and sum(per_node.values()) == TOTAL
+    assert per_node is not None and sum(per_node.values()) == TOTAL + extra
 
 
 def test_memory_only_nodes_get_nothing(machines: dict[str, Topology]) -> None:
@@ -212,15 +215,11 @@ def test_locality_of_each_mode(machines: dict[str, Topology]) -> None:
         loc = locality(build_plan(mode, topo, workers, MATRICES, KV))
         assert (loc["matmul_local_bytes"], loc["matmul_remote_bytes"]) == (MATMUL_BYTES, 0)
         assert loc["basis"] == "plan"
-    # mirror: the looked-up embedding row is local too; distribute: only the rows worker 0's node holds
-    mirror = locality(build_plan("mirror", topo, workers, MATRICES, KV))
-    assert (mirror["embedding_local_bytes"], mirror["embedding_remote_bytes"]) == (360, 0)
-    dist_plan = build_plan("distribute", topo, workers, MATRICES, KV)
-    dist = locality(dist_plan)
+    # the looked-up embedding row is local too: distribute keeps the whole matrix on worker 0's node
     out = MATRICES[-1]
-    on_first = sum(e.row_hi - e.row_lo for e in dist_plan.extents_of("output") if e.node == workers[0].node)
-    assert dist["embedding_remote_bytes"] == round(out.row_bytes * (1 - on_first / out.rows)) > 0
-    assert dist["remote_bytes"] == dist["embedding_remote_bytes"]
+    for mode in ("mirror", "distribute"):
+        loc = locality(build_plan(mode, topo, workers, MATRICES, KV))
+        assert (loc["embedding_local_bytes"], loc["embedding_remote_bytes"], loc["remote_bytes"]) == (360, 0, 0)
     inter = locality(build_plan("interleave", topo, workers, MATRICES, KV))
     assert inter["basis"] == "interleave average"
     assert abs(inter["matmul_remote_bytes"] - MATMUL_BYTES * (n - 1) / n) <= 1
@@ -241,8 +240,9 @@ def test_untied_embedding_is_placed_but_not_read_as_a_matmul(machines: dict[str,
     loc = locality(plan)
     matmul = sum(m.nbytes for m in UNTIED if m.matmul)
     assert (loc["matmul_local_bytes"], loc["matmul_remote_bytes"]) == (matmul, 0)
-    assert loc["embedding_local_bytes"] + loc["embedding_remote_bytes"] == 360
+    assert (loc["embedding_local_bytes"], loc["embedding_remote_bytes"]) == (360, 0)
     assert sum(plan.weight_bytes_per_node().values()) == sum(m.nbytes for m in UNTIED)
+    assert [(e.node, e.row_lo, e.row_hi) for e in plan.extents_of("token_embd")] == [(plan.homes[0], 0, 49153)]
 
 
 def test_workers_on_nodes_the_cpuset_forbids_use_the_nearest_allowed_node(machines: dict[str, Topology]) -> None:
@@ -277,22 +277,27 @@ def test_every_mode_comes_down_to_the_one_node() -> None:
     node = topo.nodes[0].os_index
     for requested in ("auto", "mirror", "distribute", "interleave", "isolate", "none"):
         mode, reason = choose_mode(requested, topo, workers, TOTAL, {})
-        assert mode == "none" and f"node {node}" in reason and requested in reason
+        # auto and none: nothing to place; an explicit mode runs, over the one node
+        assert mode == ("none" if requested in ("auto", "none") else requested)
+        assert f"node {node}" in reason and requested in reason
         plan = build_plan(mode, topo, workers, MATRICES, KV)
+        assert plan.nodes == (node,)
         assert plan.weight_bytes_per_node() == {node: TOTAL}
         assert plan.kv_bytes_per_node() == {node: KV.n_head_kv * KV.head_bytes}
         loc = locality(plan)
         assert (loc["local_bytes"], loc["remote_bytes"]) == (MATMUL_BYTES + 360, 0)
 
 
-def test_one_node_in_use_on_a_multi_node_machine_isolates(machines: dict[str, Topology]) -> None:
+def test_one_node_in_use_on_a_multi_node_machine_comes_down_to_that_node(machines: dict[str, Topology]) -> None:
     topo = machines["16amd64-8n2c"]
     workers = plan_workers(isolate_topology(topo, 5))
     assert {s.node for s in workers} == {5} and len(workers) == 2
-    assert choose_mode("mirror", topo, workers, TOTAL, {})[0] == "isolate"
+    assert choose_mode("mirror", topo, workers, TOTAL, {})[0] == "mirror"
+    assert choose_mode("auto", topo, workers, TOTAL, {})[0] == "isolate"
     assert choose_mode("none", topo, workers, TOTAL, {})[0] == "none"
-    plan = build_plan("isolate", topo, workers, MATRICES, KV)
-    assert plan.nodes == (5,) and plan.weight_bytes_per_node() == {5: TOTAL}
+    for mode in ("mirror", "distribute", "isolate"):
+        plan = build_plan(mode, topo, workers, MATRICES, KV)
+        assert plan.nodes == (5,) and plan.weight_bytes_per_node() == {5: TOTAL}
     with pytest.raises(BadInputError, match="--numa-node 9"):
         build_plan("isolate", topo, workers, MATRICES, KV, node=9)
     with pytest.raises(BadInputError, match="no CPU"):

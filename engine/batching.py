@@ -1,0 +1,247 @@
+"""Continuous batching: one thread decodes every running sequence together.
+
+Each decode step is one `Engine.eval_batch` call holding the next token of every
+sequence that is generating, so a new request joins at the next step and a finished one
+leaves. A new prompt is prefilled in calls of its own (chunks of N_BATCH tokens, one
+chunk between two decode steps, so a long prompt stalls the others for one chunk at a
+time): a decode batch under the GEMM threshold (kernels.jit.GEMM_MIN_TOKENS) gives each
+row the same bits as that token run alone, and a prompt alone is chunked the same way
+whatever else runs, so a request's greedy output does not depend on its neighbours (with
+--parallel 32 or more, decode steps take the GEMM path and agree to ~1e-6 only).
+
+Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
+stop strings, limits), the text to the request's `emit` callback, and a finished or
+cancelled sequence frees its slot. `emit` runs on the scheduler thread; a server hands
+the update to its event loop with `loop.call_soon_threadsafe`, so emit must be quick and
+must not raise.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from numallm.engine.engine import N_BATCH
+from numallm.engine.sampling import SamplingParams
+from numallm.engine.sequence import SequenceState
+from numallm.errors import BadInputError, NumallmError
+
+if TYPE_CHECKING:
+    from numallm.engine.engine import Engine
+
+log = logging.getLogger("numallm.batching")
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one step did for one request: new text, and the outcome once it is over."""
+
+    text: str
+    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    n_prompt: int = 0
+    n_generated: int = 0
+    error: str | None = None  # with finish_reason "error": one line saying what failed
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation request. Build it, `submit` it, `cancel` it when nobody listens."""
+
+    ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    stop: tuple[str, ...]
+    emit: Callable[[Update], None]
+    ignore_eos: bool = False
+    cancelled: bool = field(default=False, init=False)  # set by any thread, read by the scheduler
+
+
+class QueueFullError(NumallmError):
+    """Too many requests are waiting for a slot; the caller should retry later."""
+
+
+@dataclass(eq=False)
+class _Running:
+    job: Job
+    seq: SequenceState
+    slot: int
+    fed: int = 0  # prompt tokens evaluated so far
+
+    @property
+    def prefilled(self) -> bool:
+        return self.fed == len(self.job.ids)
+
+
+class BatchScheduler:
+    """Owns `engine`'s decode loop on one thread, with `engine.n_slots` sequences at once."""
+
+    def __init__(self, engine: Engine, max_waiting: int = 256,
+                 on_step: Callable[[int, float], None] | None = None) -> None:
+        self.engine = engine
+        self.n_slots = engine.n_slots
+        self.max_waiting = max_waiting
+        self._on_step = on_step  # (tokens generated, seconds) after every step, for metrics
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._running: list[_Running] = []
+        self._free = list(range(self.n_slots - 1, -1, -1))  # pop() hands out slot 0 first
+        self._stopping = False
+        self.failure: str | None = None  # set if the thread died of a bug: nothing more is served
+        self._thread = threading.Thread(target=self._loop, name="numallm-batching", daemon=True)
+        self._thread.start()
+
+    # -- any thread -------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`; it starts at the next step with a free slot."""
+        if not job.ids:
+            raise BadInputError("the prompt is empty after tokenization")
+        if len(job.ids) >= self.engine.n_ctx:
+            raise BadInputError(f"the prompt has {len(job.ids)} tokens, the context per sequence is "
+                                f"{self.engine.n_ctx}; shorten it or raise -c/--ctx-size")
+        with self._cond:
+            if self._stopping:
+                raise NumallmError(f"the batching thread failed ({self.failure})" if self.failure
+                                   else "the scheduler is shut down")
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting for a slot")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop `job` (its slot is freed at the next step); harmless if it already ended."""
+        job.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    def close(self) -> None:
+        """Cancel everything, end the thread and wait for it; safe to call twice."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the scheduler thread -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # a bug here must fail the requests, not hang them
+            log.exception("the batching thread failed")
+            self.failure = f"{type(e).__name__}: {e}"
+        with self._cond:
+            self._stopping = True
+        outcome = ("error", self.failure) if self.failure else ("cancelled", None)
+        for r in list(self._running):
+            self._end(r, Update("", outcome[0], r.seq.n_prompt, r.seq.n_generated, outcome[1]))
+        for job in self._waiting:
+            job.emit(Update("", outcome[0], len(job.ids), 0, outcome[1]))
+        self._waiting.clear()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                self._drop_cancelled()
+                while not self._stopping and not self._running and not self._waiting:
+                    self._cond.wait()
+                    self._drop_cancelled()
+                if self._stopping:
+                    return
+                admitted = self._admit()
+            for job in admitted:
+                self._start(job)
+            self._prefill_chunk()
+            self._decode_step()
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self._waiting if j.cancelled]:
+            self._waiting.remove(job)
+        for r in [r for r in self._running if r.job.cancelled]:
+            self._end(r, Update("", "cancelled", r.seq.n_prompt, r.seq.n_generated))
+
+    def _admit(self) -> list[Job]:
+        n = min(len(self._free), len(self._waiting))  # every job admitted before has its slot by now
+        return [self._waiting.popleft() for _ in range(n)]
+
+    def _start(self, job: Job) -> None:
+        try:
+            seq = SequenceState(self.engine.tokenizer, self.engine.hparams.n_vocab, self.engine.n_ctx, job.ids,
+                                job.params, job.max_tokens, job.stop, job.ignore_eos)
+        except NumallmError as e:
+            job.emit(Update("", "error", len(job.ids), 0, str(e)))
+            return
+        self._running.append(_Running(job, seq, self._free.pop()))
+
+    def _end(self, r: _Running, update: Update) -> None:
+        self._running.remove(r)
+        self._free.append(r.slot)
+        r.job.emit(update)
+
+    def _prefill_chunk(self) -> None:
+        """The next N_BATCH tokens of the oldest prompt still being prefilled, alone."""
+        r = next((r for r in self._running if not r.prefilled), None)
+        if r is None:
+            return
+        chunk = r.job.ids[r.fed:r.fed + N_BATCH]
+        start, r.fed = r.fed, r.fed + len(chunk)
+        last = [len(chunk) - 1] if r.prefilled else []
+        self._run([r] if r.prefilled else [], chunk, [r.slot] * len(chunk), list(range(start, r.fed)), last)
+
+    def _decode_step(self) -> None:
+        """One token of every sequence past its prompt, in one pass."""
+        live = [r for r in self._running if r.prefilled]
+        if live:
+            self._run(live, [r.seq.next_token for r in live], [r.slot for r in live],
+                      [r.seq.position for r in live], list(range(len(live))))
+
+    def _run(self, owners: list[_Running], tokens: list[int], slots: list[int], positions: list[int],
+             rows: list[int]) -> None:
+        """One eval_batch; row i of the logits goes to owners[i]."""
+        t0 = time.perf_counter()
+        try:
+            logits = self.engine.eval_batch(np.array(tokens, np.int32), np.array(slots, np.int32),
+                                            np.array(positions, np.int32), np.array(rows, np.int32))
+        except Exception as e:
+            log.error("a batch step failed: %s: %s", type(e).__name__, e)
+            for r in {id(r): r for r in [*owners, *self._running_in(slots)]}.values():
+                self._end(r, Update("", "error", r.seq.n_prompt, r.seq.n_generated, f"{type(e).__name__}: {e}"))
+            return
+        generated = 0
+        for r, row in zip(owners, logits):
+            before = r.seq.n_generated
+            try:
+                text, finished = r.seq.accept(row)
+            except Exception as e:
+                self._end(r, Update("", "error", r.seq.n_prompt, r.seq.n_generated, f"{type(e).__name__}: {e}"))
+                continue
+            generated += r.seq.n_generated - before
+            if finished:
+                tail = text + r.seq.finish()
+                self._end(r, Update(tail, r.seq.finish_reason, r.seq.n_prompt, r.seq.n_generated))
+            elif text:
+                r.job.emit(Update(text, None, r.seq.n_prompt, r.seq.n_generated))
+        if self._on_step is not None and owners:
+            self._on_step(generated, time.perf_counter() - t0)
+
+    def _running_in(self, slots: list[int]) -> list[_Running]:
+        taken = set(slots)
+        return [r for r in self._running if r.slot in taken]

@@ -1,0 +1,74 @@
+"""`numallm placement`: load and place a model (no kernels compiled, so it runs in the
+NUMA VM on real models too), then report where the pages really are."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from numallm.engine import arch
+from numallm.engine.engine import DEFAULT_CTX
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.model_checks import check_architecture
+from numallm.engine.model_store import resolve_model
+from numallm.engine.options import load_mode_from_flags
+from numallm.engine.placing import place_model, placed_workers
+from numallm.errors import BadInputError
+from numallm.numa.topology import detect
+
+def run(args: argparse.Namespace) -> int:
+    if args.root != "/":
+        raise BadInputError("numallm placement places memory on this machine: --root does not apply")
+    if args.cache_type_k != args.cache_type_v:
+        raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
+    load_mode, _ = load_mode_from_flags(args.load_mode, args.load_aliases or [])
+    topo = detect("/")
+    workers = placed_workers(topo, args.numa, args.numa_node, args.threads, args.smt)
+    path = resolve_model(args.model)
+    gf = read_gguf(path)
+    check_architecture(gf)
+    spec = arch.describe(gf.metadata, str(path))
+    n_ctx = args.ctx_size or min(spec.hparams.n_ctx_train, DEFAULT_CTX)  # as generate
+    if n_ctx <= 0:
+        raise BadInputError(f"--ctx-size must be positive, got {n_ctx}")
+    placed = place_model(gf, spec, topo, workers, numa=args.numa, numa_node=args.numa_node,
+                         load_mode=load_mode, hugepages=not args.no_hugepages, n_ctx=n_ctx,
+                         kv_type=args.cache_type_k, verbose=args.verbose)
+    try:
+        report = placed.page_report()
+    finally:
+        placed.close()
+    report = {"model": str(path), "n_ctx": n_ctx, **report}
+    print(json.dumps(report) if args.json else render_text(report))
+    return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _nodes(by_node: dict[str, int]) -> str:
+    return ", ".join(f"node {n} {_mb(b)}" for n, b in by_node.items()) or "nowhere"
+
+
+def render_text(r: dict[str, Any]) -> str:
+    """The human view of a page report."""
+    pt = r["per_token"]
+    hp = r["hugepages"]
+    lines = [f"{r['model']}: numa {r['mode']}, load mode {r['load_mode']}, context {r['n_ctx']}",
+             f"  {r['why']}",
+             "Nodes (read back from the kernel):"]
+    lines += [f"  node {n['os_index']}: {n['workers']} workers, {_mb(n['weight_bytes'])} weights, "
+              f"{_mb(n['kv_bytes'])} KV cache" for n in r["nodes"]]
+    lines.append("Tensor groups:")
+    lines += [f"  {g['name']:<10} {_nodes(g['bytes_by_node'])}" for g in r["groups"]]
+    lines.append(f"Per generated token: {_mb(pt['local_bytes'])} of weights read locally, "
+                 f"{_mb(pt['remote_bytes'])} remotely (of which the embedding row: "
+                 f"{pt['embedding_local_bytes']} B local, {pt['embedding_remote_bytes']} B remote)")
+    for what in ("weights", "kv"):
+        u = hp[what]
+        share = u["huge_bytes"] / u["resident_bytes"] if u["resident_bytes"] else 0.0
+        lines.append(f"Huge pages ({what}): {_mb(u['huge_bytes'])} of {_mb(u['resident_bytes'])} resident "
+                     f"({share:.0%}); asked: {'yes' if hp['requested'] else 'no'}, THP {hp['thp']}")
+    return "\n".join(lines)

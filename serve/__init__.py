@@ -1,0 +1,39 @@
+"""`numallm serve`: an OpenAI-compatible HTTP server with continuous batching.
+
+    numallm serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--parallel 4] [-c N]
+                  [-t N] [--numa MODE] [--load-mode MODE] [--api-key KEY]
+
+Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent
+events with "stream": true), GET /v1/models, GET /health (503 until the model is
+loaded), GET /metrics (Prometheus). Up to --parallel requests decode together, each
+in its own slot of -c tokens (prompt and answer); more wait in a queue. The sampling
+flags (--temp, --top-k, --top-p, --min-p, --repeat-penalty, -s, -n, --ignore-eos) are
+the defaults of requests that leave those fields out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_PARALLEL = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("serve options (llama-server names)")
+    g.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    g.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"port to listen on; 0 = any free port, printed at start (default {DEFAULT_PORT})")
+    g.add_argument("-np", "--parallel", type=int, default=DEFAULT_PARALLEL,
+                   help=f"sequences decoded together, each with its own -c context (default {DEFAULT_PARALLEL})")
+    g.add_argument("--api-key", default=os.environ.get("NUMALLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $NUMALLM_API_KEY, else no key)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM; 0 after a clean shutdown."""
+    from numallm.serve.server import config_from_args, serve  # Starlette, uvicorn, the engine
+
+    return serve(config_from_args(args), args.host, args.port, args.verbose)

@@ -1,0 +1,121 @@
+"""numa/memory.py on this machine: placed anonymous memory, its policy, huge page advice,
+filling from bound threads, and the read-back of where pages are (engine/page_report's
+PageMap), checked against the kernel's own answers page by page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numallm.engine.load_pages import PAGE, address
+from numallm.engine.page_report import PageMap
+from numallm.numa import libnuma
+from numallm.numa.memory import (
+    HUGE,
+    Region,
+    available_bytes,
+    copy_on_node,
+    merge_ranges,
+    page_nodes,
+    populate_zero,
+    smaps_bytes,
+    thp_setting,
+    with_available_memory,
+)
+from numallm.numa.topology import detect
+
+pytestmark = pytest.mark.skipif(not libnuma.available(), reason="libnuma is not usable here")
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def node() -> int:
+    return detect("/").nodes[0].os_index
+
+
+def test_available_memory_counts_what_the_kernel_can_reclaim(tmp_path: Path) -> None:
+    node1 = tmp_path / "sys/devices/system/node/node1"
+    node1.mkdir(parents=True)
+    (node1 / "meminfo").write_text("Node 1 MemTotal: 8000 kB\nNode 1 MemFree: 1000 kB\nNode 1 Active(file): 200 kB\n"
+                                   "Node 1 Inactive(file): 30 kB\nNode 1 Dirty: 5 kB\nNode 1 SReclaimable: 4 kB\n")
+    assert available_bytes(str(tmp_path), 1) == (1000 + 200 + 30 + 4) * 1024
+    assert available_bytes(str(tmp_path), 0) is None
+    live = detect("/")
+    for n in with_available_memory(live).nodes:
+        assert n.free_bytes is not None and n.free_bytes >= (live.node(n.os_index).free_bytes or 0) * 0.9
+
+
+def test_merge_ranges() -> None:
+    assert merge_ranges([(5, 9), (0, 3), (3, 4), (8, 12), (20, 20)]) == [(0, 4), (5, 12)]
+    assert merge_ranges([]) == []
+
+
+@pytest.mark.parametrize("policy", ["bind", "interleave", "default"])
+def test_region_pages_land_where_the_policy_says_and_only_where_touched(node: int, policy: str) -> None:
+    r = Region(9 * MiB + 123, policy, [node] if policy != "default" else [], noreserve=True)
+    try:
+        assert address(r.array) % HUGE == 0 and r.array.size == 9 * MiB + 123
+        populate_zero(r.array, [(MiB + 5, 3 * MiB), (6 * MiB, 9 * MiB + 123)], node)
+        start, nodes = page_nodes(r.array)
+        assert start == r.address and len(nodes) == (9 * MiB + 123 + PAGE - 1) // PAGE
+        touched = np.zeros(len(nodes), bool)
+        touched[MiB // PAGE:3 * MiB // PAGE] = True
+        touched[6 * MiB // PAGE:] = True
+        assert (nodes[touched] == node).all() and (nodes[~touched] == -2).all()
+    finally:
+        r.close()
+
+
+def test_page_map_counts_bytes_like_a_page_by_page_walk(node: int) -> None:
+    """Random byte ranges over a half-populated buffer, against a brute-force count."""
+    r = Region(3 * MiB, "bind", [node])
+    try:
+        populate_zero(r.array, [(0, MiB), (MiB + 3 * PAGE, 2 * MiB + 17)], node)
+        pm = PageMap(r.array[100:])  # a buffer that does not start on a page boundary
+        per_page = np.repeat(page_nodes(r.array)[1], PAGE)[100:3 * MiB]
+        rng = np.random.default_rng(1)
+        for _ in range(200):
+            lo, hi = sorted(rng.integers(0, per_page.size, 2))
+            vals, counts = np.unique(per_page[lo:hi], return_counts=True)
+            assert pm.bytes_by_node(lo, hi) == {int(v): int(c) for v, c in zip(vals, counts)}
+    finally:
+        r.close()
+
+
+def test_hugepage_advice_covers_only_the_aligned_interior_of_populated_ranges(node: int) -> None:
+    if thp_setting() in ("never", "absent"):
+        pytest.skip(f"transparent huge pages are {thp_setting()} on this kernel")
+    r = Region(16 * MiB, "bind", [node], noreserve=True)
+    try:
+        # two shards, neither on a 2 MiB boundary: interiors [2, 6) and [8, 12) MiB
+        ranges = [(MiB + PAGE, 6 * MiB + PAGE), (7 * MiB + 3 * PAGE, 12 * MiB + 5)]
+        r.advise_hugepages(ranges, True)
+        populate_zero(r.array, ranges, node)
+        (s,) = smaps_bytes([(r.address, r.nbytes)])
+        populated = sum(hi - lo for lo, hi in merge_ranges(ranges))
+        assert s["AnonHugePages"] <= 8 * MiB  # never a huge page across a shard's edge
+        assert populated <= s["Rss"] < populated + 2 * PAGE + 8
+        assert s["AnonHugePages"] > 0, "the kernel gave no huge page to advised, aligned 2 MiB blocks"
+        off = Region(8 * MiB, "bind", [node])
+        try:
+            off.advise_hugepages([(0, 8 * MiB)], False)
+            populate_zero(off.array, [(0, 8 * MiB)], node)
+            assert smaps_bytes([(off.address, off.nbytes)])[0]["AnonHugePages"] == 0
+        finally:
+            off.close()
+    finally:
+        r.close()
+
+
+def test_copy_on_node_and_close_frees_memory(node: int) -> None:
+    src = np.random.default_rng(0).integers(0, 256, 5 * MiB + 7, dtype=np.uint8)
+    r = Region(src.size, "bind", [node])
+    copy_on_node(r.array, src, [(0, src.size)], node)
+    assert np.array_equal(r.array, src) and (page_nodes(r.array)[1] == node).all()
+    view = r.array
+    r.close()
+    r.close()  # idempotent
+    assert r.array.size == 0
+    assert not view.any()  # a view kept past close reads zeros, never freed memory
