@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.kernels.bandwidth import memory_read_bandwidth, run_pinned
 from numallm.kernels.cpu import simd_path
+from numallm.kernels.jit import TypeKernels, kernels_for
 
 ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # Byte offsets of the float16 scales in each block: random bytes there could be
@@ -32,6 +33,16 @@ F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0
               T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
 COLS = 4096
 BATCH = 512
+
+
+def warmup_one(k: TypeKernels, qtype: T) -> None:
+    """Compile (or load from Numba's cache) matvec and both matmul paths of one type."""
+    cols = max(GGML_QUANT_SIZES[qtype][0], 32)
+    w = np.zeros(K.packed_nbytes(qtype, 2, cols), np.uint8)
+    for n in (1, 40):  # 40: the tile GEMM (kernels.jit.GEMM_MIN_TOKENS)
+        X = np.zeros((n, cols), np.float32)
+        k.matvec(w, 2, cols, X[0], np.zeros(2, np.float32), 0, 2)
+        k.matmul(w, 2, cols, X, np.zeros((n, 2), np.float32), 0, 2)
 
 
 def physical_cores() -> int:
@@ -62,8 +73,9 @@ def random_weight(qtype: T, nbytes: int, rng: np.random.Generator) -> tuple[np.n
 def best_matvec_seconds(qtype: T, w: np.ndarray, rows: int, x: np.ndarray, threads: int, passes: int) -> float:
     out = np.empty(rows, np.float32)
     cuts = np.linspace(0, rows, threads + 1).astype(np.int64)
-    K.matvec(qtype, w, rows, COLS, x, out, 0, min(rows, 4))  # compile or load outside timing
-    return min(run_pinned(lambda i: K.matvec(qtype, w, rows, COLS, x, out, cuts[i], cuts[i + 1]),
+    matvec = kernels_for(int(qtype)).matvec
+    matvec(w, rows, COLS, x, out, 0, min(rows, 4))  # compile or load outside timing
+    return min(run_pinned(lambda i: matvec(w, rows, COLS, x, out, cuts[i], cuts[i + 1]),
                           threads, passes))
 
 
@@ -85,12 +97,13 @@ def bench_matmul(qtype: T, threads: int, rng: np.random.Generator) -> dict[str, 
     X = rng.standard_normal((BATCH, COLS), dtype=np.float32)
     out = np.empty((BATCH, rows), np.float32)
     cuts = np.linspace(0, rows, threads + 1).astype(np.int64)
-    K.matmul(qtype, w, rows, COLS, X[:2], out[:2], 0, min(rows, 4))
-    t_mm = min(run_pinned(lambda i: K.matmul(qtype, w, rows, COLS, X, out, cuts[i], cuts[i + 1]), threads, 2))
+    k = kernels_for(int(qtype))
+    k.matmul(w, rows, COLS, X[:2], out[:2], 0, min(rows, 4))
+    t_mm = min(run_pinned(lambda i: k.matmul(w, rows, COLS, X, out, cuts[i], cuts[i + 1]), threads, 2))
 
     def matvecs(i: int) -> None:
         for t in range(BATCH):
-            K.matvec(qtype, w, rows, COLS, X[t], out[t], cuts[i], cuts[i + 1])
+            k.matvec(w, rows, COLS, X[t], out[t], cuts[i], cuts[i + 1])
 
     t_mv = min(run_pinned(matvecs, threads, 2))
     mem = memory_read_bandwidth(w.nbytes, threads)
@@ -113,7 +126,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     cores = physical_cores()
     t0 = time.perf_counter()
-    K.warmup(qtypes)
+    for qtype in qtypes:  # each type's own entry points: --types compiles only those
+        warmup_one(kernels_for(int(qtype)), qtype)
     warm = time.perf_counter() - t0
     rows: list[dict[str, object]] = []
     for qtype in qtypes:

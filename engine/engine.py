@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from numallm import kernels
 from numallm.engine import arch
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
+from numallm.kernels import jit as kjit
 from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_checks import check_architecture
@@ -104,6 +104,7 @@ class Engine:
         try:
             self.numa = self.placed.plan.mode
             self.weights = self.placed.weights
+            self._kernels = kjit.kernel_set(self.weights.qtypes)
             # Each worker gets its own node's weights and KV arrays, and the KV heads it writes there.
             writers = kv_writers(hp.n_head, hp.n_head_kv, [self.placed.key(s.worker) for s in plan])
             self._worker_memory = [(*self.placed.buffers(s.worker), writers[s.worker]) for s in plan]
@@ -136,13 +137,11 @@ class Engine:
         return tmpl
 
     def _warmup(self) -> None:
-        """Compile (or load from Numba's cache) the kernels and the forward pass now."""
-        bar = progress_bar(2, "compiling kernels", unit="step")
-        kernels.warmup(self.weights.qtypes)
-        bar.update(1)
-        # A 2-token batch and a 1-token step compile both forward paths.
-        self._run(np.array([0, 0], np.int32), 0, all_logits=False)
-        self._run(np.array([0], np.int32), 2, all_logits=False)
+        """Compile (or load from Numba's cache) the forward pass now, not at the first token.
+        One compiled function serves every batch size and carries its own copy of every
+        kernel it calls, so one 1-token run loads it all."""
+        bar = progress_bar(1, "compiling kernels", unit="step")
+        self._run(np.array([0], np.int32), 0, all_logits=False)
         bar.update(1)
         bar.close()
 
@@ -180,7 +179,7 @@ class Engine:
         w = self.weights
         wbuf, kc, vc, kv_heads = self._worker_memory[slot.worker]
         forward(slot.worker, n_workers, self._bar, self.hparams, wbuf, w.wtab, w.gtab, w.vecs, w.vtab,
-                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, *bufs)
+                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, *bufs, self._kernels)
 
     def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                    logits_rows: np.ndarray) -> np.ndarray:

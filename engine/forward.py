@@ -94,16 +94,16 @@ def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(nogil=True)
-def _matmul(entry, wbuf, x, out, r0, r1):
-    """out[:, r0:r1] = x @ W[r0:r1].T through the kernels (matvec for one token)."""
+def _matmul(entry, wbuf, x, out, r0, r1, ks):
+    """out[:, r0:r1] = x @ W[r0:r1].T through the kernels of set ks (matvec for one token)."""
     qcode, rows, cols, off, nbytes = entry[0], entry[1], entry[2], entry[3], entry[4]
     if r0 >= r1:
         return
     w = wbuf[off:off + nbytes]
     if x.shape[0] == 1:
-        kjit.matvec(qcode, w, rows, cols, x[0], out[0], r0, r1)
+        kjit.matvec_in(ks, qcode, w, rows, cols, x[0], out[0], r0, r1)
     else:
-        kjit.matmul(qcode, w, rows, cols, x, out, r0, r1)
+        kjit.matmul_in(ks, qcode, w, rows, cols, x, out, r0, r1)
 
 
 @njit(nogil=True, fastmath=False)
@@ -229,7 +229,7 @@ def _vec(vecs, entry):
 
 @njit(nogil=True, cache=True)
 def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, kv_heads,
-            tokens, slots, positions, out_rows, logits, x, q, k, v, att, tmp, g, u):
+            tokens, slots, positions, out_rows, logits, x, q, k, v, att, tmp, g, u, ks):
     """One worker's part of running token t at position positions[t] of cache slot slots[t].
 
     Every worker of the group calls this at once with the same shared activations
@@ -238,6 +238,8 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     the KV heads `kv_heads` of every token, and they meet at `bar` where a step needs
     everyone's output. A token may attend to tokens before it in the same call (a
     prompt) or to earlier calls (its slot's cache). logits[i] gets token out_rows[i].
+    ks (kernels.jit.kernel_set of the model's types) makes the compiled pass hold only
+    the kernels the model uses: about half the cold compile time of every type's.
     """
     n = tokens.shape[0]
     d = hp.n_embd
@@ -245,7 +247,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     eps = np.float32(hp.rms_eps)
     if worker == 0:
         e = gtab[0]
-        kjit.get_rows(e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
+        kjit.get_rows_in(ks, e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
         if hp.embd_scale != 1.0:
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
@@ -263,7 +265,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         _rmsnorm(x, _vec(vecs, vt[V_ATTN_NORM]), eps, xn)
         for m, out in ((W_Q, q), (W_K, k), (W_V, v)):
             r0, r1 = part(wt[m, 1], wt[m, 5], worker, n_workers)
-            _matmul(wt[m], wbuf, xn, out, r0, r1)
+            _matmul(wt[m], wbuf, xn, out, r0, r1, ks)
         barrier_wait(bar, n_workers)
         # Each worker normalises and rotates its KV heads on a private copy (a head
         # kept on several nodes is computed on each) and caches them on its node ...
@@ -285,7 +287,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
         barrier_wait(bar, n_workers)
         r0, r1 = part(d, wt[W_O, 5], worker, n_workers)
-        _matmul(wt[W_O], wbuf, att, tmp, r0, r1)
+        _matmul(wt[W_O], wbuf, att, tmp, r0, r1, ks)
         if vt[V_POST_ATTN, 1] > 0:
             barrier_wait(bar, n_workers)  # the post-norm needs whole rows of tmp
         _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_ATTN]), eps)
@@ -293,8 +295,8 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
 
         _rmsnorm(x, _vec(vecs, vt[V_FFN_NORM]), eps, xn)
         r0, r1 = part(hp.n_ff, max(wt[W_GATE, 5], wt[W_UP, 5]), worker, n_workers)
-        _matmul(wt[W_GATE], wbuf, xn, g, r0, r1)
-        _matmul(wt[W_UP], wbuf, xn, u, r0, r1)
+        _matmul(wt[W_GATE], wbuf, xn, g, r0, r1, ks)
+        _matmul(wt[W_UP], wbuf, xn, u, r0, r1, ks)
         for t in range(n):
             for i in range(r0, r1):
                 a = g[t, i]
@@ -305,7 +307,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
                 g[t, i] = a * u[t, i]
         barrier_wait(bar, n_workers)
         r0, r1 = part(d, wt[W_DOWN, 5], worker, n_workers)
-        _matmul(wt[W_DOWN], wbuf, g, tmp, r0, r1)
+        _matmul(wt[W_DOWN], wbuf, g, tmp, r0, r1, ks)
         if vt[V_POST_FFN, 1] > 0:
             barrier_wait(bar, n_workers)
         _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_FFN]), eps)
@@ -315,7 +317,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     xo = np.empty((m, d), np.float32)
     _rmsnorm(x[out_rows], _vec(vecs, gvec), eps, xo)
     r0, r1 = part(hp.n_vocab, gtab[1, 5], worker, n_workers)
-    _matmul(gtab[1], wbuf, xo, logits, r0, r1)
+    _matmul(gtab[1], wbuf, xo, logits, r0, r1, ks)
     if hp.final_softcap > 0.0:
         c = np.float32(hp.final_softcap)
         for t in range(m):

@@ -15,14 +15,12 @@ from __future__ import annotations
 import functools
 import mmap
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from gguf import GGMLQuantizationType
 from numallm import kernels
-from numallm.engine import load_reads
 from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.load_lock import PageLock, check_lock_limit
@@ -31,7 +29,7 @@ from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
 from numallm.numa.memory import merge_ranges
 
-_REPACK_BYTES = 4 << 20  # bytes of a matrix repacked at a time
+_PIECE_BYTES = 2 << 20  # bytes read, then packed, at a time: half a read request, and they stay in cache
 
 
 @dataclass
@@ -260,86 +258,64 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     """Read image bytes `ranges` (offsets into image = file offset - base) from the file and
     repack the matrix rows in them into the kernels' layout; True when O_DIRECT was used
     to the end. Ranges may overlap (they are merged); where one cuts a matrix, it must
-    cut on a row boundary that is a multiple of the row group (as part() does). Every
-    reading thread runs `setup` first (bind its memory to a NUMA node).
+    cut on a row boundary (as part() does). Every reading thread runs `setup` first (bind
+    its memory to a NUMA node).
 
-    Ranges are read in pieces on CHUNK multiples of the image offset: every request is
-    then aligned (tensors start anywhere), and the pieces are of one size."""
+    Each read of matrix rows ends on a row boundary, and the thread that read them packs
+    them in place at once, while they are in its cache, and where its NUMA binding put
+    them (kernels.pack is compiled and releases the GIL: the threads pack in parallel)."""
+    packed = sorted((t.offset - base, t) for t in layout.all_mats if not _file_layout(t.qtype, t.cols))
     jobs: list[ReadJob] = []
-    repacks = _Repacks(image, base)
     for lo, hi in merge_ranges(ranges):
-        pieces = [(a, min(hi, align_down(a, load_reads.CHUNK) + load_reads.CHUNK))
-                  for a in [lo, *range(align_down(lo, load_reads.CHUNK) + load_reads.CHUNK, hi, load_reads.CHUNK)]]
-        first = len(jobs)
-        for a, b in pieces:
-            jobs.append(ReadJob(base + a, image[a:b], functools.partial(repacks.piece_read, len(jobs))))
-        for t in layout.all_mats:
-            a, b = max(lo, t.offset - base), min(hi, t.offset - base + t.nbytes)
-            if a < b:
-                repacks.add(t, a, b, [first + k for k, (pa, pb) in enumerate(pieces) if pa < b and pb > a])
+        jobs += _range_jobs(image, base, lo, hi, packed)
     return read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
 
 
-class _Repacks:
-    """Counts down, for each run of matrix rows to repack, the pieces of the image still
-    to read; the thread reading a run's last piece repacks it (so repacking overlaps
-    reading, and runs where a NUMA-bound reader put the pages)."""
+def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
+                packed: list[tuple[int, TensorInfo]]) -> list[ReadJob]:
+    """Reads that tile image bytes [lo, hi), of about _PIECE_BYTES each where they hold rows
+    to pack (a large matrix is cut between rows; small ones, and the bytes between, share
+    a read), each followed by packing the rows it holds; plain reads of the rest."""
+    jobs: list[ReadJob] = []
+    start = lo  # where the read being gathered starts
+    runs: list[tuple[TensorInfo, int, int]] = []  # its rows to pack: image bytes [a, b) of t
 
-    def __init__(self, image: np.ndarray, base: int) -> None:
-        self._base = base
-        self._left: list[int] = []
-        self._runs: list[tuple[Callable[[np.ndarray], None], int, int]] = []
-        self._in_piece: dict[int, list[int]] = {}
-        self._image = image
-        self._lock = threading.Lock()
+    def cut(end: int) -> None:
+        nonlocal start, runs
+        if end > start:
+            after = functools.partial(_pack_runs, tuple(runs), start) if runs else None
+            jobs.append(ReadJob(base + start, image[start:end], after))
+        start, runs = end, []
 
-    def add(self, t: TensorInfo, lo: int, hi: int, pieces: list[int]) -> None:
-        """Image bytes [lo, hi) are rows of matrix t, read by `pieces`."""
-        repack = _repack(t)
-        if repack is None:
-            return
-        start = t.offset - self._base
-        if (lo - start) % t.row_bytes or ((hi - start) % t.row_bytes and hi - start != t.nbytes):
-            raise NumallmError(f"bytes [{lo}, {hi}) of the image cut rows of {t.name!r}: a placement "
+    for t0, t in packed:
+        a, b = max(lo, t0), min(hi, t0 + t.nbytes)
+        if a >= b:
+            continue
+        if (a - t0) % t.row_bytes or (b - t0) % t.row_bytes:
+            raise NumallmError(f"bytes [{a}, {b}) of the image cut rows of {t.name!r}: a placement "
                                "range must hold whole rows")
-        run = len(self._runs)
-        self._runs.append((repack, lo, hi))
-        self._left.append(len(pieces))
-        for k in pieces:
-            self._in_piece.setdefault(k, []).append(run)
+        if kernels.packed_nbytes(t.qtype, t.rows, t.cols) != t.nbytes:
+            # The kernels promise same-size layouts (a shard is any row range); the buffer relies on it.
+            raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
+                               "numallm.engine.weights needs updating for it")
+        if a - start >= _PIECE_BYTES:
+            cut(a)  # a long stretch of bytes to read as they are
+        while a < b:
+            rows = max(1, (start + _PIECE_BYTES - a) // t.row_bytes)
+            end = min(b, a + rows * t.row_bytes)
+            runs.append((t, a, end))
+            if end - start >= _PIECE_BYTES - t.row_bytes:
+                cut(end)
+            a = end
+    cut(hi)
+    return jobs
 
-    def piece_read(self, k: int, _piece: np.ndarray) -> None:
-        ready = []
-        with self._lock:
-            for run in self._in_piece.get(k, ()):
-                self._left[run] -= 1
-                if self._left[run] == 0:
-                    ready.append(self._runs[run])
-        for repack, lo, hi in ready:
-            repack(self._image[lo:hi])
 
-
-def _repack(t: TensorInfo) -> Callable[[np.ndarray], None] | None:
-    """What turns a matrix's file bytes into the kernels' layout in place, if anything."""
-    if _file_layout(t.qtype, t.cols):
-        return None
-    if kernels.packed_nbytes(t.qtype, t.rows, t.cols) != t.nbytes:
-        # The kernels promise same-size layouts (a shard is any row range); the buffer relies on it.
-        raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
-                           "numallm.engine.weights needs updating for it")
-
-    # Row blocks of about _REPACK_BYTES: the packer's temporaries stay small (an embedding
-    # matrix can be gigabytes), and the kernels' layouts allow any row range.
-    group = kernels.row_group(t.qtype)
-    step = max(group, _REPACK_BYTES // t.row_bytes // group * group)
-
-    def repack(raw: np.ndarray) -> None:  # raw: whole rows of t, starting on a group boundary
-        rows = raw.size // t.row_bytes
-        for r in range(0, rows, step):
-            n = min(step, rows - r)
-            part = raw[r * t.row_bytes:(r + n) * t.row_bytes]
-            part[:] = kernels.pack(t.qtype, part, n, t.cols)
-    return repack
+def _pack_runs(runs: tuple[tuple[TensorInfo, int, int], ...], start: int, dest: np.ndarray) -> None:
+    """Pack each run of matrix rows in `dest` (image bytes from `start`) in place."""
+    for t, a, b in runs:
+        rows = dest[a - start:b - start]
+        kernels.pack(t.qtype, rows, rows.size // t.row_bytes, t.cols, out=rows)
 
 
 def _check_vector(gf: GGUFFile, t: TensorInfo, length: int) -> None:

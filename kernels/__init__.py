@@ -16,7 +16,9 @@ Design (issue 5):
   blocks (kernels/repack.py), which made their kernels 1.5-3x faster than on the file
   layout; the K-quants and float types are read as the file stores them (zero-copy
   pack). A row keeps its size and place, so packed_nbytes is the file's and
-  row_group is 1: a shard may start on any row.
+  row_group is 1: a shard may start on any row. pack regroups compiled, in place or
+  into another buffer, at about 10 GB/s per core, without the GIL (the loader's
+  reading threads pack what they read; the numpy version managed 0.2-0.5 GB/s).
 - matvec quantizes x to int8 blocks of 32 (llama.cpp's q8_0/q8_1, kernels/actq.py)
   and runs integer dot products as LLVM vector IR (kernels/vec.py: vpdpbusd with
   VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is
@@ -30,20 +32,21 @@ Design (issue 5):
   Q8_0 without VNNI, decode tiles to float32 for a float32 micro-kernel
   (kernels/gemm.py). Below 32 tokens matmul of quantized weights runs the matvec kernels per token on
   16-row tiles.
-- Q2_K and Q3_K matvec dot two 32-element sub-blocks at once (64 bytes, one vpdpbusd
-  on a zmm register: vec_tile.dot_planes64), 1.25x their 32-byte kernels.
-- Compile cost. The jit.* dispatch takes the type as a runtime integer (the forward
-  pass reads it from its weight table), so compiling it compiles every type's branch:
-  about 22 s of CPU cold, 0.5 s from Numba's cache. Compiling only a model's types
-  needs the type set known when the caller is compiled, and the caller (the cached
-  forward pass) keys its cache on argument types only: the set would have to become
-  part of its signature (e.g. per-type kernels passed in as first-class function
-  objects, or one forward variant per type set), or the kernels be called through
-  function pointers, which Numba cannot cache (addresses differ per process). Both
-  change engine/forward.py's interface, so the dispatch stays whole.
+- K-quant matvec (Q2_K-Q6_K) runs one vec_kquant.kquant_dot per 256-element super-block:
+  four 64-element vpdpbusd dots (zmm), each int32 lane converted once and scaled by its
+  sub-block's factor d * scale * xd, decoded for the whole super-block with vector ops;
+  1.4-1.7x the per-sub-block kernels (benchmarks/README.md).
+- Compile cost. jit.matvec & co. take the type as a runtime integer and compile every
+  type's kernels (about 30 s of CPU cold). A caller that passes jit.kernel_set(qtypes)
+  and calls jit.matvec_in / matmul_in / get_rows_in compiles only those types
+  (kernels/by_type.py: the type code travels as a Numba literal and every dispatch
+  selects on it while typing), cached per set; jit.kernels_for(qcode) does it for
+  Python callers. The forward pass does this: SmolLM2's Engine compiles in 16.5 s of
+  CPU cold instead of 29 s and loads in 0.4 s warm instead of 1.8 s.
 - The SIMD path is chosen by the features Numba compiles for (kernels/cpu.py), which
   are part of Numba's cache key; kernels/numba_cache.py invalidates every kernel's
-  cache when any kernel source changes.
+  cache when any kernel source changes, and keeps scipy out of Numba's start-up
+  (0.2 s of CPU at every load otherwise).
 """
 
 from numallm.kernels import numba_cache

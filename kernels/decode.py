@@ -12,12 +12,20 @@ kernels/repack.py. `decode_row(qcode, ...)` dispatches on the integer GGML type 
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels.by_type import by_type
 from numallm.kernels.llvm_scalar import at, load_bf16, load_f16
 from numallm.kernels.qcodes import (
     BF16,
     F16,
     F32,
+    Q2_K,
     Q3_K,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q5_0,
+    Q5_1,
+    Q5_K,
     Q6_K,
     Q8_0,
     geometry,
@@ -98,23 +106,17 @@ def decode_affine(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
         y[k] = d[k // S] * np.float32(q[k]) + m[k // S]
 
 
-@njit(nogil=True, cache=True)
-def decode_row(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
-    """Decode `nb` blocks of type `qcode` at byte `o` of `w` into y (float32)."""
-    if qcode == F32:
-        decode_f32(w, o, nb, y)
-    elif qcode == F16:
-        decode_f16(w, o, nb, y)
-    elif qcode == BF16:
-        decode_bf16(w, o, nb, y)
-    elif qcode == Q8_0:
-        decode_q8_0(w, o, nb, y)
-    elif qcode == Q3_K:
-        decode_q3_k(w, o, nb, y)
-    elif qcode == Q6_K:
-        decode_q6_k(w, o, nb, y)
-    else:
-        decode_affine(qcode, w, o, nb, y)
+# Decode `nb` blocks of type `qcode` at byte `o` of `w` into y (float32); see
+# kernels/by_type.py for the dispatch.
+decode_row = by_type("decode_row", {
+    F32: lambda qc, w, o, nb, y: decode_f32(w, o, nb, y),
+    F16: lambda qc, w, o, nb, y: decode_f16(w, o, nb, y),
+    BF16: lambda qc, w, o, nb, y: decode_bf16(w, o, nb, y),
+    Q8_0: lambda qc, w, o, nb, y: decode_q8_0(w, o, nb, y),
+    Q3_K: lambda qc, w, o, nb, y: decode_q3_k(w, o, nb, y),
+    Q6_K: lambda qc, w, o, nb, y: decode_q6_k(w, o, nb, y),
+    **dict.fromkeys((Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q4_K, Q5_K), lambda qc, w, o, nb, y: decode_affine(qc, w, o, nb, y)),
+})
 
 
 @njit(nogil=True, cache=True)

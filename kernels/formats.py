@@ -1,9 +1,9 @@
 """Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
 
-Q4_0, Q4_1 and Q8_0 rows are regrouped at load (kernels/repack.py: the kernels run
-about twice as fast on it); every other type is read in the file's own block layout,
-so for those packing is zero-copy. Either way a row keeps its size and its place:
-the packed size is the file's and a shard is any row range.
+Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows are regrouped at load (kernels/repack.py: the
+kernels run about twice as fast on it); every other type is read in the file's own
+block layout, so for those packing is zero-copy. Either way a row keeps its size and
+its place: the packed size is the file's and a shard is any row range.
 """
 
 from __future__ import annotations
@@ -68,11 +68,17 @@ def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
 def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None) -> np.ndarray:
     """The kernel layout of rows [0, rows) given as raw file bytes; `out` (uint8, at least
     packed_nbytes) receives it if given, else a new array does, or for the types read
-    in file layout `raw` itself (zero copy)."""
+    in file layout `raw` itself (zero copy).
+
+    `out` may be `raw` itself (packing in place) but must not otherwise overlap it. The
+    regrouping of kernels/repack.py runs compiled, at several GB/s, without the GIL:
+    threads packing disjoint ranges run in parallel."""
     n = packed_nbytes(qtype, rows, cols)
     flat = raw.reshape(-1)
     if flat.dtype != np.uint8 or flat.size < n:
         raise ValueError(f"pack: need {n} uint8 bytes for {rows} rows of {cols} {T(qtype).name}, got {flat.size} {flat.dtype}")
+    if out is not None and (out.dtype != np.uint8 or out.size < n or not out.flags.c_contiguous):
+        raise ValueError(f"pack: out must be C-contiguous uint8 of at least {n} bytes, got {out.size} {out.dtype}")
     qtype = T(qtype)
     if qtype in GROUPED:
         dest = np.empty(n, np.uint8) if out is None else out

@@ -7,11 +7,17 @@ engine's cached forward pass, until the cache was cleared). These locators stamp
 every cached function of the numallm package with a digest of every numallm source
 file that holds Numba code (the kernels, the forward pass, the barrier, the work
 split) besides its own file; functions outside the package keep Numba's usual locators.
+
+It also keeps scipy out of Numba's start-up: the first compile or cache load of a
+process imports Numba's array math, which imports scipy.linalg (when installed) only to
+note whether a BLAS exists; that import is 0.2 s of CPU, most of a warm start's Numba
+cost, for the BLAS path of np.correlate/np.convolve, which numallm never compiles.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -58,10 +64,26 @@ class _UserWide(_KernelStamped, caching.UserWideCacheLocator):
 
 
 def install() -> None:
-    """Put these locators before Numba's own (idempotent). numallm.kernels does it on
-    import; a module defining cached functions that call kernels must import
-    numallm.kernels before it defines them."""
+    """Put these locators before Numba's own (idempotent), and import Numba's array math
+    without scipy. numallm.kernels does it on import; a module defining cached functions
+    that call kernels must import numallm.kernels before it defines them."""
     classes = caching.CacheImpl._locator_classes
     for locator in (_UserWide, _InTree, _UserProvided):
         if locator not in classes:
             classes.insert(0, locator)
+    _import_array_math_without_scipy()
+
+
+def _import_array_math_without_scipy() -> None:
+    """Import numba.np.arraymath while `import scipy.linalg` fails, unless scipy.linalg is
+    loaded already (then it costs nothing). Numba then uses its own loop for
+    np.correlate/np.convolve; np.dot and np.linalg in compiled code still import scipy
+    when they are compiled. Done once, at import: another thread importing scipy.linalg
+    in that instant would get an ImportError."""
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # its import raises ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules["scipy.linalg"]

@@ -12,6 +12,7 @@ Bit layouts as kernels/decode.py (grouped Q4_0-Q8_0, file layout K-quants).
 from __future__ import annotations
 
 import numpy as np
+from numallm.kernels.by_type import by_type
 from numallm.kernels.llvm_scalar import at, load_f16, load_u32
 from numallm.kernels.qcodes import (
     Q2_K,
@@ -156,26 +157,17 @@ def unpack_q6_k(w, o, nb, q, d, m):  # type: ignore[no-untyped-def]
             q[256 * b + e] = ql | (qh << 4)
 
 
-@njit(nogil=True, cache=True)
-def unpack_row(qcode, w, o, nb, q, d, m):  # type: ignore[no-untyped-def]
-    """Unpack the `nb` blocks of type `qcode` at byte `o` of `w` into q, d, m."""
-    if qcode == Q4_0:
-        unpack_q45(w, o, nb, q, d, m, False, False)
-    elif qcode == Q4_1:
-        unpack_q45(w, o, nb, q, d, m, True, False)
-    elif qcode == Q5_0:
-        unpack_q45(w, o, nb, q, d, m, False, True)
-    elif qcode == Q5_1:
-        unpack_q45(w, o, nb, q, d, m, True, True)
-    elif qcode == Q8_0:
-        unpack_q8_0(w, o, nb, q, d, m)
-    elif qcode == Q2_K:
-        unpack_q2_k(w, o, nb, q, d, m)
-    elif qcode == Q3_K:
-        unpack_q3_k(w, o, nb, q, d, m)
-    elif qcode == Q4_K:
-        unpack_q45_k(w, o, nb, q, d, m, False)
-    elif qcode == Q5_K:
-        unpack_q45_k(w, o, nb, q, d, m, True)
-    elif qcode == Q6_K:
-        unpack_q6_k(w, o, nb, q, d, m)
+# Unpack the `nb` blocks of type `qcode` at byte `o` of `w` into q, d, m (see
+# kernels/by_type.py for the dispatch).
+unpack_row = by_type("unpack_row", {
+    Q4_0: lambda qc, w, o, nb, q, d, m: unpack_q45(w, o, nb, q, d, m, False, False),
+    Q4_1: lambda qc, w, o, nb, q, d, m: unpack_q45(w, o, nb, q, d, m, True, False),
+    Q5_0: lambda qc, w, o, nb, q, d, m: unpack_q45(w, o, nb, q, d, m, False, True),
+    Q5_1: lambda qc, w, o, nb, q, d, m: unpack_q45(w, o, nb, q, d, m, True, True),
+    Q8_0: lambda qc, w, o, nb, q, d, m: unpack_q8_0(w, o, nb, q, d, m),
+    Q2_K: lambda qc, w, o, nb, q, d, m: unpack_q2_k(w, o, nb, q, d, m),
+    Q3_K: lambda qc, w, o, nb, q, d, m: unpack_q3_k(w, o, nb, q, d, m),
+    Q4_K: lambda qc, w, o, nb, q, d, m: unpack_q45_k(w, o, nb, q, d, m, False),
+    Q5_K: lambda qc, w, o, nb, q, d, m: unpack_q45_k(w, o, nb, q, d, m, True),
+    Q6_K: lambda qc, w, o, nb, q, d, m: unpack_q6_k(w, o, nb, q, d, m),
+})

@@ -172,14 +172,6 @@ def vfma(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def vfmai(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
-    """acc + float(v) * s, for an I32x8 v and an F32x8 s."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _fma(builder, builder.sitofp(args[1], V8F32), args[2], args[0])
-    return f32x8(f32x8, i32x8, f32x8), codegen
-
-
-@intrinsic
 def vadd(typingctx, a, b):  # type: ignore[no-untyped-def]
     """a + b, lane by lane."""
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
@@ -329,7 +321,7 @@ def planes_ir(context, builder, wt, args):  # type: ignore[no-untyped-def]
 
 @intrinsic
 def dot_planes(typingctx, w, pl, sl, ml, ph, sh, mh, hs, xq, xo):  # type: ignore[no-untyped-def]
-    """K-quant quants of 32 elements . xq[xo:xo+32], from two bit planes of 32 bytes each:
+    """Quants of 32 elements . xq[xo:xo+32], from two bit planes of 32 bytes each:
     q = ((w[pl:pl+32] >> sl) & ml) | (((w[ph:ph+32] >> sh) & mh) << hs); mh = 0 means no
     high plane. Shifts and masks are small constants at every call site."""
     if not (_is_bytes(w) and _is_bytes(xq)):
@@ -467,106 +459,3 @@ _f32x16_of_bf16.nbytes = 32  # type: ignore[attr-defined]
 vload_f32x16 = _float_weights16(_f32x16_of_f32)
 vload_f16x16 = _float_weights16(_f32x16_of_f16)
 vload_bf16x16 = _float_weights16(_f32x16_of_bf16)
-
-
-def _k_scales_or_mins(builder: ir.IRBuilder, raw: ir.Value, mins: bool) -> ir.Value:
-    """The eight 6-bit scales (or mins) of Q4_K/Q5_K's 12 scale bytes as <8 x float>.
-    For i < 4: byte i (scales) or i + 4 (mins), low 6 bits. For i >= 4: the low (scales)
-    or high (mins) nibble of byte i + 4, plus the top 2 bits of byte i - 4 (scales) or
-    byte i (mins) as bits 4-5."""
-    v8 = ir.VectorType(I8, 8)
-    idx = ir.VectorType(I32, 8)
-    undef = ir.Constant(ir.VectorType(I8, 16), ir.Undefined)
-    low_src = [4, 5, 6, 7, 8, 9, 10, 11] if mins else [0, 1, 2, 3, 8, 9, 10, 11]
-    low = builder.shuffle_vector(raw, undef, ir.Constant(idx, low_src))
-    if mins:
-        low = builder.lshr(low, ir.Constant(v8, [0, 0, 0, 0, 4, 4, 4, 4]))
-    low = builder.and_(low, ir.Constant(v8, [63, 63, 63, 63, 15, 15, 15, 15]))
-    top_src = [0, 1, 2, 3, 4, 5, 6, 7] if mins else [0, 1, 2, 3, 0, 1, 2, 3]
-    top = builder.shuffle_vector(raw, undef, ir.Constant(idx, top_src))
-    top = builder.and_(builder.lshr(top, _const_vec(v8, 2)), ir.Constant(v8, [0, 0, 0, 0, 0x30, 0x30, 0x30, 0x30]))
-    return builder.uitofp(builder.or_(low, top), V8F32)
-
-
-@intrinsic
-def k_scales8(typingctx, w, p, mins):  # type: ignore[no-untyped-def]
-    """Q4_K/Q5_K: the 8 sub-block scales (mins False) or mins (True) from the 12 bytes
-    at w[p] as F32x8 (reads 16; `mins` is a constant at every call site)."""
-    if not _is_bytes(w):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
-        want_mins = builder.icmp_unsigned("!=", args[2], ir.Constant(args[2].type, 0))
-        return builder.select(want_mins, _k_scales_or_mins(builder, raw, True), _k_scales_or_mins(builder, raw, False))
-    return f32x8(w, p, mins), codegen
-
-
-@intrinsic
-def vsplat(typingctx, s):  # type: ignore[no-untyped-def]
-    """An F32x8 with s in every lane."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _splat(builder, args[0], V8F32)
-    return f32x8(types.float32), codegen
-
-
-@intrinsic
-def vload_b8(typingctx, w, p, mode):  # type: ignore[no-untyped-def]
-    """The 8 bytes at w[p:p+8] as F32x8: mode 0 as int8, 1 their low nibbles, 2 their
-    high nibbles (K-quant sub-block scales and mins)."""
-    if not _is_bytes(w):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 8)
-        v8 = ir.VectorType(I8, 8)
-        signed = builder.sitofp(raw, V8F32)
-        low = builder.uitofp(builder.and_(raw, _const_vec(v8, 15)), V8F32)
-        high = builder.uitofp(builder.lshr(raw, _const_vec(v8, 4)), V8F32)
-        m = builder.trunc(args[2], I32) if args[2].type.width > 32 else args[2]
-        return builder.select(builder.icmp_signed("==", m, ir.Constant(I32, 0)), signed,
-                              builder.select(builder.icmp_signed("==", m, ir.Constant(I32, 1)), low, high))
-    return f32x8(w, p, mode), codegen
-
-
-@intrinsic
-def vpair(typingctx, sc, s):  # type: ignore[no-untyped-def]
-    """[sc[2s] x 4, sc[2s+1] x 4]: the scales of the two 16-element sub-blocks whose
-    integer dot product vec._dot_u8s8 leaves in lanes 0-3 and 4-7 (s is a constant
-    after unrolling, so this is one vpermps)."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v, sv = args
-        base = builder.shl(builder.trunc(sv, I32) if sv.type.width > 32 else sv, ir.Constant(I32, 1))
-        idx = builder.add(_splat(builder, base, V8I32), ir.Constant(V8I32, [0, 0, 0, 0, 1, 1, 1, 1]))
-        if has_avx2():
-            return _call(builder, "llvm.x86.avx2.permps", V8F32, [v, idx])
-        out = ir.Constant(V8F32, ir.Undefined)
-        for lane in range(8):
-            e = builder.extract_element(v, builder.extract_element(idx, ir.Constant(I32, lane)))
-            out = builder.insert_element(out, e, ir.Constant(I32, lane))
-        return out
-    return f32x8(f32x8, s), codegen
-
-
-@intrinsic
-def q3k_scales8(typingctx, w, p, h):  # type: ignore[no-untyped-def]
-    """Q3_K: the signed 6-bit scales 8h..8h+7 of the 12 bytes at w[p] as F32x8 (reads 16):
-    scale i has low bits (byte i % 8) >> 4 * (i // 8) and high bits
-    (byte 8 + i % 4) >> 2 * (i // 4), minus 32."""
-    if not _is_bytes(w):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16)
-        hv = _as_i8(builder, args[2])
-        v8 = ir.VectorType(I8, 8)
-        undef = ir.Constant(ir.VectorType(I8, 16), ir.Undefined)
-        idx = ir.VectorType(I32, 8)
-        low = builder.shuffle_vector(raw, undef, ir.Constant(idx, list(range(8))))
-        low = builder.and_(builder.lshr(low, _splat(builder, builder.shl(hv, ir.Constant(I8, 2)), v8)), _const_vec(v8, 15))
-        high = builder.shuffle_vector(raw, undef, ir.Constant(idx, [8, 9, 10, 11, 8, 9, 10, 11]))
-        shift = builder.add(_splat(builder, builder.shl(hv, ir.Constant(I8, 2)), v8), ir.Constant(v8, [0, 0, 0, 0, 2, 2, 2, 2]))
-        high = builder.and_(builder.lshr(high, shift), _const_vec(v8, 3))
-        q = builder.sub(builder.or_(low, builder.shl(high, _const_vec(v8, 4))), _const_vec(v8, 32))
-        return builder.sitofp(q, V8F32)
-    return f32x8(w, p, h), codegen

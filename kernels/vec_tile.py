@@ -1,5 +1,5 @@
-"""16-lane integer vectors, as LLVM IR: the int8 tile GEMM's inner step (kernels/igemm.py)
-and the 64-element K-quant dots of the Q2_K/Q3_K matvec kernels (kernels/fastdot.py).
+"""16-lane integer vectors, as LLVM IR: the int8 tile GEMM's inner step (kernels/igemm.py);
+its 64-byte dot `_dpbusd16` also serves the K-quant matvec dots (kernels/vec_kquant.py).
 
 An I32x16 holds one int32 accumulator per row of a 16-row weight tile. `idot16`
 adds to it, for every row, the dot product of 4 weight quants (unsigned bytes, the
@@ -18,7 +18,6 @@ from __future__ import annotations
 from llvmlite import ir
 from numallm.kernels.cpu import target_features
 from numallm.kernels.vec import (
-    F32,
     I8,
     I32,
     V16F32,
@@ -28,9 +27,7 @@ from numallm.kernels.vec import (
     _is_bytes,
     _load_bytes,
     _splat,
-    f32x8,
     f32x16,
-    planes_ir,
 )
 from numba.core import types
 from numba.core.datamodel import models, register_default
@@ -105,56 +102,6 @@ def vfmai16(typingctx, acc, iv, v, s):  # type: ignore[no-untyped-def]
         scaled = builder.fmul(builder.sitofp(ivv, V16F32), vv)
         return _call(builder, "llvm.fmuladd.v16f32", V16F32, [scaled, _splat(builder, sc, V16F32), a])
     return f32x16(f32x16, i32x16, f32x16, types.float32), codegen
-
-
-# ---- 64-element K-quant dots for the matvec kernels of Q2_K and Q3_K -------------------
-
-@intrinsic
-def dot_planes64(typingctx, w, pl, sl, ml, ph, sh, mh, hs, dpl, dsl, dsh, xq, xo):  # type: ignore[no-untyped-def]
-    """Two consecutive 32-element sub-blocks . xq[xo:xo+64] as one I32x16: the first
-    from the planes of vec.dot_planes(w, pl, sl, ml, ph, sh, mh, hs), the second from
-    those at pl + dpl shifted by sl + dsl and sh + dsh (lane i: elements 4i..4i+3)."""
-    if not (_is_bytes(w) and _is_bytes(xq)):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        wa, plv, slv, mlv, phv, shv, mhv, hsv, dplv, dslv, dshv, xa, xov = args
-        first = planes_ir(context, builder, sig.args[0], (wa, plv, slv, mlv, phv, shv, mhv, hsv))
-        second = planes_ir(context, builder, sig.args[0],
-                           (wa, builder.add(plv, dplv), builder.add(slv, dslv), mlv, phv,
-                            builder.add(shv, dshv), mhv, hsv))
-        u = builder.shuffle_vector(first, second, ir.Constant(ir.VectorType(I32, 64), list(range(64))))
-        s = _load_bytes(context, builder, sig.args[11], xa, _as_i64(builder, xov), 64)
-        return _dpbusd16(builder, ir.Constant(V16I32, None), u, s)
-    return i32x16(w, pl, sl, ml, ph, sh, mh, hs, dpl, dsl, dsh, xq, xo), codegen
-
-
-@intrinsic(prefer_literal=True)
-def vquad16(typingctx, sc, s, xa, xb):  # type: ignore[no-untyped-def]
-    """The factors of dot_planes64's lanes: [sc[2s] xa] x 4, [sc[2s+1] xa] x 4,
-    [sc[2s+2] xb] x 4, [sc[2s+3] xb] x 4 for an F32x8 sc and a constant s: one
-    permute and one multiply."""
-    if not isinstance(s, types.IntegerLiteral):
-        return None
-    lanes = [2 * s.literal_value + i // 4 for i in range(16)]
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v, _, xav, xbv = args
-        scales = builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), ir.Constant(ir.VectorType(I32, 16), lanes))
-        pair = ir.Constant(ir.VectorType(F32, 2), ir.Undefined)
-        pair = builder.insert_element(builder.insert_element(pair, xav, ir.Constant(I32, 0)), xbv, ir.Constant(I32, 1))
-        xv = builder.shuffle_vector(pair, ir.Constant(pair.type, ir.Undefined),
-                                    ir.Constant(ir.VectorType(I32, 16), [i // 8 for i in range(16)]))
-        return builder.fmul(scales, xv)
-    return f32x16(f32x8, s, types.float32, types.float32), codegen
-
-
-@intrinsic
-def vfmaiv16(typingctx, acc, iv, v):  # type: ignore[no-untyped-def]
-    """acc + float(iv) * v for an I32x16 iv and an F32x16 v."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _call(builder, "llvm.fmuladd.v16f32", V16F32, [builder.sitofp(args[1], V16F32), args[2], args[0]])
-    return f32x16(f32x16, i32x16, f32x16), codegen
 
 
 @intrinsic

@@ -219,18 +219,6 @@ def test_pack_keeps_sizes_and_shards_by_rows() -> None:
     assert np.array_equal(whole[4:], part)
 
 
-def test_pack_in_row_chunks_equals_pack_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from numallm.kernels import repack
-
-    for qtype in (T.Q4_1, T.Q5_0, T.Q8_0):
-        rows, cols = 9, 19 * 32
-        raw = make_weight(qtype, rows, cols)
-        whole = K.pack(qtype, raw, rows, cols).copy()
-        monkeypatch.setattr(repack, "CHUNK_BYTES", 2 * K.packed_nbytes(qtype, 1, cols))
-        assert np.array_equal(K.pack(qtype, raw, rows, cols), whole)
-        monkeypatch.undo()
-
-
 def test_check_type_names_tensor_and_type() -> None:
     for qtype in K.SUPPORTED_TYPES:
         K.check_type(qtype, "blk.0.ffn_up.weight", 256)

@@ -387,6 +387,24 @@ def test_cli_aliases(tiny_llama: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "--mlock --mmap is llama.cpp's spelling of --load-mode mlock" in err
 
 
+def test_numba_start_up_leaves_scipy_out() -> None:
+    """Numba's first cached call would import scipy.linalg (0.2 s of every load); numallm keeps
+    it out, and a later `import scipy.linalg` by the user still works."""
+    pytest.importorskip("scipy.linalg", reason="scipy is not installed: Numba cannot import it anyway")
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from gguf import GGMLQuantizationType
+        from numallm import kernels
+        kernels.pack(GGMLQuantizationType.Q4_0, np.zeros(18, np.uint8), 1, 32)
+        print("scipy.linalg" in sys.modules, "numba.np.arraymath" in sys.modules)
+        import scipy.linalg
+        print(scipy.linalg.norm(np.ones(4)))
+    """)
+    r = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["False", "True", "2.0"], r.stdout + r.stderr
+
+
 REPO = Path(__file__).resolve().parents[1]
 NUMA_VM = REPO.parent / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
 
