@@ -2,7 +2,7 @@
 same run, llama-cpp-python's OpenAI server (`python -m llama_cpp.server`) on the same GGUF.
 
     python3 benchmarks/serve.py [--model smollm2|gemma3|PATH] [-c 1,2,4,8] [-n 64] [-t 2]
-                                [--rounds 2] [--no-llama-cpp] [--json]
+                                [--rounds 2] [--no-llama-cpp] [--engine-batches] [--json]
 
 Both servers run at once with the same thread count; each round measures every
 concurrency on ours and then on theirs, so both see the same machine. One measurement:
@@ -13,7 +13,9 @@ different question (questions that get long answers). Reported per engine and N 
 - per-token latency: the gaps between a request's streamed pieces after its first, p50/p90/p99.
 Tokens are counted the same way for both engines: our tokenizer re-tokenizes the text.
 Then the issue's targets as ratios of this run's figures: our aggregate at the highest N
-over our single stream, and over llama-cpp-python's at the highest N.
+over our single stream, and over llama-cpp-python's at the highest N. --engine-batches
+adds the engine's own decode rate per batch size (Engine.eval_batch, no HTTP), the
+ceiling the server's batching works under.
 
 The clients use http.client on threads (no openai client: its per-chunk parsing would eat
 CPU the servers need on a 2-core machine). Needs `pip install -e '.[llama-cpp]'`.
@@ -216,6 +218,24 @@ def targets(results: list[Result]) -> list[str]:
     return out
 
 
+def engine_batches(model: Path, threads: int, sizes: tuple[int, ...] = (1, 8, 16, 31, 32, 64)) -> dict[int, float]:
+    """The engine alone: decode t/s of Engine.eval_batch with n tokens per step (best of 3)."""
+    import numpy as np
+
+    from numallm.engine import Engine
+
+    best: dict[int, float] = {}
+    with Engine(model, threads=threads, ctx_size=64, n_slots=max(sizes)) as e:
+        for _ in range(3):
+            for n in sizes:
+                slots = np.arange(n, dtype=np.int32)
+                t0 = time.perf_counter()
+                for _ in range(16):
+                    e.eval_batch(np.zeros(n, np.int32), slots, np.full(n, 10, np.int32), slots)
+                best[n] = max(best.get(n, 0.0), 16 * n / (time.perf_counter() - t0))
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -225,6 +245,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="measurements per engine and N; the best is kept")
     ap.add_argument("--no-llama-cpp", action="store_true", help="measure numallm only")
     ap.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    ap.add_argument("--engine-batches", action="store_true",
+                    help="then, servers stopped, the engine alone: eval_batch t/s per decode batch size")
     ap.add_argument("--logs", default="/tmp", help="folder for the servers' logs")
     args = ap.parse_args()
     levels = sorted({int(x) for x in args.concurrency.split(",")})
@@ -261,6 +283,10 @@ def main() -> int:
         print("\n".join(targets(results)))
         print(f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per request, "
               f"best of {args.rounds} rounds; load average {_loadavg()}")
+    if args.engine_batches:
+        rates = engine_batches(model, args.threads)
+        print("engine alone, decode t/s by tokens per eval_batch: "
+              + ", ".join(f"{n}: {r:.0f}" for n, r in rates.items()) + f"; load average {_loadavg()}")
     return 0
 
 
