@@ -5,6 +5,12 @@ the 8 weight scales into floats and one multiply applies the activation's 8 bloc
 scales; each block then costs a 32-byte load (or half of one, for the nibble
 pairs), a mask or shift, one integer dot (vpdpbusd or its AVX2 pair) and one FMA.
 The last group of a row (1-7 blocks) takes the per-block path.
+
+rows_q45_x4 and rows_q8_0_x4 do the same for 4 tokens per pass over a row (fast.matmul):
+each token keeps its own accumulators and runs exactly the single-token steps below
+(the same inline helpers, in the same order), so its result is bit-identical to
+rows_q45/rows_q8_0; the 4 tokens' steps on a block share one load and unpack of the
+weight, which LLVM merges once the helpers are inlined and their loops unrolled.
 """
 
 from __future__ import annotations
@@ -44,6 +50,40 @@ def dot_block(w, qo, qh, g, j, five, xq, xo):  # type: ignore[no-untyped-def]
     return dot_q4(w, p, xq, xo)
 
 
+@njit(inline="always", cache=True)
+def q45_scales(w, base, has_min, xd, xs, b0, cv):  # type: ignore[no-untyped-def]
+    """The 8 block factors d * xd of a full group, and cv plus m * xs (or d * xs for
+    the offset, applied at the end), 8 blocks at once."""
+    d8 = vload_h8(w, base)
+    cv = vfmav(cv, vload_h8(w, base + 16) if has_min else d8, vload8(xs, b0))
+    return vmul(d8, vload8(xd, b0)), cv
+
+
+@njit(inline="always", cache=True)
+def q45_pair(w, qo, qhb, i, five, xq, xo, dsc, a0, a1):  # type: ignore[no-untyped-def]
+    """Blocks 2i (into a0) and 2i+1 (into a1) of a full group."""
+    a0 = vfma(a0, dot_block(w, qo, load_u32(w, qhb + 8 * i) if five else 0, 8, 2 * i, five, xq, xo),
+              vlane(dsc, 2 * i))
+    a1 = vfma(a1, dot_block(w, qo, load_u32(w, qhb + 8 * i + 4) if five else 0, 8, 2 * i + 1, five, xq, xo + 32),
+              vlane(dsc, 2 * i + 1))
+    return a0, a1
+
+
+@njit(inline="always", cache=True)
+def q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb, a0, c):  # type: ignore[no-untyped-def]
+    """Block j of the last group (g blocks), block b of the row (block xb + b of the
+    activation): into a0 and c."""
+    d = load_f16(w, base + 2 * j)
+    qh = load_u32(w, qhb + 4 * j) if five else 0
+    a0 = vfma(a0, dot_block(w, qo, qh, g, j, five, xq, 32 * (xb + b)), d * at(xd, xb + b))
+    return a0, c + (load_f16(w, base + 2 * g + 2 * j) if has_min else d) * at(xs, xb + b)
+
+
+@njit(inline="always", cache=True)
+def q45_result(has_min, offset, a0, a1, c):  # type: ignore[no-untyped-def]
+    return vhsum(vadd(a0, a1)) + (c if has_min else offset * c)
+
+
 @njit(nogil=True, cache=True)
 def rows_q45(w, rb, nb, has_min, five, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
     """Q4_0, Q4_1 (has_min: d*q + m), Q5_0 (five: a 5th bit), Q5_1 (both); without a min
@@ -59,30 +99,78 @@ def rows_q45(w, rb, nb, has_min, five, xq, xd, xs, out, r0, r1):  # type: ignore
         for gi in range(nfull):
             base = o + 8 * ts * gi
             b0 = 8 * gi
-            d8 = vload_h8(w, base)
-            dsc = vmul(d8, vload8(xd, b0))
-            # m * sum(x), or d * sum(x) for the offset (applied below), 8 blocks at once.
-            cv = vfmav(cv, vload_h8(w, base + 16) if has_min else d8, vload8(xs, b0))
+            dsc, cv = q45_scales(w, base, has_min, xd, xs, b0, cv)
             qhb = base + (32 if has_min else 16)
             qo = base + 8 * (ts - 16)
             for i in range(4):
-                xo = 64 * i + 32 * b0
-                a0 = vfma(a0, dot_block(w, qo, load_u32(w, qhb + 8 * i) if five else 0, 8, 2 * i, five, xq, xo),
-                          vlane(dsc, 2 * i))
-                a1 = vfma(a1, dot_block(w, qo, load_u32(w, qhb + 8 * i + 4) if five else 0, 8, 2 * i + 1, five, xq, xo + 32),
-                          vlane(dsc, 2 * i + 1))
+                a0, a1 = q45_pair(w, qo, qhb, i, five, xq, 64 * i + 32 * b0, dsc, a0, a1)
         c = vhsum(cv)
         g = nb - 8 * nfull
         base = o + 8 * ts * nfull
         qhb = base + (4 if has_min else 2) * g
         qo = base + (ts - 16) * g
         for j in range(g):
+            a0, c = q45_tail_block(w, base, qo, qhb, g, j, 8 * nfull + j, has_min, five, xq, xd, xs, 0, a0, c)
+        out[r] = q45_result(has_min, offset, a0, a1, c)
+
+
+@njit(nogil=True, cache=True)
+def rows_q45_x4(w, rb, nb, has_min, five, xq, xd, xs, out, t0, r0, r1):  # type: ignore[no-untyped-def]
+    """rows_q45 for tokens t0..t0+3: xq, xd, xs are quantize_rows' 2-D arrays flattened
+    (token t's blocks start at block t * nb; no per-token slices, whose reference
+    counting per call cost as much as a tile's work), out is [tokens, rows]."""
+    ts = 18 + 2 * has_min + 4 * five
+    offset = np.float32(0.0 if has_min else (-16.0 if five else -8.0))
+    nfull = nb // 8
+    xb0, xb1, xb2, xb3 = t0 * nb, (t0 + 1) * nb, (t0 + 2) * nb, (t0 + 3) * nb
+    for r in range(r0, r1):
+        o = r * rb
+        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = vzero()
+        cv0 = cv1 = cv2 = cv3 = vzero()
+        for gi in range(nfull):
+            base = o + 8 * ts * gi
+            b0 = 8 * gi
+            dsc0, cv0 = q45_scales(w, base, has_min, xd, xs, xb0 + b0, cv0)
+            dsc1, cv1 = q45_scales(w, base, has_min, xd, xs, xb1 + b0, cv1)
+            dsc2, cv2 = q45_scales(w, base, has_min, xd, xs, xb2 + b0, cv2)
+            dsc3, cv3 = q45_scales(w, base, has_min, xd, xs, xb3 + b0, cv3)
+            qhb = base + (32 if has_min else 16)
+            qo = base + 8 * (ts - 16)
+            for i in range(4):
+                xo = 64 * i + 32 * b0
+                a00, a01 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb0, dsc0, a00, a01)
+                a10, a11 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb1, dsc1, a10, a11)
+                a20, a21 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb2, dsc2, a20, a21)
+                a30, a31 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb3, dsc3, a30, a31)
+        c0, c1, c2, c3 = vhsum(cv0), vhsum(cv1), vhsum(cv2), vhsum(cv3)
+        g = nb - 8 * nfull
+        base = o + 8 * ts * nfull
+        qhb = base + (4 if has_min else 2) * g
+        qo = base + (ts - 16) * g
+        for j in range(g):
             b = 8 * nfull + j
-            d = load_f16(w, base + 2 * j)
-            qh = load_u32(w, qhb + 4 * j) if five else 0
-            a0 = vfma(a0, dot_block(w, qo, qh, g, j, five, xq, 32 * b), d * at(xd, b))
-            c += (load_f16(w, base + 2 * g + 2 * j) if has_min else d) * at(xs, b)
-        out[r] = vhsum(vadd(a0, a1)) + (c if has_min else offset * c)
+            a00, c0 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb0, a00, c0)
+            a10, c1 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb1, a10, c1)
+            a20, c2 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb2, a20, c2)
+            a30, c3 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb3, a30, c3)
+        out[t0, r] = q45_result(has_min, offset, a00, a01, c0)
+        out[t0 + 1, r] = q45_result(has_min, offset, a10, a11, c1)
+        out[t0 + 2, r] = q45_result(has_min, offset, a20, a21, c2)
+        out[t0 + 3, r] = q45_result(has_min, offset, a30, a31, c3)
+
+
+@njit(inline="always", cache=True)
+def q8_pair(w, base, i, xq, b0, dsc, a0, a1):  # type: ignore[no-untyped-def]
+    """Blocks 2i (into a0) and 2i+1 (into a1) of a full Q8_0 group at base; b0 is the
+    group's first block in xq."""
+    a0 = vfma(a0, dot_s8(w, base + 16 + 64 * i, xq, 64 * i + 32 * b0), vlane(dsc, 2 * i))
+    a1 = vfma(a1, dot_s8(w, base + 48 + 64 * i, xq, 64 * i + 32 + 32 * b0), vlane(dsc, 2 * i + 1))
+    return a0, a1
+
+
+@njit(inline="always", cache=True)
+def q8_tail_block(w, base, g, j, b, xq, xd, xb, a0):  # type: ignore[no-untyped-def]
+    return vfma(a0, dot_s8(w, base + 2 * g + 32 * j, xq, 32 * (xb + b)), load_f16(w, base + 2 * j) * at(xd, xb + b))
 
 
 @njit(nogil=True, cache=True)
@@ -97,11 +185,42 @@ def rows_q8_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
             b0 = 8 * gi
             dsc = vmul(vload_h8(w, base), vload8(xd, b0))
             for i in range(4):
-                a0 = vfma(a0, dot_s8(w, base + 16 + 64 * i, xq, 64 * i + 32 * b0), vlane(dsc, 2 * i))
-                a1 = vfma(a1, dot_s8(w, base + 48 + 64 * i, xq, 64 * i + 32 + 32 * b0), vlane(dsc, 2 * i + 1))
+                a0, a1 = q8_pair(w, base, i, xq, b0, dsc, a0, a1)
+        g = nb - 8 * nfull
+        base = o + 272 * nfull
+        for j in range(g):
+            a0 = q8_tail_block(w, base, g, j, 8 * nfull + j, xq, xd, 0, a0)
+        out[r] = vhsum(vadd(a0, a1))
+
+
+@njit(nogil=True, cache=True)
+def rows_q8_0_x4(w, rb, nb, xq, xd, out, t0, r0, r1):  # type: ignore[no-untyped-def]
+    """rows_q8_0 for tokens t0..t0+3, xq and xd flattened as for rows_q45_x4."""
+    nfull = nb // 8
+    xb0, xb1, xb2, xb3 = t0 * nb, (t0 + 1) * nb, (t0 + 2) * nb, (t0 + 3) * nb
+    for r in range(r0, r1):
+        o = r * rb
+        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = vzero()
+        for gi in range(nfull):
+            base = o + 272 * gi
+            b0 = 8 * gi
+            d8 = vload_h8(w, base)
+            dsc0, dsc1 = vmul(d8, vload8(xd, xb0 + b0)), vmul(d8, vload8(xd, xb1 + b0))
+            dsc2, dsc3 = vmul(d8, vload8(xd, xb2 + b0)), vmul(d8, vload8(xd, xb3 + b0))
+            for i in range(4):
+                a00, a01 = q8_pair(w, base, i, xq, xb0 + b0, dsc0, a00, a01)
+                a10, a11 = q8_pair(w, base, i, xq, xb1 + b0, dsc1, a10, a11)
+                a20, a21 = q8_pair(w, base, i, xq, xb2 + b0, dsc2, a20, a21)
+                a30, a31 = q8_pair(w, base, i, xq, xb3 + b0, dsc3, a30, a31)
         g = nb - 8 * nfull
         base = o + 272 * nfull
         for j in range(g):
             b = 8 * nfull + j
-            a0 = vfma(a0, dot_s8(w, base + 2 * g + 32 * j, xq, 32 * b), load_f16(w, base + 2 * j) * at(xd, b))
-        out[r] = vhsum(vadd(a0, a1))
+            a00 = q8_tail_block(w, base, g, j, b, xq, xd, xb0, a00)
+            a10 = q8_tail_block(w, base, g, j, b, xq, xd, xb1, a10)
+            a20 = q8_tail_block(w, base, g, j, b, xq, xd, xb2, a20)
+            a30 = q8_tail_block(w, base, g, j, b, xq, xd, xb3, a30)
+        out[t0, r] = vhsum(vadd(a00, a01))
+        out[t0 + 1, r] = vhsum(vadd(a10, a11))
+        out[t0 + 2, r] = vhsum(vadd(a20, a21))
+        out[t0 + 3, r] = vhsum(vadd(a30, a31))

@@ -27,9 +27,10 @@ def _prefill(e: Engine, ids: list[int], slot: int) -> np.ndarray:
 
 
 def test_batched_decode_equals_each_sequence_alone(eng: Engine) -> None:
-    # Below the GEMM threshold a batch runs the matvec kernels per token, and every
-    # other step is per token too, so the results agree to the bit, as the server's
-    # "same output alone or beside others" needs.
+    # Below the GEMM threshold a batch shares each weight block's unpacking among the
+    # tokens but accumulates every token exactly as the one-token kernel does, and every
+    # other step is per token, so the results agree to the bit, as the server's "same
+    # output alone or beside others" needs.
     ids = [eng.tokenize(p) for p in PROMPTS]
     first = [int(_prefill(eng, x, s).argmax()) for s, x in enumerate(ids)]
     alone = [eng.eval_batch([t], [s], [len(x)], [0])[0] for s, (t, x) in enumerate(zip(first, ids))]
