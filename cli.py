@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from numallm import __version__
-from numallm.engine.options import KV_TYPES, LOAD_MODE_ALIASES, LOAD_MODES, NUMA_MODES, load_mode_from_flags
+from numallm.engine.options import KV_TYPES, LOAD_MODE_ALIASES, LOAD_MODES, NUMA_MODES, engine_options
 from numallm.errors import BadInputError, NumallmError, TopologyError
 
 
@@ -134,13 +134,7 @@ def _prompt_text(args: argparse.Namespace) -> str:
 def _engine(args: argparse.Namespace) -> Any:
     from numallm.engine import Engine
 
-    if args.cache_type_k != args.cache_type_v:
-        raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
-    load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
-    if note:
-        print(f"numallm: note: {note}", file=sys.stderr)
-    return Engine(args.model, numa=args.numa, load_mode=load_mode, threads=args.threads,
-                  ctx_size=args.ctx_size, kv_type=args.cache_type_k, smt=args.smt, verbose=args.verbose)
+    return Engine(**engine_options(args))
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from numallm.errors import BadInputError
+import argparse
+import sys
+from typing import Any
 
+from numallm.errors import BadInputError
 from numallm.numa.modes import NUMA_MODES
+
 LOAD_MODES = ("auto", "mmap", "mlock", "dio", "none")
 KV_TYPES = ("f16", "f32")
 
@@ -31,3 +35,16 @@ def load_mode_from_flags(load_mode: str | None, aliases: list[str]) -> tuple[str
         raise BadInputError(f"--load-mode {load_mode} contradicts {used} "
                             f"(which means --load-mode {mode}); give only one of them")
     return mode, f"{used} is llama.cpp's spelling of --load-mode {mode}"
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Engine's keyword arguments from the shared option group (every subcommand that
+    loads a model), checked; the note on llama.cpp's loading aliases goes to stderr."""
+    if args.cache_type_k != args.cache_type_v:
+        raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
+    load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
+    if note:
+        print(f"numallm: note: {note}", file=sys.stderr)
+    return dict(model=args.model, numa=args.numa, numa_node=args.numa_node, hugepages=not args.no_hugepages,
+                load_mode=load_mode, threads=args.threads, ctx_size=args.ctx_size, kv_type=args.cache_type_k,
+                smt=args.smt, verbose=args.verbose)

@@ -12,7 +12,7 @@ from numallm.engine.engine import DEFAULT_CTX
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_checks import check_architecture
 from numallm.engine.model_store import resolve_model
-from numallm.engine.options import load_mode_from_flags
+from numallm.engine.options import engine_options
 from numallm.engine.placing import place_model, placed_workers
 from numallm.errors import BadInputError
 from numallm.numa.topology import detect
@@ -20,21 +20,19 @@ from numallm.numa.topology import detect
 def run(args: argparse.Namespace) -> int:
     if args.root != "/":
         raise BadInputError("numallm placement places memory on this machine: --root does not apply")
-    if args.cache_type_k != args.cache_type_v:
-        raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
-    load_mode, _ = load_mode_from_flags(args.load_mode, args.load_aliases or [])
+    opts = engine_options(args)
     topo = detect("/")
-    workers = placed_workers(topo, args.numa, args.numa_node, args.threads, args.smt)
-    path = resolve_model(args.model)
+    workers = placed_workers(topo, opts["numa"], opts["numa_node"], opts["threads"], opts["smt"])
+    path = resolve_model(opts["model"])
     gf = read_gguf(path)
     check_architecture(gf)
     spec = arch.describe(gf.metadata, str(path))
     n_ctx = args.ctx_size or min(spec.hparams.n_ctx_train, DEFAULT_CTX)  # as generate
     if n_ctx <= 0:
         raise BadInputError(f"--ctx-size must be positive, got {n_ctx}")
-    placed = place_model(gf, spec, topo, workers, numa=args.numa, numa_node=args.numa_node,
-                         load_mode=load_mode, hugepages=not args.no_hugepages, n_ctx=n_ctx,
-                         kv_type=args.cache_type_k, verbose=args.verbose)
+    placed = place_model(gf, spec, topo, workers, numa=opts["numa"], numa_node=opts["numa_node"],
+                         load_mode=opts["load_mode"], hugepages=opts["hugepages"], n_ctx=n_ctx,
+                         kv_type=opts["kv_type"], verbose=opts["verbose"])
     try:
         report = placed.page_report()
     finally:

@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from numallm.engine.options import load_mode_from_flags
+from numallm.engine.options import engine_options
 from numallm.engine.sampling import SamplingParams
 from numallm.errors import BadInputError, NumallmError
 from numallm.serve.app import ServeConfig, create_app
@@ -21,17 +21,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The server's settings from the command line, checked before anything loads."""
     if args.parallel < 1:
         raise BadInputError(f"--parallel {args.parallel}: at least one sequence slot is needed")
-    if args.cache_type_k != args.cache_type_v:
-        raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
-    load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
-    if note:
-        print(f"numallm: note: {note}", file=sys.stderr)
+    engine_kwargs = dict(engine_options(args), n_slots=args.parallel)
     params = SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                             seed=args.seed).validate()
-    engine_kwargs = dict(model=args.model, numa=args.numa, numa_node=args.numa_node, hugepages=not args.no_hugepages,
-                         load_mode=load_mode, threads=args.threads, ctx_size=args.ctx_size, kv_type=args.cache_type_k,
-                         smt=args.smt, verbose=args.verbose, n_slots=args.parallel)
     return ServeConfig(engine_kwargs, args.parallel, Defaults(params, args.n_predict, args.ignore_eos),
                        api_key=args.api_key or None)
 

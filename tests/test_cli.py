@@ -123,3 +123,13 @@ def test_ctrl_c_during_generation_exits_130_promptly(smollm2: Path) -> None:
     assert proc.returncode == 130, err
     assert time.monotonic() - start < 10  # measured 0.3-0.5 s; a token takes milliseconds
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["generate", "placement"])
+def test_numa_node_reaches_the_placement(tiny_llama: Path, command: str) -> None:
+    # --numa-node is in the shared group: every command that loads a model must honour
+    # it (a node this machine lacks is a clear error, not silently ignored).
+    extra = ["hello"] if command == "generate" else []
+    done = numallm(command, "-m", str(tiny_llama), "--numa", "isolate", "--numa-node", "97", *extra)
+    assert done.returncode == 2
+    assert "--numa-node 97" in one_error_line(done)
