@@ -50,14 +50,17 @@ PYTHON = sys.executable
 MODES = ("mmap", "mlock", "dio", "none")
 Timing = tuple[float, float | None]  # (wall seconds, CPU seconds of the process or None)
 
-# Every child times its span with start() ... stop(), which sets `seconds`.
+# Every child times its span with start() ... stop(), which sets `seconds`. start()
+# first collects the garbage of the child's set-up (Numba's start, read_gguf): else a
+# full collection it made due can land inside the span (40 ms in a 20 ms load).
 _TIMER = """
-import resource, time
+import gc, resource, time
 def _cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 def start():
     global _t0, _c0
+    gc.collect()
     _t0, _c0 = time.perf_counter(), _cpu()
 def stop():
     global seconds

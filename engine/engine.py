@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import jit as kjit
 from numallm.engine.forward import forward, kv_writers
+from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_checks import check_architecture
 from numallm.engine.model_store import resolve_model
@@ -63,6 +65,7 @@ def _log(msg: str) -> None:
 class Engine:
     """A loaded model. Calls from several threads are serialised; close() frees it."""
 
+    @gc_paused()  # see gc_pause: collections during a load only walk long-lived objects
     def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
                  load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
                  kv_type: str = "f16", smt: bool = False, n_slots: int = 1, numa_node: int | None = None,
@@ -81,10 +84,6 @@ class Engine:
         check_architecture(gf)
         self.spec = arch.describe(gf.metadata, str(self.path))
         self.hparams = hp = self.spec.hparams
-        self.tokenizer = Tokenizer.from_metadata(gf.metadata)
-        if self.tokenizer.n_vocab != hp.n_vocab:
-            raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
-                                f"model's embedding has {hp.n_vocab} rows")
         self.n_ctx = min(hp.n_ctx_train, DEFAULT_CTX) if not ctx_size else int(ctx_size)
         if self.n_ctx <= 0:
             raise BadInputError(f"--ctx-size must be positive, got {self.n_ctx}")
@@ -97,9 +96,22 @@ class Engine:
         self._lock = threading.RLock()
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
         self._worker_memory: list[tuple[np.ndarray, ...]] | None = []
-        self.placed = place_model(gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
-                                  load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
-                                  n_slots=n_slots, kv_type=kv_type, verbose=verbose)
+        # The weights are read (threads outside the GIL) while this thread builds the tokenizer.
+        with ThreadPoolExecutor(1, thread_name_prefix="numallm-place") as placing:
+            placed = placing.submit(place_model, gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
+                                    load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
+                                    n_slots=n_slots, kv_type=kv_type, verbose=verbose)
+            try:
+                self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+                if self.tokenizer.n_vocab != hp.n_vocab:
+                    raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
+                                        f"model's embedding has {hp.n_vocab} rows")
+            except BaseException:
+                if placed.cancel() or placed.exception() is not None:
+                    raise
+                placed.result().close()
+                raise
+            self.placed = placed.result()
         self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
         try:
             self.numa = self.placed.plan.mode

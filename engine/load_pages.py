@@ -16,7 +16,10 @@ PAGE = mmap.PAGESIZE
 
 @functools.cache
 def libc() -> ctypes.CDLL:
-    lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    try:  # find_library runs a compiler or ldconfig: 5 ms, so only when the usual name fails
+        lib = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     for name in ("mincore", "mlock", "munlock", "fstatfs"):
         getattr(lib, name).restype = ctypes.c_int
     lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]

@@ -195,7 +195,7 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
     resolve_load_mode)."""
     layout = check_model(gf, spec)
     mode = resolve_load_mode(load_mode, numa_copies)
-    in_place = mode in ("mmap", "mlock") and all(_file_layout(t.qtype, t.cols) for t in layout.all_mats)
+    in_place = mode in ("mmap", "mlock") and all(kernels.in_file_layout(t.qtype) for t in layout.all_mats)
     if in_place:
         image, base, maps, direct = _mapped_image(gf, layout.all_mats + layout.vec_list, mode)
     else:
@@ -209,14 +209,6 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
             w.close()
             raise
     return w
-
-
-@functools.cache
-def _file_layout(qtype: GGMLQuantizationType, cols: int) -> bool:
-    """Do the kernels read this type's rows as the file stores them (pack is zero-copy)?"""
-    rg = kernels.row_group(qtype)
-    probe = np.zeros(rg * kernels.packed_nbytes(qtype, 1, cols), np.uint8)
-    return np.shares_memory(kernels.pack(qtype, probe, rg, cols), probe)
 
 
 def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo],
@@ -264,7 +256,7 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     Each read of matrix rows ends on a row boundary, and the thread that read them packs
     them in place at once, while they are in its cache, and where its NUMA binding put
     them (kernels.pack is compiled and releases the GIL: the threads pack in parallel)."""
-    packed = sorted((t.offset - base, t) for t in layout.all_mats if not _file_layout(t.qtype, t.cols))
+    packed = sorted((t.offset - base, t) for t in layout.all_mats if not kernels.in_file_layout(t.qtype))
     jobs: list[ReadJob] = []
     for lo, hi in merge_ranges(ranges):
         jobs += _range_jobs(image, base, lo, hi, packed)

@@ -1,7 +1,7 @@
 """Arithmetic on quantized GGUF blocks. Knows nothing about models or NUMA.
 
 Python interface (all `qtype` are gguf.GGMLQuantizationType):
-    SUPPORTED_TYPES, check_type, row_group, packed_nbytes, pack   (load time)
+    SUPPORTED_TYPES, check_type, row_group, packed_nbytes, in_file_layout, pack   (load time)
     matvec, matmul, get_rows, dequantize, warmup                  (run time)
     bandwidth.memory_read_bandwidth, bandwidth.run_pinned         (benchmarks)
 
@@ -56,6 +56,7 @@ numba_cache.install()  # before any kernel module defines a cached function
 from numallm.kernels.formats import (
     SUPPORTED_TYPES,
     check_type,
+    in_file_layout,
     pack,
     packed_nbytes,
     row_group,
@@ -63,6 +64,6 @@ from numallm.kernels.formats import (
 from numallm.kernels.ops import dequantize, get_rows, matmul, matvec, warmup
 
 __all__ = [
-    "SUPPORTED_TYPES", "check_type", "dequantize", "get_rows", "matmul", "matvec",
+    "SUPPORTED_TYPES", "check_type", "dequantize", "get_rows", "in_file_layout", "matmul", "matvec",
     "pack", "packed_nbytes", "row_group", "warmup",
 ]

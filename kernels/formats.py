@@ -55,6 +55,12 @@ def _supported_names() -> str:
     return ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
 
 
+def in_file_layout(qtype: T) -> bool:
+    """Do the kernels read this type's rows as the file stores them (pack is zero-copy)?
+    Plain Python, so a loader can decide how to read before Numba starts."""
+    return T(qtype) not in GROUPED
+
+
 def row_group(qtype: T) -> int:
     """Rows per interleaved group of the packed layout: 1, as rows are not interleaved."""
     return 1

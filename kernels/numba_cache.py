@@ -8,15 +8,17 @@ every cached function of the numallm package with a digest of every numallm sour
 file that holds Numba code (the kernels, the forward pass, the barrier, the work
 split) besides its own file; functions outside the package keep Numba's usual locators.
 
-It also keeps scipy out of Numba's start-up: the first compile or cache load of a
-process imports Numba's array math, which imports scipy.linalg (when installed) only to
-note whether a BLAS exists; that import is 0.2 s of CPU, most of a warm start's Numba
-cost, for the BLAS path of np.correlate/np.convolve, which numallm never compiles.
+It also keeps scipy and cffi out of Numba's start-up: the first compile or cache load
+of a process imports Numba's array math, which imports scipy.linalg (when installed)
+only to note whether a BLAS exists (0.2 s of CPU, most of a warm start's Numba cost,
+for the BLAS path of np.correlate/np.convolve), and its typing, which builds a cffi
+parser for calls to cffi functions (10 ms). numallm compiles neither.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import sys
 from functools import cache
 from pathlib import Path
@@ -65,25 +67,28 @@ class _UserWide(_KernelStamped, caching.UserWideCacheLocator):
 
 def install() -> None:
     """Put these locators before Numba's own (idempotent), and import Numba's array math
-    without scipy. numallm.kernels does it on import; a module defining cached functions
+    without scipy and its typing without cffi. numallm.kernels does it on import; a module defining cached functions
     that call kernels must import numallm.kernels before it defines them."""
     classes = caching.CacheImpl._locator_classes
     for locator in (_UserWide, _InTree, _UserProvided):
         if locator not in classes:
             classes.insert(0, locator)
-    _import_array_math_without_scipy()
+    # Numba's array math imports scipy.linalg only to note whether a BLAS exists (np.dot
+    # and np.linalg in compiled code still import it when they are compiled), and its
+    # typing imports cffi and parses C declarations for cffi calls: 0.2 s and 10 ms of
+    # every process's first compile or cache load, for features numallm never compiles.
+    _import_without("numba.np.arraymath", "scipy.linalg")
+    _import_without("numba.core.typing.cffi_utils", "cffi")
 
 
-def _import_array_math_without_scipy() -> None:
-    """Import numba.np.arraymath while `import scipy.linalg` fails, unless scipy.linalg is
-    loaded already (then it costs nothing). Numba then uses its own loop for
-    np.correlate/np.convolve; np.dot and np.linalg in compiled code still import scipy
-    when they are compiled. Done once, at import: another thread importing scipy.linalg
-    in that instant would get an ImportError."""
-    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+def _import_without(module: str, optional: str) -> None:
+    """Import Numba's `module` while `import optional` fails, unless either is loaded
+    already (then it costs nothing). Done once, at import: another thread importing
+    `optional` in that instant would get an ImportError."""
+    if module in sys.modules or optional in sys.modules:
         return
-    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # its import raises ImportError
+    sys.modules[optional] = None  # type: ignore[assignment]  # its import raises ImportError
     try:
-        import numba.np.arraymath  # noqa: F401
+        importlib.import_module(module)
     finally:
-        del sys.modules["scipy.linalg"]
+        del sys.modules[optional]

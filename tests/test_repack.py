@@ -83,9 +83,12 @@ def test_pack_rejects_short_buffers() -> None:
         kernels.pack(T.Q8_0, raw, 2, 64, out=np.empty(raw.size - 1, np.uint8))
 
 
-def test_file_layout_types_pack_to_themselves() -> None:
-    raw = _random_rows(T.Q4_K, 2, 256, seed=3)
-    assert np.shares_memory(kernels.pack(T.Q4_K, raw, 2, 256), raw)
+@pytest.mark.parametrize("qtype", sorted(kernels.SUPPORTED_TYPES, key=int), ids=lambda t: t.name)
+def test_in_file_layout_says_whether_pack_is_zero_copy(qtype: T) -> None:
+    """The loader decides from in_file_layout (no Numba) whether a mapping can be used in
+    place; pack itself must agree."""
+    raw = _random_rows(qtype, 2, 256, seed=3)
+    assert np.shares_memory(kernels.pack(qtype, raw, 2, 256), raw) == kernels.in_file_layout(qtype)
 
 
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
