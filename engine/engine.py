@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +83,10 @@ class Engine:
         check_architecture(gf)
         self.spec = arch.describe(gf.metadata, str(self.path))
         self.hparams = hp = self.spec.hparams
+        self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+        if self.tokenizer.n_vocab != hp.n_vocab:
+            raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
+                                f"model's embedding has {hp.n_vocab} rows")
         self.n_ctx = min(hp.n_ctx_train, DEFAULT_CTX) if not ctx_size else int(ctx_size)
         if self.n_ctx <= 0:
             raise BadInputError(f"--ctx-size must be positive, got {self.n_ctx}")
@@ -96,22 +99,9 @@ class Engine:
         self._lock = threading.RLock()
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
         self._worker_memory: list[tuple[np.ndarray, ...]] | None = []
-        # The weights are read (threads outside the GIL) while this thread builds the tokenizer.
-        with ThreadPoolExecutor(1, thread_name_prefix="numallm-place") as placing:
-            placed = placing.submit(place_model, gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
-                                    load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
-                                    n_slots=n_slots, kv_type=kv_type, verbose=verbose)
-            try:
-                self.tokenizer = Tokenizer.from_metadata(gf.metadata)
-                if self.tokenizer.n_vocab != hp.n_vocab:
-                    raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
-                                        f"model's embedding has {hp.n_vocab} rows")
-            except BaseException:
-                if placed.cancel() or placed.exception() is not None:
-                    raise
-                placed.result().close()
-                raise
-            self.placed = placed.result()
+        self.placed = place_model(gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
+                                  load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
+                                  n_slots=n_slots, kv_type=kv_type, verbose=verbose)
         self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
         try:
             self.numa = self.placed.plan.mode

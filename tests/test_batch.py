@@ -10,6 +10,7 @@ import pytest
 from numallm.engine import Engine
 from numallm.engine.forward import kv_writers
 from numallm.errors import BadInputError
+from numallm.kernels.jit import GEMM_MIN_TOKENS
 from numallm.numa.split import part
 
 PROMPTS = ("Hello world, this is a test", "The capital of France is", "1, 2, 3,")
@@ -49,6 +50,18 @@ def test_prefill_beside_a_decode_equals_both_alone(eng: Engine) -> None:
     mixed = eng.eval_batch([tok] + b, [0] + [1] * len(b), [len(a)] + list(range(len(b))), [0, len(b)])
     np.testing.assert_array_equal(mixed[0], step_alone)
     np.testing.assert_array_equal(mixed[1], lb_alone)
+
+
+def test_long_prompts_prefilled_together_equal_each_alone(eng: Engine) -> None:
+    # Prompts of GEMM_MIN_TOKENS or more take the GEMM alone and together; it computes
+    # each token on its own, so the server may prefill several prompts in one call.
+    long = [eng.tokenize(" ".join([p] * 12)) for p in PROMPTS]
+    assert all(len(x) >= GEMM_MIN_TOKENS for x in long) and len({len(x) for x in long}) > 1
+    alone = [_prefill(eng, x, s) for s, x in enumerate(long)]
+    together = eng.eval_batch(np.concatenate(long), np.concatenate([np.full(len(x), s) for s, x in enumerate(long)]),
+                              np.concatenate([np.arange(len(x)) for x in long]), np.cumsum([len(x) for x in long]) - 1)
+    for s in range(3):
+        np.testing.assert_array_equal(together[s], alone[s])
 
 
 def test_slots_do_not_see_each_other(eng: Engine) -> None:

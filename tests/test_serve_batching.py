@@ -12,6 +12,7 @@ from numallm.engine import Engine
 from numallm.engine.batching import BatchScheduler, Job, Update
 from numallm.engine.sampling import SamplingParams
 from numallm.errors import BadInputError
+from numallm.kernels.jit import GEMM_MIN_TOKENS
 
 GREEDY = SamplingParams(temperature=0)
 PROMPTS = ["Hello", "Once upon a time", "def f(x):", "1, 2, 3,", "The end", "Grüße 👍"]
@@ -49,6 +50,37 @@ def test_more_jobs_than_slots_all_finish_with_their_solo_output(engine: Engine) 
     assert [text for text, _ in results] == solo
     assert all(u.finish_reason == "length" and u.n_generated == 12 for _, u in results)
     assert [u.n_prompt for _, u in results] == [len(engine.tokenize(p)) for p in PROMPTS]
+
+
+def test_long_prompts_prefilled_together_keep_their_solo_output(engine: Engine) -> None:
+    # Prompts of GEMM_MIN_TOKENS tokens or more share prefill calls (see _share_kernels).
+    prompts = [" ".join([p] * k) for p, k in (("Once upon a time", 3), ("def f(x):", 4), ("1, 2, 3,", 4))]
+    prompts.append("Hello")
+    assert [len(engine.tokenize(p)) >= GEMM_MIN_TOKENS for p in prompts] == [True, True, True, False]
+    assert all(len(engine.tokenize(p)) + 8 < engine.n_ctx for p in prompts)
+    solo = [engine.generate(p, max_tokens=8, temperature=0, ignore_eos=True) for p in prompts]
+    calls: list[int] = []  # distinct slots of each call of more than one token
+    eval_batch = engine.eval_batch
+
+    def recording(tokens, slots, positions, rows):  # type: ignore[no-untyped-def]
+        if len(tokens) > 1:
+            calls.append(len(set(slots)))
+        return eval_batch(tokens, slots, positions, rows)
+
+    engine.eval_batch = recording  # type: ignore[method-assign]
+    s = BatchScheduler(engine)
+    try:
+        queues = [queue.Queue() for _ in prompts]
+        jobs = [_job(engine, p, 8, q, ignore_eos=True) for p, q in zip(prompts, queues)]
+        with s._cond:  # all queued before the scheduler admits any: the first two prefill together
+            for job in jobs:
+                s.submit(job)
+        results = [_collect(q) for q in queues]
+    finally:
+        s.close()
+        del engine.eval_batch
+    assert [text for text, _ in results] == solo
+    assert 2 in calls, f"no prefill call held two prompts: {calls}"
 
 
 def test_cancel_frees_the_slot_for_a_waiting_job(engine: Engine) -> None:
