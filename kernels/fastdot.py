@@ -1,9 +1,9 @@
 """Row dot products of quantized weights with an int8-quantized activation (SIMD).
 
 Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 live in kernels/fastdot_grouped.py (their grouped
-layout); the K-quants, read in file layout, are here. `rows_dot4` does 4 tokens at
-once (fast.matmul): one pass over each row for the grouped types, 4 rows_dot calls
-for the others.
+layout); the K-quants, read in file layout, are here. `rows_dot2` and `rows_dot4` do 2
+and 4 tokens at once (fast.matmul): one pass over each row for the grouped types, a
+rows_dot call per token for the others.
 
 `rows_<type>(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)` sets out[r] for r in [r0, r1)
 to the dot product of row r (the `nb` blocks at byte r * rb of w, the file's block
@@ -28,8 +28,10 @@ import numpy as np
 from numallm.kernels.by_type import by_type
 from numallm.kernels.fastdot_grouped import (
     rows_q8_0,
+    rows_q8_0_x2,
     rows_q8_0_x4,
     rows_q45,
+    rows_q45_x2,
     rows_q45_x4,
 )
 from numallm.kernels.llvm_scalar import load_f16
@@ -146,22 +148,41 @@ rows_dot = by_type("rows_dot", {
 })
 
 
-def _rows_dot_each(q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1):  # type: ignore[no-untyped-def]
+@njit(inline="always", cache=True)
+def _rows_dot_span(q, w, rb, nb, xq, xd, xs, xs16, out, t0, t1, r0, r1):  # type: ignore[no-untyped-def]
     m = xd.size // out.shape[0]  # blocks of 32 per token (nb counts super-blocks here)
-    for t in range(t0, t0 + 4):
+    for t in range(t0, t1):
         rows_dot(q, w, rb, nb, xq[32 * m * t:32 * m * (t + 1)], xd[m * t:m * (t + 1)], xs[m * t:m * (t + 1)],
                  xs16[2 * m * t:2 * m * (t + 1)], out[t], r0, r1)
 
 
-# out[t, r] = row r . token t for t in [t0, t0 + 4), r in [r0, r1), from the 2-D
+def _rows_dot_each2(q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1):  # type: ignore[no-untyped-def]
+    _rows_dot_span(q, w, rb, nb, xq, xd, xs, xs16, out, t0, t0 + 2, r0, r1)
+
+
+def _rows_dot_each4(q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1):  # type: ignore[no-untyped-def]
+    _rows_dot_span(q, w, rb, nb, xq, xd, xs, xs16, out, t0, t0 + 4, r0, r1)
+
+
+# out[t, r] = row r . token t for t in [t0, t0 + 2), r in [r0, r1), from the 2-D
 # xq, xd, xs, xs16 of actq.quantize_rows flattened (for the grouped types token t's
 # nb blocks start at block nb * t) and out [tokens, rows]; bit-identical to rows_dot
 # per token.
+rows_dot2 = by_type("rows_dot2", {
+    Q4_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, False, False, xq, xd, xs, out, t0, r0, r1),
+    Q4_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, True, False, xq, xd, xs, out, t0, r0, r1),
+    Q5_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, False, True, xq, xd, xs, out, t0, r0, r1),
+    Q5_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, True, True, xq, xd, xs, out, t0, r0, r1),
+    Q8_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q8_0_x2(w, rb, nb, xq, xd, out, t0, r0, r1),
+    **{code: _rows_dot_each2 for code in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)},
+})
+
+# The same for t in [t0, t0 + 4).
 rows_dot4 = by_type("rows_dot4", {
     Q4_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, False, False, xq, xd, xs, out, t0, r0, r1),
     Q4_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, True, False, xq, xd, xs, out, t0, r0, r1),
     Q5_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, False, True, xq, xd, xs, out, t0, r0, r1),
     Q5_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, True, True, xq, xd, xs, out, t0, r0, r1),
     Q8_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q8_0_x4(w, rb, nb, xq, xd, out, t0, r0, r1),
-    **{code: _rows_dot_each for code in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)},
+    **{code: _rows_dot_each4 for code in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)},
 })

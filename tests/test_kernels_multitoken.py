@@ -1,6 +1,7 @@
-"""fast.matmul's multi-token row kernels (fastdot_grouped.rows_q45_x4, rows_q8_0_x4)
-give every token exactly the single-token matvec's output: the server promises a
-request's greedy output is the same alone or beside others."""
+"""fast.matmul's multi-token row kernels (fastdot_grouped.rows_q45_x2/_x4,
+rows_q8_0_x2/_x4; a rows_dot per token for the K-quants) give every token exactly the
+single-token matvec's output: the server promises a request's greedy output is the
+same alone or beside others."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from numallm import kernels as K
 from test_kernels import make_weight
 
 
-@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
+                                   T.Q6_K), ids=lambda t: t.name)
 def test_matmul_is_bit_identical_to_per_token_matvec(qtype: T) -> None:
-    """1-9 tokens: no group of 4, one or two groups and every remainder. 19 blocks per
-    row are two full groups of 8 and a tail of 3; rows 3..30 of 37 start and end inside
-    the tiles of 16."""
+    """1-9 tokens: no group of 4, one or two groups and every remainder (a pair, a
+    single, both). 19 blocks of 32 per row are two full groups of 8 and a tail of 3 (the
+    K-quants: 3 super-blocks); rows 3..30 of 37 start and end inside the row tiles."""
     rng = np.random.default_rng(3)
-    rows, cols = 37, 19 * 32
+    rows, cols = 37, (3 * 256 if qtype >= T.Q2_K else 19 * 32)
     w = K.pack(qtype, make_weight(qtype, rows, cols, seed=4), rows, cols)
     for r0, r1 in ((3, 30), (0, rows)):
         for n in range(1, 10):
