@@ -1,6 +1,6 @@
 """Load benchmark: seconds and GB/s per --load-mode, warm and cold, beside dd and llama.cpp.
 
-    python3 benchmarks/load.py [--model smollm2|gemma3|PATH] [--repeat 3] [--drop-caches] [--profile]
+    python3 benchmarks/load.py [--model smollm2|gemma3|PATH] [--repeat 5] [--drop-caches] [--profile]
 
 Every figure is measured in a fresh child process (imports excluded unless a row says
 otherwise), so no run inherits another's memory, Numba functions or allocator state;
@@ -247,8 +247,8 @@ def measure(run: Callable[[], Timing], path: str, repeat: int, cold: bool,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path (default smollm2)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="warm runs per row (best kept) and cold runs (median kept) (default 3)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="warm runs per row (best kept) and cold runs (median kept) (default 5: the machines are shared and noisy)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold runs after dropping every clean page cache of the machine (root)")
     ap.add_argument("--profile", action="store_true", help="also show where an mmap Engine start spends its time")

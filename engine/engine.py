@@ -31,7 +31,7 @@ from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
 from numallm.engine.options import LOAD_MODES, NUMA_MODES
 from numallm.engine.placing import place_model, placed_workers
-from numallm.errors import BadInputError, NumallmError
+from numallm.errors import BadInputError, ModelFormatError, NumallmError
 from numallm.numa.topology import detect
 from numallm.numa.workers import WorkerPool, WorkerSlot
 from numallm.progress import progress_bar
@@ -83,7 +83,10 @@ class Engine:
         check_architecture(gf)
         self.spec = arch.describe(gf.metadata, str(self.path))
         self.hparams = hp = self.spec.hparams
-        self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+        try:
+            self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+        except ModelFormatError as e:  # the tokenizer sees metadata only: name the file
+            raise type(e)(f"{self.path}: {e}") from None
         if self.tokenizer.n_vocab != hp.n_vocab:
             raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
                                 f"model's embedding has {hp.n_vocab} rows")

@@ -198,21 +198,10 @@ def rows_q45_x4(w, rb, nb, has_min, five, xq, xd, xs, out, t0, r0, r1):  # type:
                 a10, a11 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb1, dsc1, a10, a11)
                 a20, a21 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb2, dsc2, a20, a21)
                 a30, a31 = q45_pair(w, qo, qhb, i, five, xq, xo + 32 * xb3, dsc3, a30, a31)
-        c0, c1, c2, c3 = vhsum(cv0), vhsum(cv1), vhsum(cv2), vhsum(cv3)
-        g = nb - 8 * nfull
-        base = o + 8 * ts * nfull
-        qhb = base + (4 if has_min else 2) * g
-        qo = base + (ts - 16) * g
-        for j in range(g):
-            b = 8 * nfull + j
-            a00, c0 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb0, a00, c0)
-            a10, c1 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb1, a10, c1)
-            a20, c2 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb2, a20, c2)
-            a30, c3 = q45_tail_block(w, base, qo, qhb, g, j, b, has_min, five, xq, xd, xs, xb3, a30, c3)
-        out[t0, r] = q45_result(has_min, offset, a00, a01, c0)
-        out[t0 + 1, r] = q45_result(has_min, offset, a10, a11, c1)
-        out[t0 + 2, r] = q45_result(has_min, offset, a20, a21, c2)
-        out[t0 + 3, r] = q45_result(has_min, offset, a30, a31, c3)
+        out[t0, r], out[t0 + 1, r] = q45_finish_pair(w, o, nb, ts, has_min, five, offset, xq, xd, xs, xb0, xb1,
+                                                     (a00, a01, a10, a11, cv0, cv1))
+        out[t0 + 2, r], out[t0 + 3, r] = q45_finish_pair(w, o, nb, ts, has_min, five, offset, xq, xd, xs, xb2, xb3,
+                                                         (a20, a21, a30, a31, cv2, cv3))
 
 
 @njit(inline="always", cache=True)
@@ -308,15 +297,5 @@ def rows_q8_0_x4(w, rb, nb, xq, xd, out, t0, r0, r1):  # type: ignore[no-untyped
                 a10, a11 = q8_pair(w, base, i, xq, xb1 + b0, dsc1, a10, a11)
                 a20, a21 = q8_pair(w, base, i, xq, xb2 + b0, dsc2, a20, a21)
                 a30, a31 = q8_pair(w, base, i, xq, xb3 + b0, dsc3, a30, a31)
-        g = nb - 8 * nfull
-        base = o + 272 * nfull
-        for j in range(g):
-            b = 8 * nfull + j
-            a00 = q8_tail_block(w, base, g, j, b, xq, xd, xb0, a00)
-            a10 = q8_tail_block(w, base, g, j, b, xq, xd, xb1, a10)
-            a20 = q8_tail_block(w, base, g, j, b, xq, xd, xb2, a20)
-            a30 = q8_tail_block(w, base, g, j, b, xq, xd, xb3, a30)
-        out[t0, r] = vhsum(vadd(a00, a01))
-        out[t0 + 1, r] = vhsum(vadd(a10, a11))
-        out[t0 + 2, r] = vhsum(vadd(a20, a21))
-        out[t0 + 3, r] = vhsum(vadd(a30, a31))
+        out[t0, r], out[t0 + 1, r] = q8_finish_pair(w, o, nb, xq, xd, xb0, xb1, (a00, a01, a10, a11))
+        out[t0 + 2, r], out[t0 + 3, r] = q8_finish_pair(w, o, nb, xq, xd, xb2, xb3, (a20, a21, a30, a31))

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reference_forward import reference_logits
+from synthetic import write_tiny_llama
 
 from numallm.engine import Engine
-from numallm.errors import BadInputError, NumallmError
+from numallm.errors import BadInputError, NumallmError, UnsupportedError
 
 PROMPT = "Hello world, this is a test of the tiny model."
 
@@ -144,6 +145,13 @@ def test_closed_engine_refuses_work_and_frees_threads(tiny_llama: Path) -> None:
 def test_bad_options_are_clear_errors(tiny_llama: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(BadInputError, match=match):
         Engine(tiny_llama, **kwargs)
+
+
+def test_tokenizer_errors_name_the_file(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "odd-pre.gguf", tokenizer_pre="qwen2")
+    with pytest.raises(UnsupportedError) as err:
+        Engine(path)
+    assert str(err.value).startswith(f"{path}: ") and "pre-tokenizer 'qwen2' is not supported" in str(err.value)
 
 
 def _rss_bytes() -> int:
