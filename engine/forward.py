@@ -32,7 +32,7 @@ from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import jit as kjit
-from numallm.kernels.kvrow import row_axpy, row_dot
+from numallm.kernels.kvrow import rows_axpy, rows_dot
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
@@ -180,21 +180,18 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
             keys = kc[slot, il, h // group]
             values = vc[slot, il, h // group]
             qh = q[t, h * hd:(h + 1) * hd]
+            rows_dot(qh, keys, start, p + 1, scale, scores)
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
-                s = row_dot(qh, keys[j]) * scale
-                scores[j] = s
-                if s > mx:
-                    mx = s
+                if scores[j] > mx:
+                    mx = scores[j]
             total = 0.0
             for j in range(start, p + 1):
                 e = np.float32(math.exp(scores[j] - mx))
                 scores[j] = e
                 total += e
-            inv = np.float32(1.0 / total)
             acc[:] = 0.0
-            for j in range(start, p + 1):
-                row_axpy(acc, scores[j] * inv, values[j])
+            rows_axpy(acc, scores, np.float32(1.0 / total), values, start, p + 1)
             out[t, h * hd:(h + 1) * hd] = acc
 
 

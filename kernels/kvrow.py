@@ -44,17 +44,31 @@ def _element(row, i):  # type: ignore[no-untyped-def]
     return lambda row, i: row[i]
 
 
+# Attention calls these once per head over its positions: a call per position, with a
+# view of each row, cost more than the arithmetic (Numba counts references to every
+# view, atomically): 11 ns per head and position on SmolLM2, against 6 ns now.
+
 @njit(nogil=True, fastmath=True, cache=True)
-def row_dot(q, row):  # type: ignore[no-untyped-def]
-    """sum(q * row) for a float32 q and a cache row of the same length."""
-    s = np.float32(0.0)
-    for i in range(q.shape[0]):
-        s += q[i] * element(row, i)
-    return s
+def rows_dot(q, rows, start, end, scale, out):  # type: ignore[no-untyped-def]
+    """out[j] = scale * sum(q * rows[j]) for j in [start, end): rows is a C-contiguous
+    [positions, len(q)] block of cache rows."""
+    d = q.shape[0]
+    flat = rows.reshape(-1)
+    for j in range(start, end):
+        s = np.float32(0.0)
+        base = j * d
+        for i in range(d):
+            s += q[i] * element(flat, base + i)
+        out[j] = s * scale
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def row_axpy(acc, w, row):  # type: ignore[no-untyped-def]
-    """acc += w * row for a float32 acc and a cache row of the same length."""
-    for i in range(acc.shape[0]):
-        acc[i] += w * element(row, i)
+def rows_axpy(acc, w, scale, rows, start, end):  # type: ignore[no-untyped-def]
+    """acc += (w[j] * scale) * rows[j] for j in [start, end), rows as for rows_dot."""
+    d = acc.shape[0]
+    flat = rows.reshape(-1)
+    for j in range(start, end):
+        wj = w[j] * scale
+        base = j * d
+        for i in range(d):
+            acc[i] += wj * element(flat, base + i)

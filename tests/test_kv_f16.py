@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from numallm.engine.forward import f32_to_f16_bits
-from numallm.kernels.kvrow import row_axpy, row_dot
+from numallm.kernels.kvrow import rows_axpy, rows_dot
 
 
 def _read(bits: np.ndarray) -> np.ndarray:
     out = np.zeros(bits.shape, np.float32)
-    row_axpy(out, np.float32(1.0), bits)
+    rows_axpy(out, np.ones(1, np.float32), np.float32(1.0), bits.reshape(1, -1), 0, 1)
     return out
 
 
@@ -43,11 +43,19 @@ def test_every_f16_bit_pattern_reads_back_as_numpy_does() -> None:
     np.testing.assert_array_equal(_read(bits), bits.view(np.float16).astype(np.float32))
 
 
-def test_row_dot_of_f16_and_f32_rows() -> None:
+def test_rows_dot_and_axpy_of_f16_and_f32_rows() -> None:
     rng = np.random.default_rng(1)
-    q = rng.standard_normal(256).astype(np.float32)
-    row = rng.standard_normal(256).astype(np.float16)
-    exact = float(q.astype(np.float64) @ row.astype(np.float64))
-    # float32 sums in a vectorised order: about 1e-6 relative
-    assert abs(row_dot(q, row.view(np.uint16)) - exact) < 1e-4 * np.abs(q).sum()
-    assert abs(row_dot(q, row.astype(np.float32)) - exact) < 1e-4 * np.abs(q).sum()
+    q = rng.standard_normal(64).astype(np.float32)
+    rows = rng.standard_normal((9, 64)).astype(np.float16)
+    w = rng.random(9).astype(np.float32)
+    exact = rows.astype(np.float64) @ q.astype(np.float64)
+    for block in (rows.view(np.uint16), rows.astype(np.float32)):
+        out = np.full(9, np.nan, np.float32)
+        rows_dot(q, block, 2, 7, np.float32(0.5), out)  # only positions 2..6
+        assert np.isnan(out[:2]).all() and np.isnan(out[7:]).all()
+        # float32 sums in a vectorised order: about 1e-6 relative
+        np.testing.assert_allclose(out[2:7], 0.5 * exact[2:7], atol=1e-4 * np.abs(q).sum())
+        acc = np.zeros(64, np.float32)
+        rows_axpy(acc, w, np.float32(2.0), block, 2, 7)
+        want = (2.0 * w[2:7, None].astype(np.float64) * rows[2:7].astype(np.float64)).sum(0)
+        np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5)
