@@ -248,7 +248,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2", help="smollm2, gemma3 or a GGUF path (default smollm2)")
     ap.add_argument("--repeat", type=int, default=5,
-                    help="warm runs per row (best kept) and cold runs (median kept) (default 5: the machines are shared and noisy)")
+                    help="warm runs per row (best kept) and cold runs (median kept) "
+                         "(default 5: the machines are shared and noisy)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold runs after dropping every clean page cache of the machine (root)")
     ap.add_argument("--profile", action="store_true", help="also show where an mmap Engine start spends its time")
