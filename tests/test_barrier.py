@@ -72,10 +72,12 @@ def test_sleepers_count_returns_to_zero() -> None:
     state, counts, bad = new_barrier(), np.zeros(2, np.int64), np.zeros(2, np.int64)
     t = threading.Thread(target=_rounds, args=(state, 2, 1, counts, 1, bad))
     t.start()
-    time.sleep(0.05)  # worker 1 is asleep on the futex by now
+    deadline = time.monotonic() + 10  # the waiter spins well under a millisecond, then sleeps
+    while state[2] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     sleeping = int(state[2])
     _rounds(state, 2, 0, counts, 1, bad)
     t.join(timeout=10)
     assert not t.is_alive()
-    assert sleeping == 1, "the waiter should have gone to sleep, not spun for 50 ms"
+    assert sleeping == 1, "the waiter never went to sleep on the futex"
     assert state[2] == 0 and bad.sum() == 0
