@@ -250,10 +250,10 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     """Read image bytes `ranges` (offsets into image = file offset - base) from the file and
     repack the matrix rows in them into the kernels' layout; True when O_DIRECT was used
     to the end. Ranges may overlap (they are merged); where one cuts a matrix, it must
-    cut on a row boundary (as part() does). Every reading thread runs `setup` first (bind
-    its memory to a NUMA node).
+    cut between its groups of kernels.row_group rows, as part() does. Every reading
+    thread runs `setup` first (bind its memory to a NUMA node).
 
-    Each read of matrix rows ends on a row boundary, and the thread that read them packs
+    Each read of matrix rows ends between row groups, and the thread that read them packs
     them in place at once, while they are in its cache, and where its NUMA binding put
     them (kernels.pack is compiled and releases the GIL: the threads pack in parallel)."""
     packed = sorted((t.offset - base, t) for t in layout.all_mats if not kernels.in_file_layout(t.qtype))
@@ -283,9 +283,10 @@ def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
         a, b = max(lo, t0), min(hi, t0 + t.nbytes)
         if a >= b:
             continue
-        if (a - t0) % t.row_bytes or (b - t0) % t.row_bytes:
-            raise NumallmError(f"bytes [{a}, {b}) of the image cut rows of {t.name!r}: a placement "
-                               "range must hold whole rows")
+        group = kernels.row_group(t.qtype) * t.row_bytes  # a packed unit: whole rows, whole tiles
+        if (a - t0) % group or ((b - t0) % group and b != t0 + t.nbytes):
+            raise NumallmError(f"bytes [{a}, {b}) of the image cut {t.name!r} inside a group of "
+                               f"{kernels.row_group(t.qtype)} rows: a placement range must hold whole groups")
         if kernels.packed_nbytes(t.qtype, t.rows, t.cols) != t.nbytes:
             # The kernels promise same-size layouts (a shard is any row range); the buffer relies on it.
             raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
@@ -293,10 +294,10 @@ def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
         if a - start >= _PIECE_BYTES:
             cut(a)  # a long stretch of bytes to read as they are
         while a < b:
-            rows = max(1, (start + _PIECE_BYTES - a) // t.row_bytes)
-            end = min(b, a + rows * t.row_bytes)
+            groups = max(1, (start + _PIECE_BYTES - a) // group)
+            end = min(b, a + groups * group)
             runs.append((t, a, end))
-            if end - start >= _PIECE_BYTES - t.row_bytes:
+            if end - start >= _PIECE_BYTES - group:
                 cut(end)
             a = end
     cut(hi)

@@ -60,21 +60,3 @@ def quantize_rows(X):  # type: ignore[no-untyped-def]
     for t in range(n):
         quantize_x(X[t], xq[t], xd[t], xs[t], xs16[t])
     return xq, xd, xs, xs16
-
-
-@njit(nogil=True, cache=True)
-def as_quantized(X):  # type: ignore[no-untyped-def]
-    """X[n, cols] as the int8 quantization of each row sees it (xd * xq), in float32:
-    the float32 matmul runs on this for quantized weights, so a batch gives what the
-    same tokens give one at a time through matvec (up to float32 rounding)."""
-    n, cols = X.shape
-    out = np.empty((n, cols), np.float32)
-    xq = np.empty(cols, np.int8)
-    xd = np.empty(cols // 32, np.float32)
-    xs = np.empty(cols // 32, np.float32)
-    xs16 = np.empty(cols // 16, np.float32)
-    for t in range(n):
-        quantize_x(X[t], xq, xd, xs, xs16)
-        for j in range(cols):
-            out[t, j] = xd[j // 32] * np.float32(xq[j])
-    return out

@@ -5,7 +5,8 @@ of the uint8 buffer `w` into y[0 : nb * block_size], bit for bit what gguf.quant
 (ggml's reference dequantizers) computes; the tests compare. The types whose
 reference is d * q + m per sub-block go through kernels/unpack.py (the int8 GEMM's
 form of a row); the others (float types, Q8_0, Q3_K, Q6_K, whose references multiply
-in another order) have decoders here. Q4_0-Q8_0 are in the grouped layout of
+in another order) have decoders here. Q4_0, Q4_1 and Q8_0 rows in tiles are decoded
+by kernels/tiled.py, the others of Q4_0-Q8_0 are in the grouped layout of
 kernels/repack.py. `decode_row(qcode, ...)` dispatches on the integer GGML type code.
 """
 
@@ -31,6 +32,7 @@ from numallm.kernels.qcodes import (
     geometry,
     row_geometry,
 )
+from numallm.kernels.tiled import TILE, decode_tiled, tile_kind, tiled_part
 from numallm.kernels.unpack import q3_k_scale, sub_size, unpack_row
 from numba import njit
 
@@ -122,8 +124,12 @@ decode_row = by_type("decode_row", {
 @njit(nogil=True, cache=True)
 def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
     nb, rb = row_geometry(qcode, cols)
+    full = tiled_part(qcode, rows)
     for i in range(ids.shape[0]):
         r = ids[i]
         if r < 0 or r >= rows:
             raise IndexError("get_rows: row id out of range")
-        decode_row(qcode, w, r * rb, nb, out[i])
+        if r < full:
+            decode_tiled(tile_kind(qcode), w, (r - r % TILE) * rb, r % TILE, nb, out[i])
+        else:
+            decode_row(qcode, w, r * rb, nb, out[i])

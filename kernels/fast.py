@@ -1,24 +1,28 @@
-"""matvec and matmul over quantized types with the SIMD row dots of kernels/fastdot.py.
+"""matvec and matmul over quantized types: the tile kernel of kernels/tiled.py for the
+rows in tiles (Q4_0, Q4_1, Q8_0, every row but a matrix's last rows % 16), the SIMD
+row dots of kernels/fastdot.py for the other rows and types.
 
-The activation is quantized to int8 once per call (actq), then each row in [r0, r1)
-is one call of fastdot.rows_dot. matmul (used for fewer than jit.GEMM_MIN_TOKENS
-tokens) quantizes every token once and walks the weight in tiles of ROW_TILE rows: a
-tile (23-60 KiB on SmolLM2) stays in L1/L2 while all tokens use it, so every weight
-block is read from memory once per call, and the int8 tokens (n * cols bytes) are
-streamed from cache. Tokens go through the tile 4 at a time (fastdot.rows_dot4: for
-Q4_0-Q5_1 and Q8_0 each weight block is unpacked once for the 4), then 2 (rows_dot2),
-then the last one alone; every token's output is bit-identical to matvec's. (One at a
-time, 2 tokens cost 2.2x one on SmolLM2's matrices, 1.75x with rows_dot2: an engine
-step of 2 sequences 3.5 ms instead of 5.6 ms, against 2.4-2.7 ms for one.) 64 rows rather
+Tiled rows take every token of a call through the tile kernel, whatever their number
+(jit.matmul sends them no other way). For the rest the activation is quantized to
+int8 once per call (actq), then each row in [r0, r1) is one call of
+fastdot.rows_dot. matmul (used for fewer than jit.GEMM_MIN_TOKENS tokens) quantizes
+every token once and walks the weight in tiles of ROW_TILE rows: a tile (23-60 KiB)
+stays in L1/L2 while all tokens use it, so every weight block is read from memory
+once per call, and the int8 tokens (n * cols bytes) are streamed from cache. Tokens
+go through the tile 4 at a time (fastdot.rows_dot4: for Q5_0, Q5_1 and the grouped
+rows each weight block is unpacked once for the 4), then 2 (rows_dot2), then the
+last one alone; every token's output is bit-identical to matvec's. 64 rows rather
 than 16: each kernel call costs ~0.1 us of reference counting, which at 16 rows made
-8 tokens 0.6-0.85x the speed of 8 matvecs on SmolLM2's matrices.
+8 tokens 0.6-0.85x the speed of 8 matvecs.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numallm.kernels.actq import quantize_rows, quantized_x
 from numallm.kernels.fastdot import rows_dot, rows_dot2, rows_dot4
 from numallm.kernels.qcodes import row_geometry
+from numallm.kernels.tiled import tile_rows, tiled_part
 from numba import njit
 
 ROW_TILE = 64
@@ -28,7 +32,10 @@ ROW_TILE = 64
 def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
     nb, rb = row_geometry(qcode, cols)
     xq, xd, xs, xs16 = quantized_x(x)
-    rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, r0, r1)
+    full = tiled_part(qcode, rows)
+    if full > r0:
+        tile_rows(qcode, w, rb, nb, full, xq, xd, xs, out[np.newaxis], r0, r1)
+    rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, max(r0, full), r1)
 
 
 @njit(nogil=True, cache=True)
@@ -38,6 +45,10 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     xq, xd, xs, xs16 = quantize_rows(X)
     # Flat views, made once: rows_dot4 finds a token's blocks by offset.
     fq, fd, fs, fs16 = xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), xs16.reshape(-1)
+    full = tiled_part(qcode, rows)
+    if full > r0:
+        tile_rows(qcode, w, rb, nb, full, fq, fd, fs, out, r0, r1)
+        r0 = max(r0, full)
     paired = n - n % 4 + (n % 4) // 2 * 2  # tokens the 4- and 2-token kernels take
     for rt in range(r0, r1, ROW_TILE):
         re = min(rt + ROW_TILE, r1)

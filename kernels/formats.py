@@ -1,9 +1,10 @@
 """Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
 
-Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows are regrouped at load (kernels/repack.py: the
-kernels run about twice as fast on it); every other type is read in the file's own
-block layout, so for those packing is zero-copy. Either way a row keeps its size and
-its place: the packed size is the file's and a shard is any row range.
+Q4_0, Q4_1 and Q8_0 rows are interleaved by tiles of 16 at load (kernels/tiled.py),
+the last rows % 16 of a matrix and Q5_0, Q5_1 rows regrouped (kernels/repack.py);
+every other type is read in the file's own block layout, so for those packing is
+zero-copy. Either way the packed size is the file's, and a shard is any row range
+that starts on a multiple of row_group and holds whole tiles or ends the matrix.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from numallm.errors import UnsupportedError
 from numallm.kernels.qcodes import CODES
 from numallm.kernels.repack import GROUPED, pack_grouped
+from numallm.kernels.tiled import KINDS, TILE, pack_tiled
 
 SUPPORTED_TYPES: frozenset[T] = frozenset(T(code) for code in CODES)
 
@@ -62,8 +64,8 @@ def in_file_layout(qtype: T) -> bool:
 
 
 def row_group(qtype: T) -> int:
-    """Rows per interleaved group of the packed layout: 1, as rows are not interleaved."""
-    return 1
+    """Rows per interleaved group of the packed layout (a shard starts on a multiple)."""
+    return TILE if T(qtype) in KINDS else 1
 
 
 def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
@@ -72,12 +74,13 @@ def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
 
 
 def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None) -> np.ndarray:
-    """The kernel layout of rows [0, rows) given as raw file bytes; `out` (uint8, at least
+    """The kernel layout of rows [0, rows) given as raw file bytes (for a tiled type, the
+    first row starts a tile and rows [0, rows) hold whole tiles or end the matrix); `out` (uint8, at least
     packed_nbytes) receives it if given, else a new array does, or for the types read
     in file layout `raw` itself (zero copy).
 
     `out` may be `raw` itself (packing in place) but must not otherwise overlap it. The
-    regrouping of kernels/repack.py runs compiled, at several GB/s, without the GIL:
+    regrouping of kernels/tiled.py and kernels/repack.py runs compiled, at several GB/s, without the GIL:
     threads packing disjoint ranges run in parallel."""
     n = packed_nbytes(qtype, rows, cols)
     flat = raw.reshape(-1)
@@ -88,7 +91,7 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
     qtype = T(qtype)
     if qtype in GROUPED:
         dest = np.empty(n, np.uint8) if out is None else out
-        pack_grouped(qtype, flat, rows, cols, dest.reshape(-1))
+        (pack_tiled if qtype in KINDS else pack_grouped)(qtype, flat, rows, cols, dest.reshape(-1))
         return dest
     if out is None:
         return flat[:n]

@@ -1,7 +1,7 @@
 """matmul for batches of tokens: decode a tile of rows once, then a float32 micro-kernel.
 
-For float weights (F32, F16, BF16), and Q8_0 on CPUs without VNNI; every other
-quantized batch takes the int8 tile GEMM of kernels/igemm.py, about twice as fast.
+For float weights (F32, F16, BF16); quantized batches take the tiled kernel
+(kernels/tiled.py) or the int8 tile GEMM of kernels/igemm.py, about twice as fast.
 
 A tile of TILE_ROWS weight rows is decoded to float32 (kernels/decode.py) and stored
 k-major (tile[k, i] = W[row i, k]), then every group of TILE_TOKENS tokens is
@@ -9,7 +9,6 @@ multiplied with it by outer products: per k one 16-float load of the tile and on
 broadcast FMA per token into its 16-lane accumulator: 16 multiply-adds per instruction, the
 int8 matvec kernels about 3. The decode is paid once per tile and the weight is
 read from memory once per call; benchmarks/README.md has the speed against matvec.
-X is used as given (kernels/jit.py passes quantized weights their int8-rounded X).
 """
 
 from __future__ import annotations

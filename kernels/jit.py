@@ -37,12 +37,10 @@ from typing import NamedTuple
 
 import numpy as np
 from numallm.kernels import fast, gemm, igemm
-from numallm.kernels.actq import as_quantized
 from numallm.kernels.by_type import by_type
-from numallm.kernels.cpu import has_vnni256
 from numallm.kernels.decode import get_rows as decode_rows
 from numallm.kernels.floatdot import rows_float
-from numallm.kernels.qcodes import BF16, CODES, F16, F32, Q8_0, geometry
+from numallm.kernels.qcodes import BF16, CODES, F16, F32, Q4_0, Q4_1, Q8_0, geometry
 from numba import njit
 from numba.core import types
 from numba.core.imputils import lower_constant
@@ -58,11 +56,9 @@ from numba.extending import (
 # From this many tokens on, unpacking a tile of rows once (kernels/igemm.py) beats the
 # int8 row kernels run once per token (kernels/fast.py): the unpack costs what 20-40
 # tokens through the row kernels do (benchmarks/README.md). Float weights always
-# take the tile GEMM.
+# take the tile GEMM; Q4_0, Q4_1 and Q8_0 never do (their tiled layout's kernel takes
+# any number of tokens, kernels/tiled.py).
 GEMM_MIN_TOKENS = 32
-# Q8_0's quants as unsigned bytes (w + 128) would saturate vpmaddubsw: without VNNI
-# its batches take the float32 micro-kernel.
-INT8_GEMM_Q8_0 = has_vnni256()
 
 
 @njit(nogil=True, cache=True)
@@ -124,13 +120,10 @@ def _matmul_quant(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-unty
         igemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
-def _matmul_q8_0_float(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+def _matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
-    if X.shape[0] < GEMM_MIN_TOKENS:
-        fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
-    else:
-        gemm.matmul(qcode, w, rows, cols, as_quantized(X), out, r0, r1)
+    fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
 def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
@@ -142,8 +135,8 @@ def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
 
 _FLOAT = (F32, F16, BF16)
 _matvec = by_type("matvec", {c: _matvec_float if c in _FLOAT else _matvec_quant for c in CODES})
-_matmul = by_type("matmul", {c: _matmul_float if c in _FLOAT else
-                             (_matmul_q8_0_float if c == Q8_0 and not INT8_GEMM_Q8_0 else _matmul_quant)
+_TILED = (Q4_0, Q4_1, Q8_0)
+_matmul = by_type("matmul", {c: _matmul_float if c in _FLOAT else (_matmul_tiled if c in _TILED else _matmul_quant)
                              for c in CODES})
 _get_rows_by_type = by_type("get_rows", dict.fromkeys(CODES, _get_rows))
 _OPS = {"matvec": _matvec, "matmul": _matmul, "get_rows": _get_rows_by_type}

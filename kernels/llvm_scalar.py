@@ -115,3 +115,28 @@ def load_bf16(typingctx, w, p):  # type: ignore[no-untyped-def]
         return builder.bitcast(bits, ir.FloatType())
 
     return types.float32(w, p), codegen
+
+
+def _mover(nbytes: int):  # type: ignore[no-untyped-def]
+    """An intrinsic move(dst, o, src, s): bytes dst[o:o+nbytes] = src[s:s+nbytes], one
+    unaligned load and store (of an integer, or a byte vector above 8 bytes), unchecked."""
+    ity = ir.IntType(8 * nbytes) if nbytes <= 8 else ir.VectorType(ir.IntType(8), nbytes)
+
+    def typer(typingctx, dst, o, src, s):  # type: ignore[no-untyped-def]
+        if not (_is_byte_array(dst) and _is_byte_array(src)):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            d, ov, sa, sv = args
+            v = builder.load(_elem_ptr(context, builder, sig.args[2], sa, sv, ity), align=1)
+            builder.store(v, _elem_ptr(context, builder, sig.args[0], d, ov, ity), align=1)
+            return context.get_dummy_value()
+        return types.none(dst, o, src, s), codegen
+
+    typer.__name__ = typer.__qualname__ = f"move{nbytes}"
+    return intrinsic(typer)
+
+
+move2 = _mover(2)
+move4 = _mover(4)
+move32 = _mover(32)

@@ -9,6 +9,7 @@ from numba import njit
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16 = 10, 11, 12, 13, 14, 30
 CODES = (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
+QUANT_CODES = CODES[3:]
 
 # (block size, bytes per block) by code; (0, 0) for codes the kernels do not handle.
 # A global array is a constant of the compiled code: one load instead of a branch chain.

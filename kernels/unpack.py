@@ -1,12 +1,13 @@
 """Quantized rows -> unsigned byte quants with a float scale and offset per sub-block.
 
-The int8 tile GEMM (kernels/igemm.py) reads every quantized type in one form:
+The int8 tile GEMM (kernels/igemm.py) reads the quantized types without a tiled
+layout (kernels/tiled.py) in one form, and decode.py the affine ones:
 element k of a row is d[k // S] * q[k] + m[k // S] with q an unsigned byte and S the
 type's sub-block size (`sub_size`: 16 where the type scales every 16 elements, else
 32). The integer part q is exact; d and m fold the type's scales, mins and offsets
-(Q4_0's -8, Q6_K's -32, ...; Q8_0's signed bytes become q = w + 128, m = -128 d) and
+(Q4_0's -8, Q6_K's -32, ...) and
 multiply the activation's int8 dot product and block sum in float32.
-Bit layouts as kernels/decode.py (grouped Q4_0-Q8_0, file layout K-quants). Quants
+Bit layouts as kernels/decode.py (grouped Q4_0-Q5_1, file layout K-quants). Quants
 are unpacked 4 at a time, as the 4 bytes of a uint32 from one unaligned 4-byte load,
 shift and mask (`field4`): a byte loop was 3-4x slower and was the K-quant GEMM's
 largest cost beside its dot products.
@@ -27,7 +28,6 @@ from numallm.kernels.qcodes import (
     Q5_1,
     Q5_K,
     Q6_K,
-    Q8_0,
 )
 from numba import njit
 
@@ -106,20 +106,6 @@ def unpack_q45(w, o, nb, q32, d, m, st, lane, has_min, five):  # type: ignore[no
 
 
 @njit(nogil=True, cache=True)
-def unpack_q8_0(w, o, nb, q32, d, m, st, lane):  # type: ignore[no-untyped-def]
-    for g0 in range(0, nb, 8):
-        g = min(8, nb - g0)
-        base = o + 34 * g0
-        for j in range(g):
-            b = g0 + j
-            dj = load_f16(w, base + 2 * j)
-            d[st * b + lane] = dj
-            m[st * b + lane] = np.float32(-128.0) * dj
-            for c in range(8):
-                q32[st * (8 * b + c) + lane] = load_u32(w, base + 2 * g + 32 * j + 4 * c) ^ np.uint32(0x80808080)
-
-
-@njit(nogil=True, cache=True)
 def unpack_q2_k(w, o, nb, q32, d, m, st, lane):  # type: ignore[no-untyped-def]
     for b in range(nb):
         p = o + 84 * b
@@ -195,7 +181,6 @@ unpack_strided = by_type("unpack_strided", {
     Q4_1: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q45(w, o, nb, q32, d, m, st, lane, True, False),
     Q5_0: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q45(w, o, nb, q32, d, m, st, lane, False, True),
     Q5_1: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q45(w, o, nb, q32, d, m, st, lane, True, True),
-    Q8_0: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q8_0(w, o, nb, q32, d, m, st, lane),
     Q2_K: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q2_k(w, o, nb, q32, d, m, st, lane),
     Q3_K: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q3_k(w, o, nb, q32, d, m, st, lane),
     Q4_K: lambda qc, w, o, nb, q32, d, m, st, lane: unpack_q45_k(w, o, nb, q32, d, m, st, lane, False),

@@ -23,6 +23,7 @@ from numallm.kernels.vec import (
     V16F32,
     _as_i64,
     _call,
+    _dot_s8s8,
     _dot_u8s8,
     _is_bytes,
     _load_bytes,
@@ -110,3 +111,58 @@ def vadd16(typingctx, a, b):  # type: ignore[no-untyped-def]
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         return builder.fadd(args[0], args[1])
     return f32x16(f32x16, f32x16), codegen
+
+
+def _broadcast4(context, builder, arrty, arr, off):  # type: ignore[no-untyped-def]
+    """The 4 bytes arr[off:off+4] repeated over 64 bytes."""
+    x4 = _load_bytes(context, builder, arrty, arr, _as_i64(builder, off), 4)
+    return builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
+
+
+@intrinsic
+def idot16_q4(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    """acc plus, for the 16 rows of a nibble vector of the tiled layout (kernels/tiled.py:
+    lane i = 4 file bytes of row i, low nibbles elements c..c+3, high nibbles
+    c+16..c+19), their dot with xq[xo:xo+4] and xq[xo+16:xo+20]."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, wa, pv, xa, xov = args
+        raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
+        lo = builder.and_(raw, ir.Constant(V64I8, [15] * 64))
+        hi = builder.lshr(raw, ir.Constant(V64I8, [4] * 64))
+        a = _dpbusd16(builder, a, lo, _broadcast4(context, builder, sig.args[3], xa, xov))
+        xh = builder.add(_as_i64(builder, xov), ir.Constant(ir.IntType(64), 16))
+        return _dpbusd16(builder, a, hi, _broadcast4(context, builder, sig.args[3], xa, xh))
+    return i32x16(i32x16, w, p, xq, xo), codegen
+
+
+# Q8_0's quants are signed: with VNNI on zmm they are dotted as unsigned w + 128 (one
+# xor), and the kernel takes 128 * d * (the activation's block sum) off each block.
+Q8_BIAS = 128 if has_vnni512() else 0
+
+
+@intrinsic
+def idot16_q8(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    """acc plus, for the 16 rows of a Q8_0 vector of the tiled layout (lane i = 4 signed
+    quants of row i), their dot with xq[xo:xo+4], plus Q8_BIAS times the sum of those
+    4 activations."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, wa, pv, xa, xov = args
+        raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
+        x = _broadcast4(context, builder, sig.args[3], xa, xov)
+        if Q8_BIAS:
+            return _dpbusd16(builder, a, builder.xor(raw, ir.Constant(V64I8, [0x80] * 64)), x)
+        undef = ir.Constant(V64I8, ir.Undefined)
+        halves = []
+        for h in range(2):
+            pick = ir.Constant(ir.VectorType(I32, 32), list(range(32 * h, 32 * h + 32)))
+            halves.append(_dot_s8s8(builder, builder.shuffle_vector(raw, undef, pick),
+                                    builder.shuffle_vector(x, undef, pick)))
+        both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+        return builder.add(a, both)
+    return i32x16(i32x16, w, p, xq, xo), codegen

@@ -1,6 +1,6 @@
-"""The grouped layout of kernels/repack.py built with numpy array reshapes: the packer the
-engine used before the compiled one, kept as the reference its output must equal bit
-for bit (tests/test_repack.py)."""
+"""The grouped layout of kernels/repack.py built with numpy array reshapes (the packer the
+engine used before the compiled one) and the tiled layout of kernels/tiled.py: the
+references the compiled packers must equal bit for bit (tests/test_repack.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.kernels.repack import GROUP, GROUPED
+from numallm.kernels.tiled import KINDS, TILE
 
 
 def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.ndarray:
@@ -28,7 +29,33 @@ def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.n
 
 
 def reference_pack(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Rows [0, rows) of file bytes `raw` in the grouped layout, as a new flat uint8 array."""
+    """Rows [0, rows) of file bytes `raw` in the kernels' layout, as a new flat uint8
+    array: tiles of 16 rows for the tiled types, then the rest grouped."""
+    full = rows // TILE * TILE if qtype in KINDS else 0
+    rb = cols // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1]
+    flat = raw.reshape(-1)
+    parts = []
+    if full:
+        parts.append(_tiled(qtype, flat[:full * rb], full, cols))
+    if rows > full:
+        parts.append(_grouped(qtype, flat[full * rb:rows * rb], rows - full, cols))
+    return np.concatenate(parts)
+
+
+def _tiled(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Whole tiles: per tile and block, the 16 rows' scale fields, then their quants by
+    4-byte words, word-major."""
+    fields = GROUPED[qtype][0]
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    blocks = raw.reshape(rows // TILE, TILE, cols // bs, ts).transpose(0, 2, 1, 3)  # [tile, block, row, bytes]
+    a = sum(fields)
+    parts = [blocks[..., f:f + 2].reshape(*blocks.shape[:2], -1) for f in range(0, a, 2)]
+    words = blocks[..., a:].reshape(*blocks.shape[:3], -1, 4).transpose(0, 1, 3, 2, 4)
+    parts.append(words.reshape(*blocks.shape[:2], -1))
+    return np.concatenate(parts, axis=-1).reshape(-1)
+
+
+def _grouped(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     fields, nibbles = GROUPED[qtype]
     bs, ts = GGML_QUANT_SIZES[qtype]
     nb = cols // bs

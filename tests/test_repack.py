@@ -1,9 +1,11 @@
-"""The compiled packer (kernels/repack.py via kernels.pack) writes exactly the grouped layout
-of the numpy reference (tests/repack_reference.py), in place and between buffers, on
-random blocks of every grouped type and on every matrix of the real models."""
+"""The compiled packers (kernels/tiled.py and kernels/repack.py via kernels.pack) write
+exactly the layouts of the numpy reference (tests/repack_reference.py), in place and
+between buffers, on random blocks of every packed type and on every matrix of the
+real models."""
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,8 +31,8 @@ def _random_rows(qtype: T, rows: int, cols: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("qtype", sorted(GROUPED), ids=lambda q: q.name)
 def test_pack_matches_reference_on_random_blocks(qtype: T) -> None:
     bs = GGML_QUANT_SIZES[qtype][0]
-    for nb in BLOCKS_PER_ROW:
-        rows, cols = 3, nb * bs
+    for nb, rows in itertools.product(BLOCKS_PER_ROW, (3, 35)):  # 35: two tiles and 3 grouped rows
+        cols = nb * bs
         raw = _random_rows(qtype, rows, cols, seed=nb)
         want = reference_pack(qtype, raw, rows, cols)
         got = kernels.pack(qtype, raw, rows, cols)
@@ -48,28 +50,33 @@ def test_pack_matches_reference_on_random_blocks(qtype: T) -> None:
 
 
 def test_pack_changes_the_bytes_it_should() -> None:
-    """Guards the reference comparison: the grouped layout is not the file's."""
-    raw = _random_rows(T.Q4_1, 2, 256, seed=0)
-    assert not np.array_equal(kernels.pack(T.Q4_1, raw, 2, 256), raw)
+    """Guards the reference comparison: the grouped and tiled layouts are not the file's."""
+    for rows in (2, 16):
+        raw = _random_rows(T.Q4_1, rows, 256, seed=0)
+        assert not np.array_equal(kernels.pack(T.Q4_1, raw, rows, 256), raw)
 
 
-def test_pack_of_a_row_range_is_the_rows_of_the_whole() -> None:
-    """The loader packs a matrix in row blocks: any row range must pack alone."""
-    rows, cols = 10, 9 * 32
-    raw = _random_rows(T.Q5_1, rows, cols, seed=1)
-    whole = kernels.pack(T.Q5_1, raw, rows, cols)
-    rb = kernels.packed_nbytes(T.Q5_1, 1, cols)
-    part = kernels.pack(T.Q5_1, raw[3 * rb:7 * rb], 4, cols)
-    np.testing.assert_array_equal(part, whole[3 * rb:7 * rb])
+@pytest.mark.parametrize(("qtype", "r0", "r1"), [(T.Q5_1, 3, 7), (T.Q4_1, 16, 35), (T.Q8_0, 16, 32)],
+                         ids=["grouped", "tiled-to-end", "tiled"])
+def test_pack_of_a_row_range_is_the_rows_of_the_whole(qtype: T, r0: int, r1: int) -> None:
+    """The loader packs a matrix in row blocks: any row range (for the tiled types one
+    that starts a tile and holds whole tiles or ends the matrix) must pack alone."""
+    rows, cols = 35, 9 * 32
+    raw = _random_rows(qtype, rows, cols, seed=1)
+    whole = kernels.pack(qtype, raw, rows, cols)
+    rb = kernels.packed_nbytes(qtype, 1, cols)
+    part = kernels.pack(qtype, raw[r0 * rb:r1 * rb], r1 - r0, cols)
+    np.testing.assert_array_equal(part, whole[r0 * rb:r1 * rb])
 
 
 def test_threads_packing_row_blocks_in_place_give_the_whole() -> None:
     """The loader's use: reading threads each pack the rows they read, in place, at once."""
-    rows, cols = 64, 23 * 32
+    rows, cols = 70, 23 * 32
     raw = _random_rows(T.Q4_1, rows, cols, seed=4)
     want = reference_pack(T.Q4_1, raw, rows, cols)
     rb = kernels.packed_nbytes(T.Q4_1, 1, cols)
-    blocks = [raw[r * rb:(r + 5) * rb] for r in range(0, rows, 5)]  # the last one is shorter
+    g = kernels.row_group(T.Q4_1)
+    blocks = [raw[r * rb:(r + g) * rb] for r in range(0, rows, g)]  # the last one is shorter
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda b: kernels.pack(T.Q4_1, b, b.size // rb, cols, out=b), blocks))
     np.testing.assert_array_equal(raw, want)
@@ -104,7 +111,8 @@ def test_pack_matches_reference_on_real_models(model: str) -> None:
     for t in gf.tensors.values():
         if t.qtype not in GROUPED:
             continue
-        for r0, r1 in ((0, min(t.rows, 256)), (max(0, t.rows - 16), t.rows)):
+        last_tile = max(0, t.rows - 16 - t.rows % 16)
+        for r0, r1 in ((0, min(t.rows, 256)), (last_tile, t.rows)):
             # A writable copy, as the loader packs (a read-only array is another compile).
             raw = np.array(data[t.offset + r0 * t.row_bytes:t.offset + r1 * t.row_bytes])
             np.testing.assert_array_equal(kernels.pack(t.qtype, raw, r1 - r0, t.cols),

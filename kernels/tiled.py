@@ -1,0 +1,283 @@
+"""The tiled layout of Q4_0, Q4_1 and Q8_0 and its kernel: any number of tokens, the
+same bits for each token whatever the batch.
+
+Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
+grouped layout of kernels/repack.py and its row kernels). A tile holds, for each block
+b in turn, the block of its 16 rows as
+
+    [d x 16 float16] [m x 16 float16: Q4_1] [vectors of 64 bytes: 4 (Q4_0, Q4_1) or 8 (Q8_0)]
+
+where byte 4i + j of vector v is byte 4v + j of row i's quants in the file: for Q4,
+low nibbles elements 4v..4v+3 and high nibbles 4v+16..4v+19. The tile keeps the 16
+rows' bytes (16 blocks of ts bytes per block), so rows keep their size and place
+by tiles: a shard or a read that starts on a tile and holds whole tiles (or ends
+the matrix) is packed and multiplied on its own.
+
+Kernel. One 64-byte load gives 4 quants of all 16 rows; one vpdpbusd adds their dot
+with one token's 4 activations, broadcast, into 16 int32 lanes (vec_tile), and the
+rows' 16 scales are applied with three vector ops per block per token. A row kernel
+(kernels/fastdot_grouped.py) spends about five times as many instructions per row
+and token, converting and scaling every block's partial sums per row. Tokens go
+through a tile 8, 4, 2 and 1 at a time (each weight vector loaded and unpacked once
+for all of them) while the tile stays in L1; every token keeps its own accumulators
+and runs the same steps in the same order, so its result does not depend on how
+many tokens share the pass: a sequence decoded in a batch gets the bits it gets
+alone, and prefill chunks of any size agree with decode.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Callable
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from numallm.kernels.by_type import by_type
+from numallm.kernels.cpu import has_avx512
+from numallm.kernels.llvm_scalar import at, load_f16, move2, move4, move32
+from numallm.kernels.qcodes import Q4_0, Q4_1, Q8_0, QUANT_CODES
+from numallm.kernels.repack import GROUPED, pack_grouped
+from numallm.kernels.vec import vfma16, vload_f16x16, vstore16, vzero16
+from numallm.kernels.vec_kquant import vscale16
+from numallm.kernels.vec_tile import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
+from numba import njit
+
+TILE = 16
+# Tokens per pass: 8 int32 and 8 float32 accumulators and 8 weight vectors fill 24 of
+# the 32 zmm registers; an AVX2 ymm holds half an accumulator.
+MAX_TOKENS = 8 if has_avx512() else 2
+Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
+KINDS: dict[T, int] = {T.Q4_0: Q4_0_KIND, T.Q4_1: Q4_1_KIND, T.Q8_0: Q8_0_KIND}
+_BLOCK_BYTES = (18, 20, 34)  # by kind
+_FIELD_WORDS = (1, 2, 1)  # 16-bit words of scales before a block's quants
+
+
+def tiled_rows(rows: int) -> int:
+    """Rows of a `rows`-row matrix in tiles: the rest keep the grouped layout."""
+    return rows - rows % TILE
+
+
+def pack_tiled(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
+    """Write rows [0, rows) of file bytes `src` into `dst` in this layout (flat uint8,
+    either the same array or not overlapping)."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    rb = cols // bs * ts
+    full = tiled_rows(rows)
+    if src.size < rows * rb or dst.size < rows * rb:
+        raise ValueError(f"pack_tiled: {rows} rows of {cols} {qtype.name} need {rows * rb} bytes, "
+                         f"got {src.size} in and {dst.size} out")
+    if full:
+        _tile_packer(KINDS[qtype])(src[:full * rb], dst[:full * rb], full // TILE, cols // bs)
+    if rows > full:
+        pack_grouped(qtype, src[full * rb:rows * rb], rows - full, cols, dst[full * rb:rows * rb])
+
+
+@cache
+def _tile_packer(kind: int) -> Callable[..., None]:
+    """packer(src, dst, tiles, nb): whole tiles of file bytes src into dst (uint8). The
+    block geometry is a constant of each kind's machine code, so LLVM unrolls the
+    moves of a block."""
+    ts = _BLOCK_BYTES[kind]
+    fields = _FIELD_WORDS[kind]
+    words = (ts - 2 * fields) // 4
+
+    @njit(nogil=True, cache=True)
+    def packer(src, dst, tiles, nb):  # type: ignore[no-untyped-def]
+        rb = nb * ts
+        scratch = np.empty(TILE * rb, np.uint8)
+        for g in range(tiles):
+            base = g * TILE * rb
+            for k in range(0, TILE * rb, 32):  # a tile fills the bytes it came from (16 rb: 32 | it)
+                move32(scratch, k, src, base + k)
+            for b in range(nb):
+                o = base + TILE * ts * b
+                for i in range(TILE):
+                    s = i * rb + ts * b
+                    for f in range(fields):
+                        move2(dst, o + 32 * f + 2 * i, scratch, s + 2 * f)
+                    for v in range(words):
+                        move4(dst, o + 32 * fields + 64 * v + 4 * i, scratch, s + 2 * fields + 4 * v)
+    return packer
+
+
+@cache
+def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
+    """The kernel of one tile for `ntok` tokens (1 <= ntok <= MAX_TOKENS) of a type kind:
+    kernel(w, p, nb, xq, xd, xs, t0, res) sets res[16 j + i] to row i of the tile at
+    byte p of w dotted with token t0 + j, from the flat xq, xd, xs of
+    actq.quantize_rows (token t's blocks start at block t * nb)."""
+    ts = _BLOCK_BYTES[kind]
+    quants = 64 if kind == Q4_1_KIND else 32  # byte of a block's quants in its tile chunk
+    bias = np.float32(-8.0 if kind == Q4_0_KIND else -Q8_BIAS)
+
+    @njit(nogil=True, cache=True)
+    def kernel(w, p, nb, xq, xd, xs, t0, res):  # type: ignore[no-untyped-def]
+        f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = vzero16()
+        x0 = t0 * nb
+        for b in range(nb):
+            c = p + TILE * ts * b
+            dv = vload_f16x16(w, c)
+            mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, bias)
+            i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+            q = c + quants
+            if kind == Q8_0_KIND:
+                for v in range(8):
+                    xo = 32 * (x0 + b) + 4 * v
+                    i0 = idot16_q8(i0, w, q + 64 * v, xq, xo)
+                    if ntok > 1:
+                        i1 = idot16_q8(i1, w, q + 64 * v, xq, xo + 32 * nb)
+                    if ntok > 2:
+                        i2 = idot16_q8(i2, w, q + 64 * v, xq, xo + 64 * nb)
+                        i3 = idot16_q8(i3, w, q + 64 * v, xq, xo + 96 * nb)
+                    if ntok > 4:
+                        i4 = idot16_q8(i4, w, q + 64 * v, xq, xo + 128 * nb)
+                        i5 = idot16_q8(i5, w, q + 64 * v, xq, xo + 160 * nb)
+                        i6 = idot16_q8(i6, w, q + 64 * v, xq, xo + 192 * nb)
+                        i7 = idot16_q8(i7, w, q + 64 * v, xq, xo + 224 * nb)
+            else:
+                for v in range(4):
+                    xo = 32 * (x0 + b) + 4 * v
+                    i0 = idot16_q4(i0, w, q + 64 * v, xq, xo)
+                    if ntok > 1:
+                        i1 = idot16_q4(i1, w, q + 64 * v, xq, xo + 32 * nb)
+                    if ntok > 2:
+                        i2 = idot16_q4(i2, w, q + 64 * v, xq, xo + 64 * nb)
+                        i3 = idot16_q4(i3, w, q + 64 * v, xq, xo + 96 * nb)
+                    if ntok > 4:
+                        i4 = idot16_q4(i4, w, q + 64 * v, xq, xo + 128 * nb)
+                        i5 = idot16_q4(i5, w, q + 64 * v, xq, xo + 160 * nb)
+                        i6 = idot16_q4(i6, w, q + 64 * v, xq, xo + 192 * nb)
+                        i7 = idot16_q4(i7, w, q + 64 * v, xq, xo + 224 * nb)
+            k = x0 + b
+            f0 = _block(f0, i0, dv, mv, xd, xs, k, kind)
+            if ntok > 1:
+                f1 = _block(f1, i1, dv, mv, xd, xs, k + nb, kind)
+            if ntok > 2:
+                f2 = _block(f2, i2, dv, mv, xd, xs, k + 2 * nb, kind)
+                f3 = _block(f3, i3, dv, mv, xd, xs, k + 3 * nb, kind)
+            if ntok > 4:
+                f4 = _block(f4, i4, dv, mv, xd, xs, k + 4 * nb, kind)
+                f5 = _block(f5, i5, dv, mv, xd, xs, k + 5 * nb, kind)
+                f6 = _block(f6, i6, dv, mv, xd, xs, k + 6 * nb, kind)
+                f7 = _block(f7, i7, dv, mv, xd, xs, k + 7 * nb, kind)
+        vstore16(res, 0, f0)
+        if ntok > 1:
+            vstore16(res, 16, f1)
+        if ntok > 2:
+            vstore16(res, 32, f2)
+            vstore16(res, 48, f3)
+        if ntok > 4:
+            vstore16(res, 64, f4)
+            vstore16(res, 80, f5)
+            vstore16(res, 96, f6)
+            vstore16(res, 112, f7)
+
+    return kernel
+
+
+@njit(inline="always", cache=True)
+def _block(f, i, dv, mv, xd, xs, k, kind):  # type: ignore[no-untyped-def]
+    """f + float(i) * d * xd[k] + m * xs[k]: one block's integer dots scaled, its offset
+    or min applied through the activation's block sum (none for Q8_0 without a bias)."""
+    f = vfmai16(f, i, dv, at(xd, k))
+    if kind != Q8_0_KIND or Q8_BIAS:
+        f = vfma16(f, mv, at(xs, k))
+    return f
+
+
+@cache
+def tile_pass(kind: int) -> Callable[..., None]:
+    """pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1): out[t, r] for every token t and
+    the rows r of [r0, r1) below `full` (the tiled rows) of a matrix of this type kind
+    (rows of rb bytes, nb blocks), from the flat xq, xd, xs of the tokens."""
+    k8, k4, k2, k1 = (tile_kernel(kind, n) for n in (8, 4, 2, 1))
+    wide = MAX_TOKENS
+
+    @njit(nogil=True, cache=True)
+    def pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+        n = out.shape[0]
+        res = np.empty(TILE * 8, np.float32)
+        for g0 in range(r0 - r0 % TILE, min(r1, full), TILE):
+            lo, hi = max(r0, g0) - g0, min(r1, g0 + TILE) - g0
+            p = g0 * rb
+            t = 0
+            while n - t >= 8 and wide >= 8:
+                k8(w, p, nb, xq, xd, xs, t, res)
+                _store(res, out, t, 8, g0, lo, hi)
+                t += 8
+            if n - t >= 4 and wide >= 4:
+                k4(w, p, nb, xq, xd, xs, t, res)
+                _store(res, out, t, 4, g0, lo, hi)
+                t += 4
+            while n - t >= 2:
+                k2(w, p, nb, xq, xd, xs, t, res)
+                _store(res, out, t, 2, g0, lo, hi)
+                t += 2
+            if n > t:
+                k1(w, p, nb, xq, xd, xs, t, res)
+                _store(res, out, t, 1, g0, lo, hi)
+    return pass_
+
+
+@njit(inline="always", cache=True)
+def _store(res, out, t, nt, g0, lo, hi):  # type: ignore[no-untyped-def]
+    for j in range(nt):
+        for i in range(lo, hi):
+            out[t + j, g0 + i] = res[TILE * j + i]
+
+
+def _pass_impl(kind: int) -> Callable[..., None]:
+    pass_ = tile_pass(kind)
+
+    def impl(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+        pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1)
+    return impl
+
+
+def _no_tiles(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+    raise ValueError("tile_rows: this type has no tiled layout")
+
+
+# tile_pass of the type code's kind (kernels/by_type.py); the other quantized types,
+# which never reach it (tiled_part is 0 for them), raise.
+tile_rows = by_type("tile_rows", {code: _pass_impl(KINDS[T(code)]) if T(code) in KINDS else _no_tiles
+                                  for code in QUANT_CODES})
+
+
+@njit(inline="always", cache=True)
+def tiled_part(qcode, rows):  # type: ignore[no-untyped-def]
+    """Rows [0, tiled_part) of a matrix of this type are in tiles; 0 for the types
+    without a tiled layout."""
+    if qcode == Q4_0 or qcode == Q4_1 or qcode == Q8_0:
+        return rows - rows % TILE
+    return 0
+
+
+@njit(inline="always", cache=True)
+def tile_kind(qcode):  # type: ignore[no-untyped-def]
+    """The kind (Q4_0_KIND, ...) of a type with a tiled layout."""
+    return Q4_0_KIND if qcode == Q4_0 else (Q4_1_KIND if qcode == Q4_1 else Q8_0_KIND)
+
+
+@njit(nogil=True, cache=True)
+def decode_tiled(kind, w, p, i, nb, y):  # type: ignore[no-untyped-def]
+    """Row i of the tile at byte p as float32 into y, as ggml's dequantizers compute it."""
+    ts = TILE * (18, 20, 34)[kind]
+    quants = 64 if kind == Q4_1_KIND else 32
+    for b in range(nb):
+        c = p + ts * b
+        d = load_f16(w, c + 2 * i)
+        m = load_f16(w, c + 32 + 2 * i) if kind == Q4_1_KIND else np.float32(0.0)
+        for v in range(8 if kind == Q8_0_KIND else 4):
+            for j in range(4):
+                byte = at(w, c + quants + 64 * v + 4 * i + j)
+                e = 32 * b + 4 * v + j
+                if kind == Q8_0_KIND:
+                    y[e] = d * np.float32(np.int8(byte))
+                elif kind == Q4_1_KIND:
+                    y[e] = d * np.float32(byte & 15) + m
+                    y[e + 16] = d * np.float32(byte >> 4) + m
+                else:
+                    y[e] = d * np.float32(np.int32(byte & 15) - 8)
+                    y[e + 16] = d * np.float32(np.int32(byte >> 4) - 8)
