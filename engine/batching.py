@@ -8,8 +8,9 @@ time), several prompts' chunks in one call where each gets the kernels it gets a
 decode batch under the GEMM threshold (kernels.jit.GEMM_MIN_TOKENS) gives each row the
 same bits as that token run alone, the GEMM computes each token on its own, and a prompt
 is chunked the same way whatever else runs, so a request's greedy output does not depend
-on its neighbours (with --parallel 32 or more, decode steps take the GEMM path and agree
-to ~1e-6 only).
+on its neighbours. (Q4_0, Q4_1 and Q8_0 matrices give each token the same bits in any
+batch, kernels/tiled.py; the rule is for the other types, which with --parallel 32 or
+more take the GEMM path in decode steps and agree to ~1e-6 only.)
 
 Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
 stop strings, limits), the text to the request's `emit` callback, and a finished or

@@ -1,4 +1,5 @@
-"""16-lane integer vectors, as LLVM IR: the int8 tile GEMM's inner step (kernels/igemm.py);
+"""16-lane integer vectors, as LLVM IR: the inner steps of the int8 tile GEMM
+(kernels/igemm.py) and of the tiled kernel (kernels/tiled.py: idot16_q4, idot16_q8);
 its 64-byte dot `_dpbusd16` also serves the K-quant matvec dots (kernels/vec_kquant.py).
 
 An I32x16 holds one int32 accumulator per row of a 16-row weight tile. `idot16`
@@ -10,7 +11,7 @@ Numba compiles for (kernels/cpu.py):
   otherwise   two halves through vec._dot_u8s8 (vpdpbusd on ymm, vpmaddubsw +
               vpmaddwd, or plain LLVM vectors), each added to its half.
 vpmaddubsw saturates pairs above 2**15: callers keep the quants below 128 on that
-path (igemm.py sends Q8_0 to the float path when there is no VNNI).
+path (Q8_0's signed quants go through idot16_q8, which has its own).
 """
 
 from __future__ import annotations
