@@ -206,27 +206,59 @@ class _Cursor:
         return out
 
     def string_array(self, count: int, shown: str) -> list[str]:
-        # The hot loop of every load (262k tokens for Gemma 3), so the common case
-        # makes no method calls; `need` only runs to word the error.
-        buf, pos, end, unpack = self.buf, self.pos, self.end, _U64.unpack_from
-        out: list[str] = []
-        append = out.append
+        # The hot loop of every load (262k tokens for Gemma 3): it only walks the length
+        # prefixes, checked afterwards with numpy, and the strings are decoded together.
+        buf, pos, unpack = self.buf, self.pos, _U64.unpack_from
+        starts: list[int] = []
+        append = starts.append
+        try:
+            for _ in range(count):
+                (n,) = unpack(buf, pos)
+                append(pos)
+                pos += 8 + n
+        except (struct.error, OverflowError):  # a prefix past the end of the file: worded below
+            pass
+        if len(starts) < count or pos > self.end or (
+                count and (np.diff(np.asarray(starts + [pos], np.int64)) - 8).max() > MAX_STRING_LEN):
+            self.check_strings(count, shown)  # raises, naming the element
+        out = _decode_strings(buf, self.pos, pos, starts)
+        self.pos = pos
+        return out
+
+    def check_strings(self, count: int, shown: str) -> None:
+        """Walk a string array's length prefixes one by one and raise for the first one
+        that exceeds the limit or the file."""
+        pos = self.pos
         for i in range(count):
-            if pos + 8 > end:
-                self.pos = pos
-                self.need(8, f"length of element {i} of {shown}")
-            (n,) = unpack(buf, pos)
+            self.pos = pos
+            self.need(8, f"length of element {i} of {shown}")
+            (n,) = _U64.unpack_from(self.buf, pos)
             if n > MAX_STRING_LEN:
                 raise self.fail(f"element {i} of {shown} has length {n}, over the limit "
                                 f"of {MAX_STRING_LEN}", pos)
-            if pos + 8 + n > end:
-                self.pos = pos + 8
-                self.need(n, f"element {i} of {shown}", pos)
-            pos += 8
-            append(str(buf[pos:pos + n], "utf-8", "surrogateescape"))
-            pos += n
-        self.pos = pos
-        return out
+            self.pos = pos + 8
+            self.need(n, f"element {i} of {shown}", pos)
+            pos += 8 + n
+
+
+def _decode_strings(buf: Any, lo: int, hi: int, starts: list[int]) -> list[str]:
+    """The strings of a GGUF string array at buf[lo:hi], whose length prefixes start at
+    `starts`. One decode of all of them (a str per element cost 0.3 us each): each
+    prefix but its last byte is dropped, and that byte, the zero top byte of a length
+    under MAX_STRING_LEN, separates the strings. An element holding a NUL byte itself
+    makes the split miscount; then each is decoded alone."""
+    if not starts:
+        return []
+    region = np.frombuffer(buf, np.uint8, hi - lo, lo)
+    keep = np.ones(hi - lo, bool)
+    first = np.asarray(starts) - lo
+    for k in range(7):
+        keep[first + k] = False
+    parts = region[keep].tobytes().decode("utf-8", "surrogateescape").split("\x00")
+    if len(parts) == len(starts) + 1:
+        return parts[1:]
+    ends = starts[1:] + [hi]
+    return [str(buf[a + 8:b], "utf-8", "surrogateescape") for a, b in zip(starts, ends)]
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:

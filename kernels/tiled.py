@@ -50,7 +50,6 @@ MAX_TOKENS = 8 if has_avx512() else 2
 Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
 KINDS: dict[T, int] = {T.Q4_0: Q4_0_KIND, T.Q4_1: Q4_1_KIND, T.Q8_0: Q8_0_KIND}
 _BLOCK_BYTES = (18, 20, 34)  # by kind
-_FIELD_WORDS = (1, 2, 1)  # 16-bit words of scales before a block's quants
 
 
 def tiled_rows(rows: int) -> int:
@@ -68,37 +67,42 @@ def pack_tiled(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray)
         raise ValueError(f"pack_tiled: {rows} rows of {cols} {qtype.name} need {rows * rb} bytes, "
                          f"got {src.size} in and {dst.size} out")
     if full:
-        _tile_packer(KINDS[qtype])(src[:full * rb], dst[:full * rb], full // TILE, cols // bs)
+        _pack_tiles(src[:full * rb], dst[:full * rb], full // TILE, cols // bs, KINDS[qtype])
     if rows > full:
         pack_grouped(qtype, src[full * rb:rows * rb], rows - full, cols, dst[full * rb:rows * rb])
 
 
-@cache
-def _tile_packer(kind: int) -> Callable[..., None]:
-    """packer(src, dst, tiles, nb): whole tiles of file bytes src into dst (uint8). The
-    block geometry is a constant of each kind's machine code, so LLVM unrolls the
-    moves of a block."""
-    ts = _BLOCK_BYTES[kind]
-    fields = _FIELD_WORDS[kind]
-    words = (ts - 2 * fields) // 4
+@njit(nogil=True, cache=True)
+def _pack_tiles(src, dst, tiles, nb, kind):  # type: ignore[no-untyped-def]
+    """Whole tiles of file bytes src into dst (uint8). One function for the three kinds
+    (a process loads one from Numba's cache, 2-3 ms each), each branch with its block
+    geometry as constants, so LLVM unrolls the moves of a block."""
+    if kind == Q4_0_KIND:
+        _pack_tiles_of(src, dst, tiles, nb, 18, 1)
+    elif kind == Q4_1_KIND:
+        _pack_tiles_of(src, dst, tiles, nb, 20, 2)
+    else:
+        _pack_tiles_of(src, dst, tiles, nb, 34, 1)
 
-    @njit(nogil=True, cache=True)
-    def packer(src, dst, tiles, nb):  # type: ignore[no-untyped-def]
-        rb = nb * ts
-        scratch = np.empty(TILE * rb, np.uint8)
-        for g in range(tiles):
-            base = g * TILE * rb
-            for k in range(0, TILE * rb, 32):  # a tile fills the bytes it came from (16 rb: 32 | it)
-                move32(scratch, k, src, base + k)
-            for b in range(nb):
-                o = base + TILE * ts * b
-                for i in range(TILE):
-                    s = i * rb + ts * b
-                    for f in range(fields):
-                        move2(dst, o + 32 * f + 2 * i, scratch, s + 2 * f)
-                    for v in range(words):
-                        move4(dst, o + 32 * fields + 64 * v + 4 * i, scratch, s + 2 * fields + 4 * v)
-    return packer
+
+@njit(inline="always", cache=True)
+def _pack_tiles_of(src, dst, tiles, nb, ts, fields):  # type: ignore[no-untyped-def]
+    """_pack_tiles for blocks of ts bytes that start with `fields` float16 scales."""
+    words = (ts - 2 * fields) // 4
+    rb = nb * ts
+    scratch = np.empty(TILE * rb, np.uint8)
+    for g in range(tiles):
+        base = g * TILE * rb
+        for k in range(0, TILE * rb, 32):  # a tile fills the bytes it came from (16 rb: 32 | it)
+            move32(scratch, k, src, base + k)
+        for b in range(nb):
+            o = base + TILE * ts * b
+            for i in range(TILE):
+                s = i * rb + ts * b
+                for f in range(fields):
+                    move2(dst, o + 32 * f + 2 * i, scratch, s + 2 * f)
+                for v in range(words):
+                    move4(dst, o + 32 * fields + 64 * v + 4 * i, scratch, s + 2 * fields + 4 * v)
 
 
 @cache

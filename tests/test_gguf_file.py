@@ -166,6 +166,17 @@ def test_tiny_file_round_trips(tmp_path: Path) -> None:
         [(n, t.offset) for n, t in gf.tensors.items()]
 
 
+@pytest.mark.parametrize("odd", [b"a\x00b", b"\xe2\x82", b"", b"\x00"], ids=["nul", "cut-utf8", "empty", "only-nul"])
+def test_string_arrays_keep_every_byte(tmp_path: Path, odd: bytes) -> None:
+    """String arrays are decoded in one piece, split on each length's zero top byte: a
+    string holding a NUL (the split miscounts: each is decoded alone), a cut UTF-8
+    sequence or an empty string must still come back byte for byte."""
+    values = [b"x", odd, b"\xff\xfe", odd, "\u00e9t\u00e9".encode(), b"z"]
+    kvs, infos, data_size = tiny_model(extra_kvs=(kv_strings("x.strings", values),))
+    md = read_gguf(write(tmp_path, gguf_bytes(kvs, infos, data_size))).metadata
+    assert [v.encode("utf-8", "surrogateescape") for v in md["x.strings"]] == values
+
+
 def test_every_truncation_of_a_valid_file_is_a_clean_error(tmp_path: Path) -> None:
     kvs, infos, data_size = tiny_model()
     data = gguf_bytes(kvs, infos, data_size)
