@@ -77,7 +77,7 @@ def _pack_tiles(src, dst, tiles, nb, kind):  # type: ignore[no-untyped-def]
     """Whole tiles of file bytes src into dst (uint8). One function for the three kinds
     (a process loads one from Numba's cache, 2-3 ms each), each branch with its block
     geometry as constants, so LLVM unrolls the moves of a block."""
-    if kind == Q4_0_KIND:
+    if kind == Q4_0_KIND:  # the geometry of _BLOCK_BYTES, written out as constants
         _pack_tiles_of(src, dst, tiles, nb, 18, 1)
     elif kind == Q4_1_KIND:
         _pack_tiles_of(src, dst, tiles, nb, 20, 2)
@@ -114,6 +114,7 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     ts = _BLOCK_BYTES[kind]
     quants = 64 if kind == Q4_1_KIND else 32  # byte of a block's quants in its tile chunk
     bias = np.float32(-8.0 if kind == Q4_0_KIND else -Q8_BIAS)
+    idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (idot16_q4, 4)  # 64-byte vectors a block
 
     @njit(nogil=True, cache=True)
     def kernel(w, p, nb, xq, xd, xs, t0, res):  # type: ignore[no-untyped-def]
@@ -125,34 +126,19 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
             mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, bias)
             i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
             q = c + quants
-            if kind == Q8_0_KIND:
-                for v in range(8):
-                    xo = 32 * (x0 + b) + 4 * v
-                    i0 = idot16_q8(i0, w, q + 64 * v, xq, xo)
-                    if ntok > 1:
-                        i1 = idot16_q8(i1, w, q + 64 * v, xq, xo + 32 * nb)
-                    if ntok > 2:
-                        i2 = idot16_q8(i2, w, q + 64 * v, xq, xo + 64 * nb)
-                        i3 = idot16_q8(i3, w, q + 64 * v, xq, xo + 96 * nb)
-                    if ntok > 4:
-                        i4 = idot16_q8(i4, w, q + 64 * v, xq, xo + 128 * nb)
-                        i5 = idot16_q8(i5, w, q + 64 * v, xq, xo + 160 * nb)
-                        i6 = idot16_q8(i6, w, q + 64 * v, xq, xo + 192 * nb)
-                        i7 = idot16_q8(i7, w, q + 64 * v, xq, xo + 224 * nb)
-            else:
-                for v in range(4):
-                    xo = 32 * (x0 + b) + 4 * v
-                    i0 = idot16_q4(i0, w, q + 64 * v, xq, xo)
-                    if ntok > 1:
-                        i1 = idot16_q4(i1, w, q + 64 * v, xq, xo + 32 * nb)
-                    if ntok > 2:
-                        i2 = idot16_q4(i2, w, q + 64 * v, xq, xo + 64 * nb)
-                        i3 = idot16_q4(i3, w, q + 64 * v, xq, xo + 96 * nb)
-                    if ntok > 4:
-                        i4 = idot16_q4(i4, w, q + 64 * v, xq, xo + 128 * nb)
-                        i5 = idot16_q4(i5, w, q + 64 * v, xq, xo + 160 * nb)
-                        i6 = idot16_q4(i6, w, q + 64 * v, xq, xo + 192 * nb)
-                        i7 = idot16_q4(i7, w, q + 64 * v, xq, xo + 224 * nb)
+            for v in range(vectors):
+                xo = 32 * (x0 + b) + 4 * v
+                i0 = idot(i0, w, q + 64 * v, xq, xo)
+                if ntok > 1:
+                    i1 = idot(i1, w, q + 64 * v, xq, xo + 32 * nb)
+                if ntok > 2:
+                    i2 = idot(i2, w, q + 64 * v, xq, xo + 64 * nb)
+                    i3 = idot(i3, w, q + 64 * v, xq, xo + 96 * nb)
+                if ntok > 4:
+                    i4 = idot(i4, w, q + 64 * v, xq, xo + 128 * nb)
+                    i5 = idot(i5, w, q + 64 * v, xq, xo + 160 * nb)
+                    i6 = idot(i6, w, q + 64 * v, xq, xo + 192 * nb)
+                    i7 = idot(i7, w, q + 64 * v, xq, xo + 224 * nb)
             k = x0 + b
             f0 = _block(f0, i0, dv, mv, xd, xs, k, kind)
             if ntok > 1:
