@@ -2,15 +2,15 @@
 rows in tiles (Q4_0, Q4_1, Q8_0, every row but a matrix's last rows % 16), the SIMD
 row dots of kernels/fastdot.py for the other rows and types.
 
-Tiled rows take every token of a call through the tile kernel, whatever their number
-(jit.matmul sends them no other way). For the rest the activation is quantized to
-int8 once per call (actq), then each row in [r0, r1) is one call of
-fastdot.rows_dot. matmul (used for fewer than jit.GEMM_MIN_TOKENS tokens) quantizes
+matmul_tiled takes every token of a call through the tile kernel, whatever their
+number (jit.matmul sends the tiled types there only). For the rest the activation is
+quantized to int8 once per call (actq), then each row in [r0, r1) is one call of
+fastdot.rows_dot. matmul (the other types, below jit.GEMM_MIN_TOKENS tokens) quantizes
 every token once and walks the weight in tiles of ROW_TILE rows: a tile (23-60 KiB)
 stays in L1/L2 while all tokens use it, so every weight block is read from memory
 once per call, and the int8 tokens (n * cols bytes) are streamed from cache. Tokens
-go through the tile 4 at a time (fastdot.rows_dot4: for Q5_0, Q5_1 and the grouped
-rows each weight block is unpacked once for the 4), then 2 (rows_dot2), then the
+go through the tile 4 at a time (fastdot.rows_dot4: for Q5_0 and Q5_1 each weight
+block is unpacked once for the 4), then 2 (rows_dot2), then the
 last one alone; every token's output is bit-identical to matvec's. 64 rows rather
 than 16: each kernel call costs ~0.1 us of reference counting, which at 16 rows made
 8 tokens 0.6-0.85x the speed of 8 matvecs.
@@ -40,15 +40,12 @@ def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def
 
 @njit(nogil=True, cache=True)
 def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    """The types without a tiled layout."""
     nb, rb = row_geometry(qcode, cols)
     n = X.shape[0]
     xq, xd, xs, xs16 = quantize_rows(X)
     # Flat views, made once: rows_dot4 finds a token's blocks by offset.
     fq, fd, fs, fs16 = xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), xs16.reshape(-1)
-    full = tiled_part(qcode, rows)
-    if full > r0:
-        tile_rows(qcode, w, rb, nb, full, fq, fd, fs, out, r0, r1)
-        r0 = max(r0, full)
     paired = n - n % 4 + (n % 4) // 2 * 2  # tokens the 4- and 2-token kernels take
     for rt in range(r0, r1, ROW_TILE):
         re = min(rt + ROW_TILE, r1)
@@ -58,3 +55,16 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
             rows_dot2(qcode, w, rb, nb, fq, fd, fs, fs16, out, paired - 2, rt, re)
         if paired < n:
             rows_dot(qcode, w, rb, nb, xq[n - 1], xd[n - 1], xs[n - 1], xs16[n - 1], out[n - 1], rt, re)
+
+
+@njit(nogil=True, cache=True)
+def matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    """Q4_0, Q4_1, Q8_0, any number of tokens: the tile kernel, then each token alone
+    through the row kernel for a matrix's last rows % 16 (grouped)."""
+    nb, rb = row_geometry(qcode, cols)
+    xq, xd, xs, xs16 = quantize_rows(X)
+    full = tiled_part(qcode, rows)
+    if full > r0:
+        tile_rows(qcode, w, rb, nb, full, xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), out, r0, r1)
+    for t in range(X.shape[0]):
+        rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], xs16[t], out[t], max(r0, full), r1)

@@ -2,8 +2,8 @@
 
 Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 live in kernels/fastdot_grouped.py (their grouped
 layout); the K-quants, read in file layout, are here. `rows_dot2` and `rows_dot4` do 2
-and 4 tokens at once (fast.matmul): one pass over each row for the grouped types, a
-rows_dot call per token for the others.
+and 4 tokens at once (fast.matmul, for the types without tiles): one pass over each row
+for Q5_0 and Q5_1, a rows_dot call per token for the K-quants.
 
 `rows_<type>(w, rb, nb, xq, xd, xs, xs16, out, r0, r1)` sets out[r] for r in [r0, r1)
 to the dot product of row r (the `nb` blocks at byte r * rb of w, the file's block
@@ -28,8 +28,6 @@ import numpy as np
 from numallm.kernels.by_type import by_type
 from numallm.kernels.fastdot_grouped import (
     rows_q8_0,
-    rows_q8_0_x2,
-    rows_q8_0_x4,
     rows_q45,
     rows_q45_x2,
     rows_q45_x4,
@@ -169,20 +167,14 @@ def _rows_dot_each4(q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1):  # type: i
 # nb blocks start at block nb * t) and out [tokens, rows]; bit-identical to rows_dot
 # per token.
 rows_dot2 = by_type("rows_dot2", {
-    Q4_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, False, False, xq, xd, xs, out, t0, r0, r1),
-    Q4_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, True, False, xq, xd, xs, out, t0, r0, r1),
     Q5_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, False, True, xq, xd, xs, out, t0, r0, r1),
     Q5_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x2(w, rb, nb, True, True, xq, xd, xs, out, t0, r0, r1),
-    Q8_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q8_0_x2(w, rb, nb, xq, xd, out, t0, r0, r1),
     **{code: _rows_dot_each2 for code in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)},
 })
 
 # The same for t in [t0, t0 + 4).
 rows_dot4 = by_type("rows_dot4", {
-    Q4_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, False, False, xq, xd, xs, out, t0, r0, r1),
-    Q4_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, True, False, xq, xd, xs, out, t0, r0, r1),
     Q5_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, False, True, xq, xd, xs, out, t0, r0, r1),
     Q5_1: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q45_x4(w, rb, nb, True, True, xq, xd, xs, out, t0, r0, r1),
-    Q8_0: lambda q, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1: rows_q8_0_x4(w, rb, nb, xq, xd, out, t0, r0, r1),
     **{code: _rows_dot_each4 for code in (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)},
 })

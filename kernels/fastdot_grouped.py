@@ -6,8 +6,8 @@ scales; each block then costs a 32-byte load (or half of one, for the nibble
 pairs), a mask or shift, one integer dot (vpdpbusd or its AVX2 pair) and one FMA.
 The last group of a row (1-7 blocks) takes the per-block path.
 
-rows_q45_x4/_x2 and rows_q8_0_x4/_x2 do the same for 4 or 2 tokens per pass over a row
-(fast.matmul): each token keeps its own accumulators and runs exactly the single-token
+rows_q45_x4/_x2 do the same for 4 or 2 tokens per pass over a row (fast.matmul, for
+Q5_0 and Q5_1: the other three types multiply batches in tiles, kernels/tiled.py): each token keeps its own accumulators and runs exactly the single-token
 steps below (the same inline helpers, in the same order), so its result is
 bit-identical to rows_q45/rows_q8_0; the tokens' steps on a block share one load and
 unpack of the weight, which LLVM merges once the helpers are inlined and their loops
@@ -236,66 +236,3 @@ def rows_q8_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
         for j in range(g):
             a0 = q8_tail_block(w, base, g, j, 8 * nfull + j, xq, xd, 0, a0)
         out[r] = vhsum(vadd(a0, a1))
-
-
-@njit(inline="always", cache=True)
-def q8_group_pair(w, base, xq, xd, b0, xa, xb, acc):  # type: ignore[no-untyped-def]
-    """The full Q8_0 group at byte base (its first block b0) for two tokens whose blocks
-    start at block xa and xb; acc = (a00, a01, a10, a11), each token in rows_q8_0's order."""
-    a00, a01, a10, a11 = acc
-    d8 = vload_h8(w, base)
-    dsc0, dsc1 = vmul(d8, vload8(xd, xa + b0)), vmul(d8, vload8(xd, xb + b0))
-    for i in range(4):
-        a00, a01 = q8_pair(w, base, i, xq, xa + b0, dsc0, a00, a01)
-        a10, a11 = q8_pair(w, base, i, xq, xb + b0, dsc1, a10, a11)
-    return a00, a01, a10, a11
-
-
-@njit(inline="always", cache=True)
-def q8_finish_pair(w, o, nb, xq, xd, xa, xb, acc):  # type: ignore[no-untyped-def]
-    """The last Q8_0 group (1-7 blocks) of the row at byte o for the pair of acc, then
-    the pair's two results."""
-    a00, a01, a10, a11 = acc
-    nfull = nb // 8
-    g = nb - 8 * nfull
-    base = o + 272 * nfull
-    for j in range(g):
-        b = 8 * nfull + j
-        a00 = q8_tail_block(w, base, g, j, b, xq, xd, xa, a00)
-        a10 = q8_tail_block(w, base, g, j, b, xq, xd, xb, a10)
-    return vhsum(vadd(a00, a01)), vhsum(vadd(a10, a11))
-
-
-@njit(nogil=True, cache=True)
-def rows_q8_0_x2(w, rb, nb, xq, xd, out, t0, r0, r1):  # type: ignore[no-untyped-def]
-    """rows_q8_0_x4 for the two tokens t0 and t0+1."""
-    xa, xb = t0 * nb, (t0 + 1) * nb
-    for r in range(r0, r1):
-        o = r * rb
-        p01 = (vzero(), vzero(), vzero(), vzero())
-        for gi in range(nb // 8):
-            p01 = q8_group_pair(w, o + 272 * gi, xq, xd, 8 * gi, xa, xb, p01)
-        out[t0, r], out[t0 + 1, r] = q8_finish_pair(w, o, nb, xq, xd, xa, xb, p01)
-
-
-@njit(nogil=True, cache=True)
-def rows_q8_0_x4(w, rb, nb, xq, xd, out, t0, r0, r1):  # type: ignore[no-untyped-def]
-    """rows_q8_0 for tokens t0..t0+3, xq and xd flattened as for rows_q45_x4."""
-    nfull = nb // 8
-    xb0, xb1, xb2, xb3 = t0 * nb, (t0 + 1) * nb, (t0 + 2) * nb, (t0 + 3) * nb
-    for r in range(r0, r1):
-        o = r * rb
-        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = vzero()
-        for gi in range(nfull):
-            base = o + 272 * gi
-            b0 = 8 * gi
-            d8 = vload_h8(w, base)
-            dsc0, dsc1 = vmul(d8, vload8(xd, xb0 + b0)), vmul(d8, vload8(xd, xb1 + b0))
-            dsc2, dsc3 = vmul(d8, vload8(xd, xb2 + b0)), vmul(d8, vload8(xd, xb3 + b0))
-            for i in range(4):
-                a00, a01 = q8_pair(w, base, i, xq, xb0 + b0, dsc0, a00, a01)
-                a10, a11 = q8_pair(w, base, i, xq, xb1 + b0, dsc1, a10, a11)
-                a20, a21 = q8_pair(w, base, i, xq, xb2 + b0, dsc2, a20, a21)
-                a30, a31 = q8_pair(w, base, i, xq, xb3 + b0, dsc3, a30, a31)
-        out[t0, r], out[t0 + 1, r] = q8_finish_pair(w, o, nb, xq, xd, xb0, xb1, (a00, a01, a10, a11))
-        out[t0 + 2, r], out[t0 + 3, r] = q8_finish_pair(w, o, nb, xq, xd, xb2, xb3, (a20, a21, a30, a31))

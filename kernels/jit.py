@@ -123,7 +123,7 @@ def _matmul_quant(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-unty
 def _matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
-    fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    fast.matmul_tiled(qcode, w, rows, cols, X, out, r0, r1)
 
 
 def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
