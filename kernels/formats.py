@@ -14,8 +14,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.errors import UnsupportedError
 from numallm.kernels.qcodes import CODES
-from numallm.kernels.repack import GROUPED, pack_grouped
-from numallm.kernels.tiled import KINDS, TILE, pack_tiled
+from numallm.kernels.repack import GROUPED
+from numallm.kernels.tiled import KINDS, TILE, pack_rows
 
 SUPPORTED_TYPES: frozenset[T] = frozenset(T(code) for code in CODES)
 
@@ -91,7 +91,7 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
     qtype = T(qtype)
     if qtype in GROUPED:
         dest = np.empty(n, np.uint8) if out is None else out
-        (pack_tiled if qtype in KINDS else pack_grouped)(qtype, flat, rows, cols, dest.reshape(-1))
+        pack_rows(qtype, flat, rows, cols, dest.reshape(-1))
         return dest
     if out is None:
         return flat[:n]

@@ -42,27 +42,22 @@ GROUPED: dict[T, tuple[tuple[int, ...], bool]] = {
 _MAX_FIELDS = 3
 # Per type, the field widths in 16-bit words padded with zeros: one compiled function
 # serves every type.
-_FIELD_WORDS: dict[T, np.ndarray] = {
+FIELD_WORDS: dict[T, np.ndarray] = {
     qtype: np.array([w // 2 for w in fields] + [0] * (_MAX_FIELDS - len(fields)), np.int64)
     for qtype, (fields, _) in GROUPED.items()}
 
 
-def pack_grouped(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
-    """Write rows [0, rows) of file bytes `src` into `dst` in the grouped layout; both are
-    flat C-contiguous uint8 of at least rows * row bytes, and are either the same array
-    (in place) or do not overlap."""
-    bs, ts = GGML_QUANT_SIZES[qtype]
-    n = rows * (cols // bs) * ts  # even: every grouped type's block size is
-    if src.size < n or dst.size < n:  # the compiled loop reads and writes unchecked
-        raise ValueError(f"pack_grouped: {rows} rows of {cols} {qtype.name} need {n} bytes, "
-                         f"got {src.size} in and {dst.size} out")
-    _pack_rows(src[:n].view(np.uint16), dst[:n].view(np.uint16), rows, cols // bs, ts // 2,
-               _FIELD_WORDS[qtype], GROUPED[qtype][1])
+def grouped_geometry(qtype: T) -> tuple[int, np.ndarray, bool]:
+    """pack_grouped_rows' (tw, fields, nibbles) arguments for this type."""
+    return GGML_QUANT_SIZES[qtype][1] // 2, FIELD_WORDS[qtype], GROUPED[qtype][1]
 
 
-@njit(nogil=True, cache=True)
-def _pack_rows(src, dst, rows_, nb_, tw_, fields, nibbles):  # type: ignore[no-untyped-def]
-    """src, dst: uint16 views; tw_ words per block; fields: widths in words."""
+@njit(inline="always", cache=True)
+def pack_grouped_rows(src, dst, rows_, nb_, tw_, fields, nibbles):  # type: ignore[no-untyped-def]
+    """Rows [0, rows_) of src into dst in the grouped layout. src, dst: uint16 views of
+    whole rows (the same array, or not overlapping), read and written unchecked; tw_
+    words per block; fields: widths in words. Compiled into kernels/tiled.py's one
+    packing function (a process loads one packer from Numba's cache, 2-3 ms each)."""
     rows, nb, tw, G, two = U(rows_), U(nb_), U(tw_), U(GROUP), U(2)
     scratch = np.empty(GROUP * tw_, np.uint16)
     qa = U(fields[0] + fields[1] + fields[2])  # a block's quants start at word qa

@@ -37,7 +37,7 @@ from numallm.kernels.by_type import by_type
 from numallm.kernels.cpu import has_avx512
 from numallm.kernels.llvm_scalar import at, load_f16, move2, move4, move32
 from numallm.kernels.qcodes import Q4_0, Q4_1, Q8_0, QUANT_CODES
-from numallm.kernels.repack import GROUPED, pack_grouped
+from numallm.kernels.repack import grouped_geometry, pack_grouped_rows
 from numallm.kernels.vec import vfma16, vload_f16x16, vstore16, vzero16
 from numallm.kernels.vec_kquant import vscale16
 from numallm.kernels.vec_tile import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
@@ -57,32 +57,37 @@ def tiled_rows(rows: int) -> int:
     return rows - rows % TILE
 
 
-def pack_tiled(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
-    """Write rows [0, rows) of file bytes `src` into `dst` in this layout (flat uint8,
-    either the same array or not overlapping)."""
+def pack_rows(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
+    """Write rows [0, rows) of file bytes `src` of a type of repack.GROUPED into `dst`
+    in the kernels' layout: for the tiled types tiles, then the last rows % 16
+    grouped; for Q5_0 and Q5_1 all grouped. src and dst are flat uint8, either the same
+    array or not overlapping."""
     bs, ts = GGML_QUANT_SIZES[qtype]
-    rb = cols // bs * ts
-    full = tiled_rows(rows)
-    if src.size < rows * rb or dst.size < rows * rb:
-        raise ValueError(f"pack_tiled: {rows} rows of {cols} {qtype.name} need {rows * rb} bytes, "
+    n = rows * (cols // bs) * ts  # even: every block size is
+    if src.size < n or dst.size < n:  # the compiled loops read and write unchecked
+        raise ValueError(f"pack: {rows} rows of {cols} {qtype.name} need {n} bytes, "
                          f"got {src.size} in and {dst.size} out")
-    if full:
-        _pack_tiles(src[:full * rb], dst[:full * rb], full // TILE, cols // bs, KINDS[qtype])
-    if rows > full:
-        pack_grouped(qtype, src[full * rb:rows * rb], rows - full, cols, dst[full * rb:rows * rb])
+    full = tiled_rows(rows) if qtype in KINDS else 0
+    tw, fields, nibbles = grouped_geometry(qtype)
+    _pack(src[:n], dst[:n], full // TILE, rows - full, cols // bs, KINDS.get(qtype, -1), tw, fields, nibbles)
 
 
 @njit(nogil=True, cache=True)
-def _pack_tiles(src, dst, tiles, nb, kind):  # type: ignore[no-untyped-def]
-    """Whole tiles of file bytes src into dst (uint8). One function for the three kinds
-    (a process loads one from Numba's cache, 2-3 ms each), each branch with its block
-    geometry as constants, so LLVM unrolls the moves of a block."""
-    if kind == Q4_0_KIND:  # the geometry of _BLOCK_BYTES, written out as constants
-        _pack_tiles_of(src, dst, tiles, nb, 18, 1)
-    elif kind == Q4_1_KIND:
-        _pack_tiles_of(src, dst, tiles, nb, 20, 2)
-    else:
-        _pack_tiles_of(src, dst, tiles, nb, 34, 1)
+def _pack(src, dst, tiles, grouped, nb, kind, tw, fields, nibbles):  # type: ignore[no-untyped-def]
+    """`tiles` tiles of a tiled kind, then `grouped` rows in the grouped layout. One
+    function for every type: a process loads one packer from Numba's cache (2-3 ms
+    each); each tiled kind's branch has its block geometry (_BLOCK_BYTES) as
+    constants, so LLVM unrolls the moves of a block."""
+    if tiles:
+        if kind == Q4_0_KIND:
+            _pack_tiles_of(src, dst, tiles, nb, 18, 1)
+        elif kind == Q4_1_KIND:
+            _pack_tiles_of(src, dst, tiles, nb, 20, 2)
+        else:
+            _pack_tiles_of(src, dst, tiles, nb, 34, 1)
+    if grouped:
+        o = tiles * TILE * nb * 2 * tw
+        pack_grouped_rows(src[o:].view(np.uint16), dst[o:].view(np.uint16), grouped, nb, tw, fields, nibbles)
 
 
 @njit(inline="always", cache=True)
