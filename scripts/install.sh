@@ -26,4 +26,14 @@ fi
 
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
+case ",$extras," in
+  *,llama-cpp,*)
+    # llama.cpp builds for this CPU (-march=native); on Xeons that report AMX, its AMX
+    # matmul dies with SIGILL on its worker threads here (tilezero without the tile state
+    # the kernel grants per thread: llama.cpp PR #26954). Build it without AMX: the
+    # reference then runs its AVX-512 kernels, which every comparison here assumes.
+    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    export CFLAGS="${CFLAGS:+$CFLAGS }$noamx" CXXFLAGS="${CXXFLAGS:+$CXXFLAGS }$noamx"
+    ;;
+esac
 "$python" -m pip install --disable-pip-version-check -q -e "$spec"
