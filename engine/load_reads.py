@@ -1,10 +1,12 @@
 """Read file ranges straight into destination buffers, from several threads at once.
 
 Placement-agnostic: the caller gives a list of ReadJob (a file offset, the uint8 buffer
-those bytes go to: a whole-model copy, one node's copy, a shard; and optionally what to
-do with them once they are all in, e.g. repack them in place), and may give a `setup`
-every reading thread runs first (e.g. bind its memory to a NUMA node, so the pages it
-fills, and the scratch memory of a repack, land there).
+those bytes go to: a whole-model copy, one node's copy, a shard; and optionally pieces of
+it to work on as soon as their bytes are in, e.g. repack them in place), and may give a
+`setup` every reading thread runs first (e.g. bind its memory to a NUMA node, so the
+pages it fills, and the scratch memory of a repack, land there). Requests are cut at
+aligned file offsets whatever the pieces are: pieces that end anywhere (between rows of
+a matrix) would otherwise cost O_DIRECT two small bounced requests each.
 
 Every read loops until each byte is there: a read may return fewer bytes than asked
 (signals, the 2 GiB cap of one read(2), O_DIRECT at the end of a file), and taking a
@@ -51,14 +53,19 @@ THREADS = 8              # requests in flight: 2.5x the rate of one O_DIRECT str
 _TMPFS_MAGIC = 0x01021994
 
 
+Piece = tuple[int, int, Callable[[np.ndarray], None]]  # (lo, hi, fn): fn(dest[lo:hi])
+
+
 @dataclass(frozen=True, eq=False)
 class ReadJob:
-    """File bytes [offset, offset + dest.size) go into `dest` (uint8, C-contiguous); then,
-    on the reading thread that completes it, `after(dest)` runs if given."""
+    """File bytes [offset, offset + dest.size) go into `dest` (uint8, C-contiguous). For
+    each (lo, hi, fn) of `pieces` (sorted, not overlapping), fn(dest[lo:hi]) runs as soon
+    as those bytes are all in, on the reading thread that completed them (so they are
+    still in its cache)."""
 
     offset: int
     dest: np.ndarray
-    after: Callable[[np.ndarray], None] | None = None
+    pieces: Sequence[Piece] = ()
 
 
 class _Truncated(Exception):
@@ -193,37 +200,59 @@ def _cached(src: _Source, offset: int, length: int) -> bool:
     return hi > lo and bool(resident(src.fd, lo, hi - lo).all())
 
 
-def _chunks(job: ReadJob) -> list[tuple[int, np.ndarray]]:
-    dest = job.dest.reshape(-1)
-    if dest.dtype != np.uint8 or not job.dest.flags.c_contiguous:
+def _chunks(job: ReadJob) -> list[tuple[int, int]]:
+    """The job's requests, (lo, hi) in dest: up to CHUNK bytes, cut at ALIGN multiples of
+    the file offset, so every request but the job's first and last is aligned."""
+    dest = job.dest
+    if dest.dtype != np.uint8 or not dest.flags.c_contiguous:
         raise ValueError("ReadJob.dest must be a C-contiguous uint8 array")
-    # Chunk boundaries on ALIGN multiples of the file offset keep every inner request aligned.
     out, start = [], 0
     while start < dest.size:
         end = min(dest.size, align_down(job.offset + start + CHUNK, ALIGN) - job.offset)
-        out.append((job.offset + start, dest[start:end]))
+        out.append((start, end))
         start = end
     return out
 
 
 class _Completion:
-    """Counts each job's chunks down; the thread reading a job's last chunk runs its `after`."""
+    """Counts each piece's requests down; the thread whose request completes a piece runs it."""
 
-    def __init__(self, jobs: Sequence[ReadJob], counts: list[int]) -> None:
+    def __init__(self, jobs: Sequence[ReadJob], chunks: list[list[tuple[int, int]]]) -> None:
         self._jobs = jobs
-        self._left = counts
+        self._left: dict[tuple[int, int], int] = {}      # (job, piece) -> requests still out
+        self._covers: dict[tuple[int, int], list[int]] = {}  # (job, request) -> its pieces
         self._lock = threading.Lock()
+        for j, (job, cs) in enumerate(zip(jobs, chunks)):
+            c = 0
+            for k, (lo, hi, _) in enumerate(job.pieces):
+                while c < len(cs) and cs[c][1] <= lo:
+                    c += 1
+                last = c
+                while last < len(cs) and cs[last][0] < hi:
+                    self._covers.setdefault((j, last), []).append(k)
+                    last += 1
+                self._left[j, k] = last - c
 
-    def chunk_done(self, index: int) -> None:
+    def empty_pieces(self) -> list[tuple[int, int]]:
+        """(job, piece) of pieces without bytes: done already."""
+        return [key for key, n in self._left.items() if n == 0]
+
+    def run(self, j: int, k: int) -> None:
+        lo, hi, fn = self._jobs[j].pieces[k]
+        fn(self._jobs[j].dest[lo:hi])
+
+    def chunk_done(self, j: int, c: int) -> None:
+        done = []
         with self._lock:
-            self._left[index] -= 1
-            last = self._left[index] == 0
-        job = self._jobs[index]
-        if last and job.after is not None:
-            job.after(job.dest)
+            for k in self._covers.get((j, c), ()):
+                self._left[j, k] -= 1
+                if self._left[j, k] == 0:
+                    done.append(k)
+        for k in done:
+            self.run(j, k)
 
 
-def _plan_threads(src: _Source, requests: list[tuple[int, int, np.ndarray]],
+def _plan_threads(src: _Source, requests: list[tuple[int, np.ndarray]],
                   threads: int) -> tuple[list[bool], int]:
     """Per request, does the page cache hold all of it (asked only in direct mode, where
     it decides how to read); and how many threads to read with.
@@ -237,13 +266,13 @@ def _plan_threads(src: _Source, requests: list[tuple[int, int, np.ndarray]],
     if not requests:
         return [], 1
     if src.direct:
-        lo = align_down(min(off for _, off, _ in requests), PAGE)
-        hi = min(src.size, max(off + d.size for _, off, d in requests))
+        lo = align_down(min(off for off, _ in requests), PAGE)
+        hi = min(src.size, max(off + d.size for off, d in requests))
         pages = resident(src.fd, lo, hi - lo)
         cached = [bool(pages[(off - lo) // PAGE:(min(off + d.size, hi) - lo + PAGE - 1) // PAGE].all())
-                  for _, off, d in requests]
+                  for off, d in requests]
         return cached, max(1, min(threads, cpus + cached.count(False)))
-    lo, hi = min(off for _, off, _ in requests), min(src.size, max(off + d.size for _, off, d in requests))
+    lo, hi = min(off for off, _ in requests), min(src.size, max(off + d.size for off, d in requests))
     return [True] * len(requests), cpus if threads > cpus and _looks_cached(src, lo, hi) else max(1, threads)
 
 
@@ -264,25 +293,25 @@ def read_jobs(path: str, jobs: Sequence[ReadJob], *, direct: bool = False, threa
     file ends before a job's last byte.
     """
     chunks = [_chunks(job) for job in jobs]
-    for job, cs in zip(jobs, chunks):
-        if not cs and job.after is not None:
-            job.after(job.dest)  # nothing to read: done already
-    done = _Completion(jobs, [len(c) for c in chunks])
+    done = _Completion(jobs, chunks)
+    for j, k in done.empty_pieces():
+        done.run(j, k)
     src = _Source(path, direct)
     bounce = _Bounce()
     bar = progress_bar(sum(j.dest.size for j in jobs), desc)
 
-    requests = [(i, off, dest) for i, cs in enumerate(chunks) for off, dest in cs]
+    requests = [(j, c, jobs[j].offset + lo, jobs[j].dest[lo:hi])
+                for j, cs in enumerate(chunks) for c, (lo, hi) in enumerate(cs)]
 
-    def work(index: int, offset: int, dest: np.ndarray, in_cache: bool) -> int:
+    def work(j: int, c: int, offset: int, dest: np.ndarray, in_cache: bool) -> int:
         _read_chunk(src, bounce, offset, dest, in_cache)
-        done.chunk_done(index)
+        done.chunk_done(j, c)
         return dest.size
 
     try:
-        cached, n_threads = _plan_threads(src, requests, threads)
+        cached, n_threads = _plan_threads(src, [(off, dest) for _, _, off, dest in requests], threads)
         with ThreadPoolExecutor(max_workers=n_threads, initializer=setup) as pool:
-            futures = [pool.submit(work, i, off, dest, c) for (i, off, dest), c in zip(requests, cached)]
+            futures = [pool.submit(work, *r, c) for r, c in zip(requests, cached)]
             try:
                 for fut in as_completed(futures):
                     bar.update(fut.result())

@@ -25,11 +25,11 @@ from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.load_lock import PageLock, check_lock_limit
 from numallm.engine.load_pages import PAGE, align_down, align_up, anonymous
-from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
+from numallm.engine.load_reads import ALIGN, Piece, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
 from numallm.numa.memory import merge_ranges
 
-_PIECE_BYTES = 2 << 20  # bytes read, then packed, at a time: half a read request, and they stay in cache
+_PIECE_BYTES = 2 << 20  # bytes packed at a time: half a read request, and they stay in cache
 
 
 @dataclass
@@ -253,30 +253,27 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     cut between its groups of kernels.row_group rows, as part() does. Every reading
     thread runs `setup` first (bind its memory to a NUMA node).
 
-    Each read of matrix rows ends between row groups, and the thread that read them packs
-    them in place at once, while they are in its cache, and where its NUMA binding put
-    them (kernels.pack is compiled and releases the GIL: the threads pack in parallel)."""
+    The rows are packed in pieces of about _PIECE_BYTES, each in place by the thread
+    whose read completed it, at once, while they are in its cache, and where its NUMA
+    binding put them (kernels.pack is compiled and releases the GIL: the threads pack
+    in parallel)."""
     packed = sorted((t.offset - base, t) for t in layout.all_mats if not kernels.in_file_layout(t.qtype))
-    jobs: list[ReadJob] = []
-    for lo, hi in merge_ranges(ranges):
-        jobs += _range_jobs(image, base, lo, hi, packed)
+    jobs = [ReadJob(base + lo, image[lo:hi], _pieces(lo, hi, packed)) for lo, hi in merge_ranges(ranges)]
     return read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
 
 
-def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
-                packed: list[tuple[int, TensorInfo]]) -> list[ReadJob]:
-    """Reads that tile image bytes [lo, hi), of about _PIECE_BYTES each where they hold rows
-    to pack (a large matrix is cut between rows; small ones, and the bytes between, share
-    a read), each followed by packing the rows it holds; plain reads of the rest."""
-    jobs: list[ReadJob] = []
-    start = lo  # where the read being gathered starts
+def _pieces(lo: int, hi: int, packed: list[tuple[int, TensorInfo]]) -> list[Piece]:
+    """The packing pieces of image bytes [lo, hi), offsets from lo: runs of rows to pack of
+    about _PIECE_BYTES each (a large matrix is cut between row groups, small ones share
+    a piece)."""
+    pieces: list[Piece] = []
+    start = lo  # where the piece being gathered starts
     runs: list[tuple[TensorInfo, int, int]] = []  # its rows to pack: image bytes [a, b) of t
 
-    def cut(end: int) -> None:
+    def cut(end: int) -> None:  # the piece ends with its last run; the next starts at `end`
         nonlocal start, runs
-        if end > start:
-            after = functools.partial(_pack_runs, tuple(runs), start) if runs else None
-            jobs.append(ReadJob(base + start, image[start:end], after))
+        if runs:
+            pieces.append((start - lo, runs[-1][2] - lo, functools.partial(_pack_runs, tuple(runs), start)))
         start, runs = end, []
 
     for t0, t in packed:
@@ -291,8 +288,8 @@ def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
             # The kernels promise same-size layouts (a shard is any row range); the buffer relies on it.
             raise NumallmError(f"the kernels' layout of {t.qtype.name} changes the size of {t.name!r}; "
                                "numallm.engine.weights needs updating for it")
-        if a - start >= _PIECE_BYTES:
-            cut(a)  # a long stretch of bytes to read as they are
+        if not runs or a - start >= _PIECE_BYTES:
+            cut(a)  # a piece starts at its first row
         while a < b:
             groups = max(1, (start + _PIECE_BYTES - a) // group)
             end = min(b, a + groups * group)
@@ -301,7 +298,7 @@ def _range_jobs(image: np.ndarray, base: int, lo: int, hi: int,
                 cut(end)
             a = end
     cut(hi)
-    return jobs
+    return pieces
 
 
 def _pack_runs(runs: tuple[tuple[TensorInfo, int, int], ...], start: int, dest: np.ndarray) -> None:

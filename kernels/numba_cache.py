@@ -13,6 +13,16 @@ of a process imports Numba's array math, which imports scipy.linalg (when instal
 only to note whether a BLAS exists (0.2 s of CPU, most of a warm start's Numba cost,
 for the BLAS path of np.correlate/np.convolve), and its typing, which builds a cffi
 parser for calls to cffi functions (10 ms). numallm compiles neither.
+
+And it makes a cache hit of numallm's functions cheaper (an Engine start loads a few
+of them; both together took 55-70 ms of a 260 ms start):
+- Numba refreshes its typing and lowering registries before every cache load, which
+  the first time installs thousands of implementations. Loaded machine code needs
+  none of them, only the runtime (NRT) it links against; a compile still refreshes
+  them itself (numba.core.compiler.CompilerBase).
+- Numba times every call into LLVM with Python callbacks around the LLVM lock (its
+  "numba:llvm_lock" event, read only by its compile-time profiling): a large cached
+  function makes 1600 such calls as it is loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import sys
 from functools import cache
 from pathlib import Path
 
+import llvmlite.binding as llvm
 from numba.core import caching
+from numba.core.runtime import rtsys
 
 _KERNELS_DIR = Path(__file__).resolve().parent
 _PACKAGE_DIR = _KERNELS_DIR.parent
@@ -66,9 +78,10 @@ class _UserWide(_KernelStamped, caching.UserWideCacheLocator):
 
 
 def install() -> None:
-    """Put these locators before Numba's own (idempotent), and import Numba's array math
-    without scipy and its typing without cffi. numallm.kernels does it on import; a module defining cached functions
-    that call kernels must import numallm.kernels before it defines them."""
+    """Put these locators before Numba's own (idempotent), import Numba's array math
+    without scipy and its typing without cffi, and take the cost out of cache hits (see
+    above). numallm.kernels does it on import; a module defining cached functions that
+    call kernels must import numallm.kernels before it defines them."""
     classes = caching.CacheImpl._locator_classes
     for locator in (_UserWide, _InTree, _UserProvided):
         if locator not in classes:
@@ -79,6 +92,21 @@ def install() -> None:
     # every process's first compile or cache load, for features numallm never compiles.
     _import_without("numba.np.arraymath", "scipy.linalg")
     _import_without("numba.core.typing.cffi_utils", "cffi")
+    caching.Cache.load_overload = _load_overload
+    lock = llvm.ffi.lib._lock  # llvmlite keeps its callbacks there (register_lock_callback)
+    lock._cblist[:] = [cb for cb in lock._cblist if "_initialize_llvm_lock_event" not in cb[0].__qualname__]
+
+
+_numba_load_overload = caching.Cache.load_overload  # Numba's own, for everyone else's functions
+
+
+def _load_overload(self, sig, target_context):  # type: ignore[no-untyped-def]
+    """Cache.load_overload without the registry refresh, for numallm's functions."""
+    if not isinstance(self._impl.locator, _KernelStamped):
+        return _numba_load_overload(self, sig, target_context)
+    rtsys.initialize(target_context)  # idempotent; the loaded code links against the NRT
+    with self._guard_against_spurious_io_errors():
+        return self._load_overload(sig, target_context)
 
 
 def _import_without(module: str, optional: str) -> None:

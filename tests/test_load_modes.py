@@ -21,7 +21,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,7 +258,7 @@ def test_short_reads_and_refused_direct_reads_are_completed(tiny_llama: Path, mo
     w.close()
 
 
-def test_read_jobs_fills_any_range_and_runs_setup_and_after(disk_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_jobs_fills_any_range_and_runs_setup_and_pieces(disk_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = disk_dir / "jobs.bin"
     rng = np.random.default_rng(1)
     data = rng.integers(0, 256, 300_000, dtype=np.uint8)
@@ -268,20 +268,30 @@ def test_read_jobs_fills_any_range_and_runs_setup_and_after(disk_dir: Path, monk
     for direct in (False, True):
         _drop_from_page_cache(path)
         threads: set[int] = set()
-        after: list[int] = []
+        seen: list[tuple[int, int, bytes]] = []
         backing = np.zeros(400_000, np.uint8)
         # Unaligned offsets and lengths, a buffer offset unlike the file's (all bounced
         # in dio), a job ending exactly at the end of the file, a 1-byte job.
         spans = [(0, 5000, 0), (4095, 70_001, 8000), (123_457, 40_000, 90_001),
                  (200_000, 100_000, 140_000 + 4096 - 200_000 % 4096), (299_999, 1, 399_000)]
-        jobs = [ReadJob(off, backing[at:at + n], after=lambda d, i=i, after=after: after.append(i))
+        # Pieces anywhere in a job: across requests, inside one, a whole job, an empty one;
+        # each must see all of its bytes already read.
+        cuts = [[(0, 5000)], [(0, 1), (1, 12_289), (20_000, 20_000), (30_000, 70_001)],
+                [(7, 39_993)], [(0, 0), (4096, 99_999)], [(0, 1)]]
+
+        def piece(i: int, lo: int) -> Callable[[np.ndarray], None]:
+            return lambda d: seen.append((i, lo, d.tobytes()))
+        jobs = [ReadJob(off, backing[at:at + n], [(lo, hi, piece(i, lo)) for lo, hi in cuts[i]])
                 for i, (off, n, at) in enumerate(spans)]
         used = read_jobs(str(path), jobs, direct=direct, threads=3,
                          setup=lambda threads=threads: threads.add(threading.get_ident()))
         assert used == direct
         for off, n, at in spans:
             np.testing.assert_array_equal(backing[at:at + n], data[off:off + n])
-        assert sorted(after) == list(range(len(spans)))
+        assert sorted((i, lo) for i, lo, _ in seen) == sorted((i, lo) for i in range(len(spans)) for lo, _ in cuts[i])
+        for i, lo, got in seen:
+            hi = next(h for low, h in cuts[i] if low == lo)
+            assert got == data[spans[i][0] + lo:spans[i][0] + hi].tobytes(), (i, lo)
         assert 1 <= len(threads) <= 3
     with pytest.raises(ModelFormatError, match="truncated"):
         read_jobs(str(path), [ReadJob(299_000, np.zeros(2000, np.uint8))], direct=True)
@@ -403,6 +413,36 @@ def test_numba_start_up_leaves_scipy_out() -> None:
     """)
     r = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["False", "True", "2.0"], r.stdout + r.stderr
+
+
+def test_cache_hits_skip_numba_registries_and_compiling_still_works() -> None:
+    """A cache hit of a numallm function loads its machine code without Numba's registry
+    refresh (kernels/numba_cache.py); a function compiled afterwards in the same process
+    still gets the full registries and runs right."""
+    script = textwrap.dedent("""
+        import math
+        import numba
+        import numpy as np
+        from gguf import GGMLQuantizationType
+        from numba.core.registry import cpu_target
+        from numallm import kernels
+        packed = kernels.pack(GGMLQuantizationType.Q4_0, np.arange(18, dtype=np.uint8), 1, 32)
+        print(len(cpu_target.typing_context._registries), len(cpu_target.target_context._registries))
+
+        @numba.njit
+        def fresh(a):
+            seen = set()
+            for x in a:
+                seen.add(int(x))
+            return np.sqrt(a).sum() + math.exp(0.0) + len(seen)
+        print(fresh(np.array([4.0, 9.0, 9.0])))
+        again = kernels.pack(GGMLQuantizationType.Q4_0, np.arange(18, dtype=np.uint8), 1, 32)
+        print(bool((packed == again).all()), len(cpu_target.typing_context._registries) > 0)
+    """)
+    for _ in range(2):  # the first run may compile the packer (a cold cache); the second loads it
+        r = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "0", "11.0", "True", "True"], r.stdout + r.stderr
 
 
 REPO = Path(__file__).resolve().parents[1]
