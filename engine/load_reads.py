@@ -58,7 +58,7 @@ Piece = tuple[int, int, Callable[[np.ndarray], None]]  # (lo, hi, fn): fn(dest[l
 
 @dataclass(frozen=True, eq=False)
 class ReadJob:
-    """File bytes [offset, offset + dest.size) go into `dest` (uint8, C-contiguous). For
+    """File bytes [offset, offset + dest.size) go into `dest` (flat uint8, contiguous). For
     each (lo, hi, fn) of `pieces` (sorted, not overlapping), fn(dest[lo:hi]) runs as soon
     as those bytes are all in, on the reading thread that completed them (so they are
     still in its cache)."""
@@ -204,8 +204,8 @@ def _chunks(job: ReadJob) -> list[tuple[int, int]]:
     """The job's requests, (lo, hi) in dest: up to CHUNK bytes, cut at ALIGN multiples of
     the file offset, so every request but the job's first and last is aligned."""
     dest = job.dest
-    if dest.dtype != np.uint8 or not dest.flags.c_contiguous:
-        raise ValueError("ReadJob.dest must be a C-contiguous uint8 array")
+    if dest.dtype != np.uint8 or dest.ndim != 1 or not dest.flags.c_contiguous:
+        raise ValueError("ReadJob.dest must be a flat, contiguous uint8 array")
     out, start = [], 0
     while start < dest.size:
         end = min(dest.size, align_down(job.offset + start + CHUNK, ALIGN) - job.offset)

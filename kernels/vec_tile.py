@@ -16,6 +16,8 @@ path (Q8_0's signed quants go through idot16_q8, which has its own).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llvmlite import ir
 from numallm.kernels.cpu import target_features
 from numallm.kernels.vec import (
@@ -63,14 +65,19 @@ def _dpbusd16(builder: ir.IRBuilder, acc: ir.Value, u: ir.Value, s: ir.Value) ->
     if has_vnni512():
         return _call(builder, "llvm.x86.avx512.vpdpbusd.512", V16I32,
                      [acc, builder.bitcast(u, V16I32), builder.bitcast(s, V16I32)])
+    return builder.add(acc, _by_halves(builder, u, s, _dot_u8s8))
+
+
+def _by_halves(builder: ir.IRBuilder, a: ir.Value, b: ir.Value,
+               dot: Callable[[ir.IRBuilder, ir.Value, ir.Value], ir.Value]) -> ir.Value:
+    """The I32x16 of 4-byte dots of two <64 x i8> without 512-bit VNNI: `dot` on each
+    32-byte half (an I32x8 each), joined."""
     undef = ir.Constant(V64I8, ir.Undefined)
     halves = []
     for h in range(2):
         pick = ir.Constant(ir.VectorType(I32, 32), list(range(32 * h, 32 * h + 32)))
-        halves.append(_dot_u8s8(builder, builder.shuffle_vector(u, undef, pick),
-                                builder.shuffle_vector(s, undef, pick)))
-    both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
-    return builder.add(acc, both)
+        halves.append(dot(builder, builder.shuffle_vector(a, undef, pick), builder.shuffle_vector(b, undef, pick)))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
 
 
 @intrinsic
@@ -158,12 +165,5 @@ def idot16_q8(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
         x = _broadcast4(context, builder, sig.args[3], xa, xov)
         if Q8_BIAS:
             return _dpbusd16(builder, a, builder.xor(raw, ir.Constant(V64I8, [0x80] * 64)), x)
-        undef = ir.Constant(V64I8, ir.Undefined)
-        halves = []
-        for h in range(2):
-            pick = ir.Constant(ir.VectorType(I32, 32), list(range(32 * h, 32 * h + 32)))
-            halves.append(_dot_s8s8(builder, builder.shuffle_vector(raw, undef, pick),
-                                    builder.shuffle_vector(x, undef, pick)))
-        both = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
-        return builder.add(a, both)
+        return builder.add(a, _by_halves(builder, raw, x, _dot_s8s8))
     return i32x16(i32x16, w, p, xq, xo), codegen
