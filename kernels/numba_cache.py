@@ -15,7 +15,7 @@ for the BLAS path of np.correlate/np.convolve), and its typing, which builds a c
 parser for calls to cffi functions (10 ms). numallm compiles neither.
 
 And it makes a cache hit of numallm's functions cheaper (an Engine start loads a few
-of them; both together took 55-70 ms of a 260 ms start):
+of them; together these took about 70 ms of a 260 ms start):
 - Numba refreshes its typing and lowering registries before every cache load, which
   the first time installs thousands of implementations. Loaded machine code needs
   none of them, only the runtime (NRT) it links against; a compile still refreshes
