@@ -153,8 +153,8 @@ def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[Work
     mode, reason = choose_mode(numa, topo, workers, sum(m.nbytes for m in matrices), mirror_kv)
     plan = build_plan(mode, topo, workers, matrices, kv, numa_node)
     check_memory(plan, topo)
-    _warn_numa_balancing()
     if mode == "none":
+        _warn_numa_balancing()
         return _unplaced(gf, spec, plan, reason, load_mode, n_ctx, n_slots, kv_type, hugepages)
     fill_mode = _fill_mode(load_mode, mode)
     ranges = _weight_ranges(plan, matrix_offsets(wtab, gtab), layout, base, size)

@@ -381,13 +381,15 @@ def isolate_topology(topo: Topology, node: int) -> Topology:
 
 
 def numa_balancing_warning(root: str = "/") -> str | None:
-    """The one-line warning when automatic NUMA balancing is on (it migrates the placed
-    pages between nodes behind our back); None when it is off or absent."""
+    """The one-line warning for --numa none when automatic NUMA balancing is on; None when it
+    is off or absent. Only unplaced memory needs it: the kernel's balancing skips ranges with
+    a memory policy of their own, and every placed Region has one (mbind)."""
     value = SysfsRoot(root).text("proc/sys/kernel/numa_balancing")
     if value is None or value == "0":
         return None
-    return (f"kernel.numa_balancing is {value}: Linux may move the placed weight and KV cache pages "
-            "to other nodes; turn it off with `sysctl kernel.numa_balancing=0` (as root)")
+    return (f"kernel.numa_balancing is {value}: with --numa none the model's pages are bound to no node, "
+            "and Linux may move them between nodes while it runs; a placing --numa mode binds them, "
+            "or turn balancing off with `sysctl kernel.numa_balancing=0` (as root)")
 
 
 def summary(plan: PlacementPlan) -> str:

@@ -456,9 +456,13 @@ def test_reading_threads_bound_to_a_node_fill_it() -> None:
     # thread's memory to node N puts every page of the destination on node N.
     # The guest sees the current directory read-write at its own path (and a fresh /tmp):
     # run from the checkout, so the editable install resolves, and work in a folder in it.
+    # These buffers have only the reading threads' policy, no range policy of their own
+    # (the engine's Regions are mbind-ed): automatic NUMA balancing would migrate them
+    # toward the main thread that compares them, so it is turned off in the guest.
     workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
     child = textwrap.dedent("""
         import json, os
+        open("/proc/sys/kernel/numa_balancing", "w").write("0")
         import numpy as np
         from numallm.engine.load_pages import PAGE, address, anonymous
         from numallm.engine.load_reads import ReadJob, read_jobs

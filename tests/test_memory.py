@@ -4,6 +4,9 @@ PageMap), checked against the kernel's own answers page by page."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from numallm.numa.memory import (
     with_available_memory,
 )
 from numallm.numa.topology import detect
+from vm_harness import NUMA_VM, PYTHON, REPO, vm_available, workdir
 
 pytestmark = pytest.mark.skipif(not libnuma.available(), reason="libnuma is not usable here")
 
@@ -119,3 +123,45 @@ def test_copy_on_node_and_close_frees_memory(node: int) -> None:
     r.close()  # idempotent
     assert r.array.size == 0
     assert not view.any()  # a view kept past close reads zeros, never freed memory
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(not vm_available(), reason="the NUMA VM (../shared/numa-vm) is absent")
+def test_bound_regions_are_left_alone_by_numa_balancing() -> None:
+    # Automatic NUMA balancing migrates pages toward the threads that read them, unless
+    # their range has a policy of its own: a Region's mbind is what keeps placed weights
+    # where they were put. The unbound buffer beside it (filled by a thread bound to node 1,
+    # as first touch would place it) is the control: it must move, or balancing never ran.
+    child = textwrap.dedent("""
+        import collections, json, os, threading, time
+        from numallm.engine.load_pages import anonymous
+        from numallm.numa import libnuma
+        from numallm.numa.memory import Region, page_nodes
+        open("/proc/sys/kernel/numa_balancing", "w").write("1")
+        os.sched_setaffinity(0, {0})  # the reading thread runs on node 0
+        bound = Region(16 << 20, "bind", [1])
+        bound.array[:] = 1  # touched from node 0: the range's policy still puts it on node 1
+        loose, _ = anonymous(16 << 20)
+        def fill():
+            libnuma.bind_thread_memory(1)
+            loose[:] = 1
+        t = threading.Thread(target=fill); t.start(); t.join()
+        where = lambda a: dict(collections.Counter(page_nodes(a)[1].tolist()))
+        before = [where(bound.array), where(loose)]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and where(loose).get(1, 0) > 0:
+            for _ in range(20):
+                bound.array[::4096].sum(); loose[::4096].sum()
+        json.dump({"before": before, "after": [where(bound.array), where(loose)],
+                   "seconds": time.monotonic() - t0}, open("balancing.json", "w"))
+    """)
+    with workdir() as folder:
+        cmd = [str(NUMA_VM), "--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M", "--timeout", "300",
+               "--", PYTHON, "-c", f"import os; os.chdir({str(folder)!r})\n" + child]
+        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=360, check=False)
+        assert run.returncode == 0, f"the VM run failed (exit {run.returncode}):\n{run.stdout[-3000:]}"
+        seen = json.loads((folder / "balancing.json").read_text())
+    on_node_1 = {"1": 16 * MiB // PAGE}  # node: pages (JSON keys are strings)
+    assert seen["before"] == [on_node_1, on_node_1], seen
+    assert "1" not in seen["after"][1], f"balancing moved nothing in {seen['seconds']:.0f} s: {seen}"
+    assert seen["after"][0] == on_node_1, seen
