@@ -32,6 +32,7 @@ from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import jit as kjit
+from numallm.kernels.expf import exp_shifted, silu_mul
 from numallm.kernels.kvrow import rows_axpy, rows_dot
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
@@ -168,31 +169,33 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
     hd = hp.head_dim
     group = hp.n_head // hp.n_head_kv
     scores = np.empty(positions.max() + 1, np.float32)
+    # Private copies, and the caches flat (rows_dot's addressing): no view per head
+    # of arrays every worker shares, whose reference counts they would contend for.
+    qh = np.empty(hd, np.float32)
     acc = np.empty(hd, np.float32)
+    kf = kc.reshape(-1)
+    vf = vc.reshape(-1)
+    _, n_layer, n_kv, n_ctx, _ = kc.shape
     scale = np.float32(hp.attn_scale)
     for t in range(n):
         p = positions[t]
-        slot = slots[t]
         start = 0
         if window > 0 and p - window + 1 > 0:
             start = p - window + 1
         for h in range(h0, h1):
-            keys = kc[slot, il, h // group]
-            values = vc[slot, il, h // group]
-            qh = q[t, h * hd:(h + 1) * hd]
-            rows_dot(qh, keys, start, p + 1, scale, scores)
+            base = ((slots[t] * n_layer + il) * n_kv + h // group) * n_ctx * hd
+            for i in range(hd):
+                qh[i] = q[t, h * hd + i]
+            rows_dot(qh, kf, base, start, p + 1, scale, scores)
             mx = np.float32(-np.inf)
             for j in range(start, p + 1):
                 if scores[j] > mx:
                     mx = scores[j]
-            total = 0.0
-            for j in range(start, p + 1):
-                e = np.float32(math.exp(scores[j] - mx))
-                scores[j] = e
-                total += e
+            total = exp_shifted(scores, start, p + 1, mx)
             acc[:] = 0.0
-            rows_axpy(acc, scores, np.float32(1.0 / total), values, start, p + 1)
-            out[t, h * hd:(h + 1) * hd] = acc
+            rows_axpy(acc, scores, np.float32(1.0 / total), vf, base, start, p + 1)
+            for i in range(hd):
+                out[t, h * hd + i] = acc[i]
 
 
 @njit(nogil=True)
@@ -295,13 +298,11 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         _matmul(wt[W_GATE], wbuf, xn, g, r0, r1, ks)
         _matmul(wt[W_UP], wbuf, xn, u, r0, r1, ks)
         for t in range(n):
-            for i in range(r0, r1):
-                a = g[t, i]
-                if hp.act == 0:
-                    a = a / (np.float32(1.0) + np.float32(math.exp(-a)))
-                else:
-                    a = _gelu_tanh(a)
-                g[t, i] = a * u[t, i]
+            if hp.act == 0:
+                silu_mul(g[t], u[t], r0, r1)
+            else:
+                for i in range(r0, r1):
+                    g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
         barrier_wait(bar, n_workers)
         r0, r1 = part(d, wt[W_DOWN, 5], worker, n_workers)
         _matmul(wt[W_DOWN], wbuf, g, tmp, r0, r1, ks)

@@ -5,6 +5,7 @@ the bits back (kernels/kvrow.py) must give numpy's float32 of every bit pattern.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from numallm.engine.forward import f32_to_f16_bits
 from numallm.kernels.kvrow import rows_axpy, rows_dot
@@ -12,7 +13,7 @@ from numallm.kernels.kvrow import rows_axpy, rows_dot
 
 def _read(bits: np.ndarray) -> np.ndarray:
     out = np.zeros(bits.shape, np.float32)
-    rows_axpy(out, np.ones(1, np.float32), np.float32(1.0), bits.reshape(1, -1), 0, 1)
+    rows_axpy(out, np.ones(1, np.float32), np.float32(1.0), bits, 0, 0, 1)  # one row of len(bits)
     return out
 
 
@@ -43,19 +44,22 @@ def test_every_f16_bit_pattern_reads_back_as_numpy_does() -> None:
     np.testing.assert_array_equal(_read(bits), bits.view(np.float16).astype(np.float32))
 
 
-def test_rows_dot_and_axpy_of_f16_and_f32_rows() -> None:
+@pytest.mark.parametrize("d", [64, 40])  # 16-lane vectors, and the plain loops
+def test_rows_dot_and_axpy_of_f16_and_f32_rows(d: int) -> None:
     rng = np.random.default_rng(1)
-    q = rng.standard_normal(64).astype(np.float32)
-    rows = rng.standard_normal((9, 64)).astype(np.float16)
+    q = rng.standard_normal(d).astype(np.float32)
+    rows = rng.standard_normal((9, d)).astype(np.float16)
     w = rng.random(9).astype(np.float32)
     exact = rows.astype(np.float64) @ q.astype(np.float64)
     for block in (rows.view(np.uint16), rows.astype(np.float32)):
+        # the rows sit at element 3 * d of a flat cache, as a slot's rows do in the whole cache
+        flat = np.concatenate([np.full(3 * d, 7, block.dtype), block.reshape(-1), np.full(d, 7, block.dtype)])
         out = np.full(9, np.nan, np.float32)
-        rows_dot(q, block, 2, 7, np.float32(0.5), out)  # only positions 2..6
+        rows_dot(q, flat, 3 * d, 2, 7, np.float32(0.5), out)  # only positions 2..6
         assert np.isnan(out[:2]).all() and np.isnan(out[7:]).all()
         # float32 sums in a vectorised order: about 1e-6 relative
         np.testing.assert_allclose(out[2:7], 0.5 * exact[2:7], atol=1e-4 * np.abs(q).sum())
-        acc = np.zeros(64, np.float32)
-        rows_axpy(acc, w, np.float32(2.0), block, 2, 7)
+        acc = np.zeros(d, np.float32)
+        rows_axpy(acc, w, np.float32(2.0), flat, 3 * d, 2, 7)
         want = (2.0 * w[2:7, None].astype(np.float64) * rows[2:7].astype(np.float64)).sum(0)
         np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5)
