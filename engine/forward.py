@@ -148,8 +148,8 @@ def _rope_tables(positions, n_rot, base):
 
 
 @njit(nogil=True)
-def _rope_head(h, n_rot, neox, cos, sin):
-    """Rotate one head h in place by one token's cos/sin rows."""
+def _rope_head(h, n_rot, neox, cos, sin, t):
+    """Rotate one head h in place by token t's rows of cos/sin."""
     half = n_rot // 2
     for i in range(half):
         if neox:
@@ -158,8 +158,8 @@ def _rope_head(h, n_rot, neox, cos, sin):
             a, b = 2 * i, 2 * i + 1
         x0 = h[a]
         x1 = h[b]
-        h[a] = x0 * cos[i] - x1 * sin[i]
-        h[b] = x0 * sin[i] + x1 * cos[i]
+        h[a] = x0 * cos[t, i] - x1 * sin[t, i]
+        h[b] = x0 * sin[t, i] + x1 * cos[t, i]
 
 
 @njit(nogil=True)
@@ -252,6 +252,8 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
     head = np.empty(hd, np.float32)
+    gf = g.reshape(-1)
+    uf = u.reshape(-1)
     cos_g, sin_g = _rope_tables(positions, hp.n_rot, hp.rope_base)
     cos_l, sin_l = _rope_tables(positions, hp.n_rot, hp.rope_base_local)
     qh0, qh1 = part(hp.n_head, 1, worker, n_workers)
@@ -269,19 +271,29 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         barrier_wait(bar, n_workers)
         # Each worker normalises and rotates its KV heads on a private copy (a head
         # kept on several nodes is computed on each) and caches them on its node ...
+        # Elements are copied by index: a view of an array every worker shares (k, v, q)
+        # costs a reference count the workers contend for.
+        k_norm = _vec(vecs, vt[V_K_NORM])
+        q_norm = _vec(vecs, vt[V_Q_NORM])
         for t in range(n):
             for h in kv_heads:
-                head[:] = k[t, h * hd:(h + 1) * hd]
-                if vt[V_K_NORM, 1] > 0:
-                    _head_rmsnorm(head, _vec(vecs, vt[V_K_NORM]), eps)
-                _rope_head(head, hp.n_rot, hp.rope_neox, cos[t], sin[t])
+                for i in range(hd):
+                    head[i] = k[t, h * hd + i]
+                if k_norm.shape[0] > 0:
+                    _head_rmsnorm(head, k_norm, eps)
+                _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
                 kv_put(kc[slots[t], il, h, positions[t]], head)
-                kv_put(vc[slots[t], il, h, positions[t]], v[t, h * hd:(h + 1) * hd].copy())
+                for i in range(hd):
+                    head[i] = v[t, h * hd + i]
+                kv_put(vc[slots[t], il, h, positions[t]], head)
             for h in range(qh0, qh1):
-                qv = q[t, h * hd:(h + 1) * hd]
-                if vt[V_Q_NORM, 1] > 0:
-                    _head_rmsnorm(qv, _vec(vecs, vt[V_Q_NORM]), eps)
-                _rope_head(qv, hp.n_rot, hp.rope_neox, cos[t], sin[t])
+                for i in range(hd):
+                    head[i] = q[t, h * hd + i]
+                if q_norm.shape[0] > 0:
+                    _head_rmsnorm(head, q_norm, eps)
+                _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
+                for i in range(hd):
+                    q[t, h * hd + i] = head[i]
         barrier_wait(bar, n_workers)
         # ... then every query head attends over its slot's complete cache.
         _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
@@ -299,7 +311,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         _matmul(wt[W_UP], wbuf, xn, u, r0, r1, ks)
         for t in range(n):
             if hp.act == 0:
-                silu_mul(g[t], u[t], r0, r1)
+                silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
             else:
                 for i in range(r0, r1):
                     g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]

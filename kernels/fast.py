@@ -66,5 +66,6 @@ def matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyp
     full = tiled_part(qcode, rows)
     if full > r0:
         tile_rows(qcode, w, rb, nb, full, xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), out, r0, r1)
-    for t in range(X.shape[0]):
-        rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], xs16[t], out[t], max(r0, full), r1)
+    if r1 > full:  # rows that no tile holds (a view per token costs a reference count)
+        for t in range(X.shape[0]):
+            rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], xs16[t], out[t], max(r0, full), r1)
