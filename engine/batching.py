@@ -12,6 +12,14 @@ on its neighbours. (Q4_0, Q4_1 and Q8_0 matrices give each token the same bits i
 batch, kernels/tiled.py; the rule is for the other types, which with --parallel 32 or
 more take the GEMM path in decode steps and agree to ~1e-6 only.)
 
+Prompts that begin alike share their cache prefix (as vLLM's prefix caching and
+llama-server's prompt cache do: a chat's system prompt and template are the same for
+every request): a new sequence copies the longest prefix any slot holds (a finished
+sequence's prompt, or a running one's, waiting one call if that one is still being
+prefilled) and computes only the rest. Only for models whose kernels give each token
+the same bits in any batch (Engine.batch_invariant), so a copied prefix is exactly what
+the sequence would have computed.
+
 Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
 stop strings, limits), the text to the request's `emit` callback, and a finished or
 cancelled sequence frees its slot. `emit` runs on the scheduler thread; a server hands
@@ -75,12 +83,17 @@ class QueueFullError(NumallmError):
     """Too many requests are waiting for a slot; the caller should retry later."""
 
 
+# A shared prefix shorter than this is computed rather than waited for.
+MIN_SHARED = 8
+
+
 @dataclass(eq=False)
 class _Running:
     job: Job
     seq: SequenceState
     slot: int
-    fed: int = 0  # prompt tokens evaluated so far
+    fed: int = 0  # prompt tokens in the slot's cache so far
+    wait: tuple[_Running, int] | None = None  # (leader, n): copy its first n once it has them
 
     @property
     def prefilled(self) -> bool:
@@ -100,6 +113,9 @@ class BatchScheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[_Running] = []
         self._free = list(range(self.n_slots - 1, -1, -1))  # pop() hands out slot 0 first
+        # Per free slot: the prompt tokens its cache holds from the sequence that ran there.
+        self._cached: list[list[int]] = [[] for _ in range(self.n_slots)]
+        self._invariant = engine.batch_invariant  # prefix sharing; any chunks in one call
         self._stopping = False
         self.failure: str | None = None  # set if the thread died of a bug: nothing more is served
         self._thread = threading.Thread(target=self._loop, name="numallm-batching", daemon=True)
@@ -193,11 +209,54 @@ class BatchScheduler:
         except NumallmError as e:
             job.emit(Update("", "error", len(job.ids), 0, str(e)))
             return
-        self._running.append(_Running(job, seq, self._free.pop()))
+        if not self._invariant:
+            self._running.append(_Running(job, seq, self._free.pop()))
+            return
+        # the free slot whose cache already starts like this prompt, else the usual one
+        slot = max(reversed(self._free), key=lambda f: _common(self._cached[f], job.ids))
+        self._free.remove(slot)
+        r = _Running(job, seq, slot, fed=_common(self._cached[slot], job.ids))
+        self._cached[slot] = []
+        self._share_prefix(r)
+        self._running.append(r)
+
+    def _share_prefix(self, r: _Running) -> None:
+        """Start r from the longest prefix of its prompt that another slot holds (or will
+        hold once its own prefill gets there), if that beats what r's slot has."""
+        best, source = max(r.fed, MIN_SHARED - 1), None
+        for f in self._free:
+            n = _common(self._cached[f], r.job.ids)
+            if n > best:
+                best, source = n, f
+        for other in self._running:
+            n = _common(other.job.ids, r.job.ids)
+            if other.wait is not None:  # only what it copies: do not wait behind its prefill
+                n = min(n, other.wait[1])
+            if n > best:
+                best, source = n, other
+        if isinstance(source, int):
+            self.engine.copy_prefix(source, r.slot, best)
+            r.fed = best
+        elif source is not None:
+            r.wait = (source, best)
+            self._take_prefix(r)
+
+    def _take_prefix(self, r: _Running) -> bool:
+        """Resolve r's wait if its leader has the prefix (or is gone); False: still waiting."""
+        assert r.wait is not None
+        leader, n = r.wait
+        if leader in self._running and leader.fed < n:
+            return False
+        if leader in self._running:
+            self.engine.copy_prefix(leader.slot, r.slot, n)
+            r.fed = n
+        r.wait = None
+        return True
 
     def _end(self, r: _Running, update: Update) -> None:
         self._running.remove(r)
         self._free.append(r.slot)
+        self._cached[r.slot] = r.job.ids[:r.fed]
         r.job.emit(update)
 
     def _prefill_chunk(self) -> None:
@@ -209,8 +268,10 @@ class BatchScheduler:
         group: list[tuple[_Running, int]] = []  # (sequence, chunk length)
         total = 0
         for r in self._running:
+            if r.wait is not None and not self._take_prefix(r):
+                continue
             n = min(N_BATCH, len(r.job.ids) - r.fed)
-            if n and (not group or (total + n <= N_BATCH and _share_kernels(group[0][1], n, total + n))):
+            if n and (not group or (total + n <= N_BATCH and (self._invariant or _share_kernels(group[0][1], n, total + n)))):
                 group.append((r, n))
                 total += n
         if not group:
@@ -265,6 +326,16 @@ class BatchScheduler:
     def _running_in(self, slots: list[int]) -> list[_Running]:
         taken = set(slots)
         return [r for r in self._running if r.slot in taken]
+
+
+def _common(cached: list[int], ids: list[int]) -> int:
+    """Tokens of the prompt `ids` a cache holding `cached` can give: their common prefix,
+    short of the prompt's last token (run in any case: its logits give the first token)."""
+    n = min(len(cached), len(ids) - 1)
+    for i in range(n):
+        if cached[i] != ids[i]:
+            return i
+    return max(n, 0)
 
 
 def _share_kernels(first: int, n: int, total: int) -> bool:

@@ -21,6 +21,7 @@ from numallm.engine import arch
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import jit as kjit
+from numallm.kernels.tiled import KINDS as TILED_KINDS
 from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import read_gguf
@@ -38,6 +39,7 @@ from numallm.progress import progress_bar
 
 DEFAULT_CTX = 4096
 N_BATCH = 512  # prompt tokens per forward call, as llama.cpp's default n_batch
+TILED_TYPES = frozenset(TILED_KINDS)
 
 
 @dataclass
@@ -205,6 +207,27 @@ class Engine:
                 raise BadInputError(f"eval_batch: {name} must be in [0, {hi})")
         with self._lock:
             return self._eval(tokens, slots, positions, logits_rows)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Does every token get the same bits in a batch of any size? True when all the
+        model's matrices are of the tiled types (kernels/tiled.py): then a cache prefix
+        computed for one sequence is bit for bit what another would compute."""
+        return self.weights.qtypes <= TILED_TYPES
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make positions [0, n) of slot dst's cache those of slot src, on every node that
+        keeps a copy (only the KV heads its workers write: the others are never touched)."""
+        if not (0 <= src < self.n_slots and 0 <= dst < self.n_slots and 0 <= n <= self.n_ctx):
+            raise BadInputError(f"copy_prefix: slots must be in [0, {self.n_slots}) and n in [0, {self.n_ctx}]")
+        with self._lock:
+            heads: dict[int, tuple[np.ndarray, np.ndarray, set[int]]] = {}
+            for _, kc, vc, written in self._worker_memory or ():
+                heads.setdefault(id(kc), (kc, vc, set()))[2].update(int(h) for h in written)
+            for kc, vc, hs in heads.values():
+                for h in sorted(hs):
+                    kc[dst, :, h, :n] = kc[src, :, h, :n]
+                    vc[dst, :, h, :n] = vc[src, :, h, :n]
 
     def _prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         arr = np.asarray(ids, np.int32)

@@ -7,12 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from gguf import GGMLQuantizationType as Q
 
 from numallm.engine import Engine
-from numallm.engine.batching import BatchScheduler, Job, Update
+from numallm.engine.batching import MIN_SHARED, BatchScheduler, Job, Update
 from numallm.engine.sampling import SamplingParams
 from numallm.errors import BadInputError
 from numallm.kernels.jit import GEMM_MIN_TOKENS
+from synthetic import write_tiny_llama
 
 GREEDY = SamplingParams(temperature=0)
 PROMPTS = ["Hello", "Once upon a time", "def f(x):", "1, 2, 3,", "The end", "Grüße 👍"]
@@ -127,3 +129,48 @@ def test_prompts_that_cannot_run_are_refused_at_submit(engine: Engine) -> None:
             s.submit(Job([], GREEDY, 4, (), print))
     finally:
         s.close()
+
+
+def _count_prompt_tokens(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Tokens of every eval_batch call the scheduler makes, in order."""
+    sizes: list[int] = []
+    run = engine.eval_batch
+
+    def counted(tokens, *rest):  # type: ignore[no-untyped-def]
+        sizes.append(len(tokens))
+        return run(tokens, *rest)
+    monkeypatch.setattr(engine, "eval_batch", counted)
+    return sizes
+
+
+@pytest.mark.parametrize("weight_type", [Q.Q4_1, Q.Q5_0])
+def test_prompts_that_begin_alike_share_their_cache_prefix(tmp_path: Path, weight_type: Q,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Q4_1 (tiled, batch-invariant): followers copy the leader's prefix and then the
+    # finished prompts' from their free slots; Q5_0 (not batch-invariant): no sharing.
+    model = write_tiny_llama(tmp_path / "m.gguf", weight_type=weight_type)
+    system = "You are a helpful assistant. Answer briefly and truthfully, always. "
+    prompts = [system + tail for tail in ("Hello", "Once upon a time", "def f(x):", "1, 2, 3,")]
+    with Engine(model, threads=2, ctx_size=96, n_slots=4) as engine:
+        ids = [engine.tokenize(p) for p in prompts]
+        shared = [next(i for i, (a, b) in enumerate(zip(ids[0], x)) if a != b) for x in ids[1:]]
+        assert min(shared) >= MIN_SHARED
+        solo = [engine.generate(x, max_tokens=8, temperature=0, ignore_eos=True) for x in ids]
+        assert engine.batch_invariant == (weight_type == Q.Q4_1)
+        sizes = _count_prompt_tokens(engine, monkeypatch)
+        s = BatchScheduler(engine)
+        try:
+            for _ in range(2):  # the second round finds every prompt in a free slot
+                sizes.clear()
+                queues = [queue.Queue() for _ in ids]
+                for x, q in zip(ids, queues):
+                    s.submit(Job(x, GREEDY, 8, (), q.put, ignore_eos=True))
+                assert [_collect(q)[0] for q in queues] == solo
+                run = sum(sizes) - 7 * len(ids)  # the 7 decode steps after each first token
+                if engine.batch_invariant:
+                    first = len(ids[0]) + sum(len(x) - n for x, n in zip(ids[1:], shared))
+                    assert run == (first if sizes[0] > len(ids) else len(ids)), sizes
+                else:
+                    assert run == sum(map(len, ids)), sizes
+        finally:
+            s.close()
