@@ -245,9 +245,9 @@ class BatchScheduler:
         """Resolve r's wait if its leader has the prefix (or is gone); False: still waiting."""
         assert r.wait is not None
         leader, n = r.wait
-        if leader in self._running and leader.fed < n:
-            return False
         if leader in self._running:
+            if leader.fed < n:
+                return False
             self.engine.copy_prefix(leader.slot, r.slot, n)
             r.fed = n
         r.wait = None
@@ -271,7 +271,7 @@ class BatchScheduler:
             if r.wait is not None and not self._take_prefix(r):
                 continue
             n = min(N_BATCH, len(r.job.ids) - r.fed)
-            if n and (not group or (total + n <= N_BATCH and (self._invariant or _share_kernels(group[0][1], n, total + n)))):
+            if n and (not group or (total + n <= N_BATCH and self._may_share(group[0][1], n, total + n))):
                 group.append((r, n))
                 total += n
         if not group:
@@ -286,6 +286,10 @@ class BatchScheduler:
                 owners.append(r)
                 rows.append(len(tokens) - 1)
         self._run(owners, tokens, slots, positions, rows)
+
+    def _may_share(self, first: int, n: int, total: int) -> bool:
+        """May a chunk join the call (see _share_kernels)? Always, with batch-invariant kernels."""
+        return self._invariant or _share_kernels(first, n, total)
 
     def _decode_step(self) -> None:
         """One token of every sequence past its prompt, in one pass."""
