@@ -37,6 +37,7 @@ from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
 from numallm.engine.weights import Weights, load_weights
 from numallm.errors import ModelFormatError
 from synthetic import write_tiny_llama
+from vm_harness import REPO, run_in_vm, vm_available
 
 MODES = ("mmap", "mlock", "dio", "none")
 PYTHON = sys.executable
@@ -445,12 +446,8 @@ def test_cache_hits_skip_numba_registries_and_compiling_still_works() -> None:
     assert r.stdout.split() == ["0", "0", "11.0", "True", "True"], r.stdout + r.stderr
 
 
-REPO = Path(__file__).resolve().parents[1]
-NUMA_VM = REPO.parent / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
-
-
 @pytest.mark.vm
-@pytest.mark.skipif(not NUMA_VM.exists(), reason=f"the NUMA VM script {NUMA_VM} is absent")
+@pytest.mark.skipif(not vm_available(), reason="the NUMA VM (../shared/numa-vm) is absent")
 def test_reading_threads_bound_to_a_node_fill_it() -> None:
     # What the copying NUMA modes rely on: read_jobs with a `setup` that binds each reading
     # thread's memory to node N puts every page of the destination on node N.
@@ -480,10 +477,9 @@ def test_reading_threads_bound_to_a_node_fill_it() -> None:
         json.dump(out, open("load_vm.json", "w"))
     """)
     try:
-        cmd = [str(NUMA_VM), "--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M",
-               "--timeout", "300", "--", PYTHON, "-c", f"import os; os.chdir({str(workdir)!r})\n" + child]
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=360, check=False)
-        assert run.returncode == 0, f"the VM run failed (exit {run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-1000:]}"
+        returncode, output = run_in_vm(["--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M"],
+                                       [PYTHON, "-c", f"import os; os.chdir({str(workdir)!r})\n" + child], timeout=300)
+        assert returncode == 0, f"the VM run failed (exit {returncode}):\n{output[-3000:]}"
         for r in json.loads((workdir / "load_vm.json").read_text()):
             assert r["equal"] and r["pages"] == [r["node"]], r
     finally:

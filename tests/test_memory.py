@@ -5,7 +5,6 @@ PageMap), checked against the kernel's own answers page by page."""
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from numallm.numa.memory import (
     with_available_memory,
 )
 from numallm.numa.topology import detect
-from vm_harness import NUMA_VM, PYTHON, REPO, vm_available, workdir
+from vm_harness import PYTHON, run_in_vm, vm_available, workdir
 
 pytestmark = pytest.mark.skipif(not libnuma.available(), reason="libnuma is not usable here")
 
@@ -156,10 +155,9 @@ def test_bound_regions_are_left_alone_by_numa_balancing() -> None:
                    "seconds": time.monotonic() - t0}, open("balancing.json", "w"))
     """)
     with workdir() as folder:
-        cmd = [str(NUMA_VM), "--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M", "--timeout", "300",
-               "--", PYTHON, "-c", f"import os; os.chdir({str(folder)!r})\n" + child]
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=360, check=False)
-        assert run.returncode == 0, f"the VM run failed (exit {run.returncode}):\n{run.stdout[-3000:]}"
+        returncode, output = run_in_vm(["--nodes", "2", "--sockets", "2", "--cores", "1", "--mem", "1024M"],
+                                       [PYTHON, "-c", f"import os; os.chdir({str(folder)!r})\n" + child], timeout=300)
+        assert returncode == 0, f"the VM run failed (exit {returncode}):\n{output[-3000:]}"
         seen = json.loads((folder / "balancing.json").read_text())
     on_node_1 = {"1": 16 * MiB // PAGE}  # node: pages (JSON keys are strings)
     assert seen["before"] == [on_node_1, on_node_1], seen

@@ -14,12 +14,14 @@ busy cores; most of a guest's time is starting Python and Numba under emulation.
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from numallm.numa.split import part
 from synthetic import write_tiny_llama
+import vm_harness
 from vm_harness import PYTHON, Machine, Outcome, guest_code, portable_env, run_here_and_in_vms, vm_available, workdir
 
 pytestmark = [pytest.mark.vm,
@@ -202,3 +204,14 @@ def test_a_guest_that_would_compile_stops_at_once() -> None:
                              text=True, timeout=120, check=False)
     assert run.returncode != 0
     assert "Numba had to compile not_in_the_cache(int64)" in run.stderr, run.stderr[-2000:]
+
+
+def test_a_guest_that_does_not_boot_in_time_is_booted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No guest boots in 2 s: each try is killed at its deadline, not at the end of its
+    # 60 s timeout, and the last one's failure is what the caller sees.
+    monkeypatch.setattr(vm_harness, "BOOT_DEADLINE", 2)
+    t0 = time.perf_counter()
+    with pytest.warns(UserWarning, match="did not boot in 2 s") as seen:
+        returncode, _ = vm_harness.run_in_vm(["--nodes", "2"], ["/bin/true"], timeout=60)
+    assert returncode != 0 and len(seen) == vm_harness.BOOT_TRIES - 1
+    assert time.perf_counter() - t0 < 60

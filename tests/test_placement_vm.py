@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from numallm.numa.split import part
-from test_topology_vm import NUMA_VM, REPO, SHAPES, Shape
+from test_topology_vm import SHAPES, Shape
+from vm_harness import NUMA_VM, PYTHON, REPO, run_in_vm
 
 PROBE = Path(__file__).parent / "vm" / "placement_probe.py"
 N_CTX = 256
@@ -35,13 +34,11 @@ def guest(request: pytest.FixtureRequest, smollm2: Path) -> tuple[Shape, dict[st
     shape: Shape = request.param
     workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
     try:
-        cmd = [str(NUMA_VM), "--nodes", str(shape.nodes), "--sockets", str(shape.sockets),
-               "--cores", str(shape.cores), "--threads", str(shape.threads), "--dist", str(shape.distance),
-               "--mem", "4096M", "--timeout", "540", "--", "env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}",
-               sys.executable, str(PROBE.resolve()),
-               str(workdir / "probe.json"), str(smollm2), str(N_CTX), "--cli"]
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-        assert run.returncode == 0, f"probe failed in the VM (exit {run.returncode}):\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
+        returncode, output = run_in_vm(
+            [*shape.args(), "--mem", "4096M"],
+            ["env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}", PYTHON, str(PROBE.resolve()),
+             str(workdir / "probe.json"), str(smollm2), str(N_CTX), "--cli"], timeout=540)
+        assert returncode == 0, f"probe failed in the VM (exit {returncode}):\n{output[-4000:]}"
         return shape, json.loads((workdir / "probe.json").read_text())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -7,8 +7,6 @@ tests below judge them against the shape the VM was given.
 
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +15,7 @@ from typing import Any
 import pytest
 
 from numallm.numa.cpulist import format_cpulist, parse_cpulist
-
-REPO = Path(__file__).resolve().parents[1]
-NUMA_VM = REPO.parent / "shared" / "numa-vm" / "numa-vm"  # ../shared beside the checkout
+from vm_harness import NUMA_VM, PYTHON, REPO, run_in_vm
 PROBE = Path(__file__).parent / "vm" / "topology_probe.py"
 GUEST_MEM_MIB = 2048
 
@@ -52,6 +48,11 @@ class Shape:
     def core_cpus(self) -> list[set[int]]:
         return [set(range(c, c + self.threads)) for c in range(0, self.n_cpus, self.threads)]
 
+    def args(self) -> list[str]:
+        """numa-vm's options for this shape."""
+        return ["--nodes", str(self.nodes), "--sockets", str(self.sockets), "--cores", str(self.cores),
+                "--threads", str(self.threads), "--dist", str(self.distance)]
+
 
 SHAPES = {
     "2 sockets, 2 nodes, SMT2": Shape(nodes=2, sockets=2, cores=2, threads=2, distance=21),
@@ -68,12 +69,9 @@ def guest(request: pytest.FixtureRequest) -> tuple[Shape, dict[str, Any]]:
     # install resolve wherever it is cloned) and let the probe write into a folder in it.
     workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
     try:
-        cmd = [str(NUMA_VM), "--nodes", str(shape.nodes), "--sockets", str(shape.sockets),
-               "--cores", str(shape.cores), "--threads", str(shape.threads),
-               "--dist", str(shape.distance), "--mem", f"{GUEST_MEM_MIB}M", "--timeout", "420",
-               "--", sys.executable, str(PROBE.resolve()), str(workdir / "probe.json")]
-        run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=480, check=False)
-        assert run.returncode == 0, f"probe failed in the VM (exit {run.returncode}):\n{run.stdout[-4000:]}{run.stderr[-2000:]}"
+        returncode, output = run_in_vm([*shape.args(), "--mem", f"{GUEST_MEM_MIB}M"],
+                                       [PYTHON, str(PROBE.resolve()), str(workdir / "probe.json")], timeout=420)
+        assert returncode == 0, f"probe failed in the VM (exit {returncode}):\n{output[-4000:]}"
         return shape, json.loads((workdir / "probe.json").read_text())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

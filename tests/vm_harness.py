@@ -25,7 +25,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,8 +54,13 @@ CPUINFO_FLAGS = ("avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe", "popcnt"
 
 HERE_TIMEOUT = 900  # s; a cold compile of the forward pass is ~25 s of CPU, far more on a busy machine
 VM_TIMEOUT = 600  # s; a guest run of the engine tests takes about 2 minutes
-_NO_STATUS = 124  # numa-vm's exit status when the guest reported none (boot failure or timeout)
-_STARTED = "numa-vm guest: python started"
+# From qemu's start to the guest's shell running the command: 5-20 s here, even with two
+# guests booting beside a compile. A guest that has not got there by then is stuck (an
+# emulated boot can hang; a CI run lost 25 minutes to one waiting out its full timeout),
+# so it is killed and booted again, under TCG with the kernel's log shown.
+BOOT_DEADLINE = 150
+BOOT_TRIES = 3
+_BOOTED = "numa-vm guest: booted"
 # Prepended on both sides: refuse a CPU that lacks a feature the compiled code uses
 # (a clear message instead of an illegal instruction).
 _CPU_CHECK = f"""
@@ -63,14 +70,13 @@ if _lacking:
     raise SystemExit(f"this CPU lacks {{_lacking}}, which the kernels compiled for {CPU_NAME} use")
 """
 # Prepended in the guest: any Numba compile (a cache miss) is an immediate error.
-_NO_COMPILE = f"""
-print({_STARTED!r}, flush=True)
+_NO_COMPILE = """
 import numba.core.event as _ev
 class _NoCompile(_ev.Listener):
     def on_start(self, event):
         d = event.data
-        raise RuntimeError(f"numa-vm guest: Numba had to compile {{d['dispatcher'].py_func.__qualname__}}"
-                           f"({{', '.join(map(str, d['args']))}}): the run here did not put it in the cache "
+        raise RuntimeError(f"numa-vm guest: Numba had to compile {d['dispatcher'].py_func.__qualname__}"
+                           f"({', '.join(map(str, d['args']))}): the run here did not put it in the cache "
                            "(or a numallm source changed since that run)")
     def on_end(self, event):
         pass
@@ -189,57 +195,108 @@ def run_here_and_in_vms(script: str, machines: Sequence[Machine],
             f.mkdir()
         gate = base / "here-done"
         codes = [guest_code(script, f, gate, imports) for f in folders[1:]]
-        boots = _start(codes, machines, folders[1:], HERE_TIMEOUT + VM_TIMEOUT)
+        guests = _start(codes, machines, HERE_TIMEOUT + VM_TIMEOUT)
         ok = False
         try:
             here = run_here(script, folders[0])
             ok = here.returncode == 0
         finally:
             gate.write_text("ok" if ok else "failed")
-            vms = _collect(boots)
+            vms = _collect(guests, machines, folders[1:])
         here.check()
         return here, vms
 
 
-@dataclass
-class _Boot:
-    machine: Machine
-    folder: Path
-    code: str
-    timeout: float
-    t0: float
-    proc: subprocess.Popen[str]
+class Guest:
+    """One numa-vm run, started at once; result() waits for it. Its console is read as it
+    comes, so a guest that does not boot within BOOT_DEADLINE is killed then (not when its
+    whole timeout is over) and booted again, up to BOOT_TRIES times."""
+
+    def __init__(self, vm_args: Sequence[str], command: Sequence[str], timeout: float,
+                 env: dict[str, str] | None = None) -> None:
+        self.vm_args, self.command, self.timeout = list(vm_args), list(command), timeout
+        self.env = dict(os.environ if env is None else env)
+        self.t0 = time.perf_counter()
+        self.tries = 0
+        self._start()
+
+    def _start(self) -> None:
+        self.tries += 1
+        retry = self.tries > 1
+        env = {**self.env, "NUMA_VM_ACCEL": "tcg"} if retry else self.env
+        # the shell's first line tells that the kernel booted and mounted the host's files
+        cmd = [str(NUMA_VM), *self.vm_args, *(["--verbose"] if retry else []), "--timeout", str(int(self.timeout)),
+               "--", "/bin/sh", "-c", f'echo "{_BOOTED}"; exec "$@"', "sh", *self.command]
+        # a session of its own, so that a hung run can be killed with its qemu
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.booted = threading.Event()
+        self.hung = False
+        self._reader = threading.Thread(target=self._read, args=(self.proc, self.lines, self.booted), daemon=True)
+        self._reader.start()
+        self._watchdog = threading.Timer(BOOT_DEADLINE, self._kill_unless_booted)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], lines: list[str], booted: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(_BOOTED):
+                booted.set()
+
+    def _kill_unless_booted(self) -> None:
+        if not self.booted.is_set() and self.proc.poll() is None:
+            self.hung = True
+            self._kill()
+
+    def _kill(self) -> None:
+        # TERM first, so that numa-vm removes its run folder; KILL what is left
+        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def result(self) -> tuple[int, str]:
+        """numa-vm's exit status and the console output of the last boot."""
+        while True:
+            try:
+                self.proc.wait(timeout=self.timeout + 60)  # numa-vm's own timeout comes first
+            except subprocess.TimeoutExpired:
+                self._kill()
+            self._watchdog.cancel()
+            self._reader.join()
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            output = "".join(self.lines)
+            if self.booted.is_set() or self.tries >= BOOT_TRIES:
+                return self.proc.returncode, output
+            why = f"did not boot in {BOOT_DEADLINE} s" if self.hung else f"died while booting (exit {self.proc.returncode})"
+            warnings.warn(f"numa-vm {' '.join(self.vm_args)}: the guest {why}; booting it again "
+                          f"(try {self.tries + 1} of {BOOT_TRIES}):\n{output[-1500:]}", stacklevel=2)
+            self._start()
 
 
-def _start(codes: Sequence[str], machines: Sequence[Machine], folders: Sequence[Path],
-           timeout: float) -> list[_Boot]:
-    t0 = time.perf_counter()
-    return [_Boot(m, f, code, timeout, t0, _boot(m, code, timeout))
-            for m, f, code in zip(machines, folders, codes, strict=True)]
+def run_in_vm(vm_args: Sequence[str], command: Sequence[str], timeout: float) -> tuple[int, str]:
+    """Run `command` in a VM of numa-vm's shape `vm_args`: its exit status and console output."""
+    return Guest(vm_args, command, timeout).result()
 
 
-def _collect(boots: list[_Boot]) -> list[Outcome]:
+def _start(codes: Sequence[str], machines: Sequence[Machine], timeout: float) -> list[Guest]:
+    return [Guest(m.args(), [PYTHON, "-c", code], timeout, portable_env()) for m, code in zip(machines, codes, strict=True)]
+
+
+def _collect(guests: list[Guest], machines: Sequence[Machine], folders: Sequence[Path]) -> list[Outcome]:
     outs = []
-    for b in boots:
-        returncode, output = _wait(b.proc, b.timeout)
-        if returncode == _NO_STATUS and _STARTED not in output:
-            # the guest died while booting, before Python started: boot it once more
-            returncode, output = _wait(_boot(b.machine, b.code, b.timeout), b.timeout)
-        outs.append(_outcome(f"VM with {b.machine.nodes} nodes", b.folder, returncode, output, b.t0))
+    for g, m, f in zip(guests, machines, folders, strict=True):
+        returncode, output = g.result()
+        outs.append(_outcome(f"VM with {m.nodes} nodes", f, returncode, output, g.t0))
     return outs
-
-
-def _boot(m: Machine, code: str, timeout: float) -> subprocess.Popen[str]:
-    cmd = [str(NUMA_VM), *m.args(), "--timeout", str(int(timeout)), "--", PYTHON, "-c", code]
-    # a session of its own, so that a hung run can be killed with its qemu
-    return subprocess.Popen(cmd, cwd=REPO, env=portable_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _wait(p: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
-    try:
-        output, _ = p.communicate(timeout=timeout + 60)  # numa-vm's own timeout comes first
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        output, _ = p.communicate()
-    return p.returncode, output
