@@ -57,7 +57,8 @@ VM_TIMEOUT = 600  # s; a guest run of the engine tests takes about 2 minutes
 # From qemu's start to the guest's shell running the command: 5-20 s here, even with two
 # guests booting beside a compile. A guest that has not got there by then is stuck (an
 # emulated boot can hang; a CI run lost 25 minutes to one waiting out its full timeout),
-# so it is killed and booted again, under TCG with the kernel's log shown.
+# so it is killed and booted again, under TCG. Guests run with --verbose, which costs no
+# time here: the kernel's log in a failure's output tells where it stuck.
 BOOT_DEADLINE = 150
 BOOT_TRIES = 3
 _BOOTED = "numa-vm guest: booted"
@@ -222,10 +223,9 @@ class Guest:
 
     def _start(self) -> None:
         self.tries += 1
-        retry = self.tries > 1
-        env = {**self.env, "NUMA_VM_ACCEL": "tcg"} if retry else self.env
+        env = {**self.env, "NUMA_VM_ACCEL": "tcg"} if self.tries > 1 else self.env
         # the shell's first line tells that the kernel booted and mounted the host's files
-        cmd = [str(NUMA_VM), *self.vm_args, *(["--verbose"] if retry else []), "--timeout", str(int(self.timeout)),
+        cmd = [str(NUMA_VM), *self.vm_args, "--verbose", "--timeout", str(int(self.timeout)),
                "--", "/bin/sh", "-c", f'echo "{_BOOTED}"; exec "$@"', "sh", *self.command]
         # a session of its own, so that a hung run can be killed with its qemu
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
