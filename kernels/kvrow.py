@@ -17,7 +17,17 @@ from numba.extending import intrinsic, overload
 
 from numallm.kernels.llvm_scalar import half_to_float
 from numallm.kernels.vec_tile import vadd16
-from numallm.kernels.vec import vfma16, vfmav16, vhsum16, vload16, vload_f16x16, vload_f32x16, vstore16, vzero16
+from numallm.kernels.vec import (
+    vfma16,
+    vfmav16,
+    vhsum4_store,
+    vhsum16,
+    vload16,
+    vload_f16x16,
+    vload_f32x16,
+    vstore16,
+    vzero16,
+)
 
 
 @intrinsic
@@ -70,27 +80,74 @@ def rows_dot(q, rows, base, start, end, scale, out):  # type: ignore[no-untyped-
     """out[j] = scale * sum(q * row j) for j in [start, end), where row j is
     rows[base + j * d: base + (j + 1) * d] of a flat cache, d = len(q)."""
     d = q.shape[0]
+    j = start
     if d % 16 == 0:
         raw = rows.view(np.uint8)
-        for j in range(start, end):
+        # four rows at a time: four independent sums, reduced together
+        while j + 4 <= end:
             b = base + j * d
+            a0 = a1 = a2 = a3 = vzero16()
+            for c in range(0, d, 16):
+                qc = vload16(q, c)
+                a0 = vfmav16(a0, qc, _row16(rows, raw, b + c))
+                a1 = vfmav16(a1, qc, _row16(rows, raw, b + d + c))
+                a2 = vfmav16(a2, qc, _row16(rows, raw, b + 2 * d + c))
+                a3 = vfmav16(a3, qc, _row16(rows, raw, b + 3 * d + c))
+            vhsum4_store(out, j, scale, a0, a1, a2, a3)
+            j += 4
+        for k in range(j, end):
+            b = base + k * d
             acc = vzero16()
             for c in range(0, d, 16):
                 acc = vfmav16(acc, vload16(q, c), _row16(rows, raw, b + c))
-            out[j] = vhsum16(acc) * scale
+            out[k] = vhsum16(acc) * scale
         return
-    for j in range(start, end):
+    for k in range(j, end):
         s = np.float32(0.0)
-        b = base + j * d
+        b = base + k * d
         for i in range(d):
             s += q[i] * element(rows, b + i)
-        out[j] = s * scale
+        out[k] = s * scale
 
 
 @njit(nogil=True, fastmath=True, cache=True)
 def rows_axpy(acc, w, scale, rows, base, start, end):  # type: ignore[no-untyped-def]
     """acc += (w[j] * scale) * row j for j in [start, end), rows as for rows_dot."""
     d = acc.shape[0]
+    if d % 64 == 0:
+        raw = rows.view(np.uint8)
+        # 64 columns at a time over every row: each row's four pieces share one weight,
+        # and two rows in turn make eight sums (one would wait out each add's latency)
+        for c in range(0, d, 64):
+            a0, a1, a2, a3 = vload16(acc, c), vload16(acc, c + 16), vload16(acc, c + 32), vload16(acc, c + 48)
+            b0 = b1 = b2 = b3 = vzero16()
+            j = start
+            while j + 2 <= end:
+                e = base + j * d + c
+                wj = w[j] * scale
+                a0 = vfma16(a0, _row16(rows, raw, e), wj)
+                a1 = vfma16(a1, _row16(rows, raw, e + 16), wj)
+                a2 = vfma16(a2, _row16(rows, raw, e + 32), wj)
+                a3 = vfma16(a3, _row16(rows, raw, e + 48), wj)
+                e += d
+                wj = w[j + 1] * scale
+                b0 = vfma16(b0, _row16(rows, raw, e), wj)
+                b1 = vfma16(b1, _row16(rows, raw, e + 16), wj)
+                b2 = vfma16(b2, _row16(rows, raw, e + 32), wj)
+                b3 = vfma16(b3, _row16(rows, raw, e + 48), wj)
+                j += 2
+            if j < end:
+                e = base + j * d + c
+                wj = w[j] * scale
+                a0 = vfma16(a0, _row16(rows, raw, e), wj)
+                a1 = vfma16(a1, _row16(rows, raw, e + 16), wj)
+                a2 = vfma16(a2, _row16(rows, raw, e + 32), wj)
+                a3 = vfma16(a3, _row16(rows, raw, e + 48), wj)
+            vstore16(acc, c, vadd16(a0, b0))
+            vstore16(acc, c + 16, vadd16(a1, b1))
+            vstore16(acc, c + 32, vadd16(a2, b2))
+            vstore16(acc, c + 48, vadd16(a3, b3))
+        return
     if d % 16 == 0:
         raw = rows.view(np.uint8)
         for c in range(0, d, 16):

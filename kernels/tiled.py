@@ -38,7 +38,7 @@ from numallm.kernels.cpu import has_avx512
 from numallm.kernels.llvm_scalar import at, load_f16, move2, move4, move32
 from numallm.kernels.qcodes import Q4_0, Q4_1, Q8_0, QUANT_CODES
 from numallm.kernels.repack import grouped_geometry, pack_grouped_rows
-from numallm.kernels.vec import vfma16, vload_f16x16, vstore16, vzero16
+from numallm.kernels.vec import vfma16, vload_f16x16, vstore16_at, vzero16
 from numallm.kernels.vec_kquant import vscale16
 from numallm.kernels.vec_tile import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
 from numba import njit
@@ -113,16 +113,17 @@ def _pack_tiles_of(src, dst, tiles, nb, ts, fields):  # type: ignore[no-untyped-
 @cache
 def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     """The kernel of one tile for `ntok` tokens (1 <= ntok <= MAX_TOKENS) of a type kind:
-    kernel(w, p, nb, xq, xd, xs, t0, res) sets res[16 j + i] to row i of the tile at
-    byte p of w dotted with token t0 + j, from the flat xq, xd, xs of
-    actq.quantize_rows (token t's blocks start at block t * nb)."""
+    kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc) sets dst[dr + j, dc + i] to row i of the
+    tile at byte p of w dotted with token t0 + j, from the flat xq, xd, xs of
+    actq.quantize_rows (token t's blocks start at block t * nb). dst's rows must be
+    contiguous."""
     ts = _BLOCK_BYTES[kind]
     quants = 64 if kind == Q4_1_KIND else 32  # byte of a block's quants in its tile chunk
     bias = np.float32(-8.0 if kind == Q4_0_KIND else -Q8_BIAS)
     idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (idot16_q4, 4)  # 64-byte vectors a block
 
     @njit(nogil=True, cache=True)
-    def kernel(w, p, nb, xq, xd, xs, t0, res):  # type: ignore[no-untyped-def]
+    def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
         f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = vzero16()
         x0 = t0 * nb
         for b in range(nb):
@@ -156,17 +157,17 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
                 f5 = _block(f5, i5, dv, mv, xd, xs, k + 5 * nb, kind)
                 f6 = _block(f6, i6, dv, mv, xd, xs, k + 6 * nb, kind)
                 f7 = _block(f7, i7, dv, mv, xd, xs, k + 7 * nb, kind)
-        vstore16(res, 0, f0)
+        vstore16_at(dst, dr, dc, f0)
         if ntok > 1:
-            vstore16(res, 16, f1)
+            vstore16_at(dst, dr + 1, dc, f1)
         if ntok > 2:
-            vstore16(res, 32, f2)
-            vstore16(res, 48, f3)
+            vstore16_at(dst, dr + 2, dc, f2)
+            vstore16_at(dst, dr + 3, dc, f3)
         if ntok > 4:
-            vstore16(res, 64, f4)
-            vstore16(res, 80, f5)
-            vstore16(res, 96, f6)
-            vstore16(res, 112, f7)
+            vstore16_at(dst, dr + 4, dc, f4)
+            vstore16_at(dst, dr + 5, dc, f5)
+            vstore16_at(dst, dr + 6, dc, f6)
+            vstore16_at(dst, dr + 7, dc, f7)
 
     return kernel
 
@@ -192,26 +193,42 @@ def tile_pass(kind: int) -> Callable[..., None]:
     @njit(nogil=True, cache=True)
     def pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
         n = out.shape[0]
-        res = np.empty(TILE * 8, np.float32)
+        res = np.empty((8, TILE), np.float32)
+        unit = out.strides[1] == 4
         for g0 in range(r0 - r0 % TILE, min(r1, full), TILE):
             lo, hi = max(r0, g0) - g0, min(r1, g0 + TILE) - g0
             p = g0 * rb
+            # a whole tile goes straight into out (16 lanes a store); a tile cut by
+            # [r0, r1) goes through res, then its rows in range
+            whole = unit and lo == 0 and hi == TILE
             t = 0
             while n - t >= 8 and wide >= 8:
-                k8(w, p, nb, xq, xd, xs, t, res)
-                _store(res, out, t, 8, g0, lo, hi)
+                if whole:
+                    k8(w, p, nb, xq, xd, xs, t, out, t, g0)
+                else:
+                    k8(w, p, nb, xq, xd, xs, t, res, 0, 0)
+                    _store(res, out, t, 8, g0, lo, hi)
                 t += 8
             if n - t >= 4 and wide >= 4:
-                k4(w, p, nb, xq, xd, xs, t, res)
-                _store(res, out, t, 4, g0, lo, hi)
+                if whole:
+                    k4(w, p, nb, xq, xd, xs, t, out, t, g0)
+                else:
+                    k4(w, p, nb, xq, xd, xs, t, res, 0, 0)
+                    _store(res, out, t, 4, g0, lo, hi)
                 t += 4
             while n - t >= 2:
-                k2(w, p, nb, xq, xd, xs, t, res)
-                _store(res, out, t, 2, g0, lo, hi)
+                if whole:
+                    k2(w, p, nb, xq, xd, xs, t, out, t, g0)
+                else:
+                    k2(w, p, nb, xq, xd, xs, t, res, 0, 0)
+                    _store(res, out, t, 2, g0, lo, hi)
                 t += 2
             if n > t:
-                k1(w, p, nb, xq, xd, xs, t, res)
-                _store(res, out, t, 1, g0, lo, hi)
+                if whole:
+                    k1(w, p, nb, xq, xd, xs, t, out, t, g0)
+                else:
+                    k1(w, p, nb, xq, xd, xs, t, res, 0, 0)
+                    _store(res, out, t, 1, g0, lo, hi)
     return pass_
 
 
@@ -219,7 +236,7 @@ def tile_pass(kind: int) -> Callable[..., None]:
 def _store(res, out, t, nt, g0, lo, hi):  # type: ignore[no-untyped-def]
     for j in range(nt):
         for i in range(lo, hi):
-            out[t + j, g0 + i] = res[TILE * j + i]
+            out[t + j, g0 + i] = res[j, i]
 
 
 def _pass_impl(kind: int) -> Callable[..., None]:

@@ -394,6 +394,25 @@ def vstore16(typingctx, a, off, v):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def vstore16_at(typingctx, a, r, c, v):  # type: ignore[no-untyped-def]
+    """a[r, c:c+16] = v for a 2-D float32 array whose rows are contiguous, unchecked."""
+    if not (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer2(context, builder, data=arr.data,
+                                        shape=cgutils.unpack_tuple(builder, arr.shape),
+                                        strides=cgutils.unpack_tuple(builder, arr.strides),
+                                        layout=sig.args[0].layout,
+                                        inds=[_as_i64(builder, args[1]), _as_i64(builder, args[2])],
+                                        wraparound=False, boundscheck=False)
+        builder.store(args[3], builder.bitcast(ptr, V16F32.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(a, r, c, f32x16), codegen
+
+
+@intrinsic
 def vfma16(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
     """acc + v * s for a float32 scalar s (a broadcast FMA)."""
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
@@ -420,6 +439,34 @@ def vhsum16(typingctx, a):  # type: ignore[no-untyped-def]
             v = builder.fadd(v, builder.shuffle_vector(v, ir.Constant(V16F32, ir.Undefined), mask))
         return builder.extract_element(v, ir.Constant(I32, 0))
     return types.float32(f32x16), codegen
+
+
+@intrinsic
+def vhsum4_store(typingctx, out, j, scale, a0, a1, a2, a3):  # type: ignore[no-untyped-def]
+    """out[j:j+4] = scale * (the lane sums of a0, a1, a2, a3): the four reductions as one
+    tree, each level adding two halves of every vector side by side (half the shuffles
+    of four vhsum16s)."""
+    if not _is_f32_vector(out):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        def halves(x, y, lo, hi):  # x ++ y picked at lo, plus picked at hi
+            pick = lambda idx: builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))  # noqa: E731
+            return builder.fadd(pick(lo), pick(hi))
+        v0, v1, v2, v3 = args[3:]
+        s01 = halves(v0, v1, [*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)])  # 8 of v0, 8 of v1
+        s23 = halves(v2, v3, [*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)])
+        lo4 = [0, 1, 2, 3, 8, 9, 10, 11]
+        t = halves(s01, s23, [*lo4, *(16 + k for k in lo4)], [*(4 + k for k in lo4), *(20 + k for k in lo4)])
+        u = halves(t, t, [0, 1, 4, 5, 8, 9, 12, 13], [2, 3, 6, 7, 10, 11, 14, 15])  # 2 each
+        w = halves(u, u, [0, 2, 4, 6], [1, 3, 5, 7])  # one sum each, in order
+        v4 = ir.VectorType(F32, 4)
+        w = builder.fmul(w, _splat(builder, args[2], v4))
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [_as_i64(builder, args[1])]), v4.as_pointer())
+        builder.store(w, ptr, align=4)
+        return context.get_dummy_value()
+    return types.none(out, j, types.float32, f32x16, f32x16, f32x16, f32x16), codegen
 
 
 def _float_weights16(decode):  # type: ignore[no-untyped-def]

@@ -44,7 +44,8 @@ def test_every_f16_bit_pattern_reads_back_as_numpy_does() -> None:
     np.testing.assert_array_equal(_read(bits), bits.view(np.float16).astype(np.float32))
 
 
-@pytest.mark.parametrize("d", [64, 40])  # 16-lane vectors, and the plain loops
+# 64-column blocks (one, two), 16-lane vectors alone, and the plain loops
+@pytest.mark.parametrize("d", [64, 128, 80, 40])
 def test_rows_dot_and_axpy_of_f16_and_f32_rows(d: int) -> None:
     rng = np.random.default_rng(1)
     q = rng.standard_normal(d).astype(np.float32)
@@ -59,7 +60,7 @@ def test_rows_dot_and_axpy_of_f16_and_f32_rows(d: int) -> None:
         assert np.isnan(out[:2]).all() and np.isnan(out[7:]).all()
         # float32 sums in a vectorised order: about 1e-6 relative
         np.testing.assert_allclose(out[2:7], 0.5 * exact[2:7], atol=1e-4 * np.abs(q).sum())
-        acc = np.zeros(d, np.float32)
+        acc = np.ones(d, np.float32)  # added to
         rows_axpy(acc, w, np.float32(2.0), flat, 3 * d, 2, 7)
-        want = (2.0 * w[2:7, None].astype(np.float64) * rows[2:7].astype(np.float64)).sum(0)
+        want = 1.0 + (2.0 * w[2:7, None].astype(np.float64) * rows[2:7].astype(np.float64)).sum(0)
         np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5)
