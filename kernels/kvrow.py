@@ -110,6 +110,13 @@ def rows_dot(q, rows, base, start, end, scale, out):  # type: ignore[no-untyped-
         out[k] = s * scale
 
 
+@njit(inline="always", fastmath=True, cache=True)
+def _axpy64(a0, a1, a2, a3, rows, raw, e, wj):  # type: ignore[no-untyped-def]
+    """(a0, a1, a2, a3) + wj * the 64 elements of the flat cache from element e."""
+    return (vfma16(a0, _row16(rows, raw, e), wj), vfma16(a1, _row16(rows, raw, e + 16), wj),
+            vfma16(a2, _row16(rows, raw, e + 32), wj), vfma16(a3, _row16(rows, raw, e + 48), wj))
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def rows_axpy(acc, w, scale, rows, base, start, end):  # type: ignore[no-untyped-def]
     """acc += (w[j] * scale) * row j for j in [start, end), rows as for rows_dot."""
@@ -124,25 +131,11 @@ def rows_axpy(acc, w, scale, rows, base, start, end):  # type: ignore[no-untyped
             j = start
             while j + 2 <= end:
                 e = base + j * d + c
-                wj = w[j] * scale
-                a0 = vfma16(a0, _row16(rows, raw, e), wj)
-                a1 = vfma16(a1, _row16(rows, raw, e + 16), wj)
-                a2 = vfma16(a2, _row16(rows, raw, e + 32), wj)
-                a3 = vfma16(a3, _row16(rows, raw, e + 48), wj)
-                e += d
-                wj = w[j + 1] * scale
-                b0 = vfma16(b0, _row16(rows, raw, e), wj)
-                b1 = vfma16(b1, _row16(rows, raw, e + 16), wj)
-                b2 = vfma16(b2, _row16(rows, raw, e + 32), wj)
-                b3 = vfma16(b3, _row16(rows, raw, e + 48), wj)
+                a0, a1, a2, a3 = _axpy64(a0, a1, a2, a3, rows, raw, e, w[j] * scale)
+                b0, b1, b2, b3 = _axpy64(b0, b1, b2, b3, rows, raw, e + d, w[j + 1] * scale)
                 j += 2
             if j < end:
-                e = base + j * d + c
-                wj = w[j] * scale
-                a0 = vfma16(a0, _row16(rows, raw, e), wj)
-                a1 = vfma16(a1, _row16(rows, raw, e + 16), wj)
-                a2 = vfma16(a2, _row16(rows, raw, e + 32), wj)
-                a3 = vfma16(a3, _row16(rows, raw, e + 48), wj)
+                a0, a1, a2, a3 = _axpy64(a0, a1, a2, a3, rows, raw, base + j * d + c, w[j] * scale)
             vstore16(acc, c, vadd16(a0, b0))
             vstore16(acc, c + 16, vadd16(a1, b1))
             vstore16(acc, c + 32, vadd16(a2, b2))
