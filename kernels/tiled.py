@@ -203,37 +203,27 @@ def tile_pass(kind: int) -> Callable[..., None]:
             whole = unit and lo == 0 and hi == TILE
             t = 0
             while n - t >= 8 and wide >= 8:
-                if whole:
-                    k8(w, p, nb, xq, xd, xs, t, out, t, g0)
-                else:
-                    k8(w, p, nb, xq, xd, xs, t, res, 0, 0)
-                    _store(res, out, t, 8, g0, lo, hi)
+                _tile(k8, 8, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi)
                 t += 8
             if n - t >= 4 and wide >= 4:
-                if whole:
-                    k4(w, p, nb, xq, xd, xs, t, out, t, g0)
-                else:
-                    k4(w, p, nb, xq, xd, xs, t, res, 0, 0)
-                    _store(res, out, t, 4, g0, lo, hi)
+                _tile(k4, 4, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi)
                 t += 4
             while n - t >= 2:
-                if whole:
-                    k2(w, p, nb, xq, xd, xs, t, out, t, g0)
-                else:
-                    k2(w, p, nb, xq, xd, xs, t, res, 0, 0)
-                    _store(res, out, t, 2, g0, lo, hi)
+                _tile(k2, 2, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi)
                 t += 2
             if n > t:
-                if whole:
-                    k1(w, p, nb, xq, xd, xs, t, out, t, g0)
-                else:
-                    k1(w, p, nb, xq, xd, xs, t, res, 0, 0)
-                    _store(res, out, t, 1, g0, lo, hi)
+                _tile(k1, 1, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi)
     return pass_
 
 
 @njit(inline="always", cache=True)
-def _store(res, out, t, nt, g0, lo, hi):  # type: ignore[no-untyped-def]
+def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # type: ignore[no-untyped-def]
+    """Tokens [t, t + nt) through the tile at column g0: straight into out when whole,
+    else into res and then its rows [lo, hi) into out."""
+    if whole:
+        kernel(w, p, nb, xq, xd, xs, t, out, t, g0)
+        return
+    kernel(w, p, nb, xq, xd, xs, t, res, 0, 0)
     for j in range(nt):
         for i in range(lo, hi):
             out[t + j, g0 + i] = res[j, i]
