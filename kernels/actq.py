@@ -63,13 +63,7 @@ def _round16(typingctx, x, off, inv, xq, qo):  # type: ignore[no-untyped-def]
 
 @njit(nogil=True, cache=True)
 def quantize_x(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
-    _quantize_blocks(x, 0, x.shape[0] // 32, xq, xd, xs, xs16)
-
-
-@njit(nogil=True, cache=True)
-def _quantize_blocks(x, b0, nb, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
-    """Blocks [b0, b0 + nb) of the flat x into the same blocks of the flat outputs."""
-    for b in range(b0, b0 + nb):
+    for b in range(x.shape[0] // 32):
         o = 32 * b
         amax = max(_absmax16(x, o), _absmax16(x, o + 16))
         d = amax / np.float32(127.0)
@@ -98,13 +92,13 @@ def quantized_x(x):  # type: ignore[no-untyped-def]
 def quantize_rows(X):  # type: ignore[no-untyped-def]
     """(xq, xd, xs, xs16) of every row of X[n, cols], each array with n rows."""
     n, cols = X.shape
-    # Rows are blocks in turn of the whole flattened: no view per row of X, an array
-    # every worker reads at once and would count references to (contended atomics).
+    # The rows flattened are blocks in turn: no view per row of X, an array every
+    # worker reads at once and would count references to (contended atomics).
     xf = np.ascontiguousarray(X).reshape(-1)
     xq = np.empty(n * cols, np.int8)
     xd = np.empty(n * cols // 32, np.float32)
     xs = np.empty(n * cols // 32, np.float32)
     xs16 = np.empty(n * cols // 16, np.float32)
-    _quantize_blocks(xf, 0, n * cols // 32, xq, xd, xs, xs16)
+    quantize_x(xf, xq, xd, xs, xs16)
     return (xq.reshape((n, cols)), xd.reshape((n, cols // 32)), xs.reshape((n, cols // 32)),
             xs16.reshape((n, cols // 16)))
