@@ -46,6 +46,7 @@ from numallm.kernels.qcodes import (
     Q8_0,
 )
 from numallm.kernels.vec import (
+    vadd16,
     vfmav16,
     vhsum,
     vhsum16,
@@ -64,7 +65,6 @@ from numallm.kernels.vec_kquant import (
     vmul16,
     vscale16,
 )
-from numallm.kernels.vec_tile import vadd16
 from numba import njit
 
 

@@ -16,8 +16,8 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from numallm.kernels.llvm_scalar import half_to_float
-from numallm.kernels.vec_tile import vadd16
 from numallm.kernels.vec import (
+    vadd16,
     vfma16,
     vfmav16,
     vhsum4_store,

@@ -413,6 +413,14 @@ def vstore16_at(typingctx, a, r, c, v):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def vadd16(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """a + b, lane by lane."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fadd(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
 def vfma16(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
     """acc + v * s for a float32 scalar s (a broadcast FMA)."""
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
@@ -451,8 +459,8 @@ def vhsum4_store(typingctx, out, j, scale, a0, a1, a2, a3):  # type: ignore[no-u
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         def halves(x, y, lo, hi):  # x ++ y picked at lo, plus picked at hi
-            pick = lambda idx: builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(idx)), idx))  # noqa: E731
-            return builder.fadd(pick(lo), pick(hi))
+            lo_v, hi_v = (builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, len(i)), i)) for i in (lo, hi))
+            return builder.fadd(lo_v, hi_v)
         v0, v1, v2, v3 = args[3:]
         s01 = halves(v0, v1, [*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)])  # 8 of v0, 8 of v1
         s23 = halves(v2, v3, [*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)])

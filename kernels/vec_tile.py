@@ -113,14 +113,6 @@ def vfmai16(typingctx, acc, iv, v, s):  # type: ignore[no-untyped-def]
     return f32x16(f32x16, i32x16, f32x16, types.float32), codegen
 
 
-@intrinsic
-def vadd16(typingctx, a, b):  # type: ignore[no-untyped-def]
-    """a + b, lane by lane."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.fadd(args[0], args[1])
-    return f32x16(f32x16, f32x16), codegen
-
-
 def _broadcast4(context, builder, arrty, arr, off):  # type: ignore[no-untyped-def]
     """The 4 bytes arr[off:off+4] repeated over 64 bytes."""
     x4 = _load_bytes(context, builder, arrty, arr, _as_i64(builder, off), 4)
