@@ -1,4 +1,8 @@
-"""The test oracle: llama.cpp's llama and gemma3 forward passes in plain float64 numpy.
+"""The test oracle: llama.cpp's forward passes in plain float64 numpy.
+
+Architectures: llama (dense, or Mixtral-style with experts), gemma3, qwen2, qwen3 and
+qwen3moe, each as llama.cpp's src/models/<arch>.cpp builds its graph, and the
+mixture-of-experts FFN as llm_graph_context::build_moe_ffn.
 
 Written for obviousness, not speed: every weight is dequantized to float32 with
 gguf-py (an implementation independent of the engine's kernels) and every step is
@@ -15,9 +19,14 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFReader, quants
+from reference_argsort import argsort_desc
 from threadpoolctl import threadpool_limits
 
-ARCHITECTURES = ("llama", "gemma3")
+ARCHITECTURES = ("llama", "gemma3", "qwen2", "qwen3", "qwen3moe")
+NEOX_ROPE = frozenset({"gemma3", "qwen2", "qwen3", "qwen3moe"})  # llama_model_rope_type: LLAMA_ROPE_TYPE_NEOX
+QK_NORM = frozenset({"gemma3", "qwen3", "qwen3moe"})  # per-head RMS norm of Q and K before RoPE
+# Smallest normal float16: build_moe_ffn clamps the routing weights' sum to it before dividing.
+MOE_WEIGHTS_SUM_MIN = 6.103515625e-5
 # Gemma 3 constants llama.cpp hard-codes rather than reads (llama_load_hparams_gemma3):
 GEMMA3_SWA_PATTERN = 6  # every 6th layer attends globally, the others in a sliding window
 GEMMA3_SWA_ROPE_BASE = 10000.0  # sliding-window layers' RoPE base; global ones use the file's
@@ -38,10 +47,15 @@ class ModelWeights:
     rms_eps: float
     sliding_window: int  # 0: every layer attends to the whole past
     final_logit_softcap: float  # 0: none
+    n_expert: int  # 0: dense FFN
+    n_expert_used: int
     tensors: dict[str, np.ndarray]
 
     def w(self, name: str) -> np.ndarray:
         return self.tensors[name + ".weight"]
+
+    def bias(self, name: str) -> np.ndarray | None:
+        return self.tensors.get(name + ".bias")
 
 
 def load_weights(path: str | os.PathLike[str]) -> ModelWeights:
@@ -80,6 +94,8 @@ def _load(path: str, size: int, mtime_ns: int) -> ModelWeights:
         rms_eps=float(meta("attention.layer_norm_rms_epsilon")),
         sliding_window=int(meta("attention.sliding_window", 0)),
         final_logit_softcap=float(meta("final_logit_softcapping", 0.0)),
+        n_expert=int(meta("expert_count", 0)),
+        n_expert_used=int(meta("expert_used_count", 0)),
         tensors={t.name: quants.dequantize(t.data, t.tensor_type) for t in reader.tensors},
     )
 
@@ -136,6 +152,49 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Experts [T, n_used] and their weights [T, n_used] per token, as build_moe_ffn with softmax gating.
+
+    Softmax over all experts, the n_used most probable in ggml_argsort_top_k's order
+    (ties as std::sort leaves them: see reference_argsort), their probabilities as
+    weights, divided by their sum (clamped below at MOE_WEIGHTS_SUM_MIN) when norm_w,
+    times scale unless scale is 0 or 1 (llama.cpp's "not set").
+    """
+    probs = softmax(logits)
+    selected = np.array([argsort_desc(row.tolist())[:n_used] for row in probs], dtype=np.int64)
+    weights = np.take_along_axis(probs, selected, axis=1)
+    if norm_w:
+        weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), MOE_WEIGHTS_SUM_MIN)
+    if scale not in (0.0, 1.0):
+        weights = weights * scale
+    return selected, weights
+
+
+def moe_ffn(m: ModelWeights, blk: str, h: np.ndarray) -> np.ndarray:
+    """The experts' SwiGLU FFNs on h [T, n_embd], mixed by the router's weights.
+
+    llama and qwen3moe both renormalise the chosen weights (norm_w = true in their graphs)
+    and read no expert_weights_scale key, so no scale applies. A llama file may leave out
+    ffn_gate_exps (llama.cpp: TENSOR_NOT_REQUIRED); the FFN is then silu(up).
+    """
+    selected, weights = route(_linear(h, m.w(f"{blk}.ffn_gate_inp")), m.n_expert_used)
+    gate = m.tensors.get(f"{blk}.ffn_gate_exps.weight")
+    up, down = m.w(f"{blk}.ffn_up_exps"), m.w(f"{blk}.ffn_down_exps")
+    out = np.zeros_like(h)
+    for e in np.unique(selected):
+        tok, slot = np.nonzero(selected == e)
+        x = h[tok]
+        u = _linear(x, up[e])
+        act = silu(u) if gate is None else silu(_linear(x, gate[e])) * u
+        out[tok] += weights[tok, slot][:, None] * _linear(act, down[e])
+    return out
+
+
 def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.ndarray) -> np.ndarray:
     """Logits [n_tokens, n_vocab] (float32) at every position of token_ids, from an empty context."""
     m = load_weights(path)
@@ -155,8 +214,17 @@ def _linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.concatenate([x @ w[i : i + rows].astype(np.float64).T for i in range(0, len(w), rows)], axis=-1)
 
 
+def _projection(m: ModelWeights, name: str, x: np.ndarray) -> np.ndarray:
+    """x @ W.T, plus the bias where the file has one (llama.cpp adds Q/K/V biases, which
+    Qwen 2 has, and qwen2's optional output.bias wherever present)."""
+    bias = m.bias(name)
+    out = _linear(x, m.w(name))
+    return out if bias is None else out + bias
+
+
 def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
     gemma = m.arch == "gemma3"
+    neox = m.arch in NEOX_ROPE
     n_tok = len(ids)
     positions = np.arange(n_tok, dtype=np.float64)
 
@@ -166,20 +234,21 @@ def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
     for i in range(m.n_layer):
         blk = f"blk.{i}"
         h = rms_norm(x, m.w(f"{blk}.attn_norm"), m.rms_eps)
-        q = _linear(h, m.w(f"{blk}.attn_q")).reshape(n_tok, m.n_head, m.head_dim)
-        k = _linear(h, m.w(f"{blk}.attn_k")).reshape(n_tok, m.n_head_kv, m.head_dim)
-        v = _linear(h, m.w(f"{blk}.attn_v")).reshape(n_tok, m.n_head_kv, -1)
-        if gemma:
-            # Gemma normalises each head's query and key before RoPE; only
-            # (i+1) % 6 == 0 layers are global, the rest slide with RoPE base 10000.
+        q = _projection(m, f"{blk}.attn_q", h).reshape(n_tok, m.n_head, m.head_dim)
+        k = _projection(m, f"{blk}.attn_k", h).reshape(n_tok, m.n_head_kv, m.head_dim)
+        v = _projection(m, f"{blk}.attn_v", h).reshape(n_tok, m.n_head_kv, -1)
+        if m.arch in QK_NORM:
+            # Gemma 3 and Qwen 3 normalise each head's query and key before RoPE.
             q = rms_norm(q, m.w(f"{blk}.attn_q_norm"), m.rms_eps)
             k = rms_norm(k, m.w(f"{blk}.attn_k_norm"), m.rms_eps)
+        if gemma:
+            # Only (i+1) % 6 == 0 layers are global, the rest slide with RoPE base 10000.
             is_global = (i + 1) % GEMMA3_SWA_PATTERN == 0 or not m.sliding_window
             base, window = (m.rope_base, 0) if is_global else (GEMMA3_SWA_ROPE_BASE, m.sliding_window)
         else:
             base, window = m.rope_base, 0
-        q = rope(q, positions, m.n_rot, base, neox=gemma)
-        k = rope(k, positions, m.n_rot, base, neox=gemma)
+        q = rope(q, positions, m.n_rot, base, neox=neox)
+        k = rope(k, positions, m.n_rot, base, neox=neox)
         # 1/sqrt(head_dim) for both (llama.cpp scales Gemma 3 27B differently; not supported here).
         out = _linear(attention(q, k, v, 1.0 / np.sqrt(m.head_dim), window), m.w(f"{blk}.attn_output"))
         if gemma:
@@ -187,15 +256,19 @@ def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
         x = x + out
 
         h = rms_norm(x, m.w(f"{blk}.ffn_norm"), m.rms_eps)
-        act = gelu_tanh if gemma else silu
-        out = _linear(act(_linear(h, m.w(f"{blk}.ffn_gate"))) * _linear(h, m.w(f"{blk}.ffn_up")), m.w(f"{blk}.ffn_down"))
+        if f"{blk}.ffn_gate_inp.weight" in m.tensors:  # llama.cpp's test for a MoE layer
+            out = moe_ffn(m, blk, h)
+        else:
+            act = gelu_tanh if gemma else silu
+            out = _linear(act(_linear(h, m.w(f"{blk}.ffn_gate"))) * _linear(h, m.w(f"{blk}.ffn_up")),
+                          m.w(f"{blk}.ffn_down"))
         if gemma:
             out = rms_norm(out, m.w(f"{blk}.post_ffw_norm"), m.rms_eps)
         x = x + out
 
     x = rms_norm(x, m.w("output_norm"), m.rms_eps)
     # Without output.weight the model ties its output projection to the embedding.
-    logits = _linear(x, m.w("output" if "output.weight" in m.tensors else "token_embd"))
+    logits = _projection(m, "output" if "output.weight" in m.tensors else "token_embd", x)
     if m.final_logit_softcap:
         logits = m.final_logit_softcap * np.tanh(logits / m.final_logit_softcap)
     return logits.astype(np.float32)

@@ -1,9 +1,10 @@
 """Tiny, seeded GGUF models laid out exactly like llama.cpp's own, for fast tests.
 
-write_tiny_llama() imitates SmolLM2-135M-Instruct's GGUF and write_tiny_gemma3()
-Gemma 3 270M's (same keys, key types and tensor names) at a size where a forward pass
-costs milliseconds, with any weight type the engine supports. Their vocabularies are
-real (see synthetic_vocab), so a tokenizer can be built from them.
+write_tiny_llama() imitates SmolLM2-135M-Instruct's GGUF (or, with n_expert > 0,
+Mixtral's mixture-of-experts layout) and write_tiny_gemma3() Gemma 3 270M's (same keys,
+key types and tensor names) at a size where a forward pass costs milliseconds, with any
+weight type the engine supports. Their vocabularies are real (see synthetic_vocab), so a
+tokenizer can be built from them. synthetic_arch adds the Qwen family on the same parts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+from gguf import TENSOR_NAMES, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
+from gguf import MODEL_TENSOR as T
 from kquants import K_QUANT_TYPES, quantize_k
 from synthetic_vocab import Vocab, gpt2_vocab, spm_vocab
 
@@ -39,7 +41,7 @@ SUPPORTED_TYPES = frozenset(_FILE_TYPES)
 
 @dataclass(frozen=True)
 class Shape:
-    """The hyperparameters both architectures share."""
+    """The hyperparameters all architectures share (n_expert 0: a dense FFN)."""
 
     n_layer: int
     n_embd: int
@@ -48,17 +50,39 @@ class Shape:
     head_dim: int
     n_ff: int
     n_vocab: int
+    n_expert: int = 0
+    n_ff_exp: int = 0  # each expert's FFN width
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which optional tensors a layer has, beyond llama's."""
+
+    gemma: bool = False  # q/k norms and post-attention/post-FFN norms
+    qk_norm: bool = False  # per-head RMS norm weights on Q and K (Qwen 3)
+    qkv_bias: bool = False  # biases on Q, K and V (Qwen 2)
+
+
+def tensor_name(kind: T, bid: int | None = None, suffix: str = "weight") -> str:
+    """gguf-py's name for a tensor, e.g. (FFN_GATE_EXP, 3) -> "blk.3.ffn_gate_exps.weight"."""
+    return f"{TENSOR_NAMES[kind].format(bid=bid)}.{suffix}"
 
 
 def _encode(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    """float32 [rows, cols] -> what GGUFWriter.add_tensor takes with raw_dtype=qtype."""
+    """float32 [..., cols] -> what GGUFWriter.add_tensor takes with raw_dtype=qtype."""
     if qtype in K_QUANT_TYPES:
-        return quantize_k(data, qtype)
+        rows = quantize_k(data.reshape(-1, data.shape[-1]), qtype)
+        return rows.reshape(*data.shape[:-1], rows.shape[-1])
     return quants.quantize(data, qtype)
 
 
-def _random_tensors(s: Shape, seed: int, gemma: bool, tied_output: bool) -> dict[str, np.ndarray]:
-    """Random float32 weights scaled so activations stay O(1) through every layer."""
+def _random_tensors(s: Shape, seed: int, layout: Layout, tied_output: bool,
+                    routers: Mapping[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Random float32 weights scaled so activations stay O(1) through every layer.
+
+    routers replaces the random router (ffn_gate_inp, [n_expert, n_embd]) of the given
+    layers, so a test can craft ties or an expert that is never chosen.
+    """
     rng = np.random.default_rng(seed)
 
     def matrix(rows: int, cols: int, gain: float = 1.0) -> np.ndarray:
@@ -71,33 +95,64 @@ def _random_tensors(s: Shape, seed: int, gemma: bool, tied_output: bool) -> dict
 
     # Embedding rows of norm ~2 give logits = norm(x) . e of std ~2: peaked enough for
     # a clear argmax, spread enough that top-k and sampling see many tokens.
-    tensors = {"token_embd": matrix(s.n_vocab, s.n_embd, gain=2.0)}
+    def experts(rows: int, cols: int) -> np.ndarray:
+        return np.stack([matrix(rows, cols) for _ in range(s.n_expert)])
+
+    unknown = set(routers or {}) - set(range(s.n_layer))
+    if unknown or (routers and not s.n_expert):
+        raise ValueError(f"routers names layers {sorted(routers or {})}; the model has {s.n_layer} layers "
+                         f"and {s.n_expert} experts")
+    tensors = {tensor_name(T.TOKEN_EMBD): matrix(s.n_vocab, s.n_embd, gain=2.0)}
     for i in range(s.n_layer):
-        b = f"blk.{i}"
+        q, k, v = (s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_head_kv * s.head_dim)
         tensors |= {
-            f"{b}.attn_norm": norm(),
-            f"{b}.attn_q": matrix(s.n_head * s.head_dim, s.n_embd),
-            f"{b}.attn_k": matrix(s.n_head_kv * s.head_dim, s.n_embd),
-            f"{b}.attn_v": matrix(s.n_head_kv * s.head_dim, s.n_embd),
-            f"{b}.attn_output": matrix(s.n_embd, s.n_head * s.head_dim),
-            f"{b}.ffn_norm": norm(),
-            f"{b}.ffn_gate": matrix(s.n_ff, s.n_embd),
-            f"{b}.ffn_up": matrix(s.n_ff, s.n_embd),
-            f"{b}.ffn_down": matrix(s.n_embd, s.n_ff),
+            tensor_name(T.ATTN_NORM, i): norm(),
+            tensor_name(T.ATTN_Q, i): matrix(q, s.n_embd),
+            tensor_name(T.ATTN_K, i): matrix(k, s.n_embd),
+            tensor_name(T.ATTN_V, i): matrix(v, s.n_embd),
+            tensor_name(T.ATTN_OUT, i): matrix(s.n_embd, q),
+            tensor_name(T.FFN_NORM, i): norm(),
         }
-        if gemma:
+        if s.n_expert:
+            router = matrix(s.n_expert, s.n_embd, gain=2.0)  # logits of std ~2: a clear choice
             tensors |= {
-                f"{b}.attn_q_norm": norm(s.head_dim),
-                f"{b}.attn_k_norm": norm(s.head_dim),
+                tensor_name(T.FFN_GATE_INP, i): router if routers is None or i not in routers
+                else np.asarray(routers[i], np.float32).reshape(router.shape),
+                tensor_name(T.FFN_GATE_EXP, i): experts(s.n_ff_exp, s.n_embd),
+                tensor_name(T.FFN_UP_EXP, i): experts(s.n_ff_exp, s.n_embd),
+                tensor_name(T.FFN_DOWN_EXP, i): experts(s.n_embd, s.n_ff_exp),
+            }
+        else:
+            tensors |= {
+                tensor_name(T.FFN_GATE, i): matrix(s.n_ff, s.n_embd),
+                tensor_name(T.FFN_UP, i): matrix(s.n_ff, s.n_embd),
+                tensor_name(T.FFN_DOWN, i): matrix(s.n_embd, s.n_ff),
+            }
+        if layout.qkv_bias:
+            # Qwen 2's biases are large (its K bias dominates some heads): well above noise.
+            for kind, n in ((T.ATTN_Q, q), (T.ATTN_K, k), (T.ATTN_V, v)):
+                tensors[tensor_name(kind, i, "bias")] = (0.5 * rng.standard_normal(n)).astype(np.float32)
+        if layout.gemma or layout.qk_norm:
+            tensors |= {
+                tensor_name(T.ATTN_Q_NORM, i): norm(s.head_dim),
+                tensor_name(T.ATTN_K_NORM, i): norm(s.head_dim),
+            }
+        if layout.gemma:
+            tensors |= {
                 # Gemma scales its input embedding by sqrt(n_embd); strong residual
                 # writes keep the tied output from just predicting the current token.
-                f"{b}.post_attention_norm": norm(gain=4.0),
-                f"{b}.post_ffw_norm": norm(gain=4.0),
+                tensor_name(T.ATTN_POST_NORM, i): norm(gain=4.0),
+                tensor_name(T.FFN_POST_NORM, i): norm(gain=4.0),
             }
-    tensors["output_norm"] = norm()
+    tensors[tensor_name(T.OUTPUT_NORM)] = norm()
     if not tied_output:
-        tensors["output"] = matrix(s.n_vocab, s.n_embd, gain=2.0)
+        tensors[tensor_name(T.OUTPUT)] = matrix(s.n_vocab, s.n_embd, gain=2.0)
     return tensors
+
+
+def _kind(name: str) -> str:
+    """A tensor's short name: "blk.0.ffn_up_exps.weight" -> "ffn_up_exps"."""
+    return name.split(".")[-2]
 
 
 def _write(
@@ -110,8 +165,8 @@ def _write(
     type_overrides: Mapping[str, GGMLQuantizationType] | None,
     add_keys: Callable[[GGUFWriter], None],
 ) -> Path:
-    """The GGUF both writers produce: shared keys, add_keys' extras, then the tensors."""
-    kinds = {name.rsplit(".", 1)[-1] for name in tensors}
+    """The GGUF every writer produces: shared keys, add_keys' extras, then the tensors."""
+    kinds = {_kind(name) for name in tensors}
     unknown = set(type_overrides or {}) - kinds
     if unknown:
         raise ValueError(f"type_overrides names {sorted(unknown)}; this model's tensors are {sorted(kinds)}")
@@ -127,14 +182,17 @@ def _write(
     writer.add_feed_forward_length(s.n_ff)
     writer.add_head_count(s.n_head)
     writer.add_head_count_kv(s.n_head_kv)
+    if s.n_expert:
+        writer.add_expert_count(s.n_expert)
     add_keys(writer)
     writer.add_file_type(_FILE_TYPES[weight_type])
     writer.add_quantization_version(2)
-    for short, data in tensors.items():
-        kind = short.rsplit(".", 1)[-1]
-        # 1-D tensors (norm weights) stay F32 as llama.cpp's quantizer leaves them.
-        qtype = Q.F32 if data.ndim == 1 else types.get(kind, weight_type)
-        writer.add_tensor(f"{short}.weight", _encode(data, qtype), raw_dtype=qtype)
+    for name, data in tensors.items():
+        kind = _kind(name)
+        # 1-D tensors (norms, biases) and MoE routers stay F32 as llama.cpp's quantizer leaves them.
+        kept = data.ndim == 1 or kind == "ffn_gate_inp"
+        qtype = Q.F32 if kept else types.get(kind, weight_type)
+        writer.add_tensor(name, _encode(data, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -142,7 +200,7 @@ def _write(
     return Path(path)
 
 
-def _add_vocab(writer: GGUFWriter, vocab: Vocab, model: str, pre: str, bos: int, eos: int, unk: int,
+def _add_vocab(writer: GGUFWriter, vocab: Vocab, model: str, pre: str, bos: int, eos: int, unk: int | None,
                pad: int, add_bos: bool) -> None:
     writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre(pre)
@@ -154,7 +212,8 @@ def _add_vocab(writer: GGUFWriter, vocab: Vocab, model: str, pre: str, bos: int,
         writer.add_token_merges(vocab.merges)
     writer.add_bos_token_id(bos)
     writer.add_eos_token_id(eos)
-    writer.add_unk_token_id(unk)
+    if unk is not None:
+        writer.add_unk_token_id(unk)
     writer.add_pad_token_id(pad)
     writer.add_add_bos_token(add_bos)
     writer.add_add_space_prefix(False)
@@ -179,8 +238,16 @@ def write_tiny_llama(
     rms_eps: float = 1e-5,
     add_bos: bool = False,
     tokenizer_pre: str = "smollm",
+    n_expert: int = 0,
+    n_expert_used: int = 2,
+    routers: Mapping[int, np.ndarray] | None = None,
 ) -> Path:
     """Write a random llama-architecture GGUF shaped like SmolLM2's and return its path.
+
+    With n_expert > 0 every layer's FFN is a Mixtral-style mixture of experts instead:
+    llama.expert_count / expert_used_count, a router ffn_gate_inp (F32) and n_expert
+    experts of width n_ff stacked in ffn_{gate,up,down}_exps; routers (layer -> an
+    [n_expert, n_embd] matrix) replaces chosen layers' random routers.
 
     weight_type applies to the layer matrices, embd_type to token_embd and (untied)
     output; type_overrides maps a tensor's short name ("ffn_down", "attn_v", "output",
@@ -191,10 +258,12 @@ def write_tiny_llama(
     """
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} and be a multiple of n_head_kv={n_head_kv}")
-    s = Shape(n_layer, n_embd, n_head, n_head_kv, n_embd // n_head, n_ff, n_vocab)
+    s = Shape(n_layer, n_embd, n_head, n_head_kv, n_embd // n_head, n_ff, n_vocab, n_expert, n_ff)
     vocab = gpt2_vocab(SMOLLM_SPECIALS, n_vocab)
 
     def keys(w: GGUFWriter) -> None:
+        if n_expert:
+            w.add_expert_used_count(n_expert_used)
         w.add_context_length(n_ctx)
         w.add_rope_freq_base(rope_freq_base)
         w.add_layer_norm_rms_eps(rms_eps)
@@ -203,7 +272,7 @@ def write_tiny_llama(
         _add_vocab(w, vocab, "gpt2", tokenizer_pre, bos=1, eos=2, unk=0, pad=2, add_bos=add_bos)
         w.add_chat_template(CHATML_TEMPLATE)
 
-    tensors = _random_tensors(s, seed, False, tied_output)
+    tensors = _random_tensors(s, seed, Layout(), tied_output, routers)
     return _write(path, "llama", s, tensors, weight_type, embd_type, type_overrides, keys)
 
 
@@ -251,5 +320,5 @@ def write_tiny_gemma3(
         w.add_add_eos_token(False)
         w.add_add_sep_token(False)
 
-    tensors = _random_tensors(s, seed, True, True)
+    tensors = _random_tensors(s, seed, Layout(gemma=True), True)
     return _write(path, "gemma3", s, tensors, weight_type, embd_type, type_overrides, keys)
