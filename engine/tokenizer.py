@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from numallm.errors import BadInputError, ModelFormatError, UnsupportedError
 from numallm.engine.gc_pause import gc_paused
-from numallm.engine.tokenizer_bpe import ByteLevelBPE
+from numallm.engine.tokenizer_bpe import ByteLevelBPE, default_add_bos
 from numallm.engine.tokenizer_spm import SentencePieceBPE
 from numallm.engine.tokenizer_vocab import KEY, Attr, Vocab
 
@@ -128,8 +128,8 @@ class Tokenizer:
         if model is None:
             raise ModelFormatError(f"the GGUF has no {KEY}model; it carries no tokenizer")
         if model == "gpt2":
-            # llama.cpp adds BOS by default only for a few pre-tokenizers none of which we support.
-            vocab = Vocab.from_metadata(md, spm=False, add_bos_default=False)
+            # llama.cpp adds BOS by default only for a few pre-tokenizers (llama3, tekken).
+            vocab = Vocab.from_metadata(md, spm=False, add_bos_default=default_add_bos(md))
             return cls(vocab, ByteLevelBPE(vocab, md), model)
         if model == "llama":
             vocab = Vocab.from_metadata(md, spm=True, add_bos_default=True)

@@ -37,26 +37,130 @@ _OTHER = rf"[[^{_WS}\p{{L}}\p{{N}}][{_UNICODE16}]]"  # [^\s\p{L}\p{N}] with the 
 _GPT2 = rf"'s|'t|'re|'ve|'m|'ll|'d| ?{_L}+| ?{_N}+| ?{_OTHER}+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
 _DIGIT = _N
 
+# How llama.cpp's regex texts (llama-vocab.cpp) read in Oniguruma. llama.cpp runs them either
+# through a hand-written splitter (GPT-2, llama3, qwen2, qwen35: the regex with its own
+# categories) or through std::regex on "collapsed" text where each non-ASCII code point
+# stands for its category: there \p{Lu}, \p{Ll}, ... all mean any letter (A-Z and a-z
+# included), and non-ASCII whitespace is one stand-in that \s matches. Both come down to
+# these classes.
+_CATEGORIES = {"L": _L, "Lu": _L, "Ll": _L, "Lt": _L, "Lm": _L, "Lo": _L, "N": _N,
+               "P": r"\p{P}", "S": r"\p{S}", "M": r"\p{M}"}
+_TRANSLATE = re.compile(r"\\p\{(\w+)\}|\\s|\\S")
+
+
+def _onig(llama_regex: str) -> str:
+    """One of llama.cpp's pre-tokenizer regexes, as Oniguruma (HF tokenizers) must spell it."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return _CATEGORIES[m.group(1)]
+        return f"[{_WS}]" if m.group(0) == r"\s" else f"[^{_WS}]"
+    return _TRANSLATE.sub(sub, llama_regex)
+
+
+# The regexes of llama-vocab.cpp's llm_tokenizer_bpe, verbatim (C++ escapes undone).
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+_DEEPSEEK3 = (r"\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
+              r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+              r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _CONTRACTIONS
+          + r"?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _CONTRACTIONS
+          + r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])"
+           r"([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BAILING = (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
+_SEED_CODER = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+_UFAKZEKA = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_EXAONE_MOE = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+")
+_JAIS2 = _LLAMA3.replace(r"|\s+(?!\S)|\s+", "".join(rf"|\s{{{n}}}(?!\S)" for n in (512, 256, 128, 64, 32, 16, 8, 4))
+                         + r"|\s{1,2}(?!\S)|\s{1}")
+_DEEPSEEK_CODER = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+_FALCON_PUNCT = r"[\p{P}\$\+<=>\^~\|`]+"  # then the GPT-2 regex, then "[0-9][0-9][0-9]"
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_NEWLINES = "[^\n]+|[\n]+"
+
 
 @dataclass(frozen=True)
 class _Pre:
     regexes: tuple[str, ...]
     clean_spaces: bool  # llama.cpp's clean_up_tokenization_spaces on detokenize
+    ignore_merges: bool = False  # a fragment that is a token as a whole is taken whole
+    add_bos: bool = False  # llama.cpp's default when the GGUF has no add_bos_token
 
 
-# tokenizer.ggml.pre values whose splitting llama.cpp does with these regexes
-# (llama-vocab.cpp: LLAMA_VOCAB_PRE_TYPE_SMOLLM and friends, and _GPT2).
+def _pre(regexes: tuple[str, ...], clean_spaces: bool = False, **flags: bool) -> _Pre:
+    return _Pre(tuple(_onig(r) for r in regexes), clean_spaces, **flags)
+
+
+_LLAMA3_PRE = _pre((_LLAMA3,), clean_spaces=True, ignore_merges=True, add_bos=True)
+_QWEN2_PRE = _pre((_QWEN2,))
+_DEEPSEEK3_PRE = _pre(_DEEPSEEK3)
+_GPT4O_PRE = _pre((_GPT4O,))
+_BAILING_PRE = _pre((_BAILING,))
+_GLM_PRE = _pre((_LLAMA3,), clean_spaces=True, ignore_merges=True)
+
+# tokenizer.ggml.pre values -> how llama.cpp splits (llama-vocab.cpp's llama_vocab::impl::load
+# and llm_tokenizer_bpe). Only regex-only ones: those with code beyond a regex (kimi-k2,
+# afmoe, gemma4, superbpe's empty matches, ...) are left out and rejected.
 PRE_TOKENIZERS: dict[str, _Pre] = {
     "smollm": _Pre((_DIGIT, _GPT2), clean_spaces=False),
     "command-r": _Pre((_DIGIT, _GPT2), clean_spaces=False),
     "starcoder": _Pre((_DIGIT, _GPT2), clean_spaces=True),
     "refact": _Pre((_DIGIT, _GPT2), clean_spaces=True),
     "codeshell": _Pre((_DIGIT, _GPT2), clean_spaces=True),
+    "exaone": _Pre((_DIGIT, _GPT2), clean_spaces=True),
+    "minerva-7b": _Pre((_DIGIT, _GPT2), clean_spaces=True),
+    "mellum2": _Pre((_DIGIT, _GPT2), clean_spaces=True),
     "gpt-2": _Pre((_GPT2,), clean_spaces=True),
     "phi-2": _Pre((_GPT2,), clean_spaces=True),
     "mpt": _Pre((_GPT2,), clean_spaces=True),
     "olmo": _Pre((_GPT2,), clean_spaces=True),
+    "jais": _Pre((_GPT2,), clean_spaces=True),
+    "exaone4": _Pre((_GPT2,), clean_spaces=True),
+    "trillion": _Pre((_GPT2,), clean_spaces=False),
+    "granite-docling": _Pre((_GPT2,), clean_spaces=False),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"), _LLAMA3_PRE),
+    "dbrx": _pre((_LLAMA3,), clean_spaces=True),
+    "smaug-bpe": _pre((_LLAMA3,), clean_spaces=True),
+    "chatglm-bpe": _pre((_LLAMA3,), clean_spaces=True),
+    "glm4": _GLM_PRE,
+    "glm5": _GLM_PRE,
+    "jais-2": _pre((_JAIS2,), clean_spaces=True),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open", "grok-2"),
+                    _QWEN2_PRE),
+    "stablelm2": _pre((_QWEN2,), clean_spaces=True),
+    "megrez": _pre((_QWEN2,), clean_spaces=True),
+    "qwen35": _pre((_QWEN35,)),
+    "laguna": _pre((_NEWLINES, _QWEN2)),
+    "ufakzeka": _pre((_UFAKZEKA,)),
+    "seed-coder": _pre((_SEED_CODER,)),
+    "exaone-moe": _pre((_EXAONE_MOE,), clean_spaces=True),
+    **dict.fromkeys(("bailingmoe", "bailingmoe2", "llada-moe"), _BAILING_PRE),
+    **dict.fromkeys(("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"), _DEEPSEEK3_PRE),
+    "deepseek-coder": _pre(_DEEPSEEK_CODER),
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_PRE),
+    "tekken": _pre((_TEKKEN,), ignore_merges=True, add_bos=True),
+    "minicpm5": _pre((r"\p{N}{1,3}", _QWEN2.replace(r"|\p{N}|", r"|\p{N}+|")), clean_spaces=True,
+                     ignore_merges=True),
+    "falcon": _Pre((_onig(_FALCON_PUNCT), _GPT2, "[0-9][0-9][0-9]"), clean_spaces=True),
+    **dict.fromkeys(("bloom", "gpt3-finnish"), _pre((_BLOOM,), clean_spaces=True)),
+    "poro-chat": _pre((_BLOOM,)),
+    "viking": _pre((_BLOOM, r"\p{N}")),
 }
+
+
+def default_add_bos(md: Mapping[str, Any]) -> bool:
+    """Whether llama.cpp adds BOS for this GPT-2 BPE vocabulary when the GGUF does not say."""
+    pre = PRE_TOKENIZERS.get(md.get(KEY + "pre") or "default")
+    return pre.add_bos if pre else False
 
 
 def _byte_decoder() -> dict[int, int]:
@@ -101,7 +205,7 @@ class ByteLevelBPE:
             if cut > 0:  # llama.cpp keeps a spaceless line as an empty pair that never applies
                 merges.append((m[:cut], m[cut + 1:]))
         try:
-            hf = Tokenizer(models.BPE(vocab.ids, merges))
+            hf = Tokenizer(models.BPE(vocab.ids, merges, ignore_merges=pre.ignore_merges))
         except Exception as exc:  # tokenizers raises a bare Exception for a merge without a token
             raise ModelFormatError(f"{KEY}merges does not fit {KEY}tokens ({exc}); the GGUF is corrupt") from exc
         hf.pre_tokenizer = pre_tokenizers.Sequence(

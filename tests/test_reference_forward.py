@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from numallm.engine.model_store import fetch_known_model
 from numallm.engine.tokenizer import Tokenizer
 from reference_forward import reference_logits
 from synthetic import SUPPORTED_TYPES, Q, write_tiny_gemma3, write_tiny_llama
+from synthetic_arch import QWEN_ARCHS, edge_case_router, write_tiny_qwen
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
 # Short prompts (one float64 forward each over prompt + 31 greedy tokens, ~1-2 s); the
@@ -96,7 +98,11 @@ def test_greedy_agrees_where_llama_cpp_is_decided(
 
 # ---------------------------------------------------------------- synthetic models
 
-WRITERS: dict[str, Callable[..., Path]] = {"llama": write_tiny_llama, "gemma3": write_tiny_gemma3}
+WRITERS: dict[str, Callable[..., Path]] = {
+    "llama": write_tiny_llama, "gemma3": write_tiny_gemma3,
+    "llama-moe": functools.partial(write_tiny_llama, n_expert=8, routers={1: edge_case_router(64)}),
+    **{arch: functools.partial(write_tiny_qwen, arch=arch) for arch in QWEN_ARCHS},
+}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +180,7 @@ def test_gemma3_sliding_window_forgets_old_tokens(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", sorted(WRITERS))
 def test_tiny_vocab_builds_a_round_tripping_tokenizer(arch: str, tiny: dict[str, Path]) -> None:
     tokenizer = Tokenizer.from_metadata(read_gguf(tiny[arch]).metadata)
-    turn = {"llama": ("<|im_start|>", "<|im_end|>"), "gemma3": ("<start_of_turn>", "<end_of_turn>")}[arch]
+    turn = ("<start_of_turn>", "<end_of_turn>") if arch == "gemma3" else ("<|im_start|>", "<|im_end|>")
     text = f"{turn[0]}user\nthe assistant, héllo 😀{turn[1]}"
     ids = tokenizer.tokenize(text, add_special=False)
     assert len(ids) < len(text.encode("utf-8")) - 10  # merges and specials were used
