@@ -81,10 +81,21 @@ _EXAONE_MOE = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}
                r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+")
 _JAIS2 = _LLAMA3.replace(r"|\s+(?!\S)|\s+", "".join(rf"|\s{{{n}}}(?!\S)" for n in (512, 256, 128, 64, 32, 16, 8, 4))
                          + r"|\s{1,2}(?!\S)|\s{1}")
-_DEEPSEEK_CODER = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+# llama.cpp runs regexes without categories on the code points, but with non-ASCII whitespace
+# replaced by one stand-in that only \s matches: a literal class such as U+0800-U+4E00 never
+# matches U+3000 or U+2002 there, hence the && [^whitespace].
+_CJK = f"[[一-龥ࠀ-一가-퟿]&&[^{_WS}]]+"
+_DEEPSEEK_CODER = ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}")
+_DEEPSEEK_LLM = ("[\r\n]", r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+                 rf"\s?[[!-/:-~！-／：-～‘-‟　-。]&&[^{_WS}]]+", r"\s+\z", _CJK, r"\p{N}+")
 _FALCON_PUNCT = r"[\p{P}\$\+<=>\^~\|`]+"  # then the GPT-2 regex, then "[0-9][0-9][0-9]"
 _BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 _NEWLINES = "[^\n]+|[\n]+"
+# unicode_cpt_is_han's ranges. Kimi K2's splitter (unicode_regex_split_custom_kimi_k2) is this
+# regex: Han runs first, then words of non-Han letters (its \p{Lu}.. classes come down to that).
+_HAN = r"\x{3400}-\x{4DBF}\x{4E00}-\x{9FFF}\x{F900}-\x{FAFF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2EBEF}\x{2F800}-\x{2FA1F}"
+_KIMI_K2 = (rf"[{_HAN}]+|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_HAN}]]+{_CONTRACTIONS}?|\p{{N}}{{1,3}}"
+            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,9 @@ _BAILING_PRE = _pre((_BAILING,))
 _GLM_PRE = _pre((_LLAMA3,), clean_spaces=True, ignore_merges=True)
 
 # tokenizer.ggml.pre values -> how llama.cpp splits (llama-vocab.cpp's llama_vocab::impl::load
-# and llm_tokenizer_bpe). Only regex-only ones: those with code beyond a regex (kimi-k2,
-# afmoe, gemma4, superbpe's empty matches, ...) are left out and rejected.
+# and llm_tokenizer_bpe). Only those a regex describes: afmoe's and tiny_aya's digit code,
+# gemma4's and sarvam-moe's SPM-style BPE, superbpe's empty matches, chameleon, youtu,
+# whitespace are left out and rejected.
 PRE_TOKENIZERS: dict[str, _Pre] = {
     "smollm": _Pre((_DIGIT, _GPT2), clean_spaces=False),
     "command-r": _Pre((_DIGIT, _GPT2), clean_spaces=False),
@@ -146,7 +158,9 @@ PRE_TOKENIZERS: dict[str, _Pre] = {
     **dict.fromkeys(("bailingmoe", "bailingmoe2", "llada-moe"), _BAILING_PRE),
     **dict.fromkeys(("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"), _DEEPSEEK3_PRE),
     "deepseek-coder": _pre(_DEEPSEEK_CODER),
+    "deepseek-llm": _pre(_DEEPSEEK_LLM),
     **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_PRE),
+    "kimi-k2": _pre((_KIMI_K2,)),
     "tekken": _pre((_TEKKEN,), ignore_merges=True, add_bos=True),
     "minicpm5": _pre((r"\p{N}{1,3}", _QWEN2.replace(r"|\p{N}|", r"|\p{N}+|")), clean_spaces=True,
                      ignore_merges=True),

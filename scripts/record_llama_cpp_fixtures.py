@@ -5,28 +5,41 @@ builds llama.cpp from source); the JSON it writes under tests/fixtures/llama_cpp
 committed, so the test suite never needs llama.cpp itself:
 
     python3 scripts/record_llama_cpp_fixtures.py [--models smollm2 gemma3] [--out-dir DIR]
+    python3 scripts/record_llama_cpp_fixtures.py --synthetic tiny-qwen2 ... [--pretokenizers]
 
 Per model it records: the prompt token ids, 32 greedy steps of raw logits (top-20 ids
 and values per step), llama.cpp's run-to-run spread under different batch splits and
 thread counts (the tolerance the tests may claim), and a few hundred tokenizer cases.
-tests/fixtures/llama_cpp/README.md says how the committed files were made.
+--synthetic does the same, with fewer prompts and no tokenizer cases, for the seeded
+models of tests/synthetic_arch.FIXTURE_MODELS (written afresh, their sha256 recorded);
+--pretokenizers tokenizes a text set under every pre-tokenizer numallm knows, with
+SmolLM2's vocabulary. tests/fixtures/llama_cpp/README.md says how the committed files
+were made.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import random
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from numallm.engine.model_store import KNOWN_MODELS, fetch_known_model, sha256_file
+from numallm.engine.tokenizer_bpe import PRE_TOKENIZERS
 from numallm.errors import NumallmError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic_arch import FIXTURE_MODELS, describe  # noqa: E402
 
 try:
     import llama_cpp
@@ -80,6 +93,10 @@ PROMPTS: tuple[tuple[str, str], ...] = (
 )
 # Prompts re-run under other batch splits / thread counts for self_consistency.
 CONSISTENCY_PROMPTS = ("long", "code")
+# The synthetic models' byte-level vocabulary makes "long" ~1300 tokens: left out.
+SYNTHETIC_PROMPTS = ("plain", "code", "chat", "unicode", "numbers", "story")
+SYNTHETIC_CONSISTENCY_PROMPTS = ("code", "unicode")
+N_PRETOKENIZER_RANDOM_CASES = 120
 
 # Raw material for the seeded tokenizer cases: scripts, emoji, digits, code,
 # special-token text of both models, whitespace runs and punctuation.
@@ -123,16 +140,59 @@ def chat_prompt(llm: llama_cpp.Llama, model: str) -> str:
         messages=[{"role": "user", "content": CHAT_MESSAGE}], add_generation_prompt=True)
 
 
+class _GgmlTensor(ctypes.Structure):
+    """The head of ggml.h's struct ggml_tensor, up to its name (all a callback reads)."""
+
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64)]
+
+
+class ExpertTap:
+    """Collects the experts llama.cpp picks (build_moe_ffn's "ffn_moe_topk-<layer>" tensors)
+    through the context's eval callback: experts[layer] gets one [n_tokens, k] array per
+    evaluated batch. The last layer only routes the positions whose logits are kept."""
+
+    PREFIX = b"ffn_moe_topk-"
+
+    def __init__(self) -> None:
+        self.experts: dict[int, list[np.ndarray]] = {}
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    def _on_tensor(self, ptr: int, ask: bool, _user: int) -> bool:
+        t = _GgmlTensor.from_address(ptr)
+        if not t.name.startswith(self.PREFIX):
+            return not ask  # ask: "observe this one?"; otherwise: "go on computing?"
+        if not ask:
+            k, n_tokens = t.ne[0], t.ne[1]
+            rows = [np.ctypeslib.as_array((ctypes.c_int32 * k).from_address(t.data + i * t.nb[1]))
+                    for i in range(n_tokens)]
+            self.experts.setdefault(int(t.name[len(self.PREFIX):]), []).append(np.array(rows))
+        return True
+
+
 def tokenize(llm: llama_cpp.Llama, text: str, add_special: bool, parse_special: bool) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
 
-def open_model(path: Path, n_threads: int = N_THREADS, n_ubatch: int = N_BATCH) -> llama_cpp.Llama:
+def open_model(path: Path, n_threads: int = N_THREADS, n_ubatch: int = N_BATCH,
+               tap: ExpertTap | None = None) -> llama_cpp.Llama:
     # flash_attn=False and the F16 KV cache are llama-cpp-python's defaults, spelled out
     # because the fixtures depend on them.
-    return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, n_threads=n_threads,
-                           n_threads_batch=n_threads, n_batch=N_BATCH, n_ubatch=n_ubatch,
-                           flash_attn=False, logits_all=False, verbose=False)
+    defaults = llama_cpp.llama_cpp.llama_context_default_params
+    if tap is not None:  # Llama() offers no eval callback: hand it one through its defaults
+        def with_tap() -> Any:
+            params = defaults()
+            params.cb_eval = tap.callback
+            return params
+        llama_cpp.llama_cpp.llama_context_default_params = with_tap
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, n_threads=n_threads,
+                               n_threads_batch=n_threads, n_batch=N_BATCH, n_ubatch=n_ubatch,
+                               flash_attn=False, logits_all=False, verbose=False)
+    finally:
+        llama_cpp.llama_cpp.llama_context_default_params = defaults
 
 
 def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
@@ -188,7 +248,7 @@ def diff_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def self_consistency(path: Path, llm: llama_cpp.Llama, recorded: dict[str, dict[str, Any]],
-                     reference: dict[str, np.ndarray]) -> dict[str, Any]:
+                     reference: dict[str, np.ndarray], prompts: Sequence[str]) -> dict[str, Any]:
     """llama.cpp against itself: the same inputs under other batch splits / thread counts."""
     variants = {
         "prompt fed token by token (n_ubatch 1)": (llm, True),
@@ -196,7 +256,7 @@ def self_consistency(path: Path, llm: llama_cpp.Llama, recorded: dict[str, dict[
         "n_threads 1": (open_model(path, n_threads=1), False),
     }
     cases = []
-    for name in CONSISTENCY_PROMPTS:
+    for name in prompts:
         rec = recorded[name]
         for variant, (model, one_by_one) in variants.items():
             logits, _ = forced_run(model, rec["tokens"], rec["greedy"][:-1], one_by_one)
@@ -217,13 +277,13 @@ def self_consistency(path: Path, llm: llama_cpp.Llama, recorded: dict[str, dict[
     }
 
 
-def tokenize_texts(prompt_texts: list[str]) -> list[str]:
+def tokenize_texts(prompt_texts: list[str], n_random: int = N_RANDOM_TOKENIZE_CASES) -> list[str]:
     """Fixed edge cases, the prompts themselves, then seeded random mixes of FRAGMENTS."""
     rng = random.Random(TOKENIZE_SEED)
     kinds = sorted(FRAGMENTS)
     texts = list(dict.fromkeys([*FIXED_TOKENIZE_CASES, *prompt_texts]))
     seen = set(texts)
-    while len(texts) < len(FIXED_TOKENIZE_CASES) + len(prompt_texts) + N_RANDOM_TOKENIZE_CASES:
+    while len(texts) < len(FIXED_TOKENIZE_CASES) + len(prompt_texts) + n_random:
         parts = [rng.choice(FRAGMENTS[rng.choice(kinds)]) for _ in range(rng.randint(1, 8))]
         text = "".join(p + rng.choice(SEPARATORS) for p in parts)
         if rng.random() < 0.2:
@@ -237,24 +297,68 @@ def tokenize_texts(prompt_texts: list[str]) -> list[str]:
 
 
 def record_model(model: str, command: str) -> dict[str, Any]:
-    path = fetch_known_model(model)
+    return record(fetch_known_model(model), model, command, [name for name, _ in PROMPTS] + ["chat"],
+                  CONSISTENCY_PROMPTS, tokenize_cases=True)
+
+
+def record_synthetic(name: str, command: str, folder: Path) -> dict[str, Any]:
+    writer = FIXTURE_MODELS[name]
+    path = writer(folder / f"{name}.gguf")
+    return record(path, name, command, SYNTHETIC_PROMPTS, SYNTHETIC_CONSISTENCY_PROMPTS, tokenize_cases=False,
+                  extra={"writer": describe(writer)}, experts=True)
+
+
+def record_experts(path: Path, recorded: dict[str, dict[str, Any]], reference: dict[str, np.ndarray]) -> None:
+    """Adds "experts" to each MoE prompt record: per position (prompt, then the fed greedy
+    tokens), per layer, the experts llama.cpp chose in its order (null: not routed, i.e.
+    the last layer's prompt positions but the last). Reruns each prompt with an ExpertTap,
+    which must leave the logits bit-equal."""
+    tap = ExpertTap()
+    llm = open_model(path, tap=tap)
+    for name, rec in recorded.items():
+        tap.experts.clear()
+        logits, _ = forced_run(llm, rec["tokens"], rec["greedy"][:-1])
+        if not np.array_equal(logits, reference[name]):
+            raise NumallmError(f"{path.name}: logits changed with the eval callback; the experts recorded "
+                               "would not be those of the recorded run")
+        if not tap.experts:
+            return  # a dense model
+        n_pos = len(rec["tokens"]) + N_STEPS - 1
+        table: list[list[list[int] | None]] = [[None] * len(tap.experts) for _ in range(n_pos)]
+        for layer, batches in tap.experts.items():
+            # The prompt's batch (all positions, or the last one only), then one token per step.
+            first = len(rec["tokens"]) - len(batches[0])
+            for pos, row in enumerate(np.concatenate(batches), start=first):
+                table[pos][layer] = [int(e) for e in row]
+        rec["experts"] = table
+    llm.close()
+
+
+def record(path: Path, model: str, command: str, prompt_names: Sequence[str], consistency: Sequence[str],
+           tokenize_cases: bool, extra: dict[str, Any] | None = None, experts: bool = False) -> dict[str, Any]:
     llm = open_model(path)
-    prompts = [*PROMPTS[:2], ("chat", chat_prompt(llm, model)), *PROMPTS[2:]]
+    texts = dict(PROMPTS)
+    prompts = [(name, texts[name]) for name in ("plain", "code") if name in prompt_names]
+    prompts += [("chat", chat_prompt(llm, model))] if "chat" in prompt_names else []
+    prompts += [(name, text) for name, text in PROMPTS[2:] if name in prompt_names]
     recorded: dict[str, dict[str, Any]] = {}
     reference: dict[str, np.ndarray] = {}
     for name, text in prompts:
         recorded[name], reference[name] = record_prompt(llm, name, text)
         print(f"{model} {name}: {len(recorded[name]['tokens'])} tokens -> "
               f"{recorded[name]['greedy_text']!r}", file=sys.stderr, flush=True)
-    repeat, _ = forced_run(llm, recorded["long"]["tokens"], None)
-    if not np.array_equal(repeat, reference["long"]):
+    repeat, _ = forced_run(llm, recorded[consistency[0]]["tokens"], None)
+    if not np.array_equal(repeat, reference[consistency[0]]):
         raise NumallmError(f"{model}: llama.cpp gave different logits for the same run twice; "
                            "the fixtures would not be reproducible")
+    if experts:
+        record_experts(path, recorded, reference)
     cases = [{"text": t, "add_special": a, "parse_special": p, "ids": tokenize(llm, t, a, p)}
              for t in tokenize_texts([text for _, text in prompts]) for a, p in TOKENIZE_MODES]
     return {
         "model": path.name,
         "model_sha256": sha256_file(path),
+        **(extra or {}),
         "llama_cpp_python": llama_cpp.__version__,
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "n_ctx": N_CTX, "n_batch": N_BATCH, "n_ubatch": N_BATCH, "n_threads": N_THREADS,
@@ -262,9 +366,67 @@ def record_model(model: str, command: str) -> dict[str, Any]:
         "top_k": TOP_K, "decimals": DECIMALS, "greedy_text_special": True,
         "recorded": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "command": command,
-        "self_consistency": self_consistency(path, llm, recorded, reference),
+        "self_consistency": self_consistency(path, llm, recorded, reference, consistency),
         "prompts": list(recorded.values()),
-        "tokenize_cases": cases,
+        **({"tokenize_cases": cases} if tokenize_cases else {}),
+    }
+
+
+# Texts aimed at where pre-tokenizers differ, before the seeded mixes.
+PRETOKENIZER_TEXTS = (
+    "1234567890 12 345 6789012", "3.14159, -273.15 and 1,000,000", "你好世界，机器学习。日本語のテキスト",
+    "こんにちは カタカナ ひらがな", "안녕하세요 세계", "I'M YOU'RE we'Ve they'LL it'S he'D don't",
+    "a   b\n\n\n  c\t\t d  \r\n  e", "x\u3000y\u00a0z\u2003w", "     leading and trailing     ",
+    "def f(x):\n    return x**2  # comment\n", "<div class=\"a\">Hi</div>", "camelCaseWord HTTPServer iPhone",
+    "ÀÉÎõü ÇA ça Ñandú", "😀🚀👍🏽 emoji👨\u200d👩\u200d👧 flags🇩🇪", "\n\n\n", "!!!??? ... ---", "a\u0301e\u0301",
+)
+
+
+def vocab_only_gguf(source: Path, pre: str, path: Path) -> Path:
+    """A GGUF with source's tokenizer.ggml.* keys but `pre`, and no tensors (opened vocab_only).
+
+    add_bos_token is left out so that each pre-tokenizer's own default shows."""
+    reader = GGUFReader(source)
+    writer = GGUFWriter(str(path), "llama")
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
+            vtype = field.types[0]
+            writer.add_key_value(key, field.contents(), vtype,
+                                 sub_type=field.types[1] if vtype == GGUFValueType.ARRAY else None)
+    writer.add_tokenizer_pre(pre)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def record_pretokenizers(command: str, folder: Path) -> dict[str, Any]:
+    """Every PRE_TOKENIZERS name on SmolLM2's vocabulary; names that tokenize alike are grouped."""
+    source = fetch_known_model("smollm2")
+    texts = tokenize_texts([*PRETOKENIZER_TEXTS, *(text for _, text in PROMPTS)], N_PRETOKENIZER_RANDOM_CASES)
+    groups: dict[str, dict[str, Any]] = {}
+    for pre in sorted(PRE_TOKENIZERS):
+        llm = llama_cpp.Llama(model_path=str(vocab_only_gguf(source, pre, folder / f"{pre}.gguf")),
+                              vocab_only=True, verbose=False)
+        result = {"ids": [tokenize(llm, t, False, False) for t in texts],
+                  "hello_add_special": tokenize(llm, "Hello", True, False)}
+        llm.close()
+        key = json.dumps(result)
+        groups.setdefault(key, {"names": [], **result})["names"].append(pre)
+        print(f"pre-tokenizer {pre}: {sum(map(len, result['ids']))} tokens", file=sys.stderr, flush=True)
+    return {
+        "vocabulary": source.name,
+        "vocabulary_sha256": sha256_file(source),
+        "llama_cpp_python": llama_cpp.__version__,
+        "recorded": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "command": command,
+        "how": ("SmolLM2's tokenizer.ggml.* keys with tokenizer.ggml.pre set to each name and no "
+                "add_bos_token key; llama_tokenize(text, add_special=false, parse_special=false) of every "
+                "text, and of \"Hello\" with add_special=true (the pre-tokenizer's BOS default). Names "
+                "whose results are identical share a group."),
+        "texts": texts,
+        "groups": list(groups.values()),
     }
 
 
@@ -272,12 +434,16 @@ def _scalar(value: Any) -> bool:
     return not isinstance(value, (dict, list))
 
 
+def _flat(value: Any) -> bool:
+    return _scalar(value) or (isinstance(value, list) and all(map(_scalar, value)))
+
+
 def _one_line(value: Any) -> bool:
-    """Scalars, lists of scalars, and records (steps, tokenize cases) made only of those."""
+    """Scalars, lists of scalars, records (steps, tokenize cases) made only of those, and
+    lists of lists of scalars (one position's experts per layer)."""
     if isinstance(value, dict):
-        return all(_scalar(v) or (isinstance(v, list) and all(map(_scalar, v)))
-                   for v in value.values())
-    return _scalar(value) or all(map(_scalar, value))
+        return all(map(_flat, value.values()))
+    return _scalar(value) or all(map(_flat, value))
 
 
 def dumps(value: Any, indent: int = 0) -> str:
@@ -295,18 +461,33 @@ def dumps(value: Any, indent: int = 0) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(KNOWN_MODELS),
-                        default=["smollm2", "gemma3"])
+                        help="known models to record (default: smollm2 gemma3 unless --synthetic or "
+                             "--pretokenizers is given)")
+    parser.add_argument("--synthetic", nargs="+", choices=sorted(FIXTURE_MODELS), default=[],
+                        help="seeded synthetic models to write and record")
+    parser.add_argument("--pretokenizers", action="store_true",
+                        help="record pretokenizers.json: every supported tokenizer.ggml.pre on SmolLM2's vocabulary")
     parser.add_argument("--out-dir", type=Path,
                         default=Path(__file__).resolve().parent.parent / "tests/fixtures/llama_cpp")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.models is None:
+        args.models = [] if args.synthetic or args.pretokenizers else ["smollm2", "gemma3"]
     command = " ".join(["python3 scripts/record_llama_cpp_fixtures.py", *argv])
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for model in args.models:
-        fixture = record_model(model, command)
-        out = args.out_dir / f"{model}.json"
+
+    def write(name: str, fixture: dict[str, Any]) -> None:
+        out = args.out_dir / f"{name}.json"
         out.write_text(dumps(fixture) + "\n", encoding="utf-8")
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
+
+    for model in args.models:
+        write(model, record_model(model, command))
+    with tempfile.TemporaryDirectory(prefix="numallm-fixtures-") as tmp:
+        for name in args.synthetic:
+            write(name, record_synthetic(name, command, Path(tmp)))
+        if args.pretokenizers:
+            write("pretokenizers", record_pretokenizers(command, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # tests/synthetic.py, tests/reference_forward.py
 
 from synthetic import write_tiny_llama  # noqa: E402
+from synthetic_arch import FIXTURE_MODELS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +28,16 @@ def smollm2() -> Path:
     from numallm.engine.model_store import fetch_known_model
 
     return fetch_known_model("smollm2", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """name -> synthetic_arch.FIXTURE_MODELS[name] written once per session (the seeded files
+    tests/fixtures/llama_cpp/<name>.json was recorded on)."""
+    folder = tmp_path_factory.mktemp("fixture-models")
+
+    @functools.cache
+    def get(name: str) -> Path:
+        return FIXTURE_MODELS[name](folder / f"{name}.gguf")
+
+    return get

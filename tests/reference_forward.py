@@ -157,16 +157,19 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0.0,
+          forced: list[list[int] | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Experts [T, n_used] and their weights [T, n_used] per token, as build_moe_ffn with softmax gating.
 
     Softmax over all experts, the n_used most probable in ggml_argsort_top_k's order
     (ties as std::sort leaves them: see reference_argsort), their probabilities as
     weights, divided by their sum (clamped below at MOE_WEIGHTS_SUM_MIN) when norm_w,
-    times scale unless scale is 0 or 1 (llama.cpp's "not set").
+    times scale unless scale is 0 or 1 (llama.cpp's "not set"). forced[t], where given,
+    replaces token t's choice (to follow llama.cpp's recorded routing).
     """
     probs = softmax(logits)
-    selected = np.array([argsort_desc(row.tolist())[:n_used] for row in probs], dtype=np.int64)
+    selected = np.array([argsort_desc(row.tolist())[:n_used] if forced is None or forced[t] is None
+                         else forced[t] for t, row in enumerate(probs)], dtype=np.int64)
     weights = np.take_along_axis(probs, selected, axis=1)
     if norm_w:
         weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), MOE_WEIGHTS_SUM_MIN)
@@ -175,14 +178,18 @@ def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0
     return selected, weights
 
 
-def moe_ffn(m: ModelWeights, blk: str, h: np.ndarray) -> np.ndarray:
+def moe_ffn(m: ModelWeights, blk: str, h: np.ndarray, router_logits: list[np.ndarray] | None = None,
+            forced: list[list[int] | None] | None = None) -> np.ndarray:
     """The experts' SwiGLU FFNs on h [T, n_embd], mixed by the router's weights.
 
     llama and qwen3moe both renormalise the chosen weights (norm_w = true in their graphs)
     and read no expert_weights_scale key, so no scale applies. A llama file may leave out
     ffn_gate_exps (llama.cpp: TENSOR_NOT_REQUIRED); the FFN is then silu(up).
     """
-    selected, weights = route(_linear(h, m.w(f"{blk}.ffn_gate_inp")), m.n_expert_used)
+    logits = _linear(h, m.w(f"{blk}.ffn_gate_inp"))
+    if router_logits is not None:
+        router_logits.append(logits)
+    selected, weights = route(logits, m.n_expert_used, forced=forced)
     gate = m.tensors.get(f"{blk}.ffn_gate_exps.weight")
     up, down = m.w(f"{blk}.ffn_up_exps"), m.w(f"{blk}.ffn_down_exps")
     out = np.zeros_like(h)
@@ -195,8 +202,14 @@ def moe_ffn(m: ModelWeights, blk: str, h: np.ndarray) -> np.ndarray:
     return out
 
 
-def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.ndarray) -> np.ndarray:
-    """Logits [n_tokens, n_vocab] (float32) at every position of token_ids, from an empty context."""
+def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.ndarray,
+                     router_logits: list[np.ndarray] | None = None,
+                     experts: list[list[list[int] | None]] | None = None) -> np.ndarray:
+    """Logits [n_tokens, n_vocab] (float32) at every position of token_ids, from an empty context.
+
+    Given a list, router_logits receives each MoE layer's router logits [n_tokens, n_expert].
+    experts[position][layer], where not None, is the routing to use instead of the own
+    (llama.cpp's, recorded in a fixture)."""
     m = load_weights(path)
     ids = np.asarray(token_ids, dtype=np.int64)
     n_vocab = len(m.w("token_embd"))
@@ -205,7 +218,7 @@ def reference_logits(path: str | os.PathLike[str], token_ids: list[int] | np.nda
     # These skinny matmuls are memory-bound; multi-threaded OpenBLAS on a shared,
     # busy 2-core machine measured 10-20x slower than one thread.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _forward(m, ids)
+        return _forward(m, ids, router_logits, experts)
 
 
 def _linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -222,7 +235,8 @@ def _projection(m: ModelWeights, name: str, x: np.ndarray) -> np.ndarray:
     return out if bias is None else out + bias
 
 
-def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
+def _forward(m: ModelWeights, ids: np.ndarray, router_logits: list[np.ndarray] | None,
+             experts: list[list[list[int] | None]] | None) -> np.ndarray:
     gemma = m.arch == "gemma3"
     neox = m.arch in NEOX_ROPE
     n_tok = len(ids)
@@ -257,7 +271,7 @@ def _forward(m: ModelWeights, ids: np.ndarray) -> np.ndarray:
 
         h = rms_norm(x, m.w(f"{blk}.ffn_norm"), m.rms_eps)
         if f"{blk}.ffn_gate_inp.weight" in m.tensors:  # llama.cpp's test for a MoE layer
-            out = moe_ffn(m, blk, h)
+            out = moe_ffn(m, blk, h, router_logits, None if experts is None else [pos[i] for pos in experts])
         else:
             act = gelu_tanh if gemma else silu
             out = _linear(act(_linear(h, m.w(f"{blk}.ffn_gate"))) * _linear(h, m.w(f"{blk}.ffn_up")),

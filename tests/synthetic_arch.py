@@ -8,14 +8,15 @@ experts is synthetic.write_tiny_llama(n_expert=...).
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from synthetic import (CHATML_TEMPLATE, SMOLLM_SPECIALS, Layout, Q, Shape, _add_vocab, _random_tensors,
-                       _write)
+                       _write, write_tiny_llama)
 from synthetic_vocab import gpt2_vocab
 
 QWEN_ARCHS = ("qwen2", "qwen3", "qwen3moe")
@@ -90,13 +91,52 @@ def write_tiny_qwen(
 
 
 def edge_case_router(n_embd: int, seed: int = 0) -> np.ndarray:
-    """An 8-expert router whose top-2 choice has llama.cpp's edge cases in every token.
+    """An 8-expert router whose top-2 choice meets llama.cpp's edge cases at many tokens.
 
-    Rows: r0, -r0, r1, -r1, r2, r2, r3, 0. Of each pair (r, -r) one logit is >= 0, so
-    at least two logits are positive and expert 7 (logit exactly 0) is never chosen;
-    experts 4 and 5 tie exactly, so whenever r2 is second best the sort's tie order
-    decides which of them runs.
+    Rows: a, -a, b, -b, c, c, c, 0. Experts 4, 5 and 6 tie exactly, so whenever c is
+    among the two best logits (about 40% of tokens) the sort's tie order decides:
+    ggml's argsort keeps index order for 8 values, so expert 4 (and 5, when c is best)
+    runs and expert 6 never does. Of each pair (a, -a), (b, -b) one logit is >= 0, so
+    expert 7 (logit exactly 0) is never chosen either, except where those are within
+    rounding of 0 (rare: a and b are large).
     """
     rng = np.random.default_rng(seed)
-    r = (rng.standard_normal((4, n_embd)) * (2.0 / np.sqrt(n_embd))).astype(np.float32)
-    return np.stack([r[0], -r[0], r[1], -r[1], r[2], r[2], r[3], np.zeros(n_embd, np.float32)])
+    r = rng.standard_normal((3, n_embd)) / np.sqrt(n_embd)
+    a, b, c = 4.0 * r[0], 4.0 * r[1], 6.0 * r[2]
+    return np.stack([a, -a, b, -b, c, c, c, np.zeros(n_embd)]).astype(np.float32)
+
+
+# The synthetic models llama.cpp's outputs are recorded for (tests/fixtures/llama_cpp/<name>.json,
+# by scripts/record_llama_cpp_fixtures.py --synthetic): each architecture once, Q8_0 and
+# K-quants (Q4_K_M-like: Q4_K with Q6_K embeddings and ffn_down), dense and MoE, each MoE
+# with an edge-case router in one layer. n_ctx 2048 so llama.cpp runs them at the real
+# models' context size.
+FIXTURE_MODELS: dict[str, Callable[[str | os.PathLike[str]], Path]] = {
+    "tiny-qwen2": functools.partial(write_tiny_qwen, arch="qwen2", n_ctx=2048),
+    "tiny-qwen3": functools.partial(
+        write_tiny_qwen, arch="qwen3", n_ctx=2048, n_embd=256, n_head=8, n_head_kv=2, head_dim=64, n_ff=512,
+        weight_type=Q.Q4_K, embd_type=Q.Q6_K, type_overrides={"ffn_down": Q.Q6_K}),
+    "tiny-qwen3moe": functools.partial(
+        write_tiny_qwen, arch="qwen3moe", n_ctx=2048, n_layer=3, routers={1: edge_case_router(64)}),
+    "tiny-llama-moe": functools.partial(
+        write_tiny_llama, n_ctx=2048, n_embd=256, n_ff=256, n_expert=8, n_expert_used=2,
+        routers={0: edge_case_router(256)}, weight_type=Q.Q4_K, embd_type=Q.Q6_K,
+        type_overrides={"ffn_down_exps": Q.Q6_K}),
+}
+
+
+def describe(writer: Callable[..., Path]) -> str:
+    """A FIXTURE_MODELS entry as the call it makes, for the fixtures' headers."""
+    assert isinstance(writer, functools.partial)
+
+    def spell(value: object) -> str:
+        if isinstance(value, GGMLQuantizationType):
+            return f"Q.{value.name}"
+        if isinstance(value, np.ndarray):  # only crafted routers are arrays here
+            return f"edge_case_router({value.shape[1]})"
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{k!r}: {spell(v)}" for k, v in value.items()) + "}"
+        return repr(value)
+
+    args = ", ".join(f"{k}={spell(v)}" for k, v in writer.keywords.items())
+    return f"{writer.func.__name__}(path, {args})"

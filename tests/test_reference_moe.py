@@ -65,16 +65,15 @@ def test_route_sends_every_token_to_a_dominant_expert() -> None:
     assert (weights[:, 0] > 0.99).all()
 
 
-def test_edge_case_router_never_picks_expert_7_and_ties_pick_4() -> None:
+def test_edge_case_router_never_picks_experts_6_and_7_and_ties_pick_4() -> None:
     router = edge_case_router(64).astype(np.float64)
     h = np.random.default_rng(4).standard_normal((4000, 64))
     selected, _ = route(h @ router.T, 2)
     used = np.bincount(selected.ravel(), minlength=8)
-    assert used[7] == 0 and (used[:7] > 0).all()
+    assert used[6] == used[7] == 0 and (used[:6] > 0).all()
     with5 = (selected == 5).any(axis=1)
     assert (selected[with5] == 4).any(axis=1).all(), "expert 5 only ever comes with its tie partner 4"
-    decided_by_tie = ((selected == 4).any(axis=1) & ~with5).sum()
-    assert decided_by_tie > 100  # the tie order mattered for many tokens
+    assert (selected == 4).any(axis=1).mean() > 0.3  # the tie order decides for many tokens
 
 
 def test_moe_ffn_is_the_weighted_sum_of_the_chosen_experts(tmp_path: Path) -> None:

@@ -1,0 +1,60 @@
+"""Every supported tokenizer.ggml.pre splits text as llama.cpp does.
+
+tests/fixtures/llama_cpp/pretokenizers.json holds llama.cpp's ids for a text set (digit
+runs, CJK, contractions, whitespace runs, emoji, code, seeded mixes) under each name,
+on SmolLM2's vocabulary with tokenizer.ggml.pre replaced
+(scripts/record_llama_cpp_fixtures.py --pretokenizers).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.model_store import fetch_known_model
+from numallm.engine.tokenizer import Tokenizer
+from numallm.engine.tokenizer_bpe import PRE_TOKENIZERS
+from numallm.errors import UnsupportedError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "llama_cpp" / "pretokenizers.json"
+
+
+@functools.cache
+def recorded() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def smollm2_metadata() -> dict[str, Any]:
+    md = dict(read_gguf(fetch_known_model("smollm2", quiet=True)).metadata)
+    del md["tokenizer.ggml.add_bos_token"]  # as recorded: each pre-tokenizer's own default
+    return md
+
+
+def test_every_supported_name_was_recorded() -> None:
+    names = [n for group in recorded()["groups"] for n in group["names"]]
+    assert len(names) == len(set(names))
+    assert set(names) == set(PRE_TOKENIZERS)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("pre", sorted(PRE_TOKENIZERS))
+def test_tokenizes_as_llama_cpp(pre: str) -> None:
+    fixture = recorded()
+    group = next(g for g in fixture["groups"] if pre in g["names"])
+    tok = Tokenizer.from_metadata({**smollm2_metadata(), "tokenizer.ggml.pre": pre})
+    wrong = [(text, ids) for text, ids in zip(fixture["texts"], group["ids"], strict=True)
+             if tok.tokenize(text, add_special=False, parse_special=False) != ids]
+    assert not wrong, f"{pre}: {len(wrong)} of {len(fixture['texts'])} texts differ, first {wrong[0][0]!r}"
+    assert tok.tokenize("Hello", add_special=True, parse_special=False) == group["hello_add_special"]
+
+
+@pytest.mark.model
+def test_unknown_names_are_still_refused() -> None:
+    with pytest.raises(UnsupportedError, match="'no-such-pre'"):
+        Tokenizer.from_metadata({**smollm2_metadata(), "tokenizer.ggml.pre": "no-such-pre"})
