@@ -51,6 +51,7 @@ class Shape:
     n_ff: int
     n_vocab: int
     n_expert: int = 0
+    n_expert_used: int = 0
     n_ff_exp: int = 0  # each expert's FFN width
 
 
@@ -184,6 +185,7 @@ def _write(
     writer.add_head_count_kv(s.n_head_kv)
     if s.n_expert:
         writer.add_expert_count(s.n_expert)
+        writer.add_expert_used_count(s.n_expert_used)
     add_keys(writer)
     writer.add_file_type(_FILE_TYPES[weight_type])
     writer.add_quantization_version(2)
@@ -258,12 +260,10 @@ def write_tiny_llama(
     """
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError(f"n_head={n_head} must divide n_embd={n_embd} and be a multiple of n_head_kv={n_head_kv}")
-    s = Shape(n_layer, n_embd, n_head, n_head_kv, n_embd // n_head, n_ff, n_vocab, n_expert, n_ff)
+    s = Shape(n_layer, n_embd, n_head, n_head_kv, n_embd // n_head, n_ff, n_vocab, n_expert, n_expert_used, n_ff)
     vocab = gpt2_vocab(SMOLLM_SPECIALS, n_vocab)
 
     def keys(w: GGUFWriter) -> None:
-        if n_expert:
-            w.add_expert_used_count(n_expert_used)
         w.add_context_length(n_ctx)
         w.add_rope_freq_base(rope_freq_base)
         w.add_layer_norm_rms_eps(rms_eps)

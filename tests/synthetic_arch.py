@@ -69,12 +69,11 @@ def write_tiny_qwen(
     if moe and not 0 < n_expert_used <= n_expert:
         raise ValueError(f"n_expert_used={n_expert_used} must be within 1..n_expert={n_expert}")
     s = Shape(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab,
-              n_expert if moe else 0, n_ff_exp if moe else 0)
+              *((n_expert, n_expert_used, n_ff_exp) if moe else (0, 0, 0)))
     vocab = gpt2_vocab(SMOLLM_SPECIALS, n_vocab)
 
     def keys(w: GGUFWriter) -> None:
         if moe:
-            w.add_expert_used_count(n_expert_used)
             w.add_expert_feed_forward_length(n_ff_exp)
         w.add_context_length(n_ctx)
         w.add_rope_freq_base(rope_freq_base)

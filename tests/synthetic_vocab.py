@@ -123,3 +123,27 @@ def spm_vocab(specials: tuple[str, ...], user_defined: tuple[str, ...], n_vocab:
     scores = [-1000.0] * (len(specials) + len(user_defined)) + [0.0] * 256
     scores += [-float(rank) for rank in range(len(merged) + len(chars))]
     return Vocab(tokens, [int(t) for t in types], [], scores)
+
+
+def with_digit_merges(tokens: list[str], token_types: list[int], merges: list[str]) -> tuple[list[str], list[int], list[str]]:
+    """A byte-level BPE vocabulary plus tokens and merges for every 2- and 3-digit string.
+
+    SmolLM2's vocabulary spells numbers digit by digit, so on it a pre-tokenizer that cuts
+    digit runs into threes (llama3) tokenizes as one that cuts them into ones (qwen2); with
+    these merges (lowest priority, after the file's own) the difference shows.
+    """
+    known = set(tokens)
+    new_tokens: list[str] = []
+    new_merges: list[str] = []
+    for a in "0123456789":
+        for b in "0123456789":
+            if a + b not in known:
+                new_tokens.append(a + b)
+                new_merges.append(f"{a} {b}")
+    for ab in (a + b for a in "0123456789" for b in "0123456789"):
+        for c in "0123456789":
+            if ab + c not in known:
+                new_tokens.append(ab + c)
+                new_merges.append(f"{ab} {c}")
+    return ([*tokens, *new_tokens], [*token_types, *[int(TokenType.NORMAL)] * len(new_tokens)],
+            [*merges, *new_merges])

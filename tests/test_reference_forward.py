@@ -201,6 +201,13 @@ LIVE_LLAMA_CPP_CASES: dict[str, tuple[Callable[..., Path], dict[str, Any], float
     "llama-k-quants": (write_tiny_llama, {"n_embd": 256, "n_ff": 512, "weight_type": Q.Q4_K, "embd_type": Q.Q6_K,
                                           "type_overrides": {"ffn_down": Q.Q5_K}}, 0.6, 0.15),
     "gemma3-q5_0": (write_tiny_gemma3, {}, 0.6, 0.15),
+    # Qwen and MoE on llama.cpp's f32 path: measured 3-6e-6 max, <1e-6 rms; routing near
+    # ties are far below anything that could flip there, exact ties (edge_case_router) exact.
+    **{f"{arch}-f32": (functools.partial(write_tiny_qwen, arch=arch, routers={1: edge_case_router(64)}
+                                         if arch == "qwen3moe" else None),
+                       {"weight_type": Q.F32, "embd_type": Q.F32}, 1e-4, 2e-5) for arch in QWEN_ARCHS},
+    "llama-moe-f32": (write_tiny_llama, {"weight_type": Q.F32, "embd_type": Q.F32, "n_expert": 8,
+                                         "routers": {0: edge_case_router(64)}}, 1e-4, 2e-5),
 }
 
 
