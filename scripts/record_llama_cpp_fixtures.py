@@ -40,6 +40,7 @@ from numallm.errors import NumallmError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic_arch import FIXTURE_MODELS, describe  # noqa: E402
+from synthetic_vocab import with_digit_merges  # noqa: E402
 
 try:
     import llama_cpp
@@ -382,17 +383,12 @@ PRETOKENIZER_TEXTS = (
 )
 
 
-def vocab_only_gguf(source: Path, pre: str, path: Path) -> Path:
-    """A GGUF with source's tokenizer.ggml.* keys but `pre`, and no tensors (opened vocab_only).
-
-    add_bos_token is left out so that each pre-tokenizer's own default shows."""
-    reader = GGUFReader(source)
+def vocab_only_gguf(keys: dict[str, tuple[Any, GGUFValueType, GGUFValueType | None]], pre: str,
+                    path: Path) -> Path:
+    """A GGUF with these tokenizer keys (value, type, array item type) and `pre`, no tensors (opened vocab_only)."""
     writer = GGUFWriter(str(path), "llama")
-    for key, field in reader.fields.items():
-        if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
-            vtype = field.types[0]
-            writer.add_key_value(key, field.contents(), vtype,
-                                 sub_type=field.types[1] if vtype == GGUFValueType.ARRAY else None)
+    for key, (value, vtype, sub_type) in keys.items():
+        writer.add_key_value(key, value, vtype, sub_type=sub_type)
     writer.add_tokenizer_pre(pre)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -401,13 +397,29 @@ def vocab_only_gguf(source: Path, pre: str, path: Path) -> Path:
     return path
 
 
+def pretokenizer_vocabulary(source: Path) -> dict[str, tuple[Any, GGUFValueType, GGUFValueType | None]]:
+    """source's tokenizer.ggml.* keys but pre and add_bos_token (so each pre-tokenizer's own
+    BOS default shows), with synthetic_vocab.with_digit_merges' 2- and 3-digit tokens."""
+    keys = {}
+    for key, field in GGUFReader(source).fields.items():
+        if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token"):
+            vtype = field.types[0]
+            keys[key] = (field.contents(), vtype, field.types[1] if vtype == GGUFValueType.ARRAY else None)
+    tokens, types, merges = with_digit_merges(keys["tokenizer.ggml.tokens"][0], keys["tokenizer.ggml.token_type"][0],
+                                              keys["tokenizer.ggml.merges"][0])
+    for key, value in (("tokens", tokens), ("token_type", types), ("merges", merges)):
+        keys[f"tokenizer.ggml.{key}"] = (value, *keys[f"tokenizer.ggml.{key}"][1:])
+    return keys
+
+
 def record_pretokenizers(command: str, folder: Path) -> dict[str, Any]:
     """Every PRE_TOKENIZERS name on SmolLM2's vocabulary; names that tokenize alike are grouped."""
     source = fetch_known_model("smollm2")
+    vocabulary = pretokenizer_vocabulary(source)
     texts = tokenize_texts([*PRETOKENIZER_TEXTS, *(text for _, text in PROMPTS)], N_PRETOKENIZER_RANDOM_CASES)
     groups: dict[str, dict[str, Any]] = {}
     for pre in sorted(PRE_TOKENIZERS):
-        llm = llama_cpp.Llama(model_path=str(vocab_only_gguf(source, pre, folder / f"{pre}.gguf")),
+        llm = llama_cpp.Llama(model_path=str(vocab_only_gguf(vocabulary, pre, folder / f"{pre}.gguf")),
                               vocab_only=True, verbose=False)
         result = {"ids": [tokenize(llm, t, False, False) for t in texts],
                   "hello_add_special": tokenize(llm, "Hello", True, False)}
@@ -421,8 +433,8 @@ def record_pretokenizers(command: str, folder: Path) -> dict[str, Any]:
         "llama_cpp_python": llama_cpp.__version__,
         "recorded": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "command": command,
-        "how": ("SmolLM2's tokenizer.ggml.* keys with tokenizer.ggml.pre set to each name and no "
-                "add_bos_token key; llama_tokenize(text, add_special=false, parse_special=false) of every "
+        "how": ("SmolLM2's tokenizer.ggml.* keys plus tests/synthetic_vocab.with_digit_merges' tokens, "
+                "tokenizer.ggml.pre set to each name and no add_bos_token key; llama_tokenize(text, add_special=false, parse_special=false) of every "
                 "text, and of \"Hello\" with add_special=true (the pre-tokenizer's BOS default). Names "
                 "whose results are identical share a group."),
         "texts": texts,
