@@ -21,6 +21,9 @@ import reference_forward
 from reference_forward import load_weights, reference_logits
 from synthetic_arch import FIXTURE_MODELS
 
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.tokenizer import Tokenizer
+
 FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
 MODELS = sorted(FIXTURE_MODELS)
 MOE_MODELS = ("tiny-llama-moe", "tiny-qwen3moe")
@@ -84,6 +87,33 @@ def test_files_are_the_recorded_bytes(name: str, fixture_model: Callable[[str], 
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_prompts_tokenize_as_llama_cpp_did(name: str, fixture_model: Callable[[str], Path],
+                                           fixtures: dict[str, dict[str, Any]]) -> None:
+    """The Qwen files' vocabulary under tokenizer.ggml.pre = "qwen2", specials included."""
+    tok = Tokenizer.from_metadata(read_gguf(fixture_model(name)).metadata)
+    for rec in fixtures[name]["prompts"]:
+        assert tok.tokenize(rec["text"]) == rec["tokens"], rec["name"]
+
+
+@pytest.mark.parametrize("name", MOE_MODELS)
+def test_recorded_routing_is_well_formed(name: str, fixture_model: Callable[[str], Path],
+                                         fixtures: dict[str, dict[str, Any]]) -> None:
+    m = load_weights(fixture_model(name))
+    for rec in fixtures[name]["prompts"]:
+        table = rec["experts"]
+        assert len(table) == len(rec["tokens"]) + len(rec["steps"]) - 1
+        for pos, layers in enumerate(table):
+            assert len(layers) == m.n_layer
+            for layer, chosen in enumerate(layers):
+                # Only the last layer skips positions: the prompt's but its last.
+                if chosen is None:
+                    assert layer == m.n_layer - 1 and pos < len(rec["tokens"]) - 1
+                    continue
+                assert len(set(chosen)) == len(chosen) == m.n_expert_used
+                assert all(0 <= e < m.n_expert for e in chosen)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_reference_matches_llama_cpp(name: str, fixture_model: Callable[[str], Path],
                                      fixtures: dict[str, dict[str, Any]]) -> None:
     """Top-20 logits of every step within llama.cpp's noise; greedy equal wherever decided."""
@@ -102,6 +132,7 @@ def test_reference_matches_llama_cpp(name: str, fixture_model: Callable[[str], P
                 assert int(steps[i].argmax()) == rec["greedy"][i], f"{name} {rec['name']} step {i}"
                 decided += 1
         checked += len(rec["steps"])
+    print(f"{name}: greedy equal at all {decided} of {checked} steps decided beyond 2 x tolerance")
     assert decided >= checked // 3, f"{name}: only {decided} of {checked} steps decided; the check is weak"
 
 
