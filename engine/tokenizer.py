@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 from numallm.errors import BadInputError, ModelFormatError, UnsupportedError
 from numallm.engine.gc_pause import gc_paused
-from numallm.engine.tokenizer_bpe import ByteLevelBPE, default_add_bos
+from numallm.engine.tokenizer_bpe import ByteLevelBPE
+from numallm.engine.tokenizer_pre import default_add_bos
 from numallm.engine.tokenizer_spm import SentencePieceBPE
 from numallm.engine.tokenizer_vocab import KEY, Attr, Vocab
 

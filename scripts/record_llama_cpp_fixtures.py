@@ -35,7 +35,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from numallm.engine.model_store import KNOWN_MODELS, fetch_known_model, sha256_file
-from numallm.engine.tokenizer_bpe import PRE_TOKENIZERS
+from numallm.engine.tokenizer_pre import PRE_TOKENIZERS
 from numallm.errors import NumallmError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -18,7 +18,7 @@ import pytest
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_store import fetch_known_model
 from numallm.engine.tokenizer import Tokenizer
-from numallm.engine.tokenizer_bpe import PRE_TOKENIZERS
+from numallm.engine.tokenizer_pre import PRE_TOKENIZERS
 from numallm.errors import UnsupportedError
 from synthetic_vocab import with_digit_merges
 
