@@ -32,8 +32,7 @@ from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.engine.model_store import resolve_model
-from numallm.kernels.bandwidth import memory_read_bandwidth
-from numallm.kernels.cpu import simd_path
+from numallm.kernels import memory_read_bandwidth, simd_path
 
 log = logging.getLogger(__name__)  # shown with -v (cli.py sets the "numallm" logger up)
 

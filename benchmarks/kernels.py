@@ -22,9 +22,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
-from numallm.kernels.bandwidth import memory_read_bandwidth, run_pinned
-from numallm.kernels.cpu import simd_path
-from numallm.kernels.jit import TypeKernels, kernels_for
+from numallm.kernels import TypeKernels, kernels_for, memory_read_bandwidth, run_pinned, simd_path
 
 ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 # Byte offsets of the float16 scales in each block: random bytes there could be
@@ -39,7 +37,7 @@ def warmup_one(k: TypeKernels, qtype: T) -> None:
     """Compile (or load from Numba's cache) matvec and both matmul paths of one type."""
     cols = max(GGML_QUANT_SIZES[qtype][0], 32)
     w = np.zeros(K.packed_nbytes(qtype, 2, cols), np.uint8)
-    for n in (1, 40):  # 40: the tile GEMM (kernels.jit.GEMM_MIN_TOKENS)
+    for n in (1, 40):  # 40: the tile GEMM (kernels/jit.py's GEMM_MIN_TOKENS)
         X = np.zeros((n, cols), np.float32)
         k.matvec(w, 2, cols, X[0], np.zeros(2, np.float32), 0, 2)
         k.matmul(w, 2, cols, X, np.zeros((n, 2), np.float32), 0, 2)

@@ -5,7 +5,7 @@ sequence that is generating, so a new request joins at the next step and a finis
 leaves. New prompts are prefilled in calls of their own (chunks of N_BATCH tokens, one
 call between two decode steps, so a long prompt stalls the others for one chunk at a
 time), several prompts' chunks in one call where each gets the kernels it gets alone: a
-decode batch under the GEMM threshold (kernels.jit.GEMM_MIN_TOKENS) gives each row the
+decode batch under the GEMM threshold (kernels.same_path) gives each row the
 same bits as that token run alone, the GEMM computes each token on its own, and a prompt
 is chunked the same way whatever else runs, so a request's greedy output does not depend
 on its neighbours. (Q4_0, Q4_1 and Q8_0 matrices give each token the same bits in any
@@ -42,7 +42,7 @@ import numpy as np
 from numallm.engine.engine import N_BATCH
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
-from numallm.kernels.jit import GEMM_MIN_TOKENS
+from numallm.kernels import same_path
 from numallm.errors import BadInputError, NumallmError
 
 if TYPE_CHECKING:
@@ -345,8 +345,6 @@ def _common(cached: list[int], ids: list[int]) -> int:
 def _share_kernels(first: int, n: int, total: int) -> bool:
     """May a prompt chunk of n tokens join a call whose first chunk has `first` tokens
     and which would then hold `total`? Yes when every chunk gets the kernels it gets
-    alone: all of them GEMM_MIN_TOKENS or more (the GEMM computes each token's row on
-    its own), or all of them together under it (the row kernels are per token too)."""
-    if first >= GEMM_MIN_TOKENS:
-        return n >= GEMM_MIN_TOKENS
-    return total < GEMM_MIN_TOKENS
+    alone (kernels.same_path). Testing the first chunk and this one suffices: the
+    chunks between joined by the same test."""
+    return same_path(first, total) and same_path(n, total)

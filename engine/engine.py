@@ -20,8 +20,7 @@ from threadpoolctl import threadpool_limits
 from numallm.engine import arch
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
-from numallm.kernels import jit as kjit
-from numallm.kernels.tiled import KINDS as TILED_KINDS
+from numallm.kernels import batch_invariant, kernel_set
 from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import read_gguf
@@ -39,7 +38,6 @@ from numallm.progress import progress_bar
 
 DEFAULT_CTX = 4096
 N_BATCH = 512  # prompt tokens per forward call, as llama.cpp's default n_batch
-TILED_TYPES = frozenset(TILED_KINDS)
 
 
 @dataclass
@@ -111,7 +109,7 @@ class Engine:
         try:
             self.numa = self.placed.plan.mode
             self.weights = self.placed.weights
-            self._kernels = kjit.kernel_set(self.weights.qtypes)
+            self._kernels = kernel_set(self.weights.qtypes)
             # Each worker gets its own node's weights and KV arrays, and the KV heads it writes there.
             writers = kv_writers(hp.n_head, hp.n_head_kv, [self.placed.key(s.worker) for s in plan])
             self._worker_memory = [(*self.placed.buffers(s.worker), writers[s.worker]) for s in plan]
@@ -210,10 +208,10 @@ class Engine:
 
     @property
     def batch_invariant(self) -> bool:
-        """Does every token get the same bits in a batch of any size? True when all the
-        model's matrices are of the tiled types (kernels/tiled.py): then a cache prefix
-        computed for one sequence is bit for bit what another would compute."""
-        return self.weights.qtypes <= TILED_TYPES
+        """Does every token get the same bits in a batch of any size? True when the
+        kernels of all the model's matrix types say so (the tiled types): then a cache
+        prefix computed for one sequence is bit for bit what another would compute."""
+        return batch_invariant(self.weights.qtypes)
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Make positions [0, n) of slot dst's cache those of slot src, on every node that

@@ -31,9 +31,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from numallm.engine.barrier import barrier_wait
-from numallm.kernels import jit as kjit
-from numallm.kernels.expf import exp_shifted, silu_mul
-from numallm.kernels.kvrow import rows_axpy, rows_dot
+from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
@@ -102,9 +100,9 @@ def _matmul(entry, wbuf, x, out, r0, r1, ks):
         return
     w = wbuf[off:off + nbytes]
     if x.shape[0] == 1:
-        kjit.matvec_in(ks, qcode, w, rows, cols, x[0], out[0], r0, r1)
+        matvec_in(ks, qcode, w, rows, cols, x[0], out[0], r0, r1)
     else:
-        kjit.matmul_in(ks, qcode, w, rows, cols, x, out, r0, r1)
+        matmul_in(ks, qcode, w, rows, cols, x, out, r0, r1)
 
 
 @njit(nogil=True, fastmath=False)
@@ -242,7 +240,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     the KV heads `kv_heads` of every token, and they meet at `bar` where a step needs
     everyone's output. A token may attend to tokens before it in the same call (a
     prompt) or to earlier calls (its slot's cache). logits[i] gets token out_rows[i].
-    ks (kernels.jit.kernel_set of the model's types) makes the compiled pass hold only
+    ks (kernels.kernel_set of the model's types) makes the compiled pass hold only
     the kernels the model uses: about half the cold compile time of every type's.
     """
     n = tokens.shape[0]
@@ -251,7 +249,7 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     eps = np.float32(hp.rms_eps)
     if worker == 0:
         e = gtab[0]
-        kjit.get_rows_in(ks, e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
+        get_rows_in(ks, e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
         if hp.embd_scale != 1.0:
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)

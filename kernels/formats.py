@@ -1,9 +1,9 @@
 """Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
 
-Q4_0, Q4_1 and Q8_0 rows are interleaved by tiles of 16 at load (kernels/tiled.py),
-the last rows % 16 of a matrix and Q5_0, Q5_1 rows regrouped (kernels/repack.py);
-every other type is read in the file's own block layout, so for those packing is
-zero-copy. Either way the packed size is the file's, and a shard is any row range
+Each type's layout is its record's (kernels/traits.py): TILED rows are interleaved by
+tiles of 16 at load (families/q4_q8/tiles.py), the last rows % 16 of a matrix and
+REGROUPED rows regrouped (families/q4_q8/grouped.py); IN_FILE types are read in the file's
+own block layout, so for those packing is zero-copy. Either way the packed size is the file's, and a shard is any row range
 that starts on a multiple of row_group and holds whole tiles or ends the matrix.
 """
 
@@ -13,9 +13,9 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.errors import UnsupportedError
-from numallm.kernels.qcodes import CODES
-from numallm.kernels.repack import GROUPED
-from numallm.kernels.tiled import KINDS, TILE, pack_rows
+from numallm.kernels.families.q4_q8.grouped import MAX_FIELDS
+from numallm.kernels.families.q4_q8.tiles import TILE, pack_tiles_and_groups
+from numallm.kernels.traits import BY_TYPE, CODES, GROUPED, IN_FILE, TILED, TILED_KINDS
 
 SUPPORTED_TYPES: frozenset[T] = frozenset(T(code) for code in CODES)
 
@@ -60,12 +60,12 @@ def _supported_names() -> str:
 def in_file_layout(qtype: T) -> bool:
     """Do the kernels read this type's rows as the file stores them (pack is zero-copy)?
     Plain Python, so a loader can decide how to read before Numba starts."""
-    return T(qtype) not in GROUPED
+    return BY_TYPE[T(qtype)].layout == IN_FILE
 
 
 def row_group(qtype: T) -> int:
     """Rows per interleaved group of the packed layout (a shard starts on a multiple)."""
-    return TILE if T(qtype) in KINDS else 1
+    return TILE if BY_TYPE[T(qtype)].layout == TILED else 1
 
 
 def packed_nbytes(qtype: T, rows: int, cols: int) -> int:
@@ -80,7 +80,7 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
     in file layout `raw` itself (zero copy).
 
     `out` may be `raw` itself (packing in place) but must not otherwise overlap it. The
-    regrouping of kernels/tiled.py and kernels/repack.py runs compiled, at several GB/s, without the GIL:
+    regrouping of families/q4_q8/tiles.py and grouped.py runs compiled, at several GB/s, without the GIL:
     threads packing disjoint ranges run in parallel."""
     n = packed_nbytes(qtype, rows, cols)
     flat = raw.reshape(-1)
@@ -89,7 +89,7 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
     if out is not None and (out.dtype != np.uint8 or out.size < n or not out.flags.c_contiguous):
         raise ValueError(f"pack: out must be C-contiguous uint8 of at least {n} bytes, got {out.size} {out.dtype}")
     qtype = T(qtype)
-    if qtype in GROUPED:
+    if qtype in GROUPED:  # the other types are read as the file stores them
         dest = np.empty(n, np.uint8) if out is None else out
         pack_rows(qtype, flat, rows, cols, dest.reshape(-1))
         return dest
@@ -97,3 +97,24 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
         return flat[:n]
     out.reshape(-1)[:n] = flat[:n]
     return out
+
+
+# Per grouped type, the field widths in 16-bit words padded with zeros to MAX_FIELDS.
+_FIELD_WORDS: dict[T, np.ndarray] = {
+    qtype: np.array([w // 2 for w in fields] + [0] * (MAX_FIELDS - len(fields)), np.int64)
+    for qtype, (fields, _) in GROUPED.items()}
+
+
+def pack_rows(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
+    """Write rows [0, rows) of file bytes `src` of a type of traits.GROUPED into `dst`
+    in the kernels' layout: for the tiled types tiles, then the last rows % 16
+    grouped; for the others all grouped. src and dst are flat uint8, either the same
+    array or not overlapping."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    n = rows * (cols // bs) * ts  # even: every block size is
+    if src.size < n or dst.size < n:  # the compiled loops read and write unchecked
+        raise ValueError(f"pack: {rows} rows of {cols} {qtype.name} need {n} bytes, "
+                         f"got {src.size} in and {dst.size} out")
+    full = rows - rows % TILE if qtype in TILED_KINDS else 0
+    pack_tiles_and_groups(src[:n], dst[:n], full // TILE, rows - full, cols // bs, TILED_KINDS.get(qtype, -1),
+                          ts // 2, _FIELD_WORDS[qtype], GROUPED[qtype][1])

@@ -3,14 +3,15 @@
 Call these from your own `@njit(nogil=True)` code (e.g. a whole token per pinned
 worker): `qcode` is `int(GGMLQuantizationType)`, `w` a packed buffer from
 numallm.kernels.pack, every other argument as in numallm.kernels.matvec & co.
-matvec of quantized types runs the SIMD kernels of kernels/fast.py (activation
-quantized to int8 blocks, see kernels/actq.py), of F32, F16 and BF16 the float
-kernel of kernels/floatdot.py; matmul of GEMM_MIN_TOKENS or more the int8 tile GEMM of
-kernels/igemm.py for quantized weights (on the same int8 quantization of x, so that
-every batch size gives the same numbers as token-by-token matvec) and the float32
-micro-kernel of kernels/gemm.py for float weights. The
-instruction set is the one Numba compiles for (see kernels/cpu.py), so a cached
-build never runs on a CPU it was not built for.
+Each entry point's path per type comes from the type's record (kernels/traits.py):
+matvec of quantized types runs the row dots of drivers/rows.py (activation quantized
+to int8 blocks, drivers/actq.py), of the float types the float row dot of
+families/floats.py; matmul of a tiled type takes every batch through its tiles, of
+the other quantized types GEMM_MIN_TOKENS or more tokens through the int8 tile GEMM
+(drivers/gemm_int8.py, on the same int8 quantization of x) and fewer through the row
+dots, of float weights the float32 micro-kernel (drivers/gemm_float.py). The
+instruction set is the one Numba compiles for (simd/cpu.py), so a cached build never
+runs on a CPU it was not built for.
 Each call checks its shapes and row range once (ValueError) and then reads memory
 unchecked.
 
@@ -20,12 +21,10 @@ makes a KernelSet, whose Numba type names its types; a cached caller that takes 
 as an argument and calls `matvec_in(ks, qcode, ...)` (likewise `matmul_in`,
 `get_rows_in`) gets a dispatch over those types only, each branch passing its type
 code on as a constant, which every dispatch below selects on while typing
-(kernels/by_type.py): compiling the caller compiles only those types' kernels, and
+(kernels/drivers/by_type.py): compiling the caller compiles only those types' kernels, and
 Numba's cache keys the caller's machine code by the set (part of its signature).
-`kernels_for(qcode)` gives Python callers the same for one type. Measured on the
-forward pass (cold Engine, CPU time): SmolLM2 (Q4_1, Q8_0, F32) 16.5 s instead of
-29.3 s, Gemma 3 (five types) 28 s instead of 31 s; warm 0.4 s instead of 1.8 s
-(benchmarks/README.md).
+`kernels_for(qcode)` gives Python callers the same for one type. (Compile times
+with and without: benchmarks/README.md.)
 """
 
 from __future__ import annotations
@@ -36,11 +35,12 @@ from functools import cache
 from typing import NamedTuple
 
 import numpy as np
-from numallm.kernels import fast, gemm, igemm
-from numallm.kernels.by_type import by_type
-from numallm.kernels.decode import get_rows as decode_rows
-from numallm.kernels.floatdot import rows_float
-from numallm.kernels.qcodes import BF16, CODES, F16, F32, Q4_0, Q4_1, Q8_0, geometry
+from numallm.kernels.drivers import gemm_float, gemm_int8
+from numallm.kernels.drivers import rows as row_kernels
+from numallm.kernels.drivers.by_type import by_type
+from numallm.kernels.drivers.decode import get_rows as decode_rows
+from numallm.kernels.families.floats import rows_float
+from numallm.kernels.traits import CODES, TILED, TRAITS, geometry
 from numba import njit
 from numba.core import types
 from numba.core.imputils import lower_constant
@@ -53,12 +53,19 @@ from numba.extending import (
     unbox,
 )
 
-# From this many tokens on, unpacking a tile of rows once (kernels/igemm.py) beats the
-# int8 row kernels run once per token (kernels/fast.py): the unpack costs what 20-40
-# tokens through the row kernels do (benchmarks/README.md). Float weights always
-# take the tile GEMM; Q4_0, Q4_1 and Q8_0 never do (their tiled layout's kernel takes
-# any number of tokens, kernels/tiled.py).
+# From this many tokens on, unpacking a tile of rows once (drivers/gemm_int8.py) beats
+# the int8 row kernels run once per token (drivers/rows.py): the unpack costs what
+# 20-40 tokens through the row kernels do (benchmarks/README.md). Float weights always
+# take the tile GEMM; the tiled types never do (their tile kernel takes any number of
+# tokens).
 GEMM_MIN_TOKENS = 32
+
+
+def same_path(n: int, total: int) -> bool:
+    """Do n tokens of a call of `total` tokens take the kernels they take in a call of
+    their own, and so get the same bits? Yes when both counts are on the same side of
+    GEMM_MIN_TOKENS (the row kernels and the GEMM each compute every token on its own)."""
+    return (n >= GEMM_MIN_TOKENS) == (total >= GEMM_MIN_TOKENS)
 
 
 @njit(nogil=True, cache=True)
@@ -79,7 +86,7 @@ def _check(qcode, w, rows, cols, r0, r1):  # type: ignore[no-untyped-def]
     _check_geometry(bs, ts, w, rows, cols, r0, r1)
 
 
-# The paths of each entry point, by type (kernels/by_type.py compiles them per type).
+# The paths of each entry point, by type (kernels/drivers/by_type.py compiles them per type).
 
 def _matvec_float(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
@@ -90,7 +97,7 @@ def _matvec_float(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-unty
 def _matvec_quant(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matvec(cols, x, out, r1)
-    fast.matvec(qcode, w, rows, cols, x, out, r0, r1)
+    row_kernels.matvec(qcode, w, rows, cols, x, out, r0, r1)
 
 
 @njit(inline="always", cache=True)
@@ -108,22 +115,22 @@ def _check_matmul(cols, X, out, r1):  # type: ignore[no-untyped-def]
 def _matmul_float(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
-    gemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
+    gemm_float.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
 def _matmul_quant(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
     if X.shape[0] < GEMM_MIN_TOKENS:
-        fast.matmul(qcode, w, rows, cols, X, out, r0, r1)
+        row_kernels.matmul(qcode, w, rows, cols, X, out, r0, r1)
     else:
-        igemm.matmul(qcode, w, rows, cols, X, out, r0, r1)
+        gemm_int8.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
 def _matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
-    fast.matmul_tiled(qcode, w, rows, cols, X, out, r0, r1)
+    row_kernels.matmul_tiled(qcode, w, rows, cols, X, out, r0, r1)
 
 
 def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
@@ -133,11 +140,9 @@ def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
     decode_rows(qcode, w, rows, cols, ids, out)
 
 
-_FLOAT = (F32, F16, BF16)
-_matvec = by_type("matvec", {c: _matvec_float if c in _FLOAT else _matvec_quant for c in CODES})
-_TILED = (Q4_0, Q4_1, Q8_0)
-_matmul = by_type("matmul", {c: _matmul_float if c in _FLOAT else (_matmul_tiled if c in _TILED else _matmul_quant)
-                             for c in CODES})
+_matvec = by_type("matvec", {t.code: _matvec_float if t.is_float else _matvec_quant for t in TRAITS})
+_matmul = by_type("matmul", {t.code: _matmul_float if t.is_float else (_matmul_tiled if t.layout == TILED else _matmul_quant)
+                             for t in TRAITS})
 _get_rows_by_type = by_type("get_rows", dict.fromkeys(CODES, _get_rows))
 _OPS = {"matvec": _matvec, "matmul": _matmul, "get_rows": _get_rows_by_type}
 # Written out: Numba drops the literal type of an argument passed through *args.

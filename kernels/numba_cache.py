@@ -2,7 +2,7 @@
 
 Numba stamps a cached function with its own source file only, so a cached caller
 keeps running the old machine code of a callee edited in another file (a changed
-fastdot.py kernel went unnoticed by the cached jit.matvec, and would be by the
+kquants/rows.py kernel went unnoticed by the cached jit.matvec, and would be by the
 engine's cached forward pass, until the cache was cleared). These locators stamp
 every cached function of the numallm package with a digest of every numallm source
 file that holds Numba code (the kernels, the forward pass, the barrier, the work
@@ -46,7 +46,8 @@ _COMPILED_FOLDERS = ("engine", "kernels", "numa")  # where numallm keeps Numba c
 def compiled_sources_digest() -> str:
     """sha256 over the paths and contents of the package's .py files that use Numba."""
     h = hashlib.sha256()
-    for path in sorted(p for sub in _COMPILED_FOLDERS for p in (_PACKAGE_DIR / sub).glob("*.py")):
+    # rglob: kernels/ keeps its modules in subfolders (simd/, families/, drivers/, ...)
+    for path in sorted(p for sub in _COMPILED_FOLDERS for p in (_PACKAGE_DIR / sub).rglob("*.py")):
         text = path.read_bytes()
         if b"numba" in text:
             h.update(path.relative_to(_PACKAGE_DIR).as_posix().encode())

@@ -1,5 +1,5 @@
-"""The grouped layout of kernels/repack.py built with numpy array reshapes (the packer the
-engine used before the compiled one) and the tiled layout of kernels/tiled.py: the
+"""The grouped layout of kernels/families/q4_q8/grouped.py built with numpy array reshapes (the packer the
+engine used before the compiled one) and the tiled layout of kernels/families/q4_q8/tiles.py: the
 references the compiled packers must equal bit for bit (tests/test_repack.py)."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
-from numallm.kernels.repack import GROUP, GROUPED
-from numallm.kernels.tiled import KINDS, TILE
+from numallm.kernels.families.q4_q8.grouped import GROUP
+from numallm.kernels.families.q4_q8.tiles import TILE
+from numallm.kernels.traits import GROUPED
+from numallm.kernels.traits import TILED_KINDS as KINDS
 
 
 def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.ndarray:

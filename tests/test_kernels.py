@@ -160,11 +160,12 @@ def test_batch_equals_token_by_token(qtype: T) -> None:
 
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t not in FLOAT_TYPES + (T.Q8_0,)], ids=lambda t: t.name)
 def test_unpacked_form_is_the_dequantized_weight(qtype: T) -> None:
-    """The int8 GEMM's form of a row (kernels/unpack.py): d[k // S] * q[k] + m[k // S]
+    """The int8 GEMM's form of a row (kernels/drivers/unpack.py): d[k // S] * q[k] + m[k // S]
     is the reference dequantization up to float32 rounding of its scale products. (3
     rows: Q4_0 and Q4_1 stay grouped, as a matrix's last rows % 16 do; Q8_0, always
     multiplied in tiles, has no unpacked form.)"""
-    from numallm.kernels.unpack import sub_size, unpack_row
+    from numallm.kernels.drivers.unpack import unpack_row
+    from numallm.kernels.traits import sub_size
 
     rows, cols = 3, 19 * 32 if GGML_QUANT_SIZES[qtype][0] == 32 else 512
     raw = make_weight(qtype, rows, cols, seed=7)

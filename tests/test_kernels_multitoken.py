@@ -1,5 +1,5 @@
 """Below the GEMM threshold, the multi-token kernels (for Q4_0, Q4_1 and Q8_0 the tile
-kernel of kernels/tiled.py by 8, 4, 2 and 1 tokens; fastdot_grouped.rows_q45_x2/_x4
+kernel of kernels/families/q4_q8/tiles.py by 8, 4, 2 and 1 tokens; fastdot_grouped.rows_q45_x2/_x4
 for Q5_0 and Q5_1; a rows_dot per token for the K-quants) give every token exactly the
 single-token matvec's output, and for the tiled types so does every batch size: the
 server promises a request's greedy output is the same alone or beside others, and a

@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, {tests!r})
 import test_kernels as tk
 from numallm import kernels as K
-from numallm.kernels import cpu, jit
+from numallm.kernels import jit
+from numallm.kernels.simd import cpu
 report = {{"path": cpu.simd_path(), "bad": []}}
 rng = np.random.default_rng(0)
 for qtype in tk.ALL_TYPES:

@@ -1,5 +1,5 @@
 """Compiling only a model's types: kernels.jit.kernel_set + matvec_in & co., and
-kernels_for (kernels/by_type.py)."""
+kernels_for (kernels/drivers/by_type.py)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ import json, sys
 import numpy as np
 from numba import njit
 from numba.core.dispatcher import Dispatcher
-from numallm.kernels import fastdot, fastdot_grouped, jit
+from numallm.kernels import jit
+from numallm.kernels.families.kquants import rows as fastdot
+from numallm.kernels.families.q4_q8 import rows as fastdot_grouped
 from numallm.kernels.jit import kernel_set, matvec_in
 
 @njit(nogil=True, cache=True)

@@ -1,6 +1,6 @@
 """The F16 KV cache stores float16 bits converted inside compiled code (Numba has no
 float16 type): the conversion must round exactly as numpy (and ggml) do, and reading
-the bits back (kernels/kvrow.py) must give numpy's float32 of every bit pattern."""
+the bits back (kernels/dense/kvrow.py) must give numpy's float32 of every bit pattern."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from numallm.engine.forward import f32_to_f16_bits
-from numallm.kernels.kvrow import rows_axpy, rows_dot
+from numallm.kernels.dense.kvrow import rows_axpy, rows_dot
 
 
 def _read(bits: np.ndarray) -> np.ndarray:

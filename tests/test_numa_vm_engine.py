@@ -43,7 +43,7 @@ each_machine = pytest.mark.parametrize("machine", list(MACHINES))
 OBSERVE = """
 import numpy as np
 from numallm.engine import Engine
-from numallm.kernels.cpu import simd_path
+from numallm.kernels.simd.cpu import simd_path
 from numallm.kernels.numba_cache import compiled_sources_digest
 out = {"simd_path": simd_path(), "sources_digest": compiled_sources_digest()}
 for mode in MODES:
@@ -90,7 +90,7 @@ def _nodes(machine: str) -> list[int]:
 @each_machine
 def test_the_guest_runs_the_avx2_build_compiled_here(runs: dict[str, Outcome], machine: str) -> None:
     here, seen = runs["here"].check(), _observed(runs, machine)
-    assert here["simd_path"] == seen["simd_path"] == "avx2"  # kernels/cpu.py obeys the portable target
+    assert here["simd_path"] == seen["simd_path"] == "avx2"  # kernels/simd/cpu.py obeys the portable target
     assert here["sources_digest"] == seen["sources_digest"]  # the cache stamp agrees
 
 

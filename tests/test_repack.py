@@ -1,4 +1,4 @@
-"""The compiled packers (kernels/tiled.py and kernels/repack.py via kernels.pack) write
+"""The compiled packers (kernels/families/q4_q8/tiles.py and kernels/families/q4_q8/grouped.py via kernels.pack) write
 exactly the layouts of the numpy reference (tests/repack_reference.py), in place and
 between buffers, on random blocks of every packed type and on every matrix of the
 real models."""
@@ -15,7 +15,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm import kernels
 from numallm.engine.gguf_file import read_gguf
-from numallm.kernels.repack import GROUPED
+from numallm.kernels.traits import GROUPED
 from repack_reference import reference_pack
 
 # Block counts per row: a short group of every length, one and two full groups, each

@@ -1,14 +1,14 @@
 """The vector helpers between the matrix products: the int8 quantization of activations
-(kernels/actq.py) against llama.cpp's q8 rule written out in numpy, and ggml's expf
-approximation with the SiLU and softmax loops built on it (kernels/expf.py)."""
+(kernels/drivers/actq.py) against llama.cpp's q8 rule written out in numpy, and ggml's expf
+approximation with the SiLU and softmax loops built on it (kernels/dense/expf.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from numallm.kernels.actq import quantize_rows
-from numallm.kernels.expf import exp_shifted, expf_approx, silu_mul
+from numallm.kernels.drivers.actq import quantize_rows
+from numallm.kernels.dense.expf import exp_shifted, expf_approx, silu_mul
 
 
 def _q8_reference(X: np.ndarray) -> tuple[np.ndarray, ...]:

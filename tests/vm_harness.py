@@ -42,7 +42,7 @@ PYTHON = sys.executable  # the real interpreter, not a version-manager shim: sec
 CACHE_DIR = REPO / ".numa-vm-numba-cache"
 # The x86-64-v3 level, which Zen 3, Zen 5 and QEMU's TCG CPU ("-cpu max") all have.
 # Numba needs the list spelled out: with only NUMBA_CPU_NAME it would still add the
-# host's own features (AVX-512 here), which the guest lacks. kernels/cpu.py reads this
+# host's own features (AVX-512 here), which the guest lacks. kernels/simd/cpu.py reads this
 # same list, so the kernels take their AVX2 path on both sides.
 CPU_NAME = "haswell"
 CPU_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+crc32,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numallm.kernels.vec import I32, V16F32, _call, _f32_ptr, _is_f32_vector, _splat, f32x16, vhsum16, vload16, vstore16
+from numallm.kernels.simd.vec import I32, V16F32, _call, _f32_ptr, _is_f32_vector, _splat, f32x16, vhsum16, vload16, vstore16
 from numba import njit, types
 from numba.extending import intrinsic
 

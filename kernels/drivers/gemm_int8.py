@@ -1,32 +1,33 @@
 """matmul of a batch of tokens by int8 dot products on a tile of rows held in cache.
 
-The activations are quantized once per call (kernels/actq.py, as llama.cpp's q8
-blocks). Each tile of TILE_ROWS weight rows is unpacked once (kernels/unpack.py, 4
+The activations are quantized once per call (kernels/drivers/actq.py, as llama.cpp's q8
+blocks). Each tile of TILE_ROWS weight rows is unpacked once (kernels/drivers/unpack.py, 4
 quants per uint32 word, each word straight to its place in the tile) into
 unsigned byte quants interleaved by 4 columns (tile[64 c + 4 i + j] = q[row i, 4 c + j],
 so one 64-byte vector holds 4 columns of all 16 rows) and a scale and offset per
 sub-block and row. The quantized activations are regrouped once per call by
 TILE_TOKENS tokens, interleaved by 4 columns (_interleave_tokens). Then for each
 group and each sub-block, every tile vector is loaded once and multiplied by each
-token's 4 activations broadcast (vec_tile.idot16: one vpdpbusd with AVX512-VNNI,
+token's 4 activations broadcast (simd/i32x16.idot16: one vpdpbusd with AVX512-VNNI,
 its broadcast operand at a constant offset from one pointer), into one int32
 accumulator per token; at the end of the sub-block each accumulator becomes float32
 scaled by the rows' d times the token's block scale, plus the rows' m times the token's block sum.
-The integer products are exact, so this gives what matvec gives (kernels/fast.py)
+The integer products are exact, so this gives what matvec gives (kernels/drivers/rows.py)
 up to float32 summation order.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.actq import quantize_rows
-from numallm.kernels.cpu import has_avx512
-from numallm.kernels.gemm import store_tile
-from numallm.kernels.llvm_scalar import at
-from numallm.kernels.qcodes import row_geometry
-from numallm.kernels.unpack import sub_size, unpack_strided
-from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
-from numallm.kernels.vec_tile import idot16, izero16, vfmai16
+from numallm.kernels.drivers.actq import quantize_rows
+from numallm.kernels.drivers.gemm_float import store_tile
+from numallm.kernels.drivers.unpack import unpack_strided
+from numallm.kernels.simd.cpu import has_avx512
+from numallm.kernels.simd.i32x16 import idot16, izero16, vfmai16
+from numallm.kernels.simd.scalar import at
+from numallm.kernels.simd.vec import vfma16, vload16, vstore16, vzero16
+from numallm.kernels.traits import row_geometry
+from numallm.kernels.traits import sub_size
 from numba import njit
 
 TILE_ROWS = 16  # the lanes of one I32x16

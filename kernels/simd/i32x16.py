@@ -1,12 +1,12 @@
 """16-lane integer vectors, as LLVM IR: the inner steps of the int8 tile GEMM
-(kernels/igemm.py) and of the tiled kernel (kernels/tiled.py: idot16_q4, idot16_q8);
-its 64-byte dot `_dpbusd16` also serves the K-quant matvec dots (kernels/vec_kquant.py).
+(kernels/drivers/gemm_int8.py) and of the tiled kernel (kernels/families/q4_q8/tiles.py: idot16_q4, idot16_q8);
+its 64-byte dot `_dpbusd16` also serves the K-quant matvec dots (kernels/families/kquants/simd.py).
 
 An I32x16 holds one int32 accumulator per row of a 16-row weight tile. `idot16`
 adds to it, for every row, the dot product of 4 weight quants (unsigned bytes, the
 row's 4 consecutive bytes of a 64-byte tile vector) with 4 int8 activations of one
 token broadcast to all rows: 64 multiply-adds in one instruction, by the features
-Numba compiles for (kernels/cpu.py):
+Numba compiles for (kernels/simd/cpu.py):
   avx512vnni  one vpdpbusd on a zmm register, the activation a broadcast operand
   otherwise   two halves through vec._dot_u8s8 (vpdpbusd on ymm, vpmaddubsw +
               vpmaddwd, or plain LLVM vectors), each added to its half.
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llvmlite import ir
-from numallm.kernels.cpu import target_features
-from numallm.kernels.vec import (
+from numallm.kernels.simd.cpu import target_features
+from numallm.kernels.simd.vec import (
     I8,
     I32,
     V16F32,
@@ -121,7 +121,7 @@ def _broadcast4(context, builder, arrty, arr, off):  # type: ignore[no-untyped-d
 
 @intrinsic
 def idot16_q4(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
-    """acc plus, for the 16 rows of a nibble vector of the tiled layout (kernels/tiled.py:
+    """acc plus, for the 16 rows of a nibble vector of the tiled layout (kernels/families/q4_q8/tiles.py:
     lane i = 4 file bytes of row i, low nibbles elements c..c+3, high nibbles
     c+16..c+19), their dot with xq[xo:xo+4] and xq[xo+16:xo+20]."""
     if not (_is_bytes(w) and _is_bytes(xq)):

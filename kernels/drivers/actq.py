@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numallm.kernels.vec import I8, I32, V16F32, _as_i64, _call, _f32_ptr, _is_f32_vector, _splat
+from numallm.kernels.simd.vec import I8, I32, V16F32, _as_i64, _call, _f32_ptr, _is_f32_vector, _splat
 from numba import njit, types
 from numba.extending import intrinsic
 

@@ -15,8 +15,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from numallm.kernels.llvm_scalar import half_to_float
-from numallm.kernels.vec import (
+from numallm.kernels.simd.scalar import half_to_float
+from numallm.kernels.simd.vec import (
     vadd16,
     vfma16,
     vfmav16,

@@ -1,14 +1,17 @@
-"""matvec of float weights (F32, F16, BF16): 16-lane loads, conversion, FMA.
+"""The float types F32, F16 and BF16: row decoders and the matvec row dot.
 
-x stays float32, so the only error is float32 rounding. `kind` 0/1/2 selects
-F32/F16/BF16; it is invariant in the loops, which LLVM unswitches.
+The row dot loads 16 weights at a time, converts them and multiplies with FMA; x
+stays float32, so the only error is float32 rounding. `kind` 0/1/2 selects
+F32/F16/BF16; it is invariant in the loops, which LLVM unswitches. Decoders write
+`nb` elements at byte `o` of `w` to y, as kernels/drivers/decode.py calls them.
 """
 
 from __future__ import annotations
 
-from numallm.kernels.llvm_scalar import at, load_bf16, load_f16, load_f32
+import numpy as np
 from numallm.kernels.qcodes import BF16, F16
-from numallm.kernels.vec import (
+from numallm.kernels.simd.scalar import at, load_bf16, load_f16, load_f32
+from numallm.kernels.simd.vec import (
     vfmav16,
     vhsum16,
     vload16,
@@ -18,6 +21,23 @@ from numallm.kernels.vec import (
     vzero16,
 )
 from numba import njit
+
+
+@njit(nogil=True, cache=True)
+def decode_f32(w, o, nb, y):  # type: ignore[no-untyped-def]
+    y[:nb] = w[o:o + 4 * nb].view(np.float32)
+
+
+@njit(nogil=True, cache=True)
+def decode_f16(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for i in range(nb):
+        y[i] = load_f16(w, o + 2 * i)
+
+
+@njit(nogil=True, cache=True)
+def decode_bf16(w, o, nb, y):  # type: ignore[no-untyped-def]
+    for i in range(nb):
+        y[i] = load_bf16(w, o + 2 * i)
 
 
 @njit(inline="always", cache=True)

@@ -3,13 +3,13 @@
 Numba cannot express vector registers, and its auto-vectorised loops over quantized
 blocks stay far below memory bandwidth (issue 5 measured 1.5-5.5 GB/s). So the inner
 step of every quantized kernel is written here as LLVM vector IR through
-numba.extending.intrinsic, and the kernels (kernels/fastdot.py) are ordinary Numba
+numba.extending.intrinsic, and the kernels (kernels/families/kquants/rows.py) are ordinary Numba
 loops that carry `F32x8` accumulators between these intrinsics.
 
 The central operation `_dot_u8s8` multiplies 32 unsigned bytes (the weight's
 quants) by 32 signed bytes (the int8-quantized activation) and sums each run of 4
 products into one of 8 int32 lanes (so lanes 0-3 hold elements 0-15 and lanes 4-7
-elements 16-31). It is emitted as, by kernels/cpu.py's features:
+elements 16-31). It is emitted as, by kernels/simd/cpu.py's features:
   vnni    one vpdpbusd (AVX512-VNNI+VL or AVX-VNNI)
   avx2    vpmaddubsw then vpmaddwd with ones (no overflow: |q| <= 63 * 127 * 2 < 2**15,
           and 128 * 127 * 2 for the |w| of Q8_0)
@@ -21,8 +21,8 @@ cached kernel always carries the path of the CPU it runs on.
 from __future__ import annotations
 
 from llvmlite import ir
-from numallm.kernels.cpu import has_avx2, has_vnni256
-from numallm.kernels.llvm_scalar import half_to_float
+from numallm.kernels.simd.cpu import has_avx2, has_vnni256
+from numallm.kernels.simd.scalar import half_to_float
 from numba.core import cgutils, types
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
@@ -514,3 +514,53 @@ _f32x16_of_bf16.nbytes = 32  # type: ignore[attr-defined]
 vload_f32x16 = _float_weights16(_f32x16_of_f32)
 vload_f16x16 = _float_weights16(_f32x16_of_f16)
 vload_bf16x16 = _float_weights16(_f32x16_of_bf16)
+
+
+# ---- 16 lanes from 8, products and scaling --------------------------------------------
+
+@intrinsic
+def vload8_pairs(typingctx, a, off):  # type: ignore[no-untyped-def]
+    """F32x16 with lane k = a[off + k // 2] of a float32 array: the activation's 8 block
+    scales (per 32 elements) repeated for the 16 sub-blocks of 16, unchecked."""
+    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        v8 = builder.load(builder.bitcast(builder.gep(data, [_as_i64(builder, args[1])]), V8F32.as_pointer()), align=4)
+        return builder.shuffle_vector(v8, ir.Constant(V8F32, ir.Undefined),
+                                      ir.Constant(ir.VectorType(I32, 16), [k // 2 for k in range(16)]))
+    return f32x16(a, off), codegen
+
+
+@intrinsic
+def vcat8(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """The F32x16 [a, b] of two F32x8."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+    return f32x16(f32x8, f32x8), codegen
+
+
+@intrinsic
+def vhigh8(typingctx, a):  # type: ignore[no-untyped-def]
+    """Lanes 8-15 of an F32x16 as F32x8."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.shuffle_vector(args[0], ir.Constant(V16F32, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), list(range(8, 16))))
+    return f32x8(f32x16), codegen
+
+
+@intrinsic
+def vmul16(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """a * b lane by lane, for two F32x16."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fmul(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def vscale16(typingctx, a, s):  # type: ignore[no-untyped-def]
+    """a * s for an F32x16 a and a float32 s."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.fmul(args[0], _splat(builder, args[1], V16F32))
+    return f32x16(f32x16, types.float32), codegen
+

@@ -8,7 +8,7 @@ at qcode's type: a literal qcode (a constant, or an argument a caller passed as 
 which Numba keeps literal in the callee's signature) selects impls[qcode] while
 typing, so the other types' kernels are never compiled; a runtime qcode gets a chain
 over all of them. The impls take qcode too, so the literal travels down to the next
-by_type dispatch (e.g. igemm.matmul -> unpack.unpack_row).
+by_type dispatch (e.g. gemm_int8.matmul -> unpack.unpack_strided).
 
 The functions are written out as Python source with the impls' own parameter names
 because Numba drops the literal type of an argument passed through *args.

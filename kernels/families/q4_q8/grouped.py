@@ -1,4 +1,5 @@
-"""The grouped layout of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows, and packing into it.
+"""The grouped layout of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 rows, and packing into it
+(the fields of each type: kernels/traits.py).
 
 File layout: blocks of 32 one after another, each its float16 scale(s) then its
 quants. The SIMD kernels spend most of their instructions on those scalars (a load,
@@ -27,36 +28,21 @@ slower), and regroups nibble pairs as LLVM vectors of 16 bytes.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
 from llvmlite import ir
 from numba import njit, types
 from numba import uint64 as U
 from numba.extending import intrinsic
 
 GROUP = 8
-# (byte widths of the fields before the quants in a block, whether quants are nibbles)
-GROUPED: dict[T, tuple[tuple[int, ...], bool]] = {
-    T.Q4_0: ((2,), True), T.Q4_1: ((2, 2), True), T.Q5_0: ((2, 4), True),
-    T.Q5_1: ((2, 2, 4), True), T.Q8_0: ((2,), False)}
-_MAX_FIELDS = 3
-# Per type, the field widths in 16-bit words padded with zeros: one compiled function
-# serves every type.
-FIELD_WORDS: dict[T, np.ndarray] = {
-    qtype: np.array([w // 2 for w in fields] + [0] * (_MAX_FIELDS - len(fields)), np.int64)
-    for qtype, (fields, _) in GROUPED.items()}
-
-
-def grouped_geometry(qtype: T) -> tuple[int, np.ndarray, bool]:
-    """pack_grouped_rows' (tw, fields, nibbles) arguments for this type."""
-    return GGML_QUANT_SIZES[qtype][1] // 2, FIELD_WORDS[qtype], GROUPED[qtype][1]
+MAX_FIELDS = 3  # scalar fields before a block's quants (Q5_1: d, m, qh); their widths in
+# 16-bit words come padded with zeros to this length, so one compiled function serves every type
 
 
 @njit(inline="always", cache=True)
 def pack_grouped_rows(src, dst, rows_, nb_, tw_, fields, nibbles):  # type: ignore[no-untyped-def]
     """Rows [0, rows_) of src into dst in the grouped layout. src, dst: uint16 views of
     whole rows (the same array, or not overlapping), read and written unchecked; tw_
-    words per block; fields: widths in words. Compiled into kernels/tiled.py's one
+    words per block; fields: widths in words. Compiled into kernels/families/q4_q8/tiles.py's one
     packing function (a process loads one packer from Numba's cache, 2-3 ms each)."""
     rows, nb, tw, G, two = U(rows_), U(nb_), U(tw_), U(GROUP), U(2)
     scratch = np.empty(GROUP * tw_, np.uint16)
@@ -69,7 +55,7 @@ def pack_grouped_rows(src, dst, rows_, nb_, tw_, fields, nibbles):  # type: igno
             for i in range(g * tw):
                 scratch[i] = src[base + i]
             o, a = base, U(0)
-            for f in range(_MAX_FIELDS):
+            for f in range(MAX_FIELDS):
                 w = U(fields[f])  # 1 or 2 words (padding 0s last): a loop over w was 2-3x slower
                 if w == U(0):
                     break

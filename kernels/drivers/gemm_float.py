@@ -1,9 +1,9 @@
 """matmul for batches of tokens: decode a tile of rows once, then a float32 micro-kernel.
 
 For float weights (F32, F16, BF16); quantized batches take the tiled kernel
-(kernels/tiled.py) or the int8 tile GEMM of kernels/igemm.py, about twice as fast.
+(families/q4_q8/tiles.py) or the faster int8 tile GEMM (drivers/gemm_int8.py).
 
-A tile of TILE_ROWS weight rows is decoded to float32 (kernels/decode.py) and stored
+A tile of TILE_ROWS weight rows is decoded to float32 (drivers/decode.py) and stored
 k-major (tile[k, i] = W[row i, k]), then every group of TILE_TOKENS tokens is
 multiplied with it by outer products: per k one 16-float load of the tile and one
 broadcast FMA per token into its 16-lane accumulator: 16 multiply-adds per instruction, the
@@ -14,11 +14,11 @@ read from memory once per call; benchmarks/README.md has the speed against matve
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.cpu import has_avx512
-from numallm.kernels.decode import decode_row
-from numallm.kernels.llvm_scalar import at
-from numallm.kernels.qcodes import row_geometry
-from numallm.kernels.vec import vfma16, vload16, vstore16, vzero16
+from numallm.kernels.drivers.decode import decode_row
+from numallm.kernels.simd.cpu import has_avx512
+from numallm.kernels.simd.scalar import at
+from numallm.kernels.simd.vec import vfma16, vload16, vstore16, vzero16
+from numallm.kernels.traits import row_geometry
 from numba import njit
 
 TILE_ROWS = 16  # one 16-lane vector of the tile per k

@@ -1,5 +1,5 @@
 """One K-quant super-block's dot product as LLVM vector IR, for the matvec kernels of
-the K-quants (kernels/fastdot.py).
+the K-quants (kernels/families/kquants/rows.py).
 
 A super-block holds 256 elements; `kquant_dot` takes them as four groups of 64. A
 group's quants are two 32-element runs that mostly share one 32-byte plane of
@@ -26,23 +26,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from llvmlite import ir
-from numallm.kernels.llvm_scalar import half_to_float
 from numallm.kernels.qcodes import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-from numallm.kernels.vec import (
+from numallm.kernels.simd.i32x16 import V16I32, V64I8, _dpbusd16
+from numallm.kernels.simd.scalar import half_to_float
+from numallm.kernels.simd.vec import (
     I8,
     I32,
     I64,
-    V8F32,
     V16F32,
     _as_i64,
     _call,
     _is_bytes,
     _load_bytes,
-    _splat,
-    f32x8,
     f32x16,
 )
-from numallm.kernels.vec_tile import V16I32, V64I8, _dpbusd16
 from numba.core import types
 from numba.extending import intrinsic
 
@@ -212,51 +209,3 @@ def q3k_scales16(typingctx, w, p):  # type: ignore[no-untyped-def]
         q = builder.sub(builder.or_(low, builder.shl(high, ir.Constant(V16I32, [4] * 16))), ir.Constant(V16I32, [32] * 16))
         return builder.sitofp(q, V16F32)
     return f32x16(w, p), codegen
-
-
-@intrinsic
-def vload8_pairs(typingctx, a, off):  # type: ignore[no-untyped-def]
-    """F32x16 with lane k = a[off + k // 2] of a float32 array: the activation's 8 block
-    scales (per 32 elements) repeated for the 16 sub-blocks of 16, unchecked."""
-    if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        v8 = builder.load(builder.bitcast(builder.gep(data, [_as_i64(builder, args[1])]), V8F32.as_pointer()), align=4)
-        return builder.shuffle_vector(v8, ir.Constant(V8F32, ir.Undefined),
-                                      ir.Constant(ir.VectorType(I32, 16), [k // 2 for k in range(16)]))
-    return f32x16(a, off), codegen
-
-
-@intrinsic
-def vcat8(typingctx, a, b):  # type: ignore[no-untyped-def]
-    """The F32x16 [a, b] of two F32x8."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(I32, 16), list(range(16))))
-    return f32x16(f32x8, f32x8), codegen
-
-
-@intrinsic
-def vhigh8(typingctx, a):  # type: ignore[no-untyped-def]
-    """Lanes 8-15 of an F32x16 as F32x8."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.shuffle_vector(args[0], ir.Constant(V16F32, ir.Undefined), ir.Constant(ir.VectorType(I32, 8), list(range(8, 16))))
-    return f32x8(f32x16), codegen
-
-
-@intrinsic
-def vmul16(typingctx, a, b):  # type: ignore[no-untyped-def]
-    """a * b lane by lane, for two F32x16."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.fmul(args[0], args[1])
-    return f32x16(f32x16, f32x16), codegen
-
-
-@intrinsic
-def vscale16(typingctx, a, s):  # type: ignore[no-untyped-def]
-    """a * s for an F32x16 a and a float32 s."""
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return builder.fmul(args[0], _splat(builder, args[1], V16F32))
-    return f32x16(f32x16, types.float32), codegen
-

@@ -7,9 +7,10 @@ emit the integer conversion instead. Loads are unaligned-safe generic LLVM.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numallm.kernels.cpu import target_features
-from numba import types
+from numallm.kernels.simd.cpu import target_features
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -140,3 +141,18 @@ def _mover(nbytes: int):  # type: ignore[no-untyped-def]
 move2 = _mover(2)
 move4 = _mover(4)
 move32 = _mover(32)
+
+
+@njit(inline="always", cache=True)
+def bits_to_bytes(b):  # type: ignore[no-untyped-def]
+    """The 4 low bits of b as the low bits of the 4 bytes of a uint32 (bit j -> byte j)."""
+    b = np.uint32(b)
+    return ((b & np.uint32(1)) | ((b & np.uint32(2)) << np.uint32(7))
+            | ((b & np.uint32(4)) << np.uint32(14)) | ((b & np.uint32(8)) << np.uint32(21)))
+
+
+@njit(inline="always", cache=True)
+def field4(w, p, shift, mask):  # type: ignore[no-untyped-def]
+    """The bit field (byte >> shift) & mask of the 4 bytes w[p:p+4] at once, one per byte
+    of a uint32: the bits a byte receives from its neighbour lie above the mask."""
+    return (load_u32(w, p) >> np.uint32(shift)) & np.uint32(mask)

@@ -1,13 +1,14 @@
-"""SIMD row dots for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 in the grouped layout of kernels/repack.py.
+"""Rows of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 in the grouped layout (families/q4_q8/grouped.py):
+SIMD row dots, the int8 GEMM's unpacker (unpack_q45) and Q8_0's decoder.
 
-Same contract as kernels/fastdot.py. Per full group of 8 blocks one vcvtph2ps turns
+The row dots' contract is that of families/kquants/rows.py. Per full group of 8 blocks one vcvtph2ps turns
 the 8 weight scales into floats and one multiply applies the activation's 8 block
 scales; each block then costs a 32-byte load (or half of one, for the nibble
 pairs), a mask or shift, one integer dot (vpdpbusd or its AVX2 pair) and one FMA.
 The last group of a row (1-7 blocks) takes the per-block path.
 
-rows_q45_x4/_x2 do the same for 4 or 2 tokens per pass over a row (fast.matmul, for
-Q5_0 and Q5_1: the other three types multiply batches in tiles, kernels/tiled.py): each token keeps its own accumulators and runs exactly the single-token
+rows_q45_x4/_x2 do the same for 4 or 2 tokens per pass over a row (drivers/rows.matmul,
+for Q5_0 and Q5_1: the other three types multiply batches in tiles, families/q4_q8/tiles.py): each token keeps its own accumulators and runs exactly the single-token
 steps below (the same inline helpers, in the same order), so its result is
 bit-identical to rows_q45/rows_q8_0; the tokens' steps on a block share one load and
 unpack of the weight, which LLVM merges once the helpers are inlined and their loops
@@ -18,8 +19,8 @@ unrolled. (The 4-token kernels written as two calls of the pair helpers below ra
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.llvm_scalar import at, load_f16, load_u32
-from numallm.kernels.vec import (
+from numallm.kernels.simd.scalar import at, bits_to_bytes, field4, load_f16, load_u32
+from numallm.kernels.simd.vec import (
     dot_planes,
     dot_q4,
     dot_q5,
@@ -236,3 +237,42 @@ def rows_q8_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
         for j in range(g):
             a0 = q8_tail_block(w, base, g, j, 8 * nfull + j, xq, xd, 0, a0)
         out[r] = vhsum(vadd(a0, a1))
+
+
+@njit(nogil=True, cache=True)
+def decode_q8_0(w, o, nb, y):  # type: ignore[no-untyped-def]
+    # Grouped layout (kernels/families/q4_q8/grouped.py): [d x g] [32 int8 x g].
+    for g0 in range(0, nb, 8):
+        g = min(8, nb - g0)
+        base = o + 34 * g0
+        for j in range(g):
+            d = load_f16(w, base + 2 * j)
+            for e in range(32):
+                y[32 * (g0 + j) + e] = d * np.float32(np.int8(at(w, base + 2 * g + 32 * j + e)))
+
+
+@njit(nogil=True, cache=True)
+def unpack_q45(w, o, nb, q32, d, m, st, lane, has_min, five):  # type: ignore[no-untyped-def]
+    ts = 18 + 2 * has_min + 4 * five
+    for g0 in range(0, nb, 8):
+        g = min(8, nb - g0)
+        base = o + ts * g0
+        qo = base + (ts - 16) * g
+        for j in range(g):
+            b = g0 + j
+            dj = load_f16(w, base + 2 * j)
+            d[st * b + lane] = dj
+            m[st * b + lane] = load_f16(w, base + 2 * g + 2 * j) if has_min else -dj * np.float32(16 if five else 8)
+            qh = load_u32(w, base + (4 if has_min else 2) * g + 4 * j) if five else np.uint32(0)
+            # kernels/families/q4_q8/grouped.py: pairs of blocks share 32 bytes (low, high nibbles); an
+            # odd last block has 16 (quants 0-15 low, 16-31 high nibbles).
+            pair = j < g - (g & 1)
+            for c in range(8):
+                e = 4 * c
+                if pair:
+                    v = field4(w, qo + 32 * (j >> 1) + e, 4 * (j & 1), 0x0F0F0F0F)
+                else:
+                    v = field4(w, qo + 32 * (j >> 1) + (e & 15), 4 * (e >> 4), 0x0F0F0F0F)
+                if five:
+                    v |= bits_to_bytes(qh >> np.uint32(e)) << np.uint32(4)
+                q32[st * (8 * b + c) + lane] = v

@@ -2,7 +2,7 @@
 same bits for each token whatever the batch.
 
 Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
-grouped layout of kernels/repack.py and its row kernels). A tile holds, for each block
+grouped layout of kernels/families/q4_q8/grouped.py and its row kernels). A tile holds, for each block
 b in turn, the block of its 16 rows as
 
     [d x 16 float16] [m x 16 float16: Q4_1] [vectors of 64 bytes: 4 (Q4_0, Q4_1) or 8 (Q8_0)]
@@ -14,9 +14,9 @@ by tiles: a shard or a read that starts on a tile and holds whole tiles (or ends
 the matrix) is packed and multiplied on its own.
 
 Kernel. One 64-byte load gives 4 quants of all 16 rows; one vpdpbusd adds their dot
-with one token's 4 activations, broadcast, into 16 int32 lanes (vec_tile), and the
+with one token's 4 activations, broadcast, into 16 int32 lanes (simd/i32x16), and the
 rows' 16 scales are applied with three vector ops per block per token. A row kernel
-(kernels/fastdot_grouped.py) spends about five times as many instructions per row
+(kernels/families/q4_q8/rows.py) spends about five times as many instructions per row
 and token, converting and scaling every block's partial sums per row. Tokens go
 through a tile 8, 4, 2 and 1 at a time (each weight vector loaded and unpacked once
 for all of them) while the tile stays in L1; every token keeps its own accumulators
@@ -31,16 +31,11 @@ from functools import cache
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES
-from gguf import GGMLQuantizationType as T
-from numallm.kernels.by_type import by_type
-from numallm.kernels.cpu import has_avx512
-from numallm.kernels.llvm_scalar import at, load_f16, move2, move4, move32
-from numallm.kernels.qcodes import Q4_0, Q4_1, Q8_0, QUANT_CODES
-from numallm.kernels.repack import grouped_geometry, pack_grouped_rows
-from numallm.kernels.vec import vfma16, vload_f16x16, vstore16_at, vzero16
-from numallm.kernels.vec_kquant import vscale16
-from numallm.kernels.vec_tile import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
+from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
+from numallm.kernels.simd.cpu import has_avx512
+from numallm.kernels.simd.i32x16 import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
+from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
+from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
 from numba import njit
 
 TILE = 16
@@ -48,32 +43,11 @@ TILE = 16
 # the 32 zmm registers; an AVX2 ymm holds half an accumulator.
 MAX_TOKENS = 8 if has_avx512() else 2
 Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
-KINDS: dict[T, int] = {T.Q4_0: Q4_0_KIND, T.Q4_1: Q4_1_KIND, T.Q8_0: Q8_0_KIND}
 _BLOCK_BYTES = (18, 20, 34)  # by kind
 
 
-def tiled_rows(rows: int) -> int:
-    """Rows of a `rows`-row matrix in tiles: the rest keep the grouped layout."""
-    return rows - rows % TILE
-
-
-def pack_rows(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
-    """Write rows [0, rows) of file bytes `src` of a type of repack.GROUPED into `dst`
-    in the kernels' layout: for the tiled types tiles, then the last rows % 16
-    grouped; for Q5_0 and Q5_1 all grouped. src and dst are flat uint8, either the same
-    array or not overlapping."""
-    bs, ts = GGML_QUANT_SIZES[qtype]
-    n = rows * (cols // bs) * ts  # even: every block size is
-    if src.size < n or dst.size < n:  # the compiled loops read and write unchecked
-        raise ValueError(f"pack: {rows} rows of {cols} {qtype.name} need {n} bytes, "
-                         f"got {src.size} in and {dst.size} out")
-    full = tiled_rows(rows) if qtype in KINDS else 0
-    tw, fields, nibbles = grouped_geometry(qtype)
-    _pack(src[:n], dst[:n], full // TILE, rows - full, cols // bs, KINDS.get(qtype, -1), tw, fields, nibbles)
-
-
 @njit(nogil=True, cache=True)
-def _pack(src, dst, tiles, grouped, nb, kind, tw, fields, nibbles):  # type: ignore[no-untyped-def]
+def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibbles):  # type: ignore[no-untyped-def]
     """`tiles` tiles of a tiled kind, then `grouped` rows in the grouped layout. One
     function for every type: a process loads one packer from Numba's cache (2-3 ms
     each); each tiled kind's branch has its block geometry (_BLOCK_BYTES) as
@@ -229,7 +203,8 @@ def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # 
             out[t + j, g0 + i] = res[j, i]
 
 
-def _pass_impl(kind: int) -> Callable[..., None]:
+def tile_rows_impl(kind: int) -> Callable[..., None]:
+    """tile_pass of this kind with the type code first (kernels/traits.py's `tiles`)."""
     pass_ = tile_pass(kind)
 
     def impl(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
@@ -237,35 +212,10 @@ def _pass_impl(kind: int) -> Callable[..., None]:
     return impl
 
 
-def _no_tiles(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
-    raise ValueError("tile_rows: this type has no tiled layout")
-
-
-# tile_pass of the type code's kind (kernels/by_type.py); the other quantized types,
-# which never reach it (tiled_part is 0 for them), raise.
-tile_rows = by_type("tile_rows", {code: _pass_impl(KINDS[T(code)]) if T(code) in KINDS else _no_tiles
-                                  for code in QUANT_CODES})
-
-
-@njit(inline="always", cache=True)
-def tiled_part(qcode, rows):  # type: ignore[no-untyped-def]
-    """Rows [0, tiled_part) of a matrix of this type are in tiles; 0 for the types
-    without a tiled layout."""
-    if qcode == Q4_0 or qcode == Q4_1 or qcode == Q8_0:
-        return rows - rows % TILE
-    return 0
-
-
-@njit(inline="always", cache=True)
-def tile_kind(qcode):  # type: ignore[no-untyped-def]
-    """The kind (Q4_0_KIND, ...) of a type with a tiled layout."""
-    return Q4_0_KIND if qcode == Q4_0 else (Q4_1_KIND if qcode == Q4_1 else Q8_0_KIND)
-
-
 @njit(nogil=True, cache=True)
 def decode_tiled(kind, w, p, i, nb, y):  # type: ignore[no-untyped-def]
     """Row i of the tile at byte p as float32 into y, as ggml's dequantizers compute it."""
-    ts = TILE * (18, 20, 34)[kind]
+    ts = TILE * _BLOCK_BYTES[kind]
     quants = 64 if kind == Q4_1_KIND else 32
     for b in range(nb):
         c = p + ts * b
