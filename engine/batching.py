@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numallm.engine.engine import N_BATCH
+from numallm.engine.grammar import Constraint
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.kernels import same_path
@@ -76,6 +77,7 @@ class Job:
     stop: tuple[str, ...]
     emit: Callable[[Update], None]
     ignore_eos: bool = False
+    constraint: Constraint | None = None  # a grammar the answer must follow
     cancelled: bool = field(default=False, init=False)  # set by any thread, read by the scheduler
 
 
@@ -104,11 +106,15 @@ class BatchScheduler:
     """Owns `engine`'s decode loop on one thread, with `engine.n_slots` sequences at once."""
 
     def __init__(self, engine: Engine, max_waiting: int = 256,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
+                 on_step: Callable[[int, float], None] | None = None,
+                 on_mask: Callable[[float, float], None] | None = None) -> None:
         self.engine = engine
         self.n_slots = engine.n_slots
         self.max_waiting = max_waiting
         self._on_step = on_step  # (tokens generated, seconds) after every step, for metrics
+        # (seconds computing grammar masks, seconds the step waited for them) after every
+        # step that sampled under a grammar
+        self._on_mask = on_mask
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[_Running] = []
@@ -205,7 +211,7 @@ class BatchScheduler:
     def _start(self, job: Job) -> None:
         try:
             seq = SequenceState(self.engine.tokenizer, self.engine.hparams.n_vocab, self.engine.n_ctx, job.ids,
-                                job.params, job.max_tokens, job.stop, job.ignore_eos)
+                                job.params, job.max_tokens, job.stop, job.ignore_eos, job.constraint)
         except NumallmError as e:
             job.emit(Update("", "error", len(job.ids), 0, str(e)))
             return
@@ -311,6 +317,7 @@ class BatchScheduler:
                 self._end(r, Update("", "error", r.seq.n_prompt, r.seq.n_generated, f"{type(e).__name__}: {e}"))
             return
         generated = 0
+        constrained = [c for c in (r.seq.constraint for r in owners) if c is not None]
         for r, row in zip(owners, logits):
             before = r.seq.n_generated
             try:
@@ -326,6 +333,8 @@ class BatchScheduler:
                 r.job.emit(Update(text, None, r.seq.n_prompt, r.seq.n_generated))
         if self._on_step is not None and owners:
             self._on_step(generated, time.perf_counter() - t0)
+        if self._on_mask is not None and constrained:
+            self._on_mask(sum(c.compute_s for c in constrained), sum(c.wait_s for c in constrained))
 
     def _running_in(self, slots: list[int]) -> list[_Running]:
         taken = set(slots)

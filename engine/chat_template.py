@@ -38,8 +38,8 @@ MAX_OUTPUT_CHARS = 1 << 22
 MAX_FILTER_WIDTH = 100_000
 MAX_EXPONENT = 1024
 
-Message = Mapping[str, str]
-_Renderer = Callable[[list[dict[str, str]], bool], str]
+Message = Mapping[str, Any]  # role, content; tool_calls, tool_call_id, name where the API has them
+_Renderer = Callable[[list[dict[str, Any]], bool, "list[dict[str, Any]] | None"], str]
 _DEADLINE: ContextVar[float | None] = ContextVar("chat_template_deadline", default=None)
 
 
@@ -54,10 +54,12 @@ class _TemplateRaised(Exception):
 class ChatTemplate:
     """Renders a conversation into the prompt text the model was trained on."""
 
-    def __init__(self, renderer: _Renderer, source: str, fallback_reason: str | None = None) -> None:
+    def __init__(self, renderer: _Renderer, source: str, fallback_reason: str | None = None,
+                 text: str = "") -> None:
         self._renderer = renderer
         self.source = source  # "gguf" or "builtin:<name>"
         self.fallback_reason = fallback_reason  # why the GGUF's own template is not used
+        self.text = text  # the Jinja source ("" for a built-in format)
 
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any], architecture: str, bos_token: str,
@@ -89,14 +91,15 @@ class ChatTemplate:
         except (RecursionError, MemoryError) as e:  # absurdly nested source
             raise ChatTemplateError(f"chat template does not parse: {type(e).__name__}") from None
 
-        def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        def render(messages: list[dict[str, Any]], add_generation_prompt: bool,
+                   tools: list[dict[str, Any]] | None) -> str:
             # The variables transformers passes; tools/documents are None, not undefined,
             # because templates test them with `is not none`.
             return _run(template.generate(messages=messages, add_generation_prompt=add_generation_prompt,
                                           bos_token=bos_token, eos_token=eos_token,
-                                          tools=None, documents=None))
+                                          tools=tools, documents=None))
 
-        return cls(render, "gguf")
+        return cls(render, "gguf", text=text)
 
     @classmethod
     def builtin(cls, architecture: str, fallback_reason: str | None = None) -> ChatTemplate:
@@ -104,12 +107,14 @@ class ChatTemplate:
         name = "gemma" if architecture.startswith("gemma") else "chatml"
         return cls(_BUILTINS[name], f"builtin:{name}", fallback_reason)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The prompt text for `messages` ([{"role": ..., "content": ...}, ...])."""
-        return self._renderer(_checked_messages(messages), add_generation_prompt)
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text for `messages` ([{"role": ..., "content": ...}, ...]) and the
+        OpenAI `tools` the template may describe (the built-in formats ignore them)."""
+        return self._renderer(_checked_messages(messages), add_generation_prompt, tools or None)
 
 
-def _checked_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+def _checked_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     # Plain copies: the template sees our dicts, never the caller's objects.
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise BadInputError("chat messages must be a list of {'role': ..., 'content': ...} dicts")
@@ -128,12 +133,12 @@ def _c_trim(s: str) -> str:
     return s.strip(" \t\n\v\f\r")
 
 
-def _chatml(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _chatml(messages: list[dict[str, Any]], add_generation_prompt: bool, tools: object = None) -> str:
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-def _gemma(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+def _gemma(messages: list[dict[str, Any]], add_generation_prompt: bool, tools: object = None) -> str:
     # Gemma has no system role: system text is merged into the next user turn.
     parts: list[str] = []
     system = ""

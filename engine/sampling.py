@@ -77,9 +77,10 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self._work = np.empty(n_vocab, dtype=np.float32)  # penalised copy, reused per token
 
-    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        """The next token id. `history` is every token so far (prompt included)."""
-        ids, probs = self.distribution(logits, history)
+    def sample(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> int:
+        """The next token id. `history` is every token so far (prompt included); `allowed`
+        (a bool per token, from a grammar) keeps the others out."""
+        ids, probs = self.distribution(logits, history, allowed)
         if ids.size == 1:
             return int(ids[0])
         cdf = np.cumsum(probs)
@@ -87,10 +88,17 @@ class Sampler:
         i = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right"))
         return int(ids[min(i, ids.size - 1)])
 
-    def distribution(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(self, logits: np.ndarray, history: Sequence[int] = (),
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The candidates the chain keeps and their probabilities (summing to 1), in no promised order."""
         p = self.params
         work = self._penalised(logits, history)
+        if allowed is not None:
+            # Before the chain, as llama.cpp's grammar sampler: top-k and the rest then
+            # choose among the tokens the grammar allows.
+            if not allowed.any():
+                raise NumallmError("the grammar allows no next token")
+            np.putmask(work, ~allowed, np.float32(-np.inf))
         if p.temperature == 0:
             return np.array([np.argmax(work)], dtype=np.int64), np.ones(1)
         ids, vals, is_sorted = _top_k(work, p.top_k)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from numallm.engine.grammar import Constraint
 from numallm.engine.sampling import Sampler, SamplingParams
 from numallm.engine.tokenizer import Tokenizer
 
@@ -21,8 +22,10 @@ class SequenceState:
 
     def __init__(self, tokenizer: Tokenizer, n_vocab: int, n_ctx: int, ids: Sequence[int],
                  params: SamplingParams, max_tokens: int, stop: Sequence[str] = (),
-                 ignore_eos: bool = False) -> None:
+                 ignore_eos: bool = False, constraint: Constraint | None = None) -> None:
         self._tokenizer = tokenizer
+        # A grammar decides where the answer may end, so ignore_eos does not apply to it.
+        self.constraint = constraint
         self._sampler = Sampler(params, n_vocab)
         self._decoder = tokenizer.stream()
         self._stop = tuple(s for s in stop if s)
@@ -50,9 +53,12 @@ class SequenceState:
         finished). When not finished, run next_token at position next."""
         if self.n_generated >= self._limit:
             return self._done("length")
-        tok = self._sampler.sample(logits, self.history)
-        if tok in self._tokenizer.stop_ids and not self._ignore_eos:
+        c = self.constraint
+        tok = self._sampler.sample(logits, self.history, None if c is None else c.allowed())
+        if tok in self._tokenizer.stop_ids and (not self._ignore_eos or c is not None):
             return self._done("stop")
+        if c is not None:
+            c.consume(tok)
         self.history.append(tok)
         self.next_token = tok
         self._pending += self._decoder.feed(tok)
@@ -60,11 +66,16 @@ class SequenceState:
         if cut is not None:
             self._pending = self._pending[:cut]
             return self._done("stop")
-        emit, self._pending = _split_safe(self._pending, self._stop)
+        emit, self._pending = split_safe(self._pending, self._stop)
+        if c is not None and c.finished:  # the grammar is complete: no need to sample its end
+            self.finish_reason = "stop"
+            return emit, True
         if self.n_generated >= self._limit or len(self.history) >= self._n_ctx:
             # the limit, or a full context (no context shift, as llama.cpp without it)
             self.finish_reason = "length"
             return emit, True
+        if c is not None:
+            c.start()  # the next mask, computed while the next forward pass runs
         return emit, False
 
     def _done(self, reason: str) -> tuple[str, bool]:
@@ -84,7 +95,7 @@ def _find_stop(text: str, stop: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
-def _split_safe(text: str, stop: tuple[str, ...]) -> tuple[str, str]:
+def split_safe(text: str, stop: tuple[str, ...]) -> tuple[str, str]:
     """Split into (emit now, hold back): hold the longest suffix that starts a stop string."""
     hold = 0
     for s in stop:

@@ -160,6 +160,10 @@ class Tokenizer:
             out.extend(self._suffix)
         return out
 
+    def ids_with(self, attr: Attr) -> list[int]:
+        """Ids of the tokens that have any of the `attr` bits (e.g. Attr.CONTROL)."""
+        return [i for i, a in enumerate(self._attrs) if a & attr]
+
     def piece_bytes(self, token_id: int, special: bool = False) -> bytes:
         """The raw bytes one token contributes (control tokens only with special=True)."""
         if not 0 <= token_id < self.n_vocab:

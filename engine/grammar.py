@@ -1,0 +1,156 @@
+"""Constrained decoding: a per-step token mask from llguidance (JSON schemas, Lark, GBNF).
+
+llguidance is the grammar engine llama.cpp links for `--llguidance`: it reads JSON
+schemas, Lark and (through its converter) llama.cpp's GBNF, and computes the set of
+tokens that keep the output inside the grammar in tens of microseconds, without torch
+or transformers. Its tokenizer view is built from the GGUF vocabulary (every token's
+bytes, control tokens marked special, the end-of-generation ids), so it works for the
+byte-level BPE and SentencePiece vocabularies alike.
+
+A `Constraint` follows one sequence. After each sampled token it starts the mask of
+the next step on a background thread (llguidance drops the GIL while it computes), so
+the mask is ready, or nearly, by the time the next forward pass returns: the batch
+waits only for whatever of it is left. A sequence without a constraint pays nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import llguidance
+import numpy as np
+
+from numallm.engine.tokenizer import Tokenizer
+from numallm.engine.tokenizer_vocab import Attr
+from numallm.errors import BadInputError, NumallmError
+
+# llama.cpp's json-schema-to-grammar whitespace (`space ::= | " " | "\n"{1,2} [ \t]{0,20}`):
+# a bounded run, so a small model cannot fill its answer with whitespace.
+JSON_WHITESPACE = r"( |\n{1,2}[ \t]{0,20})?"
+_JSON_OPTIONS = {"whitespace_pattern": JSON_WHITESPACE}
+
+_lock = threading.Lock()
+_tokenizers: dict[int, tuple[Tokenizer, llguidance.LLTokenizer]] = {}
+_worker: ThreadPoolExecutor | None = None
+
+
+class GrammarError(BadInputError):
+    """A schema or grammar that does not compile, or uses a feature the engine lacks."""
+
+
+def grammar_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
+    """llguidance's view of `tokenizer`, built once per tokenizer (about 0.7 s for 49152 tokens)."""
+    with _lock:
+        hit = _tokenizers.get(id(tokenizer))
+        if hit is None or hit[0] is not tokenizer:
+            hit = (tokenizer, llguidance.LLTokenizer(llguidance.TokenizerWrapper(_VocabView(tokenizer)),
+                                                     eos_token=sorted(tokenizer.stop_ids)))
+            _tokenizers[id(tokenizer)] = hit
+        return hit[1]
+
+
+class _VocabView:
+    """What llguidance.TokenizerWrapper reads: token bytes, special ids, and an encoder."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_id if tokenizer.eos_id is not None else min(tokenizer.stop_ids)
+        self.bos_token_id = tokenizer.bos_id
+        self.tokens = [tokenizer.piece_bytes(i, special=True) for i in range(tokenizer.n_vocab)]
+        # control tokens, which llguidance keeps out of text and grammars name as <...>
+        self.special_token_ids = tokenizer.ids_with(Attr.CONTROL)
+
+    def __call__(self, data: bytes) -> list[int]:
+        return self._tokenizer.tokenize(data.decode("utf-8", "replace"), add_special=False, parse_special=False)
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    """A grammar for JSON text valid against `schema` (compiled and checked by `constraint`)."""
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"the JSON schema is not valid: {e}") from None
+
+
+def gbnf_grammar(text: str) -> str:
+    """A grammar from llama.cpp's GBNF (or llguidance's Lark, which it passes through)."""
+    try:
+        return llguidance.grammar_from("gbnf", text)
+    except (ValueError, TypeError) as e:
+        raise GrammarError(f"the grammar does not parse: {e}") from None
+
+
+def lark_grammar(text: str) -> str:
+    return llguidance.LLMatcher.grammar_from_lark(text)
+
+
+def json_schema_lark(schema: dict[str, Any]) -> str:
+    """A JSON schema as an inline Lark rule body (for grammars that wrap JSON in text)."""
+    x_guidance = {"x-guidance": _JSON_OPTIONS}
+    return "%json " + json.dumps({**schema, **x_guidance}, ensure_ascii=False)
+
+
+class Constraint:
+    """One sequence's grammar state: the mask of allowed next tokens, and the tokens taken."""
+
+    def __init__(self, tokenizer: Tokenizer, grammar: str, n_logits: int | None = None) -> None:
+        self._n_vocab = tokenizer.n_vocab
+        self._n_logits = n_logits or tokenizer.n_vocab  # a model may have more logits than tokens
+        self._matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), grammar, log_level=0)
+        if self._matcher.is_error():
+            raise GrammarError(_first_line(self._matcher.get_error()))
+        self._bits = np.zeros((self._n_vocab + 31) // 32, dtype=np.int32)
+        self._pending: Future[float] | None = None
+        self.compute_s = 0.0  # time computing the mask last taken, on the worker
+        self.wait_s = 0.0  # time the caller waited for it
+        self.start()
+
+    def start(self) -> None:
+        """Compute the next mask on the worker thread (after the token just consumed)."""
+        self._pending = _pool().submit(self._compute)
+
+    def _compute(self) -> float:
+        t0 = time.perf_counter()
+        self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        return time.perf_counter() - t0
+
+    def allowed(self) -> np.ndarray:
+        """A bool per token id: may it come next? Waits for the mask `start` began."""
+        t0 = time.perf_counter()
+        if self._pending is None:
+            self.start()
+        assert self._pending is not None
+        self.compute_s = self._pending.result()
+        self._pending = None
+        self.wait_s = time.perf_counter() - t0
+        if self._matcher.is_error():
+            raise NumallmError(f"the grammar failed: {_first_line(self._matcher.get_error())}")
+        allowed = np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
+        if self._n_logits > self._n_vocab:
+            allowed = np.concatenate((allowed, np.zeros(self._n_logits - self._n_vocab, bool)))
+        return allowed
+
+    def consume(self, token: int) -> None:
+        if not self._matcher.consume_token(token):
+            raise NumallmError(f"the grammar refused token {token}: {_first_line(self._matcher.get_error())}")
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete: nothing may follow but the end."""
+        return self._matcher.is_stopped()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _worker
+    with _lock:
+        if _worker is None:
+            _worker = ThreadPoolExecutor(1, thread_name_prefix="numallm-grammar")
+        return _worker
+
+
+def _first_line(message: str) -> str:
+    return " ".join(message.split())[:500]
