@@ -78,6 +78,7 @@ class Job:
     emit: Callable[[Update], None]
     ignore_eos: bool = False
     constraint: Constraint | None = None  # a grammar the answer must follow
+    special: bool = False  # emit control tokens' text (a tool-call format's markers)
     cancelled: bool = field(default=False, init=False)  # set by any thread, read by the scheduler
 
 
@@ -211,7 +212,8 @@ class BatchScheduler:
     def _start(self, job: Job) -> None:
         try:
             seq = SequenceState(self.engine.tokenizer, self.engine.hparams.n_vocab, self.engine.n_ctx, job.ids,
-                                job.params, job.max_tokens, job.stop, job.ignore_eos, job.constraint)
+                                job.params, job.max_tokens, job.stop, job.ignore_eos, job.constraint,
+                                job.special)
         except NumallmError as e:
             job.emit(Update("", "error", len(job.ids), 0, str(e)))
             return

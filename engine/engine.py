@@ -274,11 +274,12 @@ class Engine:
         pieces = self._generate_ids(ids, params, max_tokens, tuple(stop), ignore_eos)
         return pieces if stream else "".join(pieces)
 
-    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """A conversation formatted with the model's chat template (its built-in fallback
-        when the file's template fails), ready for the reply: token ids."""
+        when the file's template fails), ready for the reply: token ids. `tools` are
+        OpenAI function tools for templates that describe them."""
         try:
-            prompt = self.chat_template.render(messages, add_generation_prompt=True)
+            prompt = self.chat_template.render(messages, add_generation_prompt=True, tools=tools)
         except ChatTemplateError as e:
             fallback = ChatTemplate.builtin(self.spec.name, str(e))
             _log(f"warning: {e}; using the built-in {fallback.source} format")

@@ -22,12 +22,12 @@ class SequenceState:
 
     def __init__(self, tokenizer: Tokenizer, n_vocab: int, n_ctx: int, ids: Sequence[int],
                  params: SamplingParams, max_tokens: int, stop: Sequence[str] = (),
-                 ignore_eos: bool = False, constraint: Constraint | None = None) -> None:
+                 ignore_eos: bool = False, constraint: Constraint | None = None, special: bool = False) -> None:
         self._tokenizer = tokenizer
         # A grammar decides where the answer may end, so ignore_eos does not apply to it.
         self.constraint = constraint
         self._sampler = Sampler(params, n_vocab)
-        self._decoder = tokenizer.stream()
+        self._decoder = tokenizer.stream(special)  # special: control tokens' text too (tool-call markers)
         self._stop = tuple(s for s in stop if s)
         self._ignore_eos = ignore_eos
         self._n_ctx = n_ctx

@@ -27,11 +27,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from numallm.engine.batching import BatchScheduler, Job, QueueFullError, Update
+from numallm.engine.grammar import Constraint, GrammarError, gbnf_grammar, json_schema_grammar
 from numallm.errors import BadInputError, NumallmError
 from numallm.serve import shapes
 from numallm.serve.errors import ApiError, bad_request
 from numallm.serve.metrics import Metrics
 from numallm.serve.requests import Defaults, GenerationRequest, parse_chat, parse_completion, parse_json
+from numallm.serve.tools import ToolPlan, ToolStream
 
 if TYPE_CHECKING:
     from numallm.engine.engine import Engine
@@ -77,7 +79,7 @@ class ServerState:
             self.error = e
             self._on_fatal()
             return
-        self.scheduler = BatchScheduler(engine, on_step=self.metrics.step)
+        self.scheduler = BatchScheduler(engine, on_step=self.metrics.step, on_mask=self.metrics.mask)
         self.engine = engine
         log.info("serving %s with %d slots of %d tokens", engine.path.name, self.config.n_slots, engine.n_ctx)
 
@@ -180,14 +182,18 @@ async def _generate(state: ServerState, request: Request, chat: bool) -> Respons
     engine, scheduler = state.ready()
     body = parse_json(await _read_body(request))
     req = parse_chat(body, state.config.defaults) if chat else parse_completion(body, state.config.defaults)
-    ids = await run_in_threadpool(_prompt_ids, engine, req)
+    plan = _tool_plan(engine, req)
+    ids = await run_in_threadpool(_prompt_ids, engine, req, plan)
+    constraint = await run_in_threadpool(_constraint, engine, req, plan)
     deliveries = state.deliveries(asyncio.get_running_loop())
     updates: asyncio.Queue[Update] = asyncio.Queue()
 
     def emit(update: Update) -> None:
         deliveries.post(updates, update)
 
-    job = Job(ids, req.params, req.max_tokens, req.stop, emit, ignore_eos=req.ignore_eos)
+    calls = plan.stream() if plan is not None and plan.tools else None
+    job = Job(ids, req.params, req.max_tokens, req.stop, emit, ignore_eos=req.ignore_eos, constraint=constraint,
+              special=calls is not None)
     try:
         scheduler.submit(job)
     except QueueFullError as e:
@@ -198,8 +204,8 @@ async def _generate(state: ServerState, request: Request, chat: bool) -> Respons
     shape = shapes.Completion(chat, engine.path.name)
     first = _FirstText(state.metrics, arrived)
     if req.stream:
-        return _JobStream(_events(updates, shape, req.include_usage, first), scheduler, job)
-    return await _whole(request, scheduler, job, updates, shape, first)
+        return _JobStream(_events(updates, shape, req.include_usage, first, calls), scheduler, job)
+    return await _whole(request, scheduler, job, updates, shape, first, calls)
 
 
 class _FirstText:
@@ -230,9 +236,10 @@ class _JobStream(StreamingResponse):
 
 
 async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, include_usage: bool,
-                  first: _FirstText) -> AsyncIterator[str]:
+                  first: _FirstText, calls: ToolStream | None) -> AsyncIterator[str]:
     """The server-sent events of a streamed answer; the updates that piled up while the
-    client was being written to go out as one write."""
+    client was being written to go out as one write. With tools, text that begins the
+    calls is held back, and the calls go out whole at the end."""
     if shape.chat:
         yield shapes.sse(shape.chunk("", role=True))
     while True:
@@ -245,10 +252,19 @@ async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, incl
             if u.finish_reason in ("error", "cancelled"):
                 yield "".join(out) + shapes.sse(_failed(u).body())
                 return
-            if u.text:
-                out.append(shapes.sse(shape.chunk(u.text)))
+            text = calls.feed(u.text) if calls is not None and u.text else u.text
+            if text:
+                out.append(shapes.sse(shape.chunk(text)))
             if u.done:
-                out.append(shapes.sse(shape.chunk(None, u.finish_reason)))
+                reason = u.finish_reason
+                if calls is not None:
+                    tail, found = calls.finish()
+                    if tail:
+                        out.append(shapes.sse(shape.chunk(tail)))
+                    if found:
+                        out.append(shapes.sse(shape.tool_calls_chunk([c.openai(i) for i, c in enumerate(found)])))
+                        reason = "tool_calls"
+                out.append(shapes.sse(shape.chunk(None, reason)))
                 if include_usage:
                     out.append(shapes.sse(shape.usage_chunk(shapes.usage(u.n_prompt, u.n_generated))))
                 yield "".join(out) + shapes.SSE_DONE
@@ -258,7 +274,7 @@ async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, incl
 
 
 async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates: asyncio.Queue[Update],
-                 shape: shapes.Completion, first: _FirstText) -> Response:
+                 shape: shapes.Completion, first: _FirstText, calls: ToolStream | None) -> Response:
     gone = asyncio.ensure_future(_disconnected(request))
     parts: list[str] = []
     try:
@@ -274,8 +290,13 @@ async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates:
                 raise _failed(u)
             parts.append(u.text)
             if u.done:
-                return JSONResponse(shape.whole("".join(parts), u.finish_reason,
-                                                shapes.usage(u.n_prompt, u.n_generated)))
+                text, reason, found = "".join(parts), u.finish_reason, []
+                if calls is not None:
+                    calls.feed(text)
+                    text, found = calls.whole()
+                    reason = "tool_calls" if found else reason
+                return JSONResponse(shape.whole(text, reason, shapes.usage(u.n_prompt, u.n_generated),
+                                                [c.openai() for c in found] or None))
     finally:
         gone.cancel()
         scheduler.cancel(job)
@@ -306,9 +327,20 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _prompt_ids(engine: Engine, req: GenerationRequest) -> list[int]:
+def _tool_plan(engine: Engine, req: GenerationRequest) -> ToolPlan | None:
+    """How the request's tools (or only earlier calls and their results) reach the template."""
+    if req.tools is not None:
+        return ToolPlan.make(engine.chat_template, req.tools.tools, req.tools.choice, req.tools.parallel)
+    if req.messages is not None and any(m["role"] == "tool" or "tool_calls" in m for m in req.messages):
+        return ToolPlan.make(engine.chat_template, [], "auto", False)
+    return None
+
+
+def _prompt_ids(engine: Engine, req: GenerationRequest, plan: ToolPlan | None) -> list[int]:
     """The request's prompt as token ids, checked against the vocabulary and the context."""
-    if req.messages is not None:
+    if req.messages is not None and plan is not None:
+        ids = engine.chat_ids(plan.messages(req.messages), plan.template_tools)
+    elif req.messages is not None:
         ids = engine.chat_ids(req.messages)
     elif isinstance(req.prompt, str):
         ids = engine.tokenize(req.prompt)
@@ -324,6 +356,19 @@ def _prompt_ids(engine: Engine, req: GenerationRequest) -> list[int]:
                           f"{engine.n_ctx} tokens, prompt and answer together",
                           "messages" if req.messages is not None else "prompt", code="context_length_exceeded")
     return ids
+
+
+def _constraint(engine: Engine, req: GenerationRequest, plan: ToolPlan | None) -> Constraint | None:
+    """The grammar the answer must follow (a response format, or a required tool call), compiled."""
+    param, grammar = "tool_choice", plan.grammar(engine.tokenizer) if plan is not None and plan.tools else None
+    try:
+        if req.output is not None:
+            param = req.output.param
+            grammar = (json_schema_grammar(req.output.spec) if req.output.kind == "json_schema"
+                       else gbnf_grammar(req.output.spec))
+        return None if grammar is None else Constraint(engine.tokenizer, grammar, engine.hparams.n_vocab)
+    except GrammarError as e:
+        raise bad_request(f"'{param}': {e}", param) from None
 
 
 # -- errors, auth and counting ----------------------------------------------------------

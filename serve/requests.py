@@ -1,9 +1,10 @@
 """OpenAI request bodies, checked field by field into a GenerationRequest.
 
 Every wrong field becomes a 400 naming it (the `param` of the error). Fields we do not
-implement are refused when they ask for something (logprobs, n > 1, tools, penalties
-other than the repeat penalty), never silently ignored; fields that change nothing
-(user, metadata, the model name) are accepted.
+implement are refused when they ask for something (logprobs, n > 1, penalties other
+than the repeat penalty), never silently ignored; fields that change nothing (user,
+metadata, the model name) are accepted. The fields that shape the answer (response
+formats, grammars, tools) are checked in serve/structured.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 from numallm.engine.sampling import SamplingParams
 from numallm.errors import BadInputError
+from numallm.serve import structured
 from numallm.serve.errors import bad_request
+from numallm.serve.structured import OutputFormat, Tools
 
 MAX_STOP = 16  # OpenAI allows 4 stop strings, llama.cpp any number; 16 is plenty and bounded
 MAX_STOP_CHARS = 1000
@@ -36,7 +39,7 @@ class Defaults:
 class GenerationRequest:
     """A checked /v1/chat/completions or /v1/completions request (n = 1)."""
 
-    messages: list[dict[str, str]] | None  # chat
+    messages: list[dict[str, Any]] | None  # chat
     prompt: str | list[int] | None  # completion: text or token ids
     stream: bool
     include_usage: bool
@@ -44,6 +47,8 @@ class GenerationRequest:
     params: SamplingParams
     stop: tuple[str, ...]
     ignore_eos: bool
+    output: OutputFormat | None = None  # a schema or grammar the answer follows
+    tools: Tools | None = None  # chat: functions the model may call
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -69,11 +74,14 @@ def parse_chat(body: dict[str, Any], defaults: Defaults) -> GenerationRequest:
         max_tokens = _max_tokens(body, "max_tokens")
     _refuse(body, "logprobs", lambda v: v is None or v is False, "logprobs are not supported")
     _refuse(body, "top_logprobs", lambda v: v is None, "logprobs are not supported")
-    _refuse(body, "tools", lambda v: v is None or v == [], "tool calls are not supported")
-    _refuse(body, "functions", lambda v: v is None or v == [], "function calls are not supported")
-    _refuse(body, "response_format", lambda v: v is None or v == {"type": "text"},
-            "only the text response format is supported")
-    return _common(body, defaults, max_tokens, messages=checked, prompt=None)
+    _refuse(body, "functions", lambda v: v is None or v == [],
+            "the deprecated 'functions' field is not supported: use 'tools'")
+    req = _common(body, defaults, max_tokens, messages=checked, prompt=None)
+    tools = structured.tools(body)
+    if tools is not None and req.output is not None:
+        raise bad_request(f"'{req.output.param}' cannot be combined with 'tools' (unless tool_choice is "
+                          "\"none\"): the tool-call format is the answer's grammar", req.output.param)
+    return replace(req, tools=tools)
 
 
 def parse_completion(body: dict[str, Any], defaults: Defaults) -> GenerationRequest:
@@ -111,7 +119,7 @@ def _common(body: dict[str, Any], defaults: Defaults, max_tokens: int | None,
         messages=messages, prompt=prompt, stream=bool(stream), include_usage=include_usage,
         max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
         params=_sampling(body, defaults.params), stop=_stop(body),
-        ignore_eos=defaults.ignore_eos if ignore_eos is None else ignore_eos)
+        ignore_eos=defaults.ignore_eos if ignore_eos is None else ignore_eos, output=structured.output_format(body))
 
 
 # The ranges are OpenAI's where it has the field, llama.cpp's server extensions otherwise;
@@ -168,7 +176,7 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
-def _message(i: int, m: Any) -> dict[str, str]:
+def _message(i: int, m: Any) -> dict[str, Any]:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise bad_request(f"'{where}' must be an object with 'role' and 'content'", "messages")
@@ -186,7 +194,13 @@ def _message(i: int, m: Any) -> dict[str, str]:
         content = "".join(p["text"] for p in content)
     elif not isinstance(content, str):
         raise bad_request(f"'{where}.content' must be a string or an array of text parts", "messages")
-    return {"role": role, "content": content}
+    out: dict[str, Any] = {"role": role, "content": content}
+    if role == "assistant" and m.get("tool_calls"):
+        out["tool_calls"] = structured.tool_calls(where, m["tool_calls"])
+    for key in ("tool_call_id", "name"):  # a tool result's call, a participant's name
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    return out
 
 
 def _typed(body: dict[str, Any], name: str, kind: type, wanted: str) -> Any:

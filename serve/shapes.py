@@ -36,11 +36,14 @@ class Completion:
             out["usage"] = n_usage
         return out
 
-    def whole(self, text: str, finish_reason: str, n_usage: dict[str, int]) -> dict[str, Any]:
-        """The non-streamed response."""
+    def whole(self, text: str, finish_reason: str, n_usage: dict[str, int],
+              tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The non-streamed response; a chat answer's calls come as its message's tool_calls."""
         if self.chat:
-            choice = {"message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice = {"message": message, "logprobs": None, "finish_reason": finish_reason}
             return self._envelope("chat.completion", choice, n_usage)
         return self._envelope("text_completion", {"text": text, "logprobs": None, "finish_reason": finish_reason},
                               n_usage)
@@ -55,6 +58,11 @@ class Completion:
             return self._envelope("chat.completion.chunk", choice, None)
         return self._envelope("text_completion", {"text": text or "", "logprobs": None,
                                                   "finish_reason": finish_reason}, None)
+
+    def tool_calls_chunk(self, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """A streamed chunk with the answer's calls (each whole, with its index)."""
+        return self._envelope("chat.completion.chunk", {"delta": {"tool_calls": tool_calls}, "logprobs": None,
+                                                        "finish_reason": None}, None)
 
     def usage_chunk(self, n_usage: dict[str, int]) -> dict[str, Any]:
         """The last chunk when the client asked for stream_options.include_usage."""
