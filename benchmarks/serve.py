@@ -2,7 +2,7 @@
 same run, llama-cpp-python's OpenAI server (`python -m llama_cpp.server`) on the same GGUF.
 
     python3 benchmarks/serve.py [--model smollm2|gemma3|PATH] [-c 1,2,4,8] [-n 64] [-t 2]
-                                [--rounds 2] [--no-llama-cpp] [--engine-batches] [--json]
+                                [--rounds 2] [--no-llama-cpp] [--engine-batches] [--schema] [--json]
 
 Both servers run at once with the same thread count; each round measures every
 concurrency on ours and then on theirs, so both see the same machine. One measurement:
@@ -17,7 +17,10 @@ Tokens are counted the same way for both engines: our tokenizer re-tokenizes the
 Then the issue's targets as ratios of this run's figures: our aggregate at the highest N
 over our single stream, and over llama-cpp-python's at the highest N. --engine-batches
 adds the engine's own decode rate per batch size (Engine.eval_batch, no HTTP), the
-ceiling the server's batching works under.
+ceiling the server's batching works under. --schema adds, on numallm, the same
+requests with a JSON schema as response_format (engine "numallm+schema"; constrained
+decoding) and the grammar mask's cost per step from the server's /metrics: the time
+computing the masks (beside the forward pass) and the time steps waited for them.
 
 The clients use http.client on threads (no openai client: its per-chunk parsing would eat
 CPU the servers need on a 2-core machine). Needs `pip install -e '.[llama-cpp]'`.
@@ -147,9 +150,20 @@ def llama_cpp_cmd(model: Path, port: int, threads: int, ctx: int) -> list[str]:
             "--interrupt_requests", "False"]  # by default a new request aborts the running one
 
 
-def stream_chat(port: int, prompt: str, max_tokens: int) -> Stream:
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                       "temperature": 0, "stream": True})
+# Answers in this shape run as long as free text does (the paragraphs), with structure around them.
+SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 80},
+    "paragraphs": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 8},
+    "rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+    "required": ["title", "paragraphs", "rating"], "additionalProperties": False}
+
+
+def stream_chat(port: int, prompt: str, max_tokens: int, schema: dict | None = None) -> Stream:
+    request = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+               "temperature": 0, "stream": True}
+    if schema is not None:
+        request["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    body = json.dumps(request)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     start = time.perf_counter()
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
@@ -169,14 +183,15 @@ def stream_chat(port: int, prompt: str, max_tokens: int) -> Stream:
     return Stream(start, arrivals, "".join(parts))
 
 
-def measure(engine: str, port: int, n: int, max_tokens: int, tok: Tokenizer, tag: str) -> Result:
+def measure(engine: str, port: int, n: int, max_tokens: int, tok: Tokenizer, tag: str,
+            schema: dict | None = None) -> Result:
     streams: list[Stream | BaseException] = [RuntimeError("not run")] * n
     go = threading.Barrier(n)
 
     def client(i: int) -> None:
         go.wait()
         try:
-            streams[i] = stream_chat(port, f"({tag}.{i}) {PROMPTS[i % len(PROMPTS)]}", max_tokens)
+            streams[i] = stream_chat(port, f"({tag}.{i}) {PROMPTS[i % len(PROMPTS)]}", max_tokens, schema)
         except BaseException as e:
             streams[i] = e
 
@@ -217,7 +232,28 @@ def targets(results: list[Result]) -> list[str]:
            "(target >= 1.8x)"]
     if top in theirs:
         out.append(f"numallm / llama-cpp-python aggregate at N={top}: {ours[top] / theirs[top]:.2f}x (target > 1x)")
+    schema = {r.concurrency: r.rate for r in results if r.engine == "numallm+schema"}
+    if top in schema:
+        out.append(f"numallm with a JSON schema / without at N={top}: {schema[top] / ours[top]:.2f}x")
     return out
+
+
+def mask_cost(port: int) -> str:
+    """The grammar mask's mean cost per constrained step, from the server's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+
+    def value(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^{name} (\S+)$", text, re.MULTILINE))
+
+    steps = value("numallm_grammar_mask_seconds_count")
+    if not steps:
+        return "no constrained steps"
+    return (f"grammar mask per constrained step (mean of {steps:.0f}): computing "
+            f"{value('numallm_grammar_mask_seconds_sum') / steps * 1e6:.0f} us (beside the forward pass), "
+            f"waited for {value('numallm_grammar_wait_seconds_sum') / steps * 1e6:.0f} us")
 
 
 def engine_batches(model: Path, threads: int, sizes: tuple[int, ...] = (1, 8, 16, 31, 32, 64)) -> dict[int, float]:
@@ -249,6 +285,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     ap.add_argument("--engine-batches", action="store_true",
                     help="then, servers stopped, the engine alone: eval_batch t/s per decode batch size")
+    ap.add_argument("--schema", action="store_true",
+                    help="also numallm with a JSON schema as response_format, and the grammar mask's cost")
     ap.add_argument("--logs", default="/tmp", help="folder for the servers' logs")
     args = ap.parse_args()
     levels = sorted({int(x) for x in args.concurrency.split(",")})
@@ -269,20 +307,26 @@ def main() -> int:
             engines.append("llama-cpp-python")
         for engine in engines:  # warm-up: first requests pay for lazy set-up
             measure(engine, ports[engine], 2, 8, tok, "warm-up")
+        runs = [(e, None) for e in engines] + ([("numallm+schema", SCHEMA)] if args.schema else [])
+        ports["numallm+schema"] = ports["numallm"]
         for k in range(args.rounds):
             for n in levels:
-                for engine in engines:
-                    r = measure(engine, ports[engine], n, args.max_tokens, tok, f"{k}.{n}")
+                for engine, schema in runs:
+                    r = measure(engine, ports[engine], n, args.max_tokens, tok, f"{k}.{n}", schema)
                     print(f"# {engine} N={n}: {r.rate:.1f} t/s", file=sys.stderr, flush=True)
                     if (engine, n) not in best or r.rate > best[engine, n].rate:
                         best[engine, n] = r
-    results = [best[e, n] for n in levels for e in ("numallm", "llama-cpp-python") if (e, n) in best]
+        masks = mask_cost(ports["numallm"]) if args.schema else ""
+    results = [best[e, n] for n in levels for e in ("numallm", "numallm+schema", "llama-cpp-python")
+               if (e, n) in best]
     if args.json:
         print(json.dumps([r.record() for r in results], indent=1))
     else:
         print(render(results))
         print()
         print("\n".join(targets(results)))
+        if masks:
+            print(masks)
         print(f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per request, "
               f"best of {args.rounds} rounds; load average {_loadavg()}")
     if args.engine_batches:

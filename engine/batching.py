@@ -22,7 +22,9 @@ the sequence would have computed.
 
 Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
 stop strings, limits), the text to the request's `emit` callback, and a finished or
-cancelled sequence frees its slot. `emit` runs on the scheduler thread; a server hands
+cancelled sequence frees its slot. A sequence under a grammar (Job.constraint) has its
+next token mask computed on a worker thread while the forward pass runs (engine/grammar.py);
+the others never wait for it. `emit` runs on the scheduler thread; a server hands
 the update to its event loop with `loop.call_soon_threadsafe`, so emit must be quick and
 must not raise.
 """

