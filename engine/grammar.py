@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -34,7 +35,7 @@ JSON_WHITESPACE = r"( |\n{1,2}[ \t]{0,20})?"
 _JSON_OPTIONS = {"whitespace_pattern": JSON_WHITESPACE}
 
 _lock = threading.Lock()
-_tokenizers: dict[int, tuple[Tokenizer, llguidance.LLTokenizer]] = {}
+_tokenizers: weakref.WeakKeyDictionary[Tokenizer, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
 _worker: ThreadPoolExecutor | None = None
 
 
@@ -45,12 +46,12 @@ class GrammarError(BadInputError):
 def grammar_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
     """llguidance's view of `tokenizer`, built once per tokenizer (about 0.7 s for 49152 tokens)."""
     with _lock:
-        hit = _tokenizers.get(id(tokenizer))
-        if hit is None or hit[0] is not tokenizer:
-            hit = (tokenizer, llguidance.LLTokenizer(llguidance.TokenizerWrapper(_VocabView(tokenizer)),
-                                                     eos_token=sorted(tokenizer.stop_ids)))
-            _tokenizers[id(tokenizer)] = hit
-        return hit[1]
+        built = _tokenizers.get(tokenizer)
+        if built is None:
+            built = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_VocabView(tokenizer)),
+                                           eos_token=sorted(tokenizer.stop_ids))
+            _tokenizers[tokenizer] = built
+        return built
 
 
 class _VocabView:
@@ -97,12 +98,11 @@ def json_schema_lark(schema: dict[str, Any]) -> str:
 class Constraint:
     """One sequence's grammar state: the mask of allowed next tokens, and the tokens taken."""
 
-    def __init__(self, tokenizer: Tokenizer, grammar: str, n_logits: int | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, grammar: str) -> None:
         self._n_vocab = tokenizer.n_vocab
-        self._n_logits = n_logits or tokenizer.n_vocab  # a model may have more logits than tokens
         self._matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer), grammar, log_level=0)
         if self._matcher.is_error():
-            raise GrammarError(_first_line(self._matcher.get_error()))
+            raise GrammarError(f"cannot constrain the answer to it: {_first_line(self._matcher.get_error())}")
         self._bits = np.zeros((self._n_vocab + 31) // 32, dtype=np.int32)
         self._pending: Future[float] | None = None
         self.compute_s = 0.0  # time computing the mask last taken, on the worker
@@ -119,7 +119,7 @@ class Constraint:
         return time.perf_counter() - t0
 
     def allowed(self) -> np.ndarray:
-        """A bool per token id: may it come next? Waits for the mask `start` began."""
+        """The ids of the tokens that may come next. Waits for the mask `start` began."""
         t0 = time.perf_counter()
         if self._pending is None:
             self.start()
@@ -129,10 +129,8 @@ class Constraint:
         self.wait_s = time.perf_counter() - t0
         if self._matcher.is_error():
             raise NumallmError(f"the grammar failed: {_first_line(self._matcher.get_error())}")
-        allowed = np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
-        if self._n_logits > self._n_vocab:
-            allowed = np.concatenate((allowed, np.zeros(self._n_logits - self._n_vocab, bool)))
-        return allowed
+        # (a model with more logits than tokens: the ids past the vocabulary are never allowed)
+        return np.flatnonzero(np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little"))
 
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):

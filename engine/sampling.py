@@ -79,7 +79,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> int:
         """The next token id. `history` is every token so far (prompt included); `allowed`
-        (a bool per token, from a grammar) keeps the others out."""
+        (token ids, from a grammar) keeps the others out."""
         ids, probs = self.distribution(logits, history, allowed)
         if ids.size == 1:
             return int(ids[0])
@@ -95,10 +95,13 @@ class Sampler:
         work = self._penalised(logits, history)
         if allowed is not None:
             # Before the chain, as llama.cpp's grammar sampler: top-k and the rest then
-            # choose among the tokens the grammar allows.
-            if not allowed.any():
+            # choose among the tokens the grammar allows. (A fill and a scatter: a
+            # boolean putmask over the vocabulary costs ten times more.)
+            if allowed.size == 0:
                 raise NumallmError("the grammar allows no next token")
-            np.putmask(work, ~allowed, np.float32(-np.inf))
+            kept = work[allowed]
+            work.fill(-np.inf)
+            work[allowed] = kept
         if p.temperature == 0:
             return np.array([np.argmax(work)], dtype=np.int64), np.ones(1)
         ids, vals, is_sorted = _top_k(work, p.top_k)

@@ -366,7 +366,7 @@ def _constraint(engine: Engine, req: GenerationRequest, plan: ToolPlan | None) -
             param = req.output.param
             grammar = (json_schema_grammar(req.output.spec) if req.output.kind == "json_schema"
                        else gbnf_grammar(req.output.spec))
-        return None if grammar is None else Constraint(engine.tokenizer, grammar, engine.hparams.n_vocab)
+        return None if grammar is None else Constraint(engine.tokenizer, grammar)
     except GrammarError as e:
         raise bad_request(f"'{param}': {e}", param) from None
 

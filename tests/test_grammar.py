@@ -15,7 +15,8 @@ import pytest
 from numallm.engine import Engine
 from numallm.engine.batching import BatchScheduler, Job, Update
 from numallm.engine.grammar import Constraint, GrammarError, gbnf_grammar, json_schema_grammar
-from numallm.engine.sampling import SamplingParams
+from numallm.engine.sampling import Sampler, SamplingParams
+from numallm.errors import NumallmError
 from synthetic import write_tiny_gemma3
 from test_serve_batching import _collect
 
@@ -63,7 +64,7 @@ def _run(engine: Engine, jobs: list[tuple[str, str, SamplingParams]], **kw: obje
     try:
         queues = [queue.Queue() for _ in jobs]
         for (prompt, grammar, params), q in zip(jobs, queues):
-            c = Constraint(engine.tokenizer, grammar, engine.hparams.n_vocab)
+            c = Constraint(engine.tokenizer, grammar)
             s.submit(Job(engine.tokenize(prompt), params, MAX_TOKENS, (), q.put, constraint=c))
         return [_collect(q) for q in queues]
     finally:
@@ -92,7 +93,7 @@ def test_unconstrained_neighbours_are_unchanged(engine: Engine) -> None:
     s = BatchScheduler(engine)
     try:
         q, qc = queue.Queue(), queue.Queue()
-        c = Constraint(engine.tokenizer, json_schema_grammar(SCHEMAS[2]), engine.hparams.n_vocab)
+        c = Constraint(engine.tokenizer, json_schema_grammar(SCHEMAS[2]))
         s.submit(Job(engine.tokenize("Hello"), GREEDY, 12, (), q.put, ignore_eos=True))
         s.submit(Job(engine.tokenize("Hello"), GREEDY, MAX_TOKENS, (), qc.put, constraint=c))
         assert _collect(q)[0] == plain
@@ -124,20 +125,37 @@ def test_sentencepiece_vocabulary(tmp_path: Path) -> None:
     ({"type": "string", "pattern": "(?=a)b"}, "look-around"),
     ({"$ref": "#/$defs/missing"}, "/$defs/missing"),
     ({"type": "integer", "minimum": "zero"}, "minimum"),
+    ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+    ({"if": {"type": "string"}, "then": {"maxLength": 3}}, '["if", "then"]'),
+    ({"type": "string", "format": "colour"}, "colour"),
 ])
 def test_unsupported_or_bad_schemas_are_refused_naming_the_feature(engine: Engine, schema: dict,
                                                                    named: str) -> None:
     with pytest.raises(GrammarError, match=re.escape(named)):
-        Constraint(engine.tokenizer, json_schema_grammar(schema), engine.hparams.n_vocab)
+        Constraint(engine.tokenizer, json_schema_grammar(schema))
 
 
 def test_a_bad_gbnf_grammar_is_refused(engine: Engine) -> None:
     with pytest.raises(GrammarError):
-        Constraint(engine.tokenizer, gbnf_grammar('root ::= "a" missing'), engine.hparams.n_vocab)
+        Constraint(engine.tokenizer, gbnf_grammar('root ::= "a" missing'))
 
 
 def test_the_mask_allows_only_what_the_grammar_can_take(engine: Engine) -> None:
-    c = Constraint(engine.tokenizer, gbnf_grammar('root ::= "ab" | "ac"'), engine.hparams.n_vocab)
+    c = Constraint(engine.tokenizer, gbnf_grammar('root ::= "ab" | "ac"'))
     allowed = c.allowed()
-    pieces = {engine.tokenizer.piece_bytes(int(i)) for i in np.flatnonzero(allowed)}
+    pieces = {engine.tokenizer.piece_bytes(int(i)) for i in allowed}
     assert pieces and all(b"ab".startswith(p) or b"ac".startswith(p) for p in pieces)
+
+
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED, SamplingParams(top_k=2, seed=1)],
+                         ids=["greedy", "sampled", "top-k"])
+def test_the_sampler_draws_only_allowed_tokens(params: SamplingParams) -> None:
+    rng = np.random.default_rng(0)
+    allowed = np.array([3, 17, 250])
+    sampler = Sampler(params, 320)
+    for _ in range(50):
+        logits = rng.standard_normal(320).astype(np.float32)
+        logits[allowed] -= 5  # the best tokens are elsewhere
+        assert sampler.sample(logits, [], allowed) in allowed
+    with pytest.raises(NumallmError, match="allows no next token"):
+        sampler.sample(logits, [], np.array([], dtype=np.int64))

@@ -102,7 +102,7 @@ def test_required_and_named_choices_always_give_calls_that_parse_and_validate(en
             grammar = ToolPlan(TOOLS, choice, parallel, fmt(), True).grammar(engine.tokenizer)
             q: queue.Queue = queue.Queue()
             s.submit(Job(engine.tokenize("Call:"), sampled, 480, (), q.put, special=True,
-                         constraint=Constraint(engine.tokenizer, grammar, engine.hparams.n_vocab)))
+                         constraint=Constraint(engine.tokenizer, grammar)))
             queues.append(q)
         for (fmt, choice), q in zip(jobs, queues):
             text, u = _collect(q)
