@@ -11,7 +11,8 @@ results written into the conversation in that format.
 
 `tool_choice` "required" or a named function constrains the answer with a grammar in
 the model's format, so the call always parses and its arguments follow the function's
-parameter schema; "auto" lets the model choose and parses whatever call it makes.
+parameter schema; "auto" lets the model write text, and constrains a call once its
+marker is written (a lazy grammar), so a begun call parses too.
 """
 
 from __future__ import annotations
@@ -100,9 +101,24 @@ class ToolFormat:
         """(the text that is not calls, the calls); a call that does not parse stays text."""
         raise NotImplementedError
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
-        """A Lark grammar for an answer that is only calls to `tools`."""
+    def after_trigger(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+        """Lark rules whose `calls` is what follows markers[0]: one call to one of `tools`
+        (or several, if parallel) to the format's end."""
         raise NotImplementedError
+
+    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit, lazy: bool = False) -> str | None:
+        """A Lark grammar for an answer that is only calls to `tools`, or with `lazy`
+        ("auto") any text in which a call, once its marker is written, must parse (as
+        llama.cpp's lazy grammars; llguidance's lazy lexemes). None: no lazy form."""
+        rules = self.after_trigger(tools, parallel, lit)
+        trigger = lit(self.markers[0])
+        if not lazy:
+            return f"start: {trigger} calls\n{rules}"
+        # A control-token trigger cannot occur inside TEXT; a text one is found by the lazy lexeme.
+        head = (f"call_trigger[lazy]: TEXT {trigger}\ncall: call_trigger calls" if trigger.startswith('"')
+                else f"call: TEXT {trigger} calls")
+        return (f"%llguidance {{}}\nstart: call{'*' if parallel else '?'} TEXT\n{head}\n"
+                f"TEXT: /(.|\\n)*/\n{rules}")
 
 
 def _spans(text: str, pattern: re.Pattern[str],
@@ -130,11 +146,11 @@ class Hermes(ToolFormat):
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         return _spans(text, self._pattern, lambda m: _json_object_call(m.group(1), "arguments"))
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+    def after_trigger(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
         schema = {"anyOf": [_json_call(t, "arguments") for t in tools]}
-        more = ' ("\\n" call)*' if parallel else ""
-        return (f"start: call{more}\n"
-                f'call: {lit("<tool_call>")} "\\n" {json_schema_lark(schema)} "\\n" {lit("</tool_call>")}\n')
+        more = f' ("\\n" {lit("<tool_call>")} one)*' if parallel else ""
+        return (f"calls: one{more}\n"
+                f'one: "\\n" {json_schema_lark(schema)} "\\n" {lit("</tool_call>")}\n')
 
 
 def _json_object_call(text: str, args_key: str) -> ToolCall | None:
@@ -169,7 +185,9 @@ class Llama3(ToolFormat):
                 at += 1
         return ("", calls) if calls else (text, [])
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit, lazy: bool = False) -> str | None:
+        if lazy:  # its calls are the whole answer: there is no marker to wait for
+            return None
         schema = {"anyOf": [_json_call(t, "parameters") for t in tools]}
         more = ' (";" call)*' if parallel else ""
         return f"start: call{more}\ncall: {json_schema_lark(schema)}\n"
@@ -199,13 +217,13 @@ class Mistral(ToolFormat):
             return ((text[:at] + rest[end:]).strip(), calls) if calls else (text, [])
         return _spans(text, self._named, lambda m: _call(m.group(1), m.group(2)))
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+    def after_trigger(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
         item = {"anyOf": [{**_json_call(t, "arguments"),
                            "properties": {**_json_call(t, "arguments")["properties"],
                                           "id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}}}
                           for t in tools]}
         schema = {"type": "array", "items": item, "minItems": 1, **({} if parallel else {"maxItems": 1})}
-        return f"start: {lit('[TOOL_CALLS]')} {json_schema_lark(schema)}\n"
+        return f"calls: {json_schema_lark(schema)}\n"
 
 
 class DeepSeekV3(ToolFormat):
@@ -226,13 +244,13 @@ class DeepSeekV3(ToolFormat):
                                 lambda m: _call(m.group(1) or m.group(3), m.group(2) or m.group(4)))
         return (self._wrapper.sub("", content).strip(), calls) if calls else (text, [])
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+    def after_trigger(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
         rules = [f'call_{i}: {lit("<｜tool▁call▁begin｜>")} "function" {lit("<｜tool▁sep｜>")} '
                  f'{json.dumps(t["function"]["name"])} "\\n```json\\n" {json_schema_lark(_params(t))} '
                  f'"\\n```" {lit("<｜tool▁call▁end｜>")}' for i, t in enumerate(tools)]
-        calls = " | ".join(f"call_{i}" for i in range(len(tools)))
-        return (f'start: {lit("<｜tool▁calls▁begin｜>")} call{"+" if parallel else ""} '
-                f'{lit("<｜tool▁calls▁end｜>")}\ncall: {calls}\n' + "\n".join(rules) + "\n")
+        one = " | ".join(f"call_{i}" for i in range(len(tools)))
+        return (f'calls: one{"+" if parallel else ""} {lit("<｜tool▁calls▁end｜>")}\none: {one}\n'
+                + "\n".join(rules) + "\n")
 
 
 class Glm45(ToolFormat):
@@ -256,7 +274,7 @@ class Glm45(ToolFormat):
             return _call(m.group(1), args)
         return _spans(text, self._pattern, make)
 
-    def lark(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
+    def after_trigger(self, tools: list[dict[str, Any]], parallel: bool, lit: _Lit) -> str:
         rules = []
         for i, t in enumerate(tools):
             params = _params(t)
@@ -267,11 +285,11 @@ class Glm45(ToolFormat):
                 arg = (f'{lit("<arg_key>")} {json.dumps(k)} {lit("</arg_key>")} "\\n" '
                        f'{lit("<arg_value>")} {value} {lit("</arg_value>")} "\\n"')
                 args.append(arg if k in required else f"({arg})?")
-            rules.append(f'call_{i}: {lit("<tool_call>")} {json.dumps(t["function"]["name"])} "\\n" '
-                         f'{" ".join(args)} {lit("</tool_call>")}')
-        calls = " | ".join(f"call_{i}" for i in range(len(tools)))
-        more = ' ("\\n" call)*' if parallel else ""
-        return f"start: call{more}\ncall: {calls}\n" + "\n".join(rules) + "\n"
+            name = json.dumps(t["function"]["name"])
+            rules.append(f'call_{i}: {name} "\\n" {" ".join(args)} {lit("</tool_call>")}')
+        one = " | ".join(f"call_{i}" for i in range(len(tools)))
+        more = f' ("\\n" {lit("<tool_call>")} one)*' if parallel else ""
+        return f"calls: one{more}\none: {one}\n" + "\n".join(rules) + "\n"
 
 
 def _raw_string(schema: dict[str, Any]) -> str:
@@ -361,12 +379,13 @@ class ToolPlan:
         return self.tools if self.native else None
 
     def grammar(self, tokenizer: Tokenizer) -> str | None:
-        """The grammar "required" and a named choice put on the answer; None for "auto"."""
-        if self.choice == "auto":
-            return None
-        tools = self.tools if self.choice == "required" else [
+        """The grammar on the answer: only calls for "required" and a named choice; for
+        "auto", any text in which a call must parse once begun (None: the format has no
+        such form, the call is only parsed)."""
+        tools = self.tools if self.choice in ("auto", "required") else [
             t for t in self.tools if t["function"]["name"] == self.choice]
-        return lark_grammar(self.format.lark(tools, self.parallel, _Lit(tokenizer)))
+        lark = self.format.lark(tools, self.parallel, _Lit(tokenizer), lazy=self.choice == "auto")
+        return None if lark is None else lark_grammar(lark)
 
     def stream(self) -> ToolStream:
         return ToolStream(self.format)

@@ -119,6 +119,36 @@ def test_required_and_named_choices_always_give_calls_that_parse_and_validate(en
         s.close()
 
 
+def _walk(engine: Engine, grammar: str, text: str) -> int | None:
+    """Feed text's tokens to a constraint: the offset in text of the first one it refuses, or None."""
+    c = Constraint(engine.tokenizer, grammar)
+    at = 0
+    for t in engine.tokenize(text, add_special=False):
+        if t not in c.allowed():
+            return at
+        c.consume(t)
+        c.start()
+        at += len(engine.tokenizer.piece_bytes(t).decode("utf-8", "replace"))
+    return None
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+def test_the_grammars_take_the_formats_own_calls_and_refuse_a_wrong_one(engine: Engine, fmt: type) -> None:
+    calls = ANSWERS[fmt][1].removeprefix("<|python_tag|>")  # the grammar writes Llama 3's bare JSON
+    wrong = calls.replace("get_weather", "get_wether")
+    required = ToolPlan(TOOLS, "required", False, fmt(), True).grammar(engine.tokenizer)
+    assert _walk(engine, required, calls) is None
+    assert _walk(engine, required, wrong) is not None
+    auto = ToolPlan(TOOLS, "auto", False, fmt(), True).grammar(engine.tokenizer)
+    if fmt is Llama3:  # no marker to wait for: "auto" only parses
+        assert auto is None
+        return
+    prose = "Let me see, <tool> or {json}: [ok]\n"
+    assert _walk(engine, auto, prose + calls + " Done.") is None
+    refused = _walk(engine, auto, prose + wrong)
+    assert refused is not None and refused >= len(prose)  # free text, then a call that must parse
+
+
 HERMES_TEMPLATE = (
     "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>"
     "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
