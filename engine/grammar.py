@@ -70,9 +70,9 @@ class _VocabView:
 
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
-    """A grammar for JSON text valid against `schema` (compiled and checked by `constraint`)."""
+    """A grammar for JSON text valid against `schema` (compiled and checked by `Constraint`)."""
     try:
-        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+        return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)
     except (ValueError, TypeError) as e:
         raise GrammarError(f"the JSON schema is not valid: {e}") from None
 
@@ -92,7 +92,33 @@ def lark_grammar(text: str) -> str:
 def json_schema_lark(schema: dict[str, Any]) -> str:
     """A JSON schema as an inline Lark rule body (for grammars that wrap JSON in text)."""
     x_guidance = {"x-guidance": _JSON_OPTIONS}
-    return "%json " + json.dumps({**schema, **x_guidance}, ensure_ascii=False)
+    return "%json " + json.dumps({**closed_objects(schema), **x_guidance}, ensure_ascii=False)
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")  # not allOf: its branches' keys add up
+_SCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
+
+
+def closed_objects(schema: Any) -> Any:
+    """`schema` with every object that lists properties and says nothing of others taking
+    only those, as llama.cpp's schema grammars do: every answer still validates against the
+    original, and a small model does not pad its answer with keys of its own invention."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(v) for v in out[key]]
+    for key in _SCHEMAS:
+        if key in out:
+            out[key] = closed_objects(out[key])
+    return out
 
 
 class Constraint:

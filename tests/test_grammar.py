@@ -14,7 +14,7 @@ import pytest
 
 from numallm.engine import Engine
 from numallm.engine.batching import BatchScheduler, Job, Update
-from numallm.engine.grammar import Constraint, GrammarError, gbnf_grammar, json_schema_grammar
+from numallm.engine.grammar import Constraint, GrammarError, closed_objects, gbnf_grammar, json_schema_grammar
 from numallm.engine.sampling import Sampler, SamplingParams
 from numallm.errors import NumallmError
 from synthetic import write_tiny_gemma3
@@ -159,3 +159,19 @@ def test_the_sampler_draws_only_allowed_tokens(params: SamplingParams) -> None:
         assert sampler.sample(logits, [], allowed) in allowed
     with pytest.raises(NumallmError, match="allows no next token"):
         sampler.sample(logits, [], np.array([], dtype=np.int64))
+
+
+def test_objects_that_list_their_properties_take_only_those() -> None:
+    schema = {"type": "object", "properties": {"properties": {"type": "object", "properties": {"a": {}}},
+                                               "open": {"type": "object", "additionalProperties": True,
+                                                        "properties": {"b": {}}}},
+              "$defs": {"p": {"properties": {"x": {}}}},
+              "anyOf": [{"properties": {"y": {}}}], "allOf": [{"properties": {"z": {}}}]}
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert set(closed["properties"]) == {"properties", "open"}  # a property named "properties" stays one
+    assert closed["properties"]["properties"]["additionalProperties"] is False
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["$defs"]["p"]["additionalProperties"] is closed["anyOf"][0]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["allOf"][0]  # allOf's branches add their keys up
+    assert schema["$defs"]["p"] == {"properties": {"x": {}}}  # the caller's schema is left as it was

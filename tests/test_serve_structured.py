@@ -109,6 +109,13 @@ def test_json_object_and_the_completions_endpoint(client: openai.OpenAI) -> None
     assert streamed == r.choices[0].text
 
 
+def test_llama_server_json_schema_field(client: openai.OpenAI) -> None:
+    schema = CASES[2][1]
+    text, finish = _chat(client, CASES[2][0], extra_body={"json_schema": schema})
+    assert finish == "stop" and text == _chat(client, CASES[2][0], response_format=_schema_format(schema))[0]
+    jsonschema.validate(json.loads(text), schema)
+
+
 def test_gbnf_grammar_field(client: openai.OpenAI) -> None:
     gbnf = 'root ::= "The answer is " ("yes" | "no") "."'
     r = client.completions.create(model="any", prompt="Is water wet?", max_tokens=20, extra_body={"grammar": gbnf})
@@ -178,6 +185,15 @@ def test_required_and_named_tool_calls_whole_and_streamed(client: openai.OpenAI)
             (0, "get_weather", call.function.arguments)]
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == ""
+
+
+def test_parallel_tool_calls(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="any", messages=[
+        {"role": "user", "content": "What is the weather in Paris and in Rome?"}], tools=[WEATHER],
+        tool_choice="required", parallel_tool_calls=True, max_tokens=120)
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 2 and len({c.id for c in calls}) == 2
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
 
 
 def test_a_tool_call_round_trips_through_a_tool_message(client: openai.OpenAI) -> None:
