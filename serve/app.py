@@ -182,9 +182,7 @@ async def _generate(state: ServerState, request: Request, chat: bool) -> Respons
     engine, scheduler = state.ready()
     body = parse_json(await _read_body(request))
     req = parse_chat(body, state.config.defaults) if chat else parse_completion(body, state.config.defaults)
-    plan = _tool_plan(engine, req)
-    ids = await run_in_threadpool(_prompt_ids, engine, req, plan)
-    constraint = await run_in_threadpool(_constraint, engine, req, plan)
+    ids, constraint, plan = await run_in_threadpool(_prepare, engine, req)
     deliveries = state.deliveries(asyncio.get_running_loop())
     updates: asyncio.Queue[Update] = asyncio.Queue()
 
@@ -292,8 +290,7 @@ async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates:
             if u.done:
                 text, reason, found = "".join(parts), u.finish_reason, []
                 if calls is not None:
-                    calls.feed(text)
-                    text, found = calls.whole()
+                    text, found = calls.whole(text)
                     reason = "tool_calls" if found else reason
                 return JSONResponse(shape.whole(text, reason, shapes.usage(u.n_prompt, u.n_generated),
                                                 [c.openai() for c in found] or None))
@@ -325,6 +322,13 @@ async def _read_body(request: Request) -> bytes:
             raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _prepare(engine: Engine, req: GenerationRequest) -> tuple[list[int], Constraint | None, ToolPlan | None]:
+    """The prompt's ids, the grammar the answer follows and how tools reach and leave the
+    model (template work and grammar compiles: off the event loop)."""
+    plan = _tool_plan(engine, req)
+    return _prompt_ids(engine, req, plan), _constraint(engine, req, plan), plan
 
 
 def _tool_plan(engine: Engine, req: GenerationRequest) -> ToolPlan | None:
@@ -359,13 +363,15 @@ def _prompt_ids(engine: Engine, req: GenerationRequest, plan: ToolPlan | None) -
 
 
 def _constraint(engine: Engine, req: GenerationRequest, plan: ToolPlan | None) -> Constraint | None:
-    """The grammar the answer must follow (a response format, or a required tool call), compiled."""
-    param, grammar = "tool_choice", plan.grammar(engine.tokenizer) if plan is not None and plan.tools else None
+    """The grammar the answer must follow (a response format, or tool calls), compiled."""
+    param = "tool_choice"
     try:
         if req.output is not None:
             param = req.output.param
             grammar = (json_schema_grammar(req.output.spec) if req.output.kind == "json_schema"
                        else gbnf_grammar(req.output.spec))
+        else:
+            grammar = plan.grammar(engine.tokenizer) if plan is not None and plan.tools else None
         return None if grammar is None else Constraint(engine.tokenizer, grammar)
     except GrammarError as e:
         raise bad_request(f"'{param}': {e}", param) from None

@@ -437,6 +437,6 @@ class ToolStream:
         content, calls = self._fmt.parse(self._all[self._calls_from:])
         return content, calls
 
-    def whole(self) -> tuple[str, list[ToolCall]]:
-        """The whole answer's text without its calls, and the calls."""
-        return self._fmt.parse(self._all)
+    def whole(self, text: str) -> tuple[str, list[ToolCall]]:
+        """A whole (not streamed) answer's text without its calls, and the calls."""
+        return self._fmt.parse(text)
