@@ -252,7 +252,7 @@ def mask_cost(port: int) -> str:
     if not steps:
         return "no constrained steps"
     return (f"grammar mask per constrained step (mean of {steps:.0f}): computing "
-            f"{value('numallm_grammar_mask_seconds_sum') / steps * 1e6:.0f} us (beside the forward pass), "
+            f"{value('numallm_grammar_mask_seconds_sum') / steps * 1e6:.0f} us of CPU (beside the forward pass), "
             f"waited for {value('numallm_grammar_wait_seconds_sum') / steps * 1e6:.0f} us")
 
 

@@ -52,8 +52,8 @@ class Metrics:
                                      "(the sequences decoded together)", registry=r,
                                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
         mask_buckets = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
-        self.mask_seconds = Histogram("numallm_grammar_mask_seconds", "time computing the grammar masks of one "
-                                      "step (all constrained sequences; overlaps the forward pass)", registry=r,
+        self.mask_seconds = Histogram("numallm_grammar_mask_seconds", "CPU time computing the grammar masks of "
+                                      "one step (all constrained sequences; beside the forward pass)", registry=r,
                                       buckets=mask_buckets)
         self.mask_wait_seconds = Histogram("numallm_grammar_wait_seconds", "time one step waited for its "
                                            "grammar masks after the forward pass", registry=r, buckets=mask_buckets)
