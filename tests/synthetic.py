@@ -243,6 +243,7 @@ def write_tiny_llama(
     n_expert: int = 0,
     n_expert_used: int = 2,
     routers: Mapping[int, np.ndarray] | None = None,
+    chat_template: str = CHATML_TEMPLATE,
 ) -> Path:
     """Write a random llama-architecture GGUF shaped like SmolLM2's and return its path.
 
@@ -270,7 +271,7 @@ def write_tiny_llama(
         w.add_vocab_size(n_vocab)
         w.add_rope_dimension_count(s.head_dim)
         _add_vocab(w, vocab, "gpt2", tokenizer_pre, bos=1, eos=2, unk=0, pad=2, add_bos=add_bos)
-        w.add_chat_template(CHATML_TEMPLATE)
+        w.add_chat_template(chat_template)
 
     tensors = _random_tensors(s, seed, Layout(), tied_output, routers)
     return _write(path, "llama", s, tensors, weight_type, embd_type, type_overrides, keys)

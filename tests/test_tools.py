@@ -14,11 +14,13 @@ import pytest
 from numallm.engine import Engine
 from numallm.engine.batching import BatchScheduler, Job
 from numallm.engine.chat_template import ChatTemplate
+from numallm.engine.gguf_file import read_gguf
 from numallm.engine.grammar import Constraint
 from numallm.engine.sampling import SamplingParams
+from numallm.engine.tokenizer import Tokenizer
 from numallm.serve.tools import FORMATS, DeepSeekV3, Glm45, Hermes, Llama3, Mistral, ToolPlan, ToolStream, \
     renders_tools, template_format
-from synthetic import CHATML_TEMPLATE
+from synthetic import CHATML_TEMPLATE, write_tiny_llama
 from test_serve_batching import _collect
 
 WEATHER = {"type": "function", "function": {
@@ -186,3 +188,35 @@ def test_a_template_without_tools_gets_them_in_the_system_prompt() -> None:
                                           '\n</tool_call>')
         assert messages[3] == {"role": "user", "content": '<tool_response>\n{"temperature": 22}\n</tool_response>'}
         tmpl.render(messages)  # every role is one the template takes
+
+
+def test_native_tools_through_the_server_and_the_openai_client(tmp_path: Path) -> None:
+    """A model whose template renders tools (Hermes-style): they reach it through the
+    template, not the system prompt, and a forced call from random weights still parses."""
+    import openai
+
+    from test_serve import Server
+
+    model = write_tiny_llama(tmp_path / "hermes.gguf", n_ctx=1024, chat_template=HERMES_TEMPLATE)
+    server = Server(model, "--parallel", "2", "-c", "1024")  # the tiny vocabulary spells JSON long
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
+        ask = [{"role": "user", "content": "Time?"}]
+        chunks = [c for c in client.chat.completions.create(
+            model="any", messages=ask, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "clock"}},
+            max_tokens=200, temperature=1.0, seed=3, stream=True) if c.choices]
+        [call] = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls" and call.function.name == "clock"
+        jsonschema.validate(json.loads(call.function.arguments), PARAMS["clock"])
+        again = [*ask, {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "clock", "arguments": call.function.arguments}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "12:00"}]
+        used = client.chat.completions.create(model="any", messages=again, tools=TOOLS, max_tokens=1).usage
+        tokenizer = Tokenizer.from_metadata(read_gguf(model).metadata)
+        tmpl = ChatTemplate.from_jinja(HERMES_TEMPLATE)
+        plan = ToolPlan.make(tmpl, TOOLS, "auto", False)
+        native = tmpl.render(plan.messages(again), tools=plan.template_tools)
+        assert plan.native and '<|im_start|>tool\n12:00' in native and '"name": "clock"' in native
+        assert used.prompt_tokens == len(tokenizer.tokenize(native))
+    finally:
+        server.stop()
