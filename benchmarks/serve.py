@@ -312,7 +312,10 @@ def main() -> int:
         for k in range(args.rounds):
             for n in levels:
                 for engine, schema in runs:
-                    r = measure(engine, ports[engine], n, args.max_tokens, tok, f"{k}.{n}", schema)
+                    # its own tag per run: the schema run shares numallm's server, and must not
+                    # find the plain run's prompts in its prefix cache
+                    tag = f"{k}.{n}" + ("s" if schema else "")
+                    r = measure(engine, ports[engine], n, args.max_tokens, tok, tag, schema)
                     print(f"# {engine} N={n}: {r.rate:.1f} t/s", file=sys.stderr, flush=True)
                     if (engine, n) not in best or r.rate > best[engine, n].rate:
                         best[engine, n] = r
