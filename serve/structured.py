@@ -28,7 +28,7 @@ class OutputFormat:
 class Tools:
     tools: list[dict[str, Any]]
     choice: str  # "auto", "required", or a function's name
-    parallel: bool
+    parallel: bool | None  # None: the template's own default
 
 
 def output_format(body: dict[str, Any]) -> OutputFormat | None:
@@ -94,8 +94,8 @@ def tools(body: dict[str, Any]) -> Tools | None:
     else:
         raise bad_request("'tool_choice' must be \"none\", \"auto\", \"required\" or "
                           "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
-    parallel = body.get("parallel_tool_calls", False)  # llama-server's default: one call per answer
-    if not isinstance(parallel, bool):
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
         raise bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
     return Tools(checked, choice, parallel)
 

@@ -320,6 +320,20 @@ def renders_tools(template: ChatTemplate) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
+def renders_parallel_calls(template: ChatTemplate) -> bool:
+    """Does the template write out both calls of an assistant turn that made two (llama.cpp's
+    supports_parallel_tool_calls, the default of parallel_tool_calls)?"""
+    calls = [{"id": f"call_{i}", "type": "function", "function": {"name": f"{_PROBE_TOOL}_{i}", "arguments": {}}}
+             for i in range(2)]
+    try:
+        out = template.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "",
+                                                                  "tool_calls": calls}], add_generation_prompt=False)
+    except ChatTemplateError:
+        return False
+    return f"{_PROBE_TOOL}_0" in out and f"{_PROBE_TOOL}_1" in out
+
+
+@functools.lru_cache(maxsize=4)
 def template_format(template: ChatTemplate) -> ToolFormat | None:
     """The tool-call format of a template that renders tools natively, else None (fallback)."""
     fmt = next((f for f in FORMATS if f.detect(template.text)), None)
@@ -337,8 +351,12 @@ class ToolPlan:
     native: bool  # the template renders the tools; else they are described in the system prompt
 
     @classmethod
-    def make(cls, template: ChatTemplate, tools: list[dict[str, Any]], choice: str, parallel: bool) -> ToolPlan:
+    def make(cls, template: ChatTemplate, tools: list[dict[str, Any]], choice: str,
+             parallel: bool | None) -> ToolPlan:
+        """parallel None: as llama-server, several calls where the template can write them back."""
         fmt = template_format(template)
+        if parallel is None:
+            parallel = fmt is not None and renders_parallel_calls(template)
         return cls(tools, choice, parallel, fmt or Hermes(), fmt is not None)
 
     def messages(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -168,8 +168,8 @@ CONVERSATION = [
 def test_a_template_that_renders_tools_gets_them_natively() -> None:
     tmpl = ChatTemplate.from_jinja(HERMES_TEMPLATE)
     assert renders_tools(tmpl) and isinstance(template_format(tmpl), Hermes)
-    plan = ToolPlan.make(tmpl, TOOLS, "auto", False)
-    assert plan.native and plan.template_tools == TOOLS
+    plan = ToolPlan.make(tmpl, TOOLS, "auto", None)
+    assert plan.native and plan.template_tools == TOOLS and plan.parallel  # it writes both calls of a turn
     prompt = tmpl.render(plan.messages(CONVERSATION), tools=plan.template_tools)
     assert '"name": "clock"' in prompt  # described by the template
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
@@ -179,8 +179,9 @@ def test_a_template_that_renders_tools_gets_them_natively() -> None:
 def test_a_template_without_tools_gets_them_in_the_system_prompt() -> None:
     for tmpl in (ChatTemplate.from_jinja(CHATML_TEMPLATE), ChatTemplate.builtin("gemma3")):
         assert template_format(tmpl) is None
-        plan = ToolPlan.make(tmpl, TOOLS, "required", False)
+        plan = ToolPlan.make(tmpl, TOOLS, "required", None)
         assert not plan.native and plan.template_tools is None and isinstance(plan.format, Hermes)
+        assert not plan.parallel
         messages = plan.messages([{"role": "system", "content": "Be brief."}, *CONVERSATION])
         assert messages[0]["role"] == "system" and messages[0]["content"].startswith("Be brief.\n\n")
         assert json.dumps(CLOCK) in messages[0]["content"]
@@ -204,7 +205,7 @@ def test_native_tools_through_the_server_and_the_openai_client(tmp_path: Path) -
         ask = [{"role": "user", "content": "Time?"}]
         chunks = [c for c in client.chat.completions.create(
             model="any", messages=ask, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "clock"}},
-            max_tokens=200, temperature=1.0, seed=3, stream=True) if c.choices]
+            parallel_tool_calls=False, max_tokens=200, temperature=1.0, seed=3, stream=True) if c.choices]
         [call] = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
         assert chunks[-1].choices[0].finish_reason == "tool_calls" and call.function.name == "clock"
         jsonschema.validate(json.loads(call.function.arguments), PARAMS["clock"])
