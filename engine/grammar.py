@@ -151,7 +151,7 @@ class Constraint:
         return time.thread_time() - t0
 
     def allowed(self) -> np.ndarray:
-        """The ids of the tokens that may come next. Waits for the mask `start` began."""
+        """A bool per token id: may it come next? Waits for the mask `start` began."""
         t0 = time.perf_counter()
         if self._pending is None:
             self.start()
@@ -161,8 +161,7 @@ class Constraint:
         self.wait_s = time.perf_counter() - t0
         if self._matcher.is_error():
             raise NumallmError(f"the grammar failed: {_first_line(self._matcher.get_error())}")
-        # (a model with more logits than tokens: the ids past the vocabulary are never allowed)
-        return np.flatnonzero(np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little"))
+        return np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
 
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):

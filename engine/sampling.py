@@ -79,7 +79,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> int:
         """The next token id. `history` is every token so far (prompt included); `allowed`
-        (token ids, from a grammar) keeps the others out."""
+        (a bool per token id, from a grammar) keeps the others out."""
         ids, probs = self.distribution(logits, history, allowed)
         if ids.size == 1:
             return int(ids[0])
@@ -94,14 +94,7 @@ class Sampler:
         p = self.params
         work = self._penalised(logits, history)
         if allowed is not None:
-            # Before the chain, as llama.cpp's grammar sampler: top-k and the rest then
-            # choose among the tokens the grammar allows. (A fill and a scatter: a
-            # boolean putmask over the vocabulary costs ten times more.)
-            if allowed.size == 0:
-                raise NumallmError("the grammar allows no next token")
-            kept = work[allowed]
-            work.fill(-np.inf)
-            work[allowed] = kept
+            _mask(work, allowed)
         if p.temperature == 0:
             return np.array([np.argmax(work)], dtype=np.int64), np.ones(1)
         ids, vals, is_sorted = _top_k(work, p.top_k)
@@ -132,6 +125,24 @@ class Sampler:
         # those; each seen token is penalised once however often it occurred.
         work[seen] = np.where(v <= 0, v * penalty, v / penalty)
         return work
+
+
+def _mask(work: np.ndarray, allowed: np.ndarray) -> None:
+    """-inf for the logits a grammar forbids (`allowed` may be shorter than `work`: a model
+    with more logits than tokens), before the chain, as llama.cpp's grammar sampler: top-k
+    and the rest then choose among the allowed tokens. By index, whichever side is
+    smaller (a boolean putmask over the vocabulary costs several times more)."""
+    n = int(np.count_nonzero(allowed))
+    if n == 0:
+        raise NumallmError("the grammar allows no next token")
+    if 2 * n > allowed.size:
+        work[np.flatnonzero(~allowed)] = -np.inf
+        work[allowed.size:] = -np.inf
+    else:
+        ids = np.flatnonzero(allowed)
+        kept = work[ids]
+        work.fill(-np.inf)
+        work[ids] = kept
 
 
 def _top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:

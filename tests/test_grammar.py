@@ -143,7 +143,7 @@ def test_a_bad_gbnf_grammar_is_refused(engine: Engine) -> None:
 def test_the_mask_allows_only_what_the_grammar_can_take(engine: Engine) -> None:
     c = Constraint(engine.tokenizer, gbnf_grammar('root ::= "ab" | "ac"'))
     allowed = c.allowed()
-    pieces = {engine.tokenizer.piece_bytes(int(i)) for i in allowed}
+    pieces = {engine.tokenizer.piece_bytes(int(i)) for i in np.flatnonzero(allowed)}
     assert pieces and all(b"ab".startswith(p) or b"ac".startswith(p) for p in pieces)
 
 
@@ -151,14 +151,16 @@ def test_the_mask_allows_only_what_the_grammar_can_take(engine: Engine) -> None:
                          ids=["greedy", "sampled", "top-k"])
 def test_the_sampler_draws_only_allowed_tokens(params: SamplingParams) -> None:
     rng = np.random.default_rng(0)
-    allowed = np.array([3, 17, 250])
-    sampler = Sampler(params, 320)
-    for _ in range(50):
-        logits = rng.standard_normal(320).astype(np.float32)
-        logits[allowed] -= 5  # the best tokens are elsewhere
-        assert sampler.sample(logits, [], allowed) in allowed
+    sampler = Sampler(params, 330)  # more logits than the 320 tokens the masks cover
+    for ids in ([3, 17, 250], [i for i in range(320) if i not in (5, 6)]):  # sparse and dense masks
+        allowed = np.zeros(320, bool)
+        allowed[ids] = True
+        for _ in range(30):
+            logits = rng.standard_normal(330).astype(np.float32)
+            logits[ids] -= 5  # the best tokens are elsewhere
+            assert sampler.sample(logits, [], allowed) in ids
     with pytest.raises(NumallmError, match="allows no next token"):
-        sampler.sample(logits, [], np.array([], dtype=np.int64))
+        sampler.sample(logits, [], np.zeros(320, bool))
 
 
 def test_objects_that_list_their_properties_take_only_those() -> None:
