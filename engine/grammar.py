@@ -25,6 +25,7 @@ from typing import Any
 import llguidance
 import numpy as np
 
+from numallm.engine.sampling import TokenMask
 from numallm.engine.tokenizer import Tokenizer
 from numallm.engine.tokenizer_vocab import Attr
 from numallm.errors import BadInputError, NumallmError
@@ -134,7 +135,7 @@ class Constraint:
         if self._matcher.is_error():
             raise GrammarError(f"cannot constrain the answer to it: {_first_line(self._matcher.get_error())}")
         self._bits = np.zeros((self._n_vocab + 31) // 32, dtype=np.int32)
-        self._pending: Future[float] | None = None
+        self._pending: Future[tuple[TokenMask, float]] | None = None
         self.compute_s = 0.0  # CPU time computing the mask last taken, on the worker
         self.wait_s = 0.0  # time the caller waited for it
         self.start()
@@ -143,25 +144,28 @@ class Constraint:
         """Compute the next mask on the worker thread (after the token just consumed)."""
         self._pending = _pool().submit(self._compute)
 
-    def _compute(self) -> float:
+    def _compute(self) -> tuple[TokenMask, float]:
         # CPU time, not wall time: on a busy machine the worker waits for a core, and that
         # wait is no cost of the mask (what it costs the batch is wait_s).
         t0 = time.thread_time()
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        return time.thread_time() - t0
+        # the ids too, here beside the forward pass rather than in the sampler after it
+        mask = TokenMask.from_bools(np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab,
+                                                  bitorder="little").view(bool))
+        return mask, time.thread_time() - t0
 
-    def allowed(self) -> np.ndarray:
-        """A bool per token id: may it come next? Waits for the mask `start` began."""
+    def allowed(self) -> TokenMask:
+        """The tokens that may come next. Waits for the mask `start` began."""
         t0 = time.perf_counter()
         if self._pending is None:
             self.start()
         assert self._pending is not None
-        self.compute_s = self._pending.result()
+        mask, self.compute_s = self._pending.result()
         self._pending = None
         self.wait_s = time.perf_counter() - t0
         if self._matcher.is_error():
             raise NumallmError(f"the grammar failed: {_first_line(self._matcher.get_error())}")
-        return np.unpackbits(self._bits.view(np.uint8), count=self._n_vocab, bitorder="little").view(bool)
+        return mask
 
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):

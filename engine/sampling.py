@@ -65,6 +65,42 @@ def _check_int(name: str, value: object, in_range: Callable[[int], bool], wanted
         raise BadInputError(f"sampling: {name} must be {wanted}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class TokenMask:
+    """The tokens a grammar allows next, by index on whichever side is smaller: the few
+    allowed ids, or (inside a string, say) the few forbidden ones. Applying it is then a
+    short scatter (a boolean putmask over the vocabulary costs several times more)."""
+
+    ids: np.ndarray  # sorted: the allowed ids, or with `forbidden` the forbidden ones
+    forbidden: bool
+    n_tokens: int  # logits past this many (a model with more logits than tokens) are never allowed
+
+    @classmethod
+    def from_bools(cls, allowed: np.ndarray) -> TokenMask:
+        """From a bool per token id."""
+        n = int(np.count_nonzero(allowed))
+        if 2 * n > allowed.size:
+            return cls(np.flatnonzero(~allowed), True, allowed.size)
+        return cls(np.flatnonzero(allowed), False, allowed.size)
+
+    def allows(self, token: int) -> bool:
+        i = int(np.searchsorted(self.ids, token))
+        listed = i < self.ids.size and int(self.ids[i]) == token
+        return token < self.n_tokens and listed != self.forbidden
+
+    def apply(self, work: np.ndarray) -> None:
+        """-inf for the logits of the tokens it forbids."""
+        if self.forbidden:
+            work[self.ids] = -np.inf
+            work[self.n_tokens:] = -np.inf
+            return
+        if self.ids.size == 0:
+            raise NumallmError("the grammar allows no next token")
+        kept = work[self.ids]
+        work.fill(-np.inf)
+        work[self.ids] = kept
+
+
 class Sampler:
     """Draws token ids from logits; the same seed and inputs give the same tokens."""
 
@@ -77,9 +113,9 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self._work = np.empty(n_vocab, dtype=np.float32)  # penalised copy, reused per token
 
-    def sample(self, logits: np.ndarray, history: Sequence[int] = (), allowed: np.ndarray | None = None) -> int:
+    def sample(self, logits: np.ndarray, history: Sequence[int] = (), allowed: TokenMask | None = None) -> int:
         """The next token id. `history` is every token so far (prompt included); `allowed`
-        (a bool per token id, from a grammar) keeps the others out."""
+        (from a grammar) keeps the other tokens out."""
         ids, probs = self.distribution(logits, history, allowed)
         if ids.size == 1:
             return int(ids[0])
@@ -89,12 +125,14 @@ class Sampler:
         return int(ids[min(i, ids.size - 1)])
 
     def distribution(self, logits: np.ndarray, history: Sequence[int] = (),
-                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     allowed: TokenMask | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The candidates the chain keeps and their probabilities (summing to 1), in no promised order."""
         p = self.params
         work = self._penalised(logits, history)
         if allowed is not None:
-            _mask(work, allowed)
+            # before the chain, as llama.cpp's grammar sampler: top-k and the rest then
+            # choose among the allowed tokens
+            allowed.apply(work)
         if p.temperature == 0:
             return np.array([np.argmax(work)], dtype=np.int64), np.ones(1)
         ids, vals, is_sorted = _top_k(work, p.top_k)
@@ -125,24 +163,6 @@ class Sampler:
         # those; each seen token is penalised once however often it occurred.
         work[seen] = np.where(v <= 0, v * penalty, v / penalty)
         return work
-
-
-def _mask(work: np.ndarray, allowed: np.ndarray) -> None:
-    """-inf for the logits a grammar forbids (`allowed` may be shorter than `work`: a model
-    with more logits than tokens), before the chain, as llama.cpp's grammar sampler: top-k
-    and the rest then choose among the allowed tokens. By index, whichever side is
-    smaller (a boolean putmask over the vocabulary costs several times more)."""
-    n = int(np.count_nonzero(allowed))
-    if n == 0:
-        raise NumallmError("the grammar allows no next token")
-    if 2 * n > allowed.size:
-        work[np.flatnonzero(~allowed)] = -np.inf
-        work[allowed.size:] = -np.inf
-    else:
-        ids = np.flatnonzero(allowed)
-        kept = work[ids]
-        work.fill(-np.inf)
-        work[ids] = kept
 
 
 def _top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:

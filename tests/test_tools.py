@@ -126,7 +126,7 @@ def _walk(engine: Engine, grammar: str, text: str) -> int | None:
     c = Constraint(engine.tokenizer, grammar)
     at = 0
     for t in engine.tokenize(text, add_special=False):
-        if not c.allowed()[t]:
+        if not c.allowed().allows(t):
             return at
         c.consume(t)
         c.start()
