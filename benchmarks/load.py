@@ -44,7 +44,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from numallm.engine.load_pages import resident
+from numallm.numa.pages import resident
 
 PYTHON = sys.executable
 MODES = ("mmap", "mlock", "dio", "none")
@@ -118,7 +118,7 @@ def reads(path: str, direct: bool) -> Timing:
     """The read path alone (no repacking): the tensor data into fresh anonymous memory."""
     return _child(f"""
         from numallm.engine.gguf_file import read_gguf
-        from numallm.engine.load_pages import align_down, anonymous
+        from numallm.numa.pages import align_down, anonymous
         from numallm.engine.load_reads import ALIGN, ReadJob, read_jobs
         gf = read_gguf({path!r})
         base = align_down(min(t.offset for t in gf.tensors.values()), ALIGN)

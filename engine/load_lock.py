@@ -9,7 +9,8 @@ from __future__ import annotations
 import resource
 
 import numpy as np
-from numallm.engine.load_pages import (
+from numallm.errors import ResourceError
+from numallm.numa.pages import (
     PAGE,
     address,
     align_down,
@@ -17,7 +18,6 @@ from numallm.engine.load_pages import (
     libc,
     os_error,
 )
-from numallm.errors import ResourceError
 from numallm.progress import progress_bar
 
 _CAP_IPC_LOCK = 14  # linux/capability.h: lets a process lock memory beyond RLIMIT_MEMLOCK

@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
-from numallm.engine.load_pages import (
+from numallm.errors import BadInputError, ModelFormatError, NumallmError
+from numallm.numa.pages import (
     PAGE,
     address,
     align_down,
@@ -42,7 +43,6 @@ from numallm.engine.load_pages import (
     libc,
     resident,
 )
-from numallm.errors import BadInputError, ModelFormatError, NumallmError
 from numallm.progress import progress_bar
 
 log = logging.getLogger(__name__)

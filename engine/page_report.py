@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numallm.engine.kv_cache import head_ranges
-from numallm.engine.load_pages import PAGE, address
 from numallm.engine.placement_inputs import matrix_offsets
 from numallm.numa.memory import page_nodes, smaps_bytes, thp_setting
+from numallm.numa.pages import PAGE, address
 from numallm.numa.split import part
 
 if TYPE_CHECKING:

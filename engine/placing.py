@@ -27,7 +27,6 @@ from numallm.engine.arch.spec import ArchSpec
 from numallm.engine.gguf_file import GGUFFile
 from numallm.engine.kv_cache import KV_ITEMSIZE, KVCache, head_ranges, kv_layout
 from numallm.engine.load_lock import check_lock_limit
-from numallm.engine.load_pages import PAGE, align_up
 from numallm.engine.placement_inputs import forward_matrices, kv_heads, matrix_offsets
 from numallm.engine.weights import (
     Layout,
@@ -48,6 +47,7 @@ from numallm.numa.memory import (
     populate_zero,
     with_available_memory,
 )
+from numallm.numa.pages import PAGE, align_up
 from numallm.numa.placement import (
     PlacementPlan,
     build_plan,

@@ -24,10 +24,10 @@ from numallm import kernels
 from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.load_lock import PageLock, check_lock_limit
-from numallm.engine.load_pages import PAGE, align_down, align_up, anonymous
 from numallm.engine.load_reads import ALIGN, Piece, ReadJob, read_jobs
 from numallm.errors import ModelFormatError, NumallmError
 from numallm.numa.memory import merge_ranges
+from numallm.numa.pages import PAGE, align_down, align_up, anonymous
 
 _PIECE_BYTES = 2 << 20  # bytes packed at a time: half a read request, and they stay in cache
 

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numallm.engine.load_pages import PAGE, address, align_down, align_up, libc, os_error
 from numallm.errors import ResourceError
 from numallm.numa import libnuma
+from numallm.numa.pages import PAGE, address, align_down, align_up, libc, os_error
 from numallm.numa.sysfs import NODE_DIR, SysfsRoot
 from numallm.numa.topology import Topology
 

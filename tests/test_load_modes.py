@@ -32,10 +32,10 @@ from numallm.cli import main as cli_main
 from numallm.engine import Engine, arch, load_reads
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.load_lock import locked_bytes
-from numallm.engine.load_pages import resident
 from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
 from numallm.engine.weights import Weights, load_weights
 from numallm.errors import ModelFormatError
+from numallm.numa.pages import resident
 from synthetic import write_tiny_llama
 from vm_harness import REPO, run_in_vm, vm_available
 
@@ -345,7 +345,7 @@ def test_mlock_over_rlimit_memlock_is_a_clear_error(tiny_llama: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_load_modes import _load
         from numallm.engine.load_lock import locked_bytes
-        from numallm.engine.load_pages import libc
+        from numallm.numa.pages import libc
         from numallm.errors import ResourceError
         caps = int(open("/proc/self/status").read().split("CapEff:")[1].split()[0], 16)
         _, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
@@ -461,7 +461,7 @@ def test_reading_threads_bound_to_a_node_fill_it() -> None:
         import json, os
         open("/proc/sys/kernel/numa_balancing", "w").write("0")
         import numpy as np
-        from numallm.engine.load_pages import PAGE, address, anonymous
+        from numallm.numa.pages import PAGE, address, anonymous
         from numallm.engine.load_reads import ReadJob, read_jobs
         from numallm.numa.libnuma import bind_thread_memory, nodes_of_pages
         np.random.default_rng(0).integers(0, 256, 6 << 20, dtype=np.uint8).tofile("data.bin")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numallm.engine.load_pages import PAGE, address
 from numallm.engine.page_report import PageMap
 from numallm.numa import libnuma
 from numallm.numa.memory import (
@@ -25,6 +24,7 @@ from numallm.numa.memory import (
     thp_setting,
     with_available_memory,
 )
+from numallm.numa.pages import PAGE, address
 from numallm.numa.topology import detect
 from vm_harness import PYTHON, run_in_vm, vm_available, workdir
 
@@ -133,7 +133,7 @@ def test_bound_regions_are_left_alone_by_numa_balancing() -> None:
     # as first touch would place it) is the control: it must move, or balancing never ran.
     child = textwrap.dedent("""
         import collections, json, os, threading, time
-        from numallm.engine.load_pages import anonymous
+        from numallm.numa.pages import anonymous
         from numallm.numa import libnuma
         from numallm.numa.memory import Region, page_nodes
         open("/proc/sys/kernel/numa_balancing", "w").write("1")

@@ -1,5 +1,6 @@
-"""Page-level memory facts the loader needs: aligned anonymous buffers, and which pages
-of a file the page cache holds (mincore), through libc via ctypes."""
+"""Page-level memory through libc (ctypes): the page size and alignment, aligned
+anonymous buffers, and which pages of a file the page cache holds (mincore). Below
+both numa/memory.py and the engine's loader, which build on it."""
 
 from __future__ import annotations
 
