@@ -44,7 +44,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from numallm.engine.options import LOAD_MODES, NUMA_MODES, load_mode_from_flags
+from numallm.cli.options import load_mode_from_flags
+from numallm.engine.options import LOAD_MODES, NUMA_MODES
 from numallm.errors import BadInputError
 
 if TYPE_CHECKING:  # the measuring modules import Numba: only run() loads them

@@ -6,37 +6,34 @@ Data flows one way: file -> GGUF reader -> weights (placed) -> forward pass (ker
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from numallm.engine import arch
+from numallm.engine.arch.spec import ArchSpec
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import batch_invariant, kernel_set
 from numallm.engine.forward import forward, kv_writers
 from numallm.engine.gc_pause import gc_paused
-from numallm.engine.gguf_file import read_gguf
-from numallm.engine.model_checks import check_architecture
-from numallm.engine.model_store import resolve_model
+from numallm.engine.gguf_file import GGUFFile
+from numallm.engine.model_load import load_model
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
-from numallm.engine.options import LOAD_MODES, NUMA_MODES
-from numallm.engine.placing import place_model, placed_workers
 from numallm.errors import BadInputError, ModelFormatError, NumallmError
-from numallm.numa.topology import detect
 from numallm.numa.workers import WorkerPool, WorkerSlot
 from numallm.progress import progress_bar
 
-DEFAULT_CTX = 4096
 N_BATCH = 512  # prompt tokens per forward call, as llama.cpp's default n_batch
 
 
@@ -70,41 +67,17 @@ class Engine:
                  kv_type: str = "f16", smt: bool = False, n_slots: int = 1, numa_node: int | None = None,
                  hugepages: bool = True, verbose: bool = False) -> None:
         t0 = time.perf_counter()
-        if load_mode not in LOAD_MODES:
-            raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
-        if numa not in NUMA_MODES:
-            raise BadInputError(f"--numa {numa!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
         self.verbose = verbose
         self._pool: WorkerPool | None = None
-        topo = detect("/")
-        plan = placed_workers(topo, numa, numa_node, threads, smt)
-        self.path = resolve_model(model)
-        gf = read_gguf(self.path)
-        check_architecture(gf)
-        self.spec = arch.describe(gf.metadata, str(self.path))
-        self.hparams = hp = self.spec.hparams
-        try:
-            self.tokenizer = Tokenizer.from_metadata(gf.metadata)
-        except ModelFormatError as e:  # the tokenizer sees metadata only: name the file
-            raise type(e)(f"{self.path}: {e}") from None
-        if self.tokenizer.n_vocab != hp.n_vocab:
-            raise BadInputError(f"{self.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
-                                f"model's embedding has {hp.n_vocab} rows")
-        self.n_ctx = min(hp.n_ctx_train, DEFAULT_CTX) if not ctx_size else int(ctx_size)
-        if self.n_ctx <= 0:
-            raise BadInputError(f"--ctx-size must be positive, got {self.n_ctx}")
-        if self.n_ctx > hp.n_ctx_train:
-            _log(f"warning: --ctx-size {self.n_ctx} is above the model's trained context "
-                 f"{hp.n_ctx_train}; quality may degrade past it")
-        if isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots <= 0:
-            raise BadInputError(f"the number of sequence slots must be a positive whole number, not {n_slots!r}")
-        self.n_slots = n_slots
         self._lock = threading.RLock()
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
         self._worker_memory: list[tuple[np.ndarray, ...]] | None = []
-        self.placed = place_model(gf, self.spec, topo, plan, numa=numa, numa_node=numa_node,
-                                  load_mode=load_mode, hugepages=hugepages, n_ctx=self.n_ctx,
-                                  n_slots=n_slots, kv_type=kv_type, verbose=verbose)
+        loaded = load_model(model, numa=numa, numa_node=numa_node, load_mode=load_mode, hugepages=hugepages,
+                            threads=threads, smt=smt, ctx_size=ctx_size, kv_type=kv_type, n_slots=n_slots,
+                            verbose=verbose, check_file=functools.partial(self._check_file, ctx_size))
+        self.path, self.spec, self.hparams = loaded.path, loaded.spec, loaded.spec.hparams
+        hp, gf, plan = self.hparams, loaded.gf, loaded.workers
+        self.n_ctx, self.n_slots, self.placed = loaded.n_ctx, n_slots, loaded.placed
         self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
         try:
             self.numa = self.placed.plan.mode
@@ -130,6 +103,22 @@ class Engine:
                  f"{','.join(str(s.cpu) for s in plan)}, in {self.stats.load_s:.2f} s")
 
     # -- loading ---------------------------------------------------------------------
+
+    def _check_file(self, ctx_size: int | None, path: Path, gf: GGUFFile, spec: ArchSpec) -> None:
+        """Read the tokenizer before anything is placed, so a bad vocabulary fails fast, and
+        warn of a context past the trained one (generation degrades there)."""
+        hp = spec.hparams
+        try:
+            self.tokenizer = Tokenizer.from_metadata(gf.metadata)
+        except ModelFormatError as e:  # the tokenizer sees metadata only: name the file
+            raise type(e)(f"{path}: {e}") from None
+        if self.tokenizer.n_vocab != hp.n_vocab:
+            raise BadInputError(f"{path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
+                                f"model's embedding has {hp.n_vocab} rows")
+        n_ctx = int(ctx_size) if ctx_size else 0  # 0: sized to the model, never past it
+        if n_ctx > 0 and n_ctx > hp.n_ctx_train:  # a non-positive one is refused next
+            _log(f"warning: --ctx-size {n_ctx} is above the model's trained context "
+                 f"{hp.n_ctx_train}; quality may degrade past it")
 
     def _load_chat_template(self, md: dict[str, Any]) -> ChatTemplate:
         tok = self.tokenizer

@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from numallm.engine.options import engine_options
+from numallm.cli.options import engine_options
 from numallm.engine.sampling import SamplingParams
 from numallm.errors import BadInputError, NumallmError
 from numallm.serve.app import ServeConfig, create_app

@@ -18,9 +18,10 @@ from typing import Any
 import gguf
 import pytest
 
-from numallm import bench, cli
+from numallm import bench
 from numallm.bench.report import scaling_lines
 from numallm.bench.roofline import kv_bytes_read
+from numallm.cli.options import shared_options
 from numallm.engine.arch.spec import HParams
 from numallm.errors import BadInputError
 
@@ -28,19 +29,12 @@ LLAMA_BENCH_FIELDS = ("cpu_info", "model_filename", "model_type", "model_size", 
                       "type_k", "type_v", "n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns", "avg_ts",
                       "stddev_ts", "samples_ns", "samples_ts")
 OUR_FIELDS = ("engine", "simd", "numa", "load_mode", "weight_bytes", "mem_gbps", "roofline_ts", "roofline_frac", "load_avg")
-LIST_FLAGS = ("threads", "n_predict", "numa", "load_mode")
 
 
 def parser() -> argparse.ArgumentParser:
-    """The bench subcommand's parser as cli.py builds it: the shared options, then bench's."""
-    p = argparse.ArgumentParser(parents=[cli._shared_options()])
-    # bench reads these shared flags as comma lists; cli.py is to declare them as plain
-    # strings on the bench subcommand (asked of its owner). A fresh _shared_options()
-    # is private to this parser, so relaxing its actions here touches nothing else.
-    for action in p._actions:
-        if action.dest in LIST_FLAGS:
-            action.type = None
-            action.choices = None
+    """The bench subcommand's parser as cli/commands.py builds it: the shared options,
+    with -n, -t, --numa and --load-mode as comma lists, then bench's."""
+    p = argparse.ArgumentParser(parents=[shared_options(lists=True)])
     bench.add_arguments(p)
     return p
 
@@ -185,7 +179,7 @@ class _Lines(logging.Handler):
 def test_vs_llama_cpp_interleaves_and_adds_the_speedup(tiny_llama: Path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an opt-in extra: pip install -e '.[llama-cpp]'")
     # The per-repetition log lines show the order the engines really ran in (a handler
-    # on the module's own logger: cli.py may have stopped "numallm" propagating).
+    # on the module's own logger: the CLI may have stopped "numallm" propagating).
     logger, seen = logging.getLogger("numallm.bench.measure"), _Lines()
     logger.addHandler(seen)
     old_level = logger.level

@@ -49,7 +49,7 @@ def test_regular_wheel_contains_every_module(tmp_path: Path) -> None:
                     "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("numallm-*.whl")
     inside = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
-    expected = {f"numallm/{p.relative_to(ROOT).as_posix()}" for folder in ("engine", "kernels", "numa", "bench", "serve")
+    expected = {f"numallm/{p.relative_to(ROOT).as_posix()}" for folder in ("engine", "kernels", "numa", "bench", "cli", "serve")
                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     expected |= {f"numallm/{p.name}" for p in ROOT.glob("*.py")}
     assert expected <= inside, sorted(expected - inside)

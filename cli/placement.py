@@ -7,37 +7,21 @@ import argparse
 import json
 from typing import Any
 
-from numallm.engine import arch
-from numallm.engine.engine import DEFAULT_CTX
-from numallm.engine.gguf_file import read_gguf
-from numallm.engine.model_checks import check_architecture
-from numallm.engine.model_store import resolve_model
-from numallm.engine.options import engine_options
-from numallm.engine.placing import place_model, placed_workers
+from numallm.cli.options import engine_options
 from numallm.errors import BadInputError
-from numallm.numa.topology import detect
+
 
 def run(args: argparse.Namespace) -> int:
+    from numallm.engine.model_load import load_model  # numpy and the loader: only when it runs
+
     if args.root != "/":
         raise BadInputError("numallm placement places memory on this machine: --root does not apply")
-    opts = engine_options(args)
-    topo = detect("/")
-    workers = placed_workers(topo, opts["numa"], opts["numa_node"], opts["threads"], opts["smt"])
-    path = resolve_model(opts["model"])
-    gf = read_gguf(path)
-    check_architecture(gf)
-    spec = arch.describe(gf.metadata, str(path))
-    n_ctx = args.ctx_size or min(spec.hparams.n_ctx_train, DEFAULT_CTX)  # as generate
-    if n_ctx <= 0:
-        raise BadInputError(f"--ctx-size must be positive, got {n_ctx}")
-    placed = place_model(gf, spec, topo, workers, numa=opts["numa"], numa_node=opts["numa_node"],
-                         load_mode=opts["load_mode"], hugepages=opts["hugepages"], n_ctx=n_ctx,
-                         kv_type=opts["kv_type"], verbose=opts["verbose"])
+    loaded = load_model(**engine_options(args))
     try:
-        report = placed.page_report()
+        report = loaded.placed.page_report()
     finally:
-        placed.close()
-    report = {"model": str(path), "n_ctx": n_ctx, **report}
+        loaded.placed.close()
+    report = {"model": str(loaded.path), "n_ctx": loaded.n_ctx, **report}
     print(json.dumps(report) if args.json else render_text(report))
     return 0
 

@@ -1,0 +1,71 @@
+"""The one load pipeline, for the Engine and `numallm placement` alike: the workers for
+this machine, then the file (found, read, checked), its architecture, the context size,
+and the weights and KV cache placed on the NUMA nodes.
+
+The workers come first so that an impossible -t or --numa-node fails before the file
+is read; everything that needs only the file is checked before anything is placed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from numallm.engine import arch
+from numallm.engine.arch.spec import ArchSpec
+from numallm.engine.gguf_file import GGUFFile, read_gguf
+from numallm.engine.model_checks import check_architecture
+from numallm.engine.model_store import resolve_model
+from numallm.engine.options import LOAD_MODES, NUMA_MODES
+from numallm.engine.placing import PlacedModel, place_model, placed_workers
+from numallm.errors import BadInputError
+from numallm.numa.topology import detect
+from numallm.numa.workers import WorkerSlot
+
+DEFAULT_CTX = 4096  # the context size when none is given, if the model was trained on as many
+
+# A caller's own checks of the file, run before anything is placed (the Engine reads
+# the tokenizer there): the model's path, the file and its architecture.
+FileCheck = Callable[[Path, GGUFFile, ArchSpec], None]
+
+
+@dataclass
+class LoadedModel:
+    """A model file placed for its workers. placed.close() frees the memory."""
+
+    path: Path
+    gf: GGUFFile
+    spec: ArchSpec
+    workers: list[WorkerSlot]
+    n_ctx: int
+    placed: PlacedModel
+
+
+def load_model(model: str | os.PathLike[str] | None, *, numa: str = "auto", numa_node: int | None = None,
+               load_mode: str = "auto", hugepages: bool = True, threads: int | None = None, smt: bool = False,
+               ctx_size: int | None = None, kv_type: str = "f16", n_slots: int = 1, verbose: bool = False,
+               check_file: FileCheck | None = None) -> LoadedModel:
+    """Find, read, check and place `model` (a path, a known name, or None for the default);
+    ctx_size None or 0: min(the model's trained context, DEFAULT_CTX)."""
+    if load_mode not in LOAD_MODES:
+        raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
+    if numa not in NUMA_MODES:
+        raise BadInputError(f"--numa {numa!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
+    topo = detect("/")
+    workers = placed_workers(topo, numa, numa_node, threads, smt)
+    path = resolve_model(model)
+    gf = read_gguf(path)
+    check_architecture(gf)
+    spec = arch.describe(gf.metadata, str(path))
+    if check_file is not None:
+        check_file(path, gf, spec)
+    n_ctx = int(ctx_size) if ctx_size else min(spec.hparams.n_ctx_train, DEFAULT_CTX)
+    if n_ctx <= 0:
+        raise BadInputError(f"--ctx-size must be positive, got {n_ctx}")
+    if isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots <= 0:
+        raise BadInputError(f"the number of sequence slots must be a positive whole number, not {n_slots!r}")
+    placed = place_model(gf, spec, topo, workers, numa=numa, numa_node=numa_node, load_mode=load_mode,
+                         hugepages=hugepages, n_ctx=n_ctx, n_slots=n_slots, kv_type=kv_type, verbose=verbose)
+    return LoadedModel(path, gf, spec, workers, n_ctx, placed)
