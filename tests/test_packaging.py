@@ -53,3 +53,16 @@ def test_regular_wheel_contains_every_module(tmp_path: Path) -> None:
                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     expected |= {f"numallm/{p.name}" for p in ROOT.glob("*.py")}
     assert expected <= inside, sorted(expected - inside)
+
+
+def test_layers_import_only_downwards() -> None:
+    # kernels/ knows arithmetic, numa/ the machine, engine/ models: each imports only the
+    # layers below it, and none of them the command line (cli/, bench/, serve/) or argparse.
+    above = {"kernels": ("engine", "numa", "cli", "bench", "serve"), "numa": ("engine", "cli", "bench", "serve"),
+             "engine": ("cli", "bench", "serve")}
+    for folder, forbidden in above.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            found = [f"numallm.{name}" for name in forbidden if f"numallm.{name}" in text]
+            found += ["argparse"] if "argparse" in text else []
+            assert not found, f"{path.relative_to(ROOT)} imports {', '.join(found)}"
