@@ -15,6 +15,8 @@ from numallm.cli.options import shared_options
 
 @dataclass(frozen=True)
 class Command:
+    """`numallm NAME` runs run(args); its options: the shared group, then own_options'."""
+
     name: str
     help: str
     run: Callable[[argparse.Namespace], int]
