@@ -148,10 +148,10 @@ def test_bad_options_are_clear_errors(tiny_llama: Path, kwargs: dict, match: str
 
 
 def test_tokenizer_errors_name_the_file(tmp_path: Path) -> None:
-    path = write_tiny_llama(tmp_path / "odd-pre.gguf", tokenizer_pre="qwen2")
+    path = write_tiny_llama(tmp_path / "odd-pre.gguf", tokenizer_pre="afmoe")
     with pytest.raises(UnsupportedError) as err:
         Engine(path)
-    assert str(err.value).startswith(f"{path}: ") and "pre-tokenizer 'qwen2' is not supported" in str(err.value)
+    assert str(err.value).startswith(f"{path}: ") and "pre-tokenizer 'afmoe' is not supported" in str(err.value)
 
 
 def _rss_bytes() -> int:
