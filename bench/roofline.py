@@ -12,7 +12,7 @@ the same for every engine reading that file.
 
 from __future__ import annotations
 
-from numallm.engine.arch.spec import ArchSpec, HParams
+from numallm.engine.arch.spec import ArchSpec, HParams, sliding_window_layer
 from numallm.engine.gguf_file import GGUFFile
 
 
@@ -33,8 +33,8 @@ def kv_bytes_read(hp: HParams, kv_itemsize: int, pos: int) -> int:
     per_position = 2 * hp.n_head_kv * hp.head_dim * kv_itemsize
     total = 0
     for il in range(hp.n_layer):
-        local = hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
-        seen = min(pos + 1, hp.sliding_window) if local and hp.sliding_window > 0 else pos + 1
+        local = sliding_window_layer(hp, il) and hp.sliding_window > 0
+        seen = min(pos + 1, hp.sliding_window) if local else pos + 1
         total += seen * per_position
     return total
 

@@ -23,7 +23,7 @@ from numallm.engine.arch.spec import ArchSpec
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import batch_invariant, kernel_set
-from numallm.engine.forward import forward, kv_writers
+from numallm.engine.forward import Batch, WorkerMemory, forward, kv_writers, plain, scratch
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import GGUFFile
 from numallm.engine.model_load import load_model
@@ -70,8 +70,8 @@ class Engine:
         self.verbose = verbose
         self._pool: WorkerPool | None = None
         self._lock = threading.RLock()
-        self._scratch: dict[int, tuple[np.ndarray, ...]] = {}
-        self._worker_memory: list[tuple[np.ndarray, ...]] | None = []
+        self._scratch: dict[int, tuple[np.ndarray, ...]] = {}  # plain(Scratch) by batch size
+        self._worker_memory: list[WorkerMemory] | None = []
         loaded = load_model(model, numa=numa, numa_node=numa_node, load_mode=load_mode, hugepages=hugepages,
                             threads=threads, smt=smt, ctx_size=ctx_size, kv_type=kv_type, n_slots=n_slots,
                             verbose=verbose, check_file=functools.partial(self._check_file, ctx_size))
@@ -83,9 +83,10 @@ class Engine:
             self.numa = self.placed.plan.mode
             self.weights = self.placed.weights
             self._kernels = kernel_set(self.weights.qtypes)
+            self._model_args = plain(hp), plain(self.weights.tables)  # forward's, the same every call
             # Each worker gets its own node's weights and KV arrays, and the KV heads it writes there.
             writers = kv_writers(hp.n_head, hp.n_head_kv, [self.placed.key(s.worker) for s in plan])
-            self._worker_memory = [(*self.placed.buffers(s.worker), writers[s.worker]) for s in plan]
+            self._worker_memory = [WorkerMemory(*self.placed.buffers(s.worker), writers[s.worker]) for s in plan]
             self._pool = WorkerPool(plan)
             self._bar = new_barrier()
             self.chat_template = self._load_chat_template(gf.metadata)
@@ -142,14 +143,11 @@ class Engine:
     # -- the forward pass ------------------------------------------------------------
 
     def _buffers(self, n: int) -> tuple[np.ndarray, ...]:
-        """The activations the workers share for a batch of n tokens (reused)."""
+        """The activations the workers share for a batch of n tokens (reused), as forward takes them."""
         if n not in self._scratch:
-            hp = self.hparams
-            qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
             if len(self._scratch) > 2:
                 self._scratch.clear()
-            self._scratch[n] = tuple(np.zeros((n, c), np.float32) for c in
-                                     (hp.n_embd, qdim, kvdim, kvdim, qdim, hp.n_embd, hp.n_ff, hp.n_ff))
+            self._scratch[n] = plain(scratch(self.hparams, n))
         return self._scratch[n]
 
     def _run(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:
@@ -163,17 +161,15 @@ class Engine:
         if self._pool is None:
             raise NumallmError("this Engine is closed; create a new one")
         logits = np.empty((len(rows), self.hparams.n_vocab), np.float32)
-        self._pool.run(self._worker_forward, len(self._pool), tokens, slots, positions, rows, logits,
+        self._pool.run(self._worker_forward, len(self._pool), plain(Batch(tokens, slots, positions, rows)), logits,
                        self._buffers(len(tokens)))
         return logits
 
-    def _worker_forward(self, slot: WorkerSlot, n_workers: int, tokens: np.ndarray, slots: np.ndarray,
-                        positions: np.ndarray, rows: np.ndarray, logits: np.ndarray,
-                        bufs: tuple[np.ndarray, ...]) -> None:
-        w = self.weights
-        wbuf, kc, vc, kv_heads = self._worker_memory[slot.worker]
-        forward(slot.worker, n_workers, self._bar, self.hparams, wbuf, w.wtab, w.gtab, w.vecs, w.vtab,
-                w.gvec, kc, vc, kv_heads, tokens, slots, positions, rows, logits, *bufs, self._kernels)
+    def _worker_forward(self, slot: WorkerSlot, n_workers: int, batch: tuple[np.ndarray, ...], logits: np.ndarray,
+                        activations: tuple[np.ndarray, ...]) -> None:
+        hparams, tables = self._model_args
+        forward(slot.worker, n_workers, self._bar, hparams, tables, plain(self._worker_memory[slot.worker]), batch,
+                logits, activations, self._kernels)
 
     def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                    logits_rows: np.ndarray) -> np.ndarray:
@@ -209,8 +205,8 @@ class Engine:
             raise BadInputError(f"copy_prefix: slots must be in [0, {self.n_slots}) and n in [0, {self.n_ctx}]")
         with self._lock:
             heads: dict[int, tuple[np.ndarray, np.ndarray, set[int]]] = {}
-            for _, kc, vc, written in self._worker_memory or ():
-                heads.setdefault(id(kc), (kc, vc, set()))[2].update(int(h) for h in written)
+            for mem in self._worker_memory or ():
+                heads.setdefault(id(mem.k), (mem.k, mem.v, set()))[2].update(int(h) for h in mem.kv_heads)
             for kc, vc, hs in heads.values():
                 for h in sorted(hs):
                     kc[dst, :, h, :n] = kc[src, :, h, :n]

@@ -1,17 +1,14 @@
 """The generic decoder forward pass, one Numba function per batch of tokens.
 
 Every architecture in engine/arch maps onto this: the weights sit in one flat buffer
-(a node's copy, later) described by small integer tables, the hyperparameters in one
-HParams record, and the whole pass over all layers runs inside compiled code without
-the GIL, so a pinned worker thread can run it without per-op trips through Python.
-Every matrix product goes through numallm.kernels; this module only does the small
-vector work in between (norms, rotary embeddings, attention, activations).
+per node (each node's copy or shard, at the same offsets), located by the tables of
+engine/arch/slots.py, the hyperparameters in one HParams record, and the whole pass
+over all layers runs inside compiled code without the GIL, so a pinned worker thread
+can run it without per-op trips through Python. Every matrix product goes through
+numallm.kernels; this module only does the small vector work in between (norms,
+rotary embeddings, attention, activations). A step whose slot an architecture leaves
+empty (a post-norm, a q/k norm) is skipped.
 
-Tables (int64):
-- wtab[layer, m] = (qtype, rows, cols, offset, nbytes, row_group) for spec.MATRICES
-- gtab[0] token embeddings, gtab[1] output projection, same columns
-- vtab[layer, v] = (offset, length) into `vecs` (float32) for spec.VECTORS; length 0: absent
-- gvec = (offset, length) of the final norm
 The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
 stored as uint16 (Numba has no float16 type; kernels/kvrow.py reads them).
 
@@ -25,18 +22,80 @@ is written on that node by one of them.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from numallm.engine.arch.slots import (
+    LayerMatrix,
+    LayerVector,
+    MatrixTable,
+    ModelMatrix,
+    ModelVector,
+    VectorTable,
+    WeightTables,
+)
+from numallm.engine.arch.spec import ACT_SILU, HParams, sliding_window_layer
 from numallm.engine.barrier import barrier_wait
 from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
-W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN = range(7)
-V_ATTN_NORM, V_FFN_NORM, V_POST_ATTN, V_POST_FFN, V_Q_NORM, V_K_NORM = range(6)
+
+class Batch(NamedTuple):
+    """The tokens of one forward call (int32 arrays)."""
+
+    tokens: np.ndarray     # [n]
+    slots: np.ndarray      # [n]: the cache slot (sequence) of each token
+    positions: np.ndarray  # [n]: its position in that sequence
+    out_rows: np.ndarray   # [m]: the tokens whose logits are wanted, in order
+
+
+class Scratch(NamedTuple):
+    """The activations the workers of a group share, float32 [n tokens, width]."""
+
+    x: np.ndarray    # the residual stream [n, n_embd]
+    q: np.ndarray    # [n, n_head * head_dim]
+    k: np.ndarray    # [n, n_head_kv * head_dim]
+    v: np.ndarray    # [n, n_head_kv * head_dim]
+    att: np.ndarray  # attention output [n, n_head * head_dim]
+    tmp: np.ndarray  # a projection back to the residual [n, n_embd]
+    g: np.ndarray    # FFN gate, then gate * up [n, n_ff]
+    u: np.ndarray    # FFN up [n, n_ff]
+
+
+def scratch(hp: HParams, n: int) -> Scratch:
+    """Zeroed activations for a batch of n tokens."""
+    qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    widths = Scratch(x=hp.n_embd, q=qdim, k=kvdim, v=kvdim, att=qdim, tmp=hp.n_embd, g=hp.n_ff, u=hp.n_ff)
+    return Scratch(*(np.zeros((n, c), np.float32) for c in widths))
+
+
+class WorkerMemory(NamedTuple):
+    """What one worker reads and writes on its home node."""
+
+    wbuf: np.ndarray      # uint8: the node's weight buffer
+    k: np.ndarray         # the node's K cache
+    v: np.ndarray         # and V cache
+    kv_heads: np.ndarray  # int64: the KV heads this worker writes there (kv_writers)
+
+
+def plain(record: tuple) -> tuple:
+    """A record (a NamedTuple, maybe of NamedTuples) as plain tuples, which is how
+    forward() takes its records: Numba types every call's arguments, a plain tuple of
+    arrays or numbers in C, a NamedTuple in Python field by field, holding the GIL."""
+    return tuple(plain(f) if isinstance(f, tuple) else f for f in record)
+
+
+@njit(nogil=True)
+def _weight_tables(t):
+    """plain(WeightTables) back to the record."""
+    return WeightTables(MatrixTable(*t[0]), MatrixTable(*t[1]), VectorTable(*t[2]), VectorTable(*t[3]), t[4])
+
+
+_sliding_window_layer = njit(nogil=True)(sliding_window_layer)
 
 
 @njit(nogil=True)
@@ -93,16 +152,23 @@ def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(nogil=True)
-def _matmul(entry, wbuf, x, out, r0, r1, ks):
-    """out[:, r0:r1] = x @ W[r0:r1].T through the kernels of set ks (matvec for one token)."""
-    qcode, rows, cols, off, nbytes = entry[0], entry[1], entry[2], entry[3], entry[4]
+def _matmul(tab, idx, wbuf, x, out, r0, r1, ks):
+    """out[:, r0:r1] = x @ W[r0:r1].T for matrix tab[idx] through the kernels of set ks
+    (matvec for one token)."""
     if r0 >= r1:
         return
-    w = wbuf[off:off + nbytes]
+    off = tab.offset[idx]
+    w = wbuf[off:off + tab.nbytes[idx]]
     if x.shape[0] == 1:
-        matvec_in(ks, qcode, w, rows, cols, x[0], out[0], r0, r1)
+        matvec_in(ks, tab.qtype[idx], w, tab.rows[idx], tab.cols[idx], x[0], out[0], r0, r1)
     else:
-        matmul_in(ks, qcode, w, rows, cols, x, out, r0, r1)
+        matmul_in(ks, tab.qtype[idx], w, tab.rows[idx], tab.cols[idx], x, out, r0, r1)
+
+
+@njit(nogil=True)
+def _share(tab, idx, worker, n_workers):
+    """This worker's rows of matrix tab[idx]."""
+    return part(tab.rows[idx], tab.row_group[idx], worker, n_workers)
 
 
 @njit(nogil=True, fastmath=False)
@@ -225,31 +291,43 @@ def _add_residual(x, tmp, c0, c1, norm_w, eps):
 
 
 @njit(nogil=True)
-def _vec(vecs, entry):
-    return vecs[entry[0]:entry[0] + entry[1]]
+def _vec(vecs, tab, idx):
+    """Vector tab[idx] (empty for an empty slot)."""
+    return vecs[tab.offset[idx]:tab.offset[idx] + tab.length[idx]]
 
 
 @njit(nogil=True, cache=True)
-def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, vc, kv_heads,
-            tokens, slots, positions, out_rows, logits, x, q, k, v, att, tmp, g, u, ks):
+def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, activations, ks):
     """One worker's part of running token t at position positions[t] of cache slot slots[t].
 
-    Every worker of the group calls this at once with the same shared activations
-    (x, q, k, v, att, tmp, g, u sized for len(tokens)) and its own node's wbuf, kc, vc;
-    each computes its share of every matrix's rows and of the attention heads, writes
-    the KV heads `kv_heads` of every token, and they meet at `bar` where a step needs
-    everyone's output. A token may attend to tokens before it in the same call (a
-    prompt) or to earlier calls (its slot's cache). logits[i] gets token out_rows[i].
-    ks (kernels.kernel_set of the model's types) makes the compiled pass hold only
-    the kernels the model uses: about half the cold compile time of every type's.
+    The records come as plain() tuples: hparams an HParams, tables the WeightTables,
+    memory this worker's WorkerMemory, batch the Batch, activations the Scratch sized
+    for the batch. Every worker of the group calls this at once with the same batch and
+    activations and its own memory; each computes its share of every matrix's rows and
+    of the attention heads, writes its KV heads of every token, and they meet at `bar`
+    where a step needs everyone's output. A token may attend to tokens before it in the
+    same call (a prompt) or to earlier calls (its slot's cache). logits[i] gets token
+    out_rows[i]. ks (kernels.kernel_set of the model's types) makes the compiled pass
+    hold only the kernels the model uses.
     """
+    hp = HParams(*hparams)
+    w = _weight_tables(tables)
+    mem = WorkerMemory(*memory)
+    wbuf, kc, vc, kv_heads = mem.wbuf, mem.k, mem.v, mem.kv_heads
+    b = Batch(*batch)
+    tokens, slots, positions, out_rows = b.tokens, b.slots, b.positions, b.out_rows
+    s = Scratch(*activations)
+    x, q, k, v, att, tmp, g, u = s.x, s.q, s.k, s.v, s.att, s.tmp, s.g, s.u
+    lm, lv, vecs = w.layer, w.layer_vec, w.vecs
     n = tokens.shape[0]
     d = hp.n_embd
     hd = hp.head_dim
     eps = np.float32(hp.rms_eps)
     if worker == 0:
-        e = gtab[0]
-        get_rows_in(ks, e[0], wbuf[e[3]:e[3] + e[4]], e[1], e[2], tokens, x)
+        e = ModelMatrix.TOKEN_EMBD
+        off = w.model.offset[e]
+        get_rows_in(ks, w.model.qtype[e], wbuf[off:off + w.model.nbytes[e]], w.model.rows[e], w.model.cols[e],
+                    tokens, x)
         if hp.embd_scale != 1.0:
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
@@ -262,21 +340,19 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
     barrier_wait(bar, n_workers)
 
     for il in range(hp.n_layer):
-        local = hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
+        local = _sliding_window_layer(hp, il)
         cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
-        vt = vtab[il]
-        wt = wtab[il]
-        _rmsnorm(x, _vec(vecs, vt[V_ATTN_NORM]), eps, xn)
-        for m, out in ((W_Q, q), (W_K, k), (W_V, v)):
-            r0, r1 = part(wt[m, 1], wt[m, 5], worker, n_workers)
-            _matmul(wt[m], wbuf, xn, out, r0, r1, ks)
+        _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.ATTN_NORM)), eps, xn)
+        for m, out in ((LayerMatrix.Q, q), (LayerMatrix.K, k), (LayerMatrix.V, v)):
+            r0, r1 = _share(lm, (il, m), worker, n_workers)
+            _matmul(lm, (il, m), wbuf, xn, out, r0, r1, ks)
         barrier_wait(bar, n_workers)
         # Each worker normalises and rotates its KV heads on a private copy (a head
         # kept on several nodes is computed on each) and caches them on its node ...
         # Elements are copied by index: a view of an array every worker shares (k, v, q)
         # costs a reference count the workers contend for.
-        k_norm = _vec(vecs, vt[V_K_NORM])
-        q_norm = _vec(vecs, vt[V_Q_NORM])
+        k_norm = _vec(vecs, lv, (il, LayerVector.K_NORM))
+        q_norm = _vec(vecs, lv, (il, LayerVector.Q_NORM))
         for t in range(n):
             for h in kv_heads:
                 for i in range(hd):
@@ -300,36 +376,40 @@ def forward(worker, n_workers, bar, hp, wbuf, wtab, gtab, vecs, vtab, gvec, kc, 
         # ... then every query head attends over its slot's complete cache.
         _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
         barrier_wait(bar, n_workers)
-        r0, r1 = part(d, wt[W_O, 5], worker, n_workers)
-        _matmul(wt[W_O], wbuf, att, tmp, r0, r1, ks)
-        if vt[V_POST_ATTN, 1] > 0:
+        r0, r1 = _share(lm, (il, LayerMatrix.O), worker, n_workers)
+        _matmul(lm, (il, LayerMatrix.O), wbuf, att, tmp, r0, r1, ks)
+        post_norm = _vec(vecs, lv, (il, LayerVector.POST_ATTN_NORM))
+        if post_norm.shape[0] > 0:
             barrier_wait(bar, n_workers)  # the post-norm needs whole rows of tmp
-        _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_ATTN]), eps)
+        _add_residual(x, tmp, r0, r1, post_norm, eps)
         barrier_wait(bar, n_workers)
 
-        _rmsnorm(x, _vec(vecs, vt[V_FFN_NORM]), eps, xn)
-        r0, r1 = part(hp.n_ff, max(wt[W_GATE, 5], wt[W_UP, 5]), worker, n_workers)
-        _matmul(wt[W_GATE], wbuf, xn, g, r0, r1, ks)
-        _matmul(wt[W_UP], wbuf, xn, u, r0, r1, ks)
+        _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.FFN_NORM)), eps, xn)
+        # gate and up are cut alike, so that each worker multiplies its own rows of both
+        group = max(lm.row_group[il, LayerMatrix.GATE], lm.row_group[il, LayerMatrix.UP])
+        r0, r1 = part(hp.n_ff, group, worker, n_workers)
+        _matmul(lm, (il, LayerMatrix.GATE), wbuf, xn, g, r0, r1, ks)
+        _matmul(lm, (il, LayerMatrix.UP), wbuf, xn, u, r0, r1, ks)
         for t in range(n):
-            if hp.act == 0:
+            if hp.act == ACT_SILU:
                 silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
             else:
                 for i in range(r0, r1):
                     g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
         barrier_wait(bar, n_workers)
-        r0, r1 = part(d, wt[W_DOWN, 5], worker, n_workers)
-        _matmul(wt[W_DOWN], wbuf, g, tmp, r0, r1, ks)
-        if vt[V_POST_FFN, 1] > 0:
+        r0, r1 = _share(lm, (il, LayerMatrix.DOWN), worker, n_workers)
+        _matmul(lm, (il, LayerMatrix.DOWN), wbuf, g, tmp, r0, r1, ks)
+        post_norm = _vec(vecs, lv, (il, LayerVector.POST_FFN_NORM))
+        if post_norm.shape[0] > 0:
             barrier_wait(bar, n_workers)
-        _add_residual(x, tmp, r0, r1, _vec(vecs, vt[V_POST_FFN]), eps)
+        _add_residual(x, tmp, r0, r1, post_norm, eps)
         barrier_wait(bar, n_workers)
 
     m = out_rows.shape[0]
     xo = np.empty((m, d), np.float32)
-    _rmsnorm(x[out_rows], _vec(vecs, gvec), eps, xo)
-    r0, r1 = part(hp.n_vocab, gtab[1, 5], worker, n_workers)
-    _matmul(gtab[1], wbuf, xo, logits, r0, r1, ks)
+    _rmsnorm(x[out_rows], _vec(vecs, w.model_vec, ModelVector.OUTPUT_NORM), eps, xo)
+    r0, r1 = _share(w.model, ModelMatrix.OUTPUT, worker, n_workers)
+    _matmul(w.model, ModelMatrix.OUTPUT, wbuf, xo, logits, r0, r1, ks)
     if hp.final_softcap > 0.0:
         c = np.float32(hp.final_softcap)
         for t in range(m):

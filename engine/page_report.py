@@ -69,7 +69,7 @@ def _group(name: str) -> str:
 def page_report(placed: PlacedModel) -> dict[str, Any]:
     plan, w = placed.plan, placed.weights
     pages = {key: PageMap(buf) for key, buf in placed.wbufs.items()}
-    offsets = matrix_offsets(w.wtab, w.gtab)
+    offsets = matrix_offsets(w.tables.layer, w.tables.model)
 
     groups: dict[str, dict[int, int]] = {}
     for m in plan.matrices:

@@ -3,45 +3,48 @@ matrices with the row groups the forward pass splits them on, and the KV cache."
 
 from __future__ import annotations
 
-import numpy as np
-
-from numallm.engine.arch.spec import MATRICES, HParams
-from numallm.engine.forward import W_GATE, W_UP
+from numallm.engine.arch.slots import LayerMatrix, MatrixEntry, MatrixTable, ModelMatrix
+from numallm.engine.arch.spec import HParams
 from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.errors import BadInputError
 from numallm.numa.placement import KvHeads, Matrix
 
+# The forward pass splits these with one part() call, on the larger of their row groups.
+_CUT_TOGETHER = (LayerMatrix.GATE, LayerMatrix.UP)
 
-def forward_matrices(wtab: np.ndarray, gtab: np.ndarray) -> tuple[Matrix, ...]:
-    """The matrices of the decoder's tables (engine/forward.py) with the row groups its
-    part() calls use: gate and up are cut together on the larger of their two groups.
+
+def forward_matrices(layer: MatrixTable, model: MatrixTable) -> tuple[Matrix, ...]:
+    """The matrices of the decoder's tables (engine/arch/slots.py) with the row groups
+    its part() calls use: gate and up are cut together on the larger of their two groups.
     The token embeddings are looked up; tied to the output projection (same bytes), they
     are one matrix, read both ways."""
-    return tuple(m for m, _ in _table_matrices(wtab, gtab))
+    return tuple(m for m, _ in _table_matrices(layer, model))
 
 
-def matrix_offsets(wtab: np.ndarray, gtab: np.ndarray) -> dict[str, int]:
+def matrix_offsets(layer: MatrixTable, model: MatrixTable) -> dict[str, int]:
     """Where each of forward_matrices' matrices starts in a weight buffer (bytes)."""
-    return {m.name: offset for m, offset in _table_matrices(wtab, gtab)}
+    return {m.name: offset for m, offset in _table_matrices(layer, model)}
 
 
-def _table_matrices(wtab: np.ndarray, gtab: np.ndarray) -> list[tuple[Matrix, int]]:
+def _table_matrices(layer: MatrixTable, model: MatrixTable) -> list[tuple[Matrix, int]]:
     out = []
-    for il, layer in enumerate(wtab):
-        for m, entry in enumerate(layer):
-            group = max(layer[W_GATE, 5], layer[W_UP, 5]) if m in (W_GATE, W_UP) else entry[5]
-            out.append(_table_matrix(f"blk.{il}.{MATRICES[m]}", entry, group, matmul=True, lookup=False))
-    embd, output = gtab
-    tied = embd[3] == output[3]
-    out.append(_table_matrix("output", output, output[5], matmul=True, lookup=bool(tied)))
+    for il in range(layer.nbytes.shape[0]):
+        together = max(layer.row_group[il, s] for s in _CUT_TOGETHER)
+        for slot in LayerMatrix:
+            entry = layer.entry((il, slot))
+            if entry.nbytes:  # an empty slot: this architecture has no such matrix
+                group = together if slot in _CUT_TOGETHER else entry.row_group
+                out.append(_table_matrix(f"blk.{il}.{slot.name.lower()}", entry, group, matmul=True, lookup=False))
+    embd, output = model.entry(ModelMatrix.TOKEN_EMBD), model.entry(ModelMatrix.OUTPUT)
+    tied = embd.offset == output.offset
+    out.append(_table_matrix("output", output, output.row_group, matmul=True, lookup=tied))
     if not tied:
-        out.append(_table_matrix("token_embd", embd, embd[5], matmul=False, lookup=True))
+        out.append(_table_matrix("token_embd", embd, embd.row_group, matmul=False, lookup=True))
     return out
 
 
-def _table_matrix(name: str, entry: np.ndarray, group: int, matmul: bool, lookup: bool) -> tuple[Matrix, int]:
-    rows, nbytes = int(entry[1]), int(entry[4])
-    return Matrix(name, rows, nbytes // rows, int(group), matmul=matmul, lookup=lookup), int(entry[3])
+def _table_matrix(name: str, entry: MatrixEntry, group: int, matmul: bool, lookup: bool) -> tuple[Matrix, int]:
+    return Matrix(name, entry.rows, entry.nbytes // entry.rows, int(group), matmul=matmul, lookup=lookup), entry.offset
 
 
 def kv_heads(hp: HParams, n_ctx: int, kv_type: str, n_slots: int = 1) -> KvHeads:

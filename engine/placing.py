@@ -5,7 +5,7 @@ page cache the kernel can drop) before allocating anything, then allocates each 
 (numa/memory.py) and fills it from threads bound to that node: reads straight from the
 file for the first copy (repacked there), copies of it for mirror's other nodes, only
 the rows a node's workers compute for distribute. Every node's weight buffer has the
-same layout, so the tables (wtab, gtab) are valid in each.
+same layout, so the weight tables are valid in each.
 
 Load modes with a placing mode (anything but none): auto and none read buffered, dio
 reads with O_DIRECT, mlock reads buffered and then locks what was placed, and mmap
@@ -35,8 +35,8 @@ from numallm.engine.weights import (
     fill_image,
     load_weights,
     make_weights,
+    matrix_tables,
     resolve_load_mode,
-    tables,
 )
 from numallm.numa.memory import (
     Range,
@@ -146,8 +146,8 @@ def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[Work
     topo = with_available_memory(topo)  # page cache and reclaimable slab count as free
     layout = check_model(gf, spec)
     base, size = layout.read_span()
-    wtab, gtab = tables(layout, hp.n_layer, base)
-    matrices = forward_matrices(wtab, gtab)
+    layer, model = matrix_tables(layout, hp.n_layer, base)
+    matrices = forward_matrices(layer, model)
     kv = kv_heads(hp, n_ctx, kv_type, n_slots)
     mirror_kv = build_plan("mirror", topo, workers, matrices, kv).kv_bytes_per_node() or {}
     mode, reason = choose_mode(numa, topo, workers, sum(m.nbytes for m in matrices), mirror_kv)
@@ -157,7 +157,7 @@ def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[Work
         _warn_numa_balancing()
         return _unplaced(gf, spec, plan, reason, load_mode, n_ctx, n_slots, kv_type, hugepages)
     fill_mode = _fill_mode(load_mode, mode)
-    ranges = _weight_ranges(plan, matrix_offsets(wtab, gtab), layout, base, size)
+    ranges = _weight_ranges(plan, matrix_offsets(layer, model), layout, base, size)
     if fill_mode == "mlock":  # before anything is allocated, so a low limit fails fast
         check_lock_limit(sum(align_up(hi - lo, PAGE) for rs in ranges.values() for lo, hi in rs))
     regions: list[Region] = []

@@ -21,7 +21,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf import GGMLQuantizationType
 from numallm import kernels
-from numallm.engine.arch.spec import MATRICES, VECTORS, ArchSpec, HParams
+from numallm.engine.arch.slots import (
+    LayerMatrix,
+    LayerVector,
+    MatrixEntry,
+    MatrixTable,
+    ModelMatrix,
+    ModelVector,
+    VectorTable,
+    WeightTables,
+    matrix_shape,
+    vector_length,
+)
+from numallm.engine.arch.spec import ArchSpec
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.load_lock import PageLock, check_lock_limit
 from numallm.engine.load_reads import ALIGN, Piece, ReadJob, read_jobs
@@ -35,11 +47,7 @@ _PIECE_BYTES = 2 << 20  # bytes packed at a time: half a read request, and they 
 @dataclass
 class Weights:
     buf: np.ndarray          # uint8: every matrix, kernel layout
-    wtab: np.ndarray         # int64 [n_layer, len(MATRICES), 6], see engine/forward.py
-    gtab: np.ndarray         # int64 [2, 6]: token embeddings, output projection
-    vecs: np.ndarray         # float32: every norm vector
-    vtab: np.ndarray         # int64 [n_layer, len(VECTORS), 2]
-    gvec: np.ndarray         # int64 [2]: the final norm
+    tables: WeightTables     # where each matrix is in buf, and every vector
     qtypes: frozenset[GGMLQuantizationType]
     matrix_bytes: int
     mapped: bool             # buf is a read-only mapping of the file
@@ -75,15 +83,6 @@ def resolve_load_mode(load_mode: str, numa_copies: bool = False) -> str:
     return "none" if numa_copies else "mmap"
 
 
-def _expected_shapes(hp: HParams) -> dict[str, tuple[int, int]]:
-    """(rows, cols) of each per-layer matrix."""
-    qdim = hp.n_head * hp.head_dim
-    kvdim = hp.n_head_kv * hp.head_dim
-    return {"q": (qdim, hp.n_embd), "k": (kvdim, hp.n_embd), "v": (kvdim, hp.n_embd),
-            "o": (hp.n_embd, qdim), "gate": (hp.n_ff, hp.n_embd), "up": (hp.n_ff, hp.n_embd),
-            "down": (hp.n_embd, hp.n_ff)}
-
-
 def _tensor(gf: GGUFFile, name: str) -> TensorInfo:
     t = gf.tensors.get(name)
     if t is None:
@@ -102,10 +101,10 @@ def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int) -> None:
 class Layout:
     """Every tensor of a model, checked against the architecture and the kernels."""
 
-    matrices: list[tuple[tuple[int, int], TensorInfo]]  # ((layer, MATRICES index), tensor)
+    matrices: list[tuple[tuple[int, LayerMatrix], TensorInfo]]  # ((layer, slot), tensor)
     embd: TensorInfo
     out: TensorInfo  # the output projection; `embd` itself when tied
-    vectors: list[tuple[tuple[int, int], TensorInfo]]  # ((layer, VECTORS index), tensor)
+    vectors: list[tuple[tuple[int, LayerVector], TensorInfo]]
     onorm: TensorInfo
 
     @property
@@ -130,46 +129,46 @@ class Layout:
 def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
     """Check every tensor's presence, shape and type before any byte is read."""
     hp = spec.hparams
-    shapes = _expected_shapes(hp)
-    matrices: list[tuple[tuple[int, int], TensorInfo]] = []
+    matrices: list[tuple[tuple[int, LayerMatrix], TensorInfo]] = []
     for il in range(hp.n_layer):
-        for m, fmt in enumerate(spec.matrices):
-            t = _tensor(gf, fmt.format(il))
-            _check_matrix(gf, t, *shapes[MATRICES[m]])
-            matrices.append(((il, m), t))
+        for slot, name in spec.matrix_names(il).items():
+            t = _tensor(gf, name)
+            _check_matrix(gf, t, *matrix_shape(slot, hp))
+            matrices.append(((il, slot), t))
     embd = _tensor(gf, spec.token_embd)
     _check_matrix(gf, embd, hp.n_vocab, hp.n_embd)
     out = gf.tensors.get(spec.output, embd)
     _check_matrix(gf, out, hp.n_vocab, hp.n_embd)
-    vectors: list[tuple[tuple[int, int], TensorInfo]] = []
+    vectors: list[tuple[tuple[int, LayerVector], TensorInfo]] = []
     for il in range(hp.n_layer):
-        for v, vfmt in enumerate(spec.vectors):
-            if vfmt is not None:
-                t = _tensor(gf, vfmt.format(il))
-                length = hp.head_dim if VECTORS[v] in ("q_norm", "k_norm") else hp.n_embd
-                _check_vector(gf, t, length)
-                vectors.append(((il, v), t))
+        for vslot, name in spec.vector_names(il).items():
+            t = _tensor(gf, name)
+            _check_vector(gf, t, vector_length(vslot, hp))
+            vectors.append(((il, vslot), t))
     onorm = _tensor(gf, spec.output_norm)
     _check_vector(gf, onorm, hp.n_embd)
     return Layout(matrices, embd, out, vectors, onorm)
 
 
-def tables(layout: Layout, n_layer: int, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """(wtab, gtab) for an image of the file's bytes from `base` (see engine/forward.py)."""
-    def entry(t: TensorInfo) -> list[int]:
-        return [int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, kernels.row_group(t.qtype)]
+def matrix_tables(layout: Layout, n_layer: int, base: int) -> tuple[MatrixTable, MatrixTable]:
+    """The layer and model matrix tables for an image of the file's bytes from `base`."""
+    def entry(t: TensorInfo) -> MatrixEntry:
+        return MatrixEntry(int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, kernels.row_group(t.qtype))
 
-    wtab = np.zeros((n_layer, len(MATRICES), 6), np.int64)
-    for (il, m), t in layout.matrices:
-        wtab[il, m] = entry(t)
-    return wtab, np.array([entry(layout.embd), entry(layout.out)], np.int64)
+    layer = MatrixTable.empty((n_layer, len(LayerMatrix)))
+    for index, t in layout.matrices:
+        layer.put(index, entry(t))
+    model = MatrixTable.empty((len(ModelMatrix),))
+    model.put(ModelMatrix.TOKEN_EMBD, entry(layout.embd))
+    model.put(ModelMatrix.OUTPUT, entry(layout.out))
+    return layer, model
 
 
 def make_weights(layout: Layout, n_layer: int, image: np.ndarray, base: int, *, mapped: bool, load_mode: str,
                  direct: bool, maps: list[mmap.mmap] | None = None) -> Weights:
     """The Weights of an image that holds (at least) every norm vector: the vectors are
     copied out of it, the tables point into it (and into every image of the same layout)."""
-    wtab, gtab = tables(layout, n_layer, base)
+    layer, model = matrix_tables(layout, n_layer, base)
     vec_list = layout.vec_list
     vecs = np.empty(sum(t.shape[0] for t in vec_list), np.float32)
     vpos: dict[str, int] = {}
@@ -178,12 +177,14 @@ def make_weights(layout: Layout, n_layer: int, image: np.ndarray, base: int, *, 
         vecs[pos:pos + t.shape[0]] = image[t.offset - base:t.offset - base + t.nbytes].view(np.float32)
         vpos[t.name] = pos
         pos += t.shape[0]
-    vtab = np.zeros((n_layer, len(VECTORS), 2), np.int64)
-    for (il, v), t in layout.vectors:
-        vtab[il, v] = (vpos[t.name], t.shape[0])
-    gvec = np.array([vpos[layout.onorm.name], layout.onorm.shape[0]], np.int64)
+    layer_vec = VectorTable.empty((n_layer, len(LayerVector)))
+    for index, t in layout.vectors:
+        layer_vec.offset[index], layer_vec.length[index] = vpos[t.name], t.shape[0]
+    model_vec = VectorTable.empty((len(ModelVector),))
+    onorm = ModelVector.OUTPUT_NORM
+    model_vec.offset[onorm], model_vec.length[onorm] = vpos[layout.onorm.name], layout.onorm.shape[0]
     mats = layout.all_mats
-    return Weights(buf=image, wtab=wtab, gtab=gtab, vecs=vecs, vtab=vtab, gvec=gvec,
+    return Weights(buf=image, tables=WeightTables(layer, model, layer_vec, model_vec, vecs),
                    qtypes=frozenset(t.qtype for t in mats), matrix_bytes=sum(t.nbytes for t in mats),
                    mapped=mapped, load_mode=load_mode, direct=direct, _maps=maps if maps is not None else [])
 

@@ -30,6 +30,7 @@ from gguf import GGMLQuantizationType as Q
 from numallm import kernels
 from numallm.cli import main as cli_main
 from numallm.engine import Engine, arch, load_reads
+from numallm.engine.arch.slots import MatrixEntry, ModelMatrix
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.load_lock import locked_bytes
 from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
@@ -81,23 +82,32 @@ def _load(path: Path, mode: str, cold: bool = False) -> tuple[GGUFFile, Weights]
     return gf, load_weights(gf, arch.describe(gf.metadata, str(path)), mode)
 
 
+def _matrix_entries(gf: GGUFFile, w: Weights) -> list[tuple[str, MatrixEntry]]:
+    """(tensor name, table entry) of every matrix in the weights' tables."""
+    spec = arch.describe(gf.metadata, gf.path)
+    tabs = w.tables
+    out = [(name, tabs.layer.entry((il, slot))) for il in range(spec.hparams.n_layer)
+           for slot, name in spec.matrix_names(il).items()]
+    out.append((spec.token_embd, tabs.model.entry(ModelMatrix.TOKEN_EMBD)))
+    output = spec.output if spec.output in gf.tensors else spec.token_embd
+    return out + [(output, tabs.model.entry(ModelMatrix.OUTPUT))]
+
+
 def _expected_matrices(gf: GGUFFile, w: Weights) -> list[tuple[np.ndarray, np.ndarray]]:
     """(bytes the kernels will read, kernels.pack of the file's raw bytes) per matrix."""
-    spec = arch.describe(gf.metadata, gf.path)
-    names = [fmt.format(il) for il in range(spec.hparams.n_layer) for fmt in spec.matrices]
-    names += [spec.token_embd, spec.output if spec.output in gf.tensors else spec.token_embd]
     raw = np.fromfile(gf.path, np.uint8)
     out = []
-    for name, (qtype, rows, cols, off, n, _) in zip(names, np.concatenate([w.wtab.reshape(-1, 6), w.gtab])):
+    for name, e in _matrix_entries(gf, w):
         t = gf.tensors[name]
-        assert (int(t.qtype), t.rows, t.cols, t.nbytes) == (qtype, rows, cols, n)
-        out.append((w.buf[off:off + n], kernels.pack(t.qtype, raw[t.offset:t.offset + n].copy(), rows, cols)))
+        assert (int(t.qtype), t.rows, t.cols, t.nbytes) == (e.qtype, e.rows, e.cols, e.nbytes)
+        out.append((w.buf[e.offset:e.offset + e.nbytes],
+                    kernels.pack(t.qtype, raw[t.offset:t.offset + e.nbytes].copy(), e.rows, e.cols)))
     return out
 
 
 def _digest(w: Weights) -> list[bytes]:
-    rows = np.concatenate([w.wtab.reshape(-1, 6), w.gtab])
-    return [w.buf[off:off + n].tobytes() for _, _, _, off, n, _ in rows] + [w.vecs.tobytes()]
+    entries = [t.entry(i) for t in (w.tables.layer, w.tables.model) for i in np.ndindex(t.nbytes.shape)]
+    return [w.buf[e.offset:e.offset + e.nbytes].tobytes() for e in entries] + [w.tables.vecs.tobytes()]
 
 
 @pytest.mark.parametrize("chunk", [None, 8192], ids=["one piece", "many pieces"])

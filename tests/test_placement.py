@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from numallm import kernels
 from numallm.engine import arch
-from numallm.engine.arch.spec import MATRICES
+from numallm.engine.arch.slots import MatrixTable
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.load_lock import locked_bytes
 from numallm.engine.placement_inputs import forward_matrices, matrix_offsets
 from numallm.engine.placing import PlacedModel, place_model
-from numallm.engine.weights import Weights, check_model, fill_image, load_weights, tables
+from numallm.engine.weights import Weights, check_model, fill_image, load_weights, matrix_tables
 from numallm.errors import BadInputError, ResourceError
 from numallm.numa import libnuma
 from numallm.numa.memory import Region, thp_setting
@@ -66,13 +66,13 @@ def _model(path: Path) -> tuple[GGUFFile, arch.ArchSpec]:
     return gf, arch.describe(gf.metadata, str(path))
 
 
-def _read_rows(wtab: np.ndarray, gtab: np.ndarray, worker: int, n_workers: int) -> list[tuple[str, int, int, int]]:
+def _read_rows(layer: MatrixTable, model: MatrixTable, worker: int, n_workers: int) -> list[tuple[str, int, int, int]]:
     """(matrix, its offset in the buffer, byte_lo, byte_hi within it) of every byte range
     worker `worker` reads: its rows of every matrix (forward.py's split) and, for worker 0,
     the whole token-embedding matrix."""
-    offsets = matrix_offsets(wtab, gtab)
+    offsets = matrix_offsets(layer, model)
     out = []
-    for m in forward_matrices(wtab, gtab):
+    for m in forward_matrices(layer, model):
         if m.matmul:
             lo, hi = part(m.rows, m.row_group, worker, n_workers)
             out.append((m.name, offsets[m.name], lo * m.row_bytes, hi * m.row_bytes))
@@ -84,8 +84,8 @@ def _read_rows(wtab: np.ndarray, gtab: np.ndarray, worker: int, n_workers: int) 
 def _packed_file_bytes(gf: GGUFFile, spec: arch.ArchSpec) -> dict[str, np.ndarray]:
     """Each matrix as the kernels read it, packed straight from the file's raw bytes
     (independent of the loader), by forward_matrices' names."""
-    names = {f"blk.{il}.{MATRICES[m]}": fmt.format(il) for il in range(spec.hparams.n_layer)
-             for m, fmt in enumerate(spec.matrices)}
+    names = {f"blk.{il}.{slot.name.lower()}": name for il in range(spec.hparams.n_layer)
+             for slot, name in spec.matrix_names(il).items()}
     tied = spec.output not in gf.tensors
     names |= {"output": spec.token_embd if tied else spec.output, "token_embd": spec.token_embd}
     raw = np.fromfile(gf.path, np.uint8)
@@ -97,14 +97,15 @@ def _packed_file_bytes(gf: GGUFFile, spec: arch.ArchSpec) -> dict[str, np.ndarra
 
 
 def _check_same_bytes(placed: PlacedModel, ref: Weights, packed: dict[str, np.ndarray]) -> None:
-    w = placed.weights
-    for a, b in ((w.gtab, ref.gtab), (w.vecs, ref.vecs), (w.vtab, ref.vtab), (w.gvec, ref.gvec)):
-        assert np.array_equal(a, b)
-    assert np.array_equal(np.delete(w.wtab, 3, axis=2), np.delete(ref.wtab, 3, axis=2))
+    w, r = placed.weights.tables, ref.tables
+    assert np.array_equal(w.vecs, r.vecs)
+    for a, b in ((w.model, r.model), (w.layer_vec, r.layer_vec), (w.model_vec, r.model_vec)):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for f, x, y in zip(w.layer._fields, w.layer, r.layer) if f != "offset")
     n = len(placed.plan.workers)
     for worker in range(n):
         wbuf, _, _ = placed.buffers(worker)
-        for name, off, lo, hi in _read_rows(w.wtab, w.gtab, worker, n):
+        for name, off, lo, hi in _read_rows(w.layer, w.model, worker, n):
             assert np.array_equal(wbuf[off + lo:off + hi], packed[name][lo:hi]), (worker, name, lo, hi)
 
 
@@ -154,10 +155,10 @@ def test_distribute_shards_cut_inside_matrices_read_and_repack_exactly(untied: P
     packed = _packed_file_bytes(gf, spec)
     layout = check_model(gf, spec)
     base, size = layout.read_span()
-    wtab, gtab = tables(layout, spec.hparams.n_layer, base)
+    layer, model = matrix_tables(layout, spec.hparams.n_layer, base)
     region = Region(size, noreserve=True)
     try:
-        rows = _read_rows(wtab, gtab, 1, 3)
+        rows = _read_rows(layer, model, 1, 3)
         fill_image(gf, layout, region.array, base, [(off + lo, off + hi) for _, off, lo, hi in rows], direct=False)
         for name, off, lo, hi in rows:
             assert np.array_equal(region.array[off + lo:off + hi], packed[name][lo:hi]), name

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numallm.engine.arch.slots import LayerMatrix, MatrixEntry, MatrixTable, ModelMatrix
 from numallm.engine.arch.spec import HParams
 from numallm.numa.split import part_jit as compiled_part
 from numallm.engine.kv_cache import KVCache
@@ -331,18 +332,22 @@ def test_plan_is_frozen(machines: dict[str, Topology]) -> None:
     assert plan.workers_per_node() == dict.fromkeys(range(8), 2)
 
 
-def table(rows: int, row_bytes: int, group: int, offset: int) -> list[int]:
+def table(rows: int, row_bytes: int, group: int, offset: int) -> MatrixEntry:
     """A weight-table entry as engine/weights.py writes it (qtype 0: unused here)."""
-    return [0, rows, 64, offset, rows * row_bytes, group]
+    return MatrixEntry(0, rows, 64, offset, rows * row_bytes, group)
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_matrices_from_the_decoders_tables(tied: bool) -> None:
     groups = [1, 2, 2, 4, 8, 16, 4]  # q k v o gate up down: gate and up differ
-    wtab = np.array([[table(100 + m, 10 + m, g, 1000 * (il * 7 + m)) for m, g in enumerate(groups)]
-                     for il in range(2)], np.int64)
-    gtab = np.array([table(500, 12, 2, 90_000), table(500, 12, 2, 90_000 if tied else 99_000)], np.int64)
-    mats = forward_matrices(wtab, gtab)
+    layer = MatrixTable.empty((2, len(LayerMatrix)))
+    for il in range(2):
+        for m, g in zip(LayerMatrix, groups):
+            layer.put((il, m), table(100 + m, 10 + m, g, 1000 * (il * 7 + m)))
+    model = MatrixTable.empty((len(ModelMatrix),))
+    model.put(ModelMatrix.TOKEN_EMBD, table(500, 12, 2, 90_000))
+    model.put(ModelMatrix.OUTPUT, table(500, 12, 2, 90_000 if tied else 99_000))
+    mats = forward_matrices(layer, model)
     by_name = {m.name: m for m in mats}
     assert len(mats) == 2 * 7 + (1 if tied else 2)
     assert by_name["blk.1.q"] == Matrix("blk.1.q", 100, 10, 1)

@@ -1,7 +1,8 @@
-"""Architectures: each module maps one `general.architecture` onto the generic decoder.
+"""Architectures: each module describes one `general.architecture` for the generic decoder.
 
-Adding an architecture means adding one module here that defines `describe(md)`
-returning an ArchSpec, and listing it in ARCHITECTURES.
+Adding an architecture means adding one module here that defines `ARCH`, an
+Architecture (engine/arch/spec.py), and listing it in ARCHITECTURES
+(docs/adding-a-model.md has the whole checklist).
 """
 
 from __future__ import annotations
@@ -10,16 +11,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from numallm.engine.arch import gemma3, llama
-from numallm.engine.arch.spec import ArchSpec
+from numallm.engine.arch.spec import Architecture, ArchSpec
+from numallm.engine.gguf_file import show_name
 from numallm.errors import UnsupportedError
 
-ARCHITECTURES = {"llama": llama.describe, "gemma3": gemma3.describe}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (llama.ARCH, gemma3.ARCH)}
+
+
+def architecture(name: str, path: str) -> Architecture:
+    """The description of architecture `name`, or UnsupportedError naming the supported ones."""
+    if name not in ARCHITECTURES:
+        raise UnsupportedError(f"{path}: architecture {show_name(name)} is not supported "
+                               f"(supported: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[name]
 
 
 def describe(md: Mapping[str, Any], path: str) -> ArchSpec:
-    """The ArchSpec of a GGUF file's architecture, or UnsupportedError."""
-    arch = str(md.get("general.architecture", ""))
-    if arch not in ARCHITECTURES:
-        supported = ", ".join(ARCHITECTURES)
-        raise UnsupportedError(f"{path}: architecture {arch!r} is not supported (supported: {supported})")
-    return ARCHITECTURES[arch](md, path)
+    """The ArchSpec of a GGUF file's metadata, or UnsupportedError."""
+    return architecture(str(md.get("general.architecture", "")), path).describe(md, path)

@@ -13,7 +13,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from numallm.engine.arch.spec import ACT_GELU_TANH, STANDARD_MATRICES, ArchSpec, HParams, standard_hparams
+from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+from numallm.engine.arch.slots import LayerVector
+from numallm.engine.arch.spec import (
+    ACT_GELU_TANH,
+    INT_KEYS,
+    MAX_CONTEXT,
+    STANDARD_MATRICES,
+    Architecture,
+    Key,
+    float_keys,
+)
 
 # Hard-coded in llama.cpp (llama-model.cpp, LLM_ARCH_GEMMA3) rather than in the file:
 ROPE_BASE_LOCAL = 10000.0   # sliding-window layers' RoPE base
@@ -23,17 +33,24 @@ DEFAULT_RMS_EPS = 1e-6
 DEFAULT_SLIDING_WINDOW = 512
 
 
-def describe(md: Mapping[str, Any], path: str) -> ArchSpec:
-    base = standard_hparams(md, "gemma3", path, DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)
-    base["rope_base_local"] = ROPE_BASE_LOCAL
-    hp = HParams(**base, rope_neox=True, embd_scale=math.sqrt(base["n_embd"]), act=ACT_GELU_TANH,
-                 sliding_window=int(md.get("gemma3.attention.sliding_window", DEFAULT_SLIDING_WINDOW)),
-                 swa_period=SWA_PERIOD)
-    return ArchSpec(
-        name="gemma3",
-        hparams=hp,
-        matrices=STANDARD_MATRICES,
-        vectors=("blk.{}.attn_norm.weight", "blk.{}.ffn_norm.weight",
-                 "blk.{}.post_attention_norm.weight", "blk.{}.post_ffw_norm.weight",
-                 "blk.{}.attn_q_norm.weight", "blk.{}.attn_k_norm.weight"),
-    )
+def _derived(hp: Mapping[str, Any]) -> dict[str, Any]:
+    return {"embd_scale": math.sqrt(hp["n_embd"])}
+
+
+ARCH = Architecture(
+    arch=MODEL_ARCH.GEMMA3,
+    keys=(*INT_KEYS,
+          Key(Keys.Attention.SLIDING_WINDOW, int, 1, MAX_CONTEXT, "sliding_window", DEFAULT_SLIDING_WINDOW),
+          *float_keys(DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)),
+    matrices=STANDARD_MATRICES,
+    vectors={
+        LayerVector.ATTN_NORM: MODEL_TENSOR.ATTN_NORM,
+        LayerVector.FFN_NORM: MODEL_TENSOR.FFN_PRE_NORM,  # gguf's name for gemma's ffn_norm
+        LayerVector.POST_ATTN_NORM: MODEL_TENSOR.ATTN_POST_NORM,
+        LayerVector.POST_FFN_NORM: MODEL_TENSOR.FFN_POST_NORM,
+        LayerVector.Q_NORM: MODEL_TENSOR.ATTN_Q_NORM,
+        LayerVector.K_NORM: MODEL_TENSOR.ATTN_K_NORM,
+    },
+    fixed=dict(rope_neox=True, act=ACT_GELU_TANH, rope_base_local=ROPE_BASE_LOCAL, swa_period=SWA_PERIOD),
+    derived=_derived,
+)

@@ -1,25 +1,36 @@
-"""What an architecture tells the generic decoder: hyperparameters and tensor names."""
+"""What an architecture is to numallm: one description per `general.architecture`.
+
+An Architecture names the hyperparameter keys it reads (type, default, sane range),
+the decoder slots it uses (engine/arch/slots.py) with the GGUF tensor of each, taken
+from gguf's own constants, and the HParams values llama.cpp hard-codes for it.
+engine/model_checks.py checks a file against it, `Architecture.describe` reads the
+HParams with it, and the weight loader finds the tensors through it. The decoder's
+optional parts (post-norms, per-head q/k norms, ...) are the slots an architecture
+maps; the others stay empty and the forward pass skips them.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
+from numallm.engine.arch.slots import LayerMatrix, LayerVector
 from numallm.errors import ModelFormatError
-
-# Per-layer matrices, in the order of the decoder's weight table.
-MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
-# Per-layer vectors (norm weights), in the order of the decoder's vector table.
-VECTORS = ("attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm", "q_norm", "k_norm")
-
-# The GGUF names of those matrices in llama.cpp's llama-family files.
-STANDARD_MATRICES = tuple(f"blk.{{}}.{n}.weight" for n in
-                          ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
 
 ACT_SILU = 0
 ACT_GELU_TANH = 1
+
+# Upper bounds far above any real model, so a corrupt value fails with its key named
+# instead of as a huge allocation or a division by zero later.
+MAX_LAYERS = 4096
+MAX_EMBD = 1 << 18
+MAX_FF = 1 << 22
+MAX_HEADS = 4096
+MAX_HEAD_DIM = 4096
+MAX_CONTEXT = 1 << 24
 
 
 class HParams(NamedTuple):
@@ -46,49 +57,143 @@ class HParams(NamedTuple):
     final_softcap: float    # 0: none
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    hparams: HParams
-    # GGUF tensor names: matrices[m] and vectors[v] are format strings taking the layer.
-    matrices: tuple[str, ...]
-    vectors: tuple[str | None, ...]
-    token_embd: str = "token_embd.weight"
-    output: str = "output.weight"         # falls back to token_embd when absent (tied)
-    output_norm: str = "output_norm.weight"
+def sliding_window_layer(hp: HParams, il: int) -> bool:
+    """Whether layer il attends within hp.sliding_window (with its own RoPE base)."""
+    return hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
 
 
-def standard_hparams(md: Mapping[str, Any], arch: str, path: str, rope_base: float,
-                     rms_eps: float) -> dict[str, Any]:
-    """The keys every architecture names alike (`<arch>.block_count`, ...), with defaults
-    where llama.cpp has them; the architecture module adds or overrides the rest."""
-    n_embd = int(get_key(md, f"{arch}.embedding_length", path))
-    n_head = int(get_key(md, f"{arch}.attention.head_count", path))
-    head_dim = int(md.get(f"{arch}.attention.key_length", n_embd // n_head))
-    tokens = get_key(md, "tokenizer.ggml.tokens", path)
-    base = float(get_key(md, f"{arch}.rope.freq_base", path, rope_base))
-    return dict(
-        n_layer=int(get_key(md, f"{arch}.block_count", path)),
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv=int(get_key(md, f"{arch}.attention.head_count_kv", path, n_head)),
-        head_dim=head_dim,
-        n_ff=int(get_key(md, f"{arch}.feed_forward_length", path)),
-        n_vocab=int(md.get(f"{arch}.vocab_size", len(tokens))),
-        n_ctx_train=int(get_key(md, f"{arch}.context_length", path, 2048)),
-        rms_eps=float(get_key(md, f"{arch}.attention.layer_norm_rms_epsilon", path, rms_eps)),
-        rope_base=base,
-        rope_base_local=base,
-        n_rot=int(get_key(md, f"{arch}.rope.dimension_count", path, head_dim)),
-        attn_scale=1.0 / math.sqrt(head_dim),
-        final_softcap=float(md.get(f"{arch}.final_logit_softcapping", 0.0)),
+class Key(NamedTuple):
+    """A hyperparameter in the file's metadata."""
+
+    name: str                       # a gguf.Keys template, "{arch}.block_count"
+    kind: type                      # int or float
+    lo: float                       # sane values: lo..hi for an int, (lo, hi] for a float
+    hi: float
+    field: str | None = None        # the HParams field it sets; None: checked only
+    default: float | None = None    # when the file has none (None: required, or see _geometry_defaults)
+    required: bool = False
+
+
+# The keys every llama-family architecture names alike, integers first.
+INT_KEYS = (
+    Key(Keys.LLM.BLOCK_COUNT, int, 1, MAX_LAYERS, "n_layer", required=True),
+    Key(Keys.LLM.EMBEDDING_LENGTH, int, 1, MAX_EMBD, "n_embd", required=True),
+    Key(Keys.LLM.FEED_FORWARD_LENGTH, int, 1, MAX_FF, "n_ff", required=True),
+    Key(Keys.Attention.HEAD_COUNT, int, 1, MAX_HEADS, "n_head", required=True),
+    Key(Keys.Attention.HEAD_COUNT_KV, int, 1, MAX_HEADS, "n_head_kv"),
+    Key(Keys.LLM.CONTEXT_LENGTH, int, 1, MAX_CONTEXT, "n_ctx_train", 2048),
+    Key(Keys.Attention.KEY_LENGTH, int, 1, MAX_HEAD_DIM, "head_dim"),
+    Key(Keys.Attention.VALUE_LENGTH, int, 1, MAX_HEAD_DIM),
+    Key(Keys.Rope.DIMENSION_COUNT, int, 1, MAX_HEAD_DIM, "n_rot"),
+    Key(Keys.LLM.VOCAB_SIZE, int, 1, 1 << 31, "n_vocab"),
+)
+
+
+def float_keys(rope_base: float, rms_eps: float) -> tuple[Key, ...]:
+    """The float keys every llama-family architecture names alike, with its defaults."""
+    return (
+        Key(Keys.Attention.LAYERNORM_RMS_EPS, float, 0.0, 1.0, "rms_eps", rms_eps),
+        Key(Keys.Rope.FREQ_BASE, float, 0.0, 1e12, "rope_base", rope_base),
+        Key(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, float, 0.0, 1e6, "final_softcap", 0.0),
     )
 
 
-def get_key(md: Mapping[str, Any], key: str, path: str, default: Any = None) -> Any:
-    """A metadata value, its default, or a one-line error naming the missing key."""
-    if key in md:
-        return md[key]
-    if default is not None:
-        return default
-    raise ModelFormatError(f"{path}: required key {key!r} is missing")
+# The plain (llama) decoder's choices; an architecture's `fixed` values override them.
+DECODER_DEFAULTS: dict[str, Any] = dict(rope_neox=False, embd_scale=1.0, act=ACT_SILU, sliding_window=0,
+                                        swa_period=0)
+
+# GGUF tensors of the slots llama and most of its descendants fill alike.
+STANDARD_MATRICES: Mapping[LayerMatrix, MODEL_TENSOR] = {
+    LayerMatrix.Q: MODEL_TENSOR.ATTN_Q, LayerMatrix.K: MODEL_TENSOR.ATTN_K, LayerMatrix.V: MODEL_TENSOR.ATTN_V,
+    LayerMatrix.O: MODEL_TENSOR.ATTN_OUT, LayerMatrix.GATE: MODEL_TENSOR.FFN_GATE,
+    LayerMatrix.UP: MODEL_TENSOR.FFN_UP, LayerMatrix.DOWN: MODEL_TENSOR.FFN_DOWN,
+}
+STANDARD_VECTORS: Mapping[LayerVector, MODEL_TENSOR] = {
+    LayerVector.ATTN_NORM: MODEL_TENSOR.ATTN_NORM, LayerVector.FFN_NORM: MODEL_TENSOR.FFN_NORM,
+}
+
+
+def tensor_name(kind: MODEL_TENSOR, layer: int | None = None) -> str:
+    """The GGUF name of a tensor's weight: blk.3.attn_q.weight."""
+    return TENSOR_NAMES[kind].format(bid=layer) + ".weight"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One `general.architecture` as the generic decoder runs it (see the module's docstring)."""
+
+    arch: MODEL_ARCH
+    keys: tuple[Key, ...]
+    matrices: Mapping[LayerMatrix, MODEL_TENSOR]   # every layer has these
+    vectors: Mapping[LayerVector, MODEL_TENSOR]
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # HParams values llama.cpp hard-codes
+    # HParams values computed from the others (after `fixed`), e.g. a scale from n_embd.
+    derived: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        return MODEL_ARCH_NAMES[self.arch]
+
+    def key_name(self, key: Key) -> str:
+        return key.name.format(arch=self.name)
+
+    def describe(self, md: Mapping[str, Any], path: str) -> ArchSpec:
+        """The hyperparameters of a file of this architecture (checked by model_checks first)."""
+        values: dict[str, Any] = {}
+        for key in self.keys:
+            if key.field is None:
+                continue
+            name = self.key_name(key)
+            if name in md:
+                values[key.field] = key.kind(md[name])
+            elif key.required:
+                raise ModelFormatError(f"{path}: required key {name!r} is missing")
+            elif key.default is not None:
+                values[key.field] = key.default
+        values = {**DECODER_DEFAULTS, **_geometry_defaults(values, md, path), **self.fixed}
+        if self.derived is not None:
+            values.update(self.derived(values))
+        return ArchSpec(self, HParams(**values))
+
+
+def _geometry_defaults(values: dict[str, Any], md: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """`values` completed by llama.cpp's rules for the keys a file may leave out."""
+    tokens = md.get(Keys.Tokenizer.LIST)
+    if tokens is None:
+        raise ModelFormatError(f"{path}: required key {Keys.Tokenizer.LIST!r} is missing")
+    out = dict(values)
+    out.setdefault("n_head_kv", out["n_head"])
+    out.setdefault("head_dim", out["n_embd"] // out["n_head"])
+    out.setdefault("n_rot", out["head_dim"])
+    out.setdefault("n_vocab", len(tokens))
+    out["rope_base_local"] = out["rope_base"]
+    out["attn_scale"] = 1.0 / math.sqrt(out["head_dim"])
+    return out
+
+
+# Every architecture's model-level tensors (the output projection may be absent: tied).
+TOKEN_EMBD = tensor_name(MODEL_TENSOR.TOKEN_EMBD)
+OUTPUT = tensor_name(MODEL_TENSOR.OUTPUT)
+OUTPUT_NORM = tensor_name(MODEL_TENSOR.OUTPUT_NORM)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A file's architecture and hyperparameters."""
+
+    arch: Architecture
+    hparams: HParams
+    token_embd: str = TOKEN_EMBD
+    output: str = OUTPUT  # token_embd doubles as the output projection when absent
+    output_norm: str = OUTPUT_NORM
+
+    @property
+    def name(self) -> str:
+        return self.arch.name
+
+    def matrix_names(self, layer: int) -> dict[LayerMatrix, str]:
+        """Layer `layer`'s matrices by slot, in slot order."""
+        return {slot: tensor_name(self.arch.matrices[slot], layer) for slot in sorted(self.arch.matrices)}
+
+    def vector_names(self, layer: int) -> dict[LayerVector, str]:
+        return {slot: tensor_name(self.arch.vectors[slot], layer) for slot in sorted(self.arch.vectors)}
