@@ -92,7 +92,8 @@ def plain(record: tuple) -> tuple:
 @njit(nogil=True)
 def _weight_tables(t):
     """plain(WeightTables) back to the record."""
-    return WeightTables(MatrixTable(*t[0]), MatrixTable(*t[1]), VectorTable(*t[2]), VectorTable(*t[3]), t[4])
+    layer, model, layer_vec, model_vec, vecs = t
+    return WeightTables(MatrixTable(*layer), MatrixTable(*model), VectorTable(*layer_vec), VectorTable(*model_vec), vecs)
 
 
 _sliding_window_layer = njit(nogil=True)(sliding_window_layer)

@@ -6,7 +6,9 @@ from gguf's own constants, and the HParams values llama.cpp hard-codes for it.
 engine/model_checks.py checks a file against it, `Architecture.describe` reads the
 HParams with it, and the weight loader finds the tensors through it. The decoder's
 optional parts (post-norms, per-head q/k norms, ...) are the slots an architecture
-maps; the others stay empty and the forward pass skips them.
+maps; the others stay empty and the forward pass skips them. HParams and
+sliding_window_layer are compiled into the forward pass, so numallm.kernels.numba_cache
+stamps its cache with this file too.
 """
 
 from __future__ import annotations
