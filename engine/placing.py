@@ -1,4 +1,4 @@
-"""Put the weights and the KV cache where the --numa mode says (issue 7), for real.
+"""Put the weights and the KV cache where the --numa mode says, for real.
 
 place_model plans (numa/placement.py), checks every node's free memory (counting the
 page cache the kernel can drop) before allocating anything, then allocates each node's memory with its policy
