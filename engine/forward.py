@@ -31,6 +31,7 @@ from numba.extending import overload
 from numallm.engine.arch.slots import (
     LayerMatrix,
     LayerVector,
+    MatrixEntry,
     MatrixTable,
     ModelMatrix,
     ModelVector,
@@ -153,23 +154,29 @@ def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(nogil=True)
-def _matmul(tab, idx, wbuf, x, out, r0, r1, ks):
-    """out[:, r0:r1] = x @ W[r0:r1].T for matrix tab[idx] through the kernels of set ks
-    (matvec for one token)."""
-    if r0 >= r1:
-        return
-    off = tab.offset[idx]
-    w = wbuf[off:off + tab.nbytes[idx]]
-    if x.shape[0] == 1:
-        matvec_in(ks, tab.qtype[idx], w, tab.rows[idx], tab.cols[idx], x[0], out[0], r0, r1)
-    else:
-        matmul_in(ks, tab.qtype[idx], w, tab.rows[idx], tab.cols[idx], x, out, r0, r1)
+def _entry(tab, idx):
+    """Matrix tab[idx] as one record, so that what reads it is compiled once for every table."""
+    return MatrixEntry(tab.qtype[idx], tab.rows[idx], tab.cols[idx], tab.offset[idx], tab.nbytes[idx],
+                       tab.row_group[idx])
 
 
 @njit(nogil=True)
-def _share(tab, idx, worker, n_workers):
-    """This worker's rows of matrix tab[idx]."""
-    return part(tab.rows[idx], tab.row_group[idx], worker, n_workers)
+def _matmul(e, wbuf, x, out, r0, r1, ks):
+    """out[:, r0:r1] = x @ W[r0:r1].T for matrix entry e through the kernels of set ks
+    (matvec for one token)."""
+    if r0 >= r1:
+        return
+    w = wbuf[e.offset:e.offset + e.nbytes]
+    if x.shape[0] == 1:
+        matvec_in(ks, e.qtype, w, e.rows, e.cols, x[0], out[0], r0, r1)
+    else:
+        matmul_in(ks, e.qtype, w, e.rows, e.cols, x, out, r0, r1)
+
+
+@njit(nogil=True)
+def _share(e, worker, n_workers):
+    """This worker's rows of matrix entry e."""
+    return part(e.rows, e.row_group, worker, n_workers)
 
 
 @njit(nogil=True, fastmath=False)
@@ -325,10 +332,8 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     hd = hp.head_dim
     eps = np.float32(hp.rms_eps)
     if worker == 0:
-        e = ModelMatrix.TOKEN_EMBD
-        off = w.model.offset[e]
-        get_rows_in(ks, w.model.qtype[e], wbuf[off:off + w.model.nbytes[e]], w.model.rows[e], w.model.cols[e],
-                    tokens, x)
+        e = _entry(w.model, ModelMatrix.TOKEN_EMBD)
+        get_rows_in(ks, e.qtype, wbuf[e.offset:e.offset + e.nbytes], e.rows, e.cols, tokens, x)
         if hp.embd_scale != 1.0:
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
@@ -345,8 +350,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.ATTN_NORM)), eps, xn)
         for m, out in ((LayerMatrix.Q, q), (LayerMatrix.K, k), (LayerMatrix.V, v)):
-            r0, r1 = _share(lm, (il, m), worker, n_workers)
-            _matmul(lm, (il, m), wbuf, xn, out, r0, r1, ks)
+            e = _entry(lm, (il, m))
+            r0, r1 = _share(e, worker, n_workers)
+            _matmul(e, wbuf, xn, out, r0, r1, ks)
         barrier_wait(bar, n_workers)
         # Each worker normalises and rotates its KV heads on a private copy (a head
         # kept on several nodes is computed on each) and caches them on its node ...
@@ -377,8 +383,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         # ... then every query head attends over its slot's complete cache.
         _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
         barrier_wait(bar, n_workers)
-        r0, r1 = _share(lm, (il, LayerMatrix.O), worker, n_workers)
-        _matmul(lm, (il, LayerMatrix.O), wbuf, att, tmp, r0, r1, ks)
+        e = _entry(lm, (il, LayerMatrix.O))
+        r0, r1 = _share(e, worker, n_workers)
+        _matmul(e, wbuf, att, tmp, r0, r1, ks)
         post_norm = _vec(vecs, lv, (il, LayerVector.POST_ATTN_NORM))
         if post_norm.shape[0] > 0:
             barrier_wait(bar, n_workers)  # the post-norm needs whole rows of tmp
@@ -389,8 +396,8 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         # gate and up are cut alike, so that each worker multiplies its own rows of both
         group = max(lm.row_group[il, LayerMatrix.GATE], lm.row_group[il, LayerMatrix.UP])
         r0, r1 = part(hp.n_ff, group, worker, n_workers)
-        _matmul(lm, (il, LayerMatrix.GATE), wbuf, xn, g, r0, r1, ks)
-        _matmul(lm, (il, LayerMatrix.UP), wbuf, xn, u, r0, r1, ks)
+        _matmul(_entry(lm, (il, LayerMatrix.GATE)), wbuf, xn, g, r0, r1, ks)
+        _matmul(_entry(lm, (il, LayerMatrix.UP)), wbuf, xn, u, r0, r1, ks)
         for t in range(n):
             if hp.act == ACT_SILU:
                 silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
@@ -398,8 +405,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
                 for i in range(r0, r1):
                     g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
         barrier_wait(bar, n_workers)
-        r0, r1 = _share(lm, (il, LayerMatrix.DOWN), worker, n_workers)
-        _matmul(lm, (il, LayerMatrix.DOWN), wbuf, g, tmp, r0, r1, ks)
+        e = _entry(lm, (il, LayerMatrix.DOWN))
+        r0, r1 = _share(e, worker, n_workers)
+        _matmul(e, wbuf, g, tmp, r0, r1, ks)
         post_norm = _vec(vecs, lv, (il, LayerVector.POST_FFN_NORM))
         if post_norm.shape[0] > 0:
             barrier_wait(bar, n_workers)
@@ -409,8 +417,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     m = out_rows.shape[0]
     xo = np.empty((m, d), np.float32)
     _rmsnorm(x[out_rows], _vec(vecs, w.model_vec, ModelVector.OUTPUT_NORM), eps, xo)
-    r0, r1 = _share(w.model, ModelMatrix.OUTPUT, worker, n_workers)
-    _matmul(w.model, ModelMatrix.OUTPUT, wbuf, xo, logits, r0, r1, ks)
+    e = _entry(w.model, ModelMatrix.OUTPUT)
+    r0, r1 = _share(e, worker, n_workers)
+    _matmul(e, wbuf, xo, logits, r0, r1, ks)
     if hp.final_softcap > 0.0:
         c = np.float32(hp.final_softcap)
         for t in range(m):
