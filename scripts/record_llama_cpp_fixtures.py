@@ -312,7 +312,7 @@ def record_synthetic(name: str, command: str, folder: Path) -> dict[str, Any]:
 def record_experts(path: Path, recorded: dict[str, dict[str, Any]], reference: dict[str, np.ndarray]) -> None:
     """Adds "experts" to each MoE prompt record: per position (prompt, then the fed greedy
     tokens), per layer, the experts llama.cpp chose in its order (null: not routed, i.e.
-    the last layer's prompt positions but the last). Reruns each prompt with an ExpertTap,
+    the last layer's prompt positions but the last, and dense layers). Reruns each prompt with an ExpertTap,
     which must leave the logits bit-equal."""
     tap = ExpertTap()
     llm = open_model(path, tap=tap)
@@ -325,7 +325,8 @@ def record_experts(path: Path, recorded: dict[str, dict[str, Any]], reference: d
         if not tap.experts:
             return  # a dense model
         n_pos = len(rec["tokens"]) + N_STEPS - 1
-        table: list[list[list[int] | None]] = [[None] * len(tap.experts) for _ in range(n_pos)]
+        # Layers before the first MoE one (DeepSeek's and GLM's leading dense layers) stay null.
+        table: list[list[list[int] | None]] = [[None] * (max(tap.experts) + 1) for _ in range(n_pos)]
         for layer, batches in tap.experts.items():
             # The prompt's batch (all positions, or the last one only), then one token per step.
             first = len(rec["tokens"]) - len(batches[0])

@@ -2,7 +2,8 @@
 
 Architectures: llama (dense, or Mixtral-style with experts), gemma3, qwen2, qwen3 and
 qwen3moe, each as llama.cpp's src/models/<arch>.cpp builds its graph, and the
-mixture-of-experts FFN as llm_graph_context::build_moe_ffn.
+mixture-of-experts FFN as llm_graph_context::build_moe_ffn (softmax or sigmoid gating,
+selection bias, expert groups). deepseek2 and glm4moe are in reference_mla.
 
 Written for obviousness, not speed: every weight is dequantized to float32 with
 gguf-py (an implementation independent of the engine's kernels) and every step is
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from gguf import GGUFReader, quants
 from reference_argsort import argsort_desc
 from threadpoolctl import threadpool_limits
 
-ARCHITECTURES = ("llama", "gemma3", "qwen2", "qwen3", "qwen3moe")
+ARCHITECTURES = ("llama", "gemma3", "qwen2", "qwen3", "qwen3moe", "deepseek2", "glm4moe")
 NEOX_ROPE = frozenset({"gemma3", "qwen2", "qwen3", "qwen3moe"})  # llama_model_rope_type: LLAMA_ROPE_TYPE_NEOX
 QK_NORM = frozenset({"gemma3", "qwen3", "qwen3moe"})  # per-head RMS norm of Q and K before RoPE
 # Smallest normal float16: build_moe_ffn clamps the routing weights' sum to it before dividing.
@@ -50,6 +52,13 @@ class ModelWeights:
     n_expert: int  # 0: dense FFN
     n_expert_used: int
     tensors: dict[str, np.ndarray]
+    # build_moe_ffn's arguments: llama and qwen3moe hard-code softmax and renormalisation.
+    expert_gating: str = "softmax"  # or "sigmoid"
+    expert_weights_norm: bool = True
+    expert_weights_scale: float = 0.0  # 0: none
+    n_expert_groups: int = 0  # 0 or 1: no group-limited routing
+    n_group_used: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)  # every "<arch>.*" key, prefix dropped
 
     def w(self, name: str) -> np.ndarray:
         return self.tensors[name + ".weight"]
@@ -82,9 +91,12 @@ def _load(path: str, size: int, mtime_ns: int) -> ModelWeights:
 
     n_embd, n_head = int(meta("embedding_length")), int(meta("attention.head_count"))
     head_dim = int(meta("attention.key_length", n_embd // n_head))
+    own_moe = arch in ("deepseek2", "glm4moe")  # these read build_moe_ffn's arguments from the file
+    gating = int(meta("expert_gating_func", 2 if arch == "glm4moe" else 1))
     return ModelWeights(
         arch=arch,
-        n_layer=int(meta("block_count")),
+        # NextN (multi-token prediction) layers follow the trunk's; a forward pass skips them.
+        n_layer=int(meta("block_count")) - int(meta("nextn_predict_layers", 0)),
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=int(meta("attention.head_count_kv", n_head)),
@@ -97,6 +109,12 @@ def _load(path: str, size: int, mtime_ns: int) -> ModelWeights:
         n_expert=int(meta("expert_count", 0)),
         n_expert_used=int(meta("expert_used_count", 0)),
         tensors={t.name: quants.dequantize(t.data, t.tensor_type) for t in reader.tensors},
+        expert_gating={1: "softmax", 2: "sigmoid"}[gating],
+        expert_weights_norm=bool(meta("expert_weights_norm", 0)) if own_moe else True,
+        expert_weights_scale=float(meta("expert_weights_scale", 0.0)) if own_moe else 0.0,
+        n_expert_groups=int(meta("expert_group_count", 0)),
+        n_group_used=int(meta("expert_group_used_count", 0)),
+        meta={k[len(arch) + 1:]: fields[k].contents() for k in fields if k.startswith(f"{arch}.")},
     )
 
 
@@ -105,15 +123,42 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float, neox: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN RoPE scaling as ggml's rope_yarn takes it (ext_factor 1, beta_fast 32, beta_slow 1:
+    llama.cpp's defaults for a file whose rope.scaling.type is "yarn")."""
+
+    factor: float  # rope.scaling.factor: freq_scale is its inverse
+    n_ctx_orig: int  # rope.scaling.original_context_length
+    attn_factor: float  # llama_context's yarn_attn_factor
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    def corr_dims(self, n_rot: int, base: float) -> tuple[float, float]:
+        """ggml_rope_yarn_corr_dims: the pairs below low keep their frequency, above high interpolate."""
+        def dim(beta: float) -> float:
+            return n_rot * np.log(self.n_ctx_orig / (beta * 2 * np.pi)) / (2 * np.log(base))
+        return max(0.0, np.floor(dim(self.beta_fast))), min(n_rot - 1.0, np.ceil(dim(self.beta_slow)))
+
+
+def rope(x: np.ndarray, positions: np.ndarray, n_rot: int, base: float, neox: bool,
+         yarn: Yarn | None = None) -> np.ndarray:
     """Rotary embedding on x [tokens, heads, head_dim] as llama.cpp's ggml_rope_ext.
 
     Pair i (0 <= i < n_rot/2) turns by angle pos * base^(-2i/n_rot). "Normal" mode
     (llama) pairs x[2i] with x[2i+1]; NEOX mode (gemma3) pairs x[i] with x[i + n_rot/2].
-    Dimensions past n_rot pass through.
+    Dimensions past n_rot pass through. With yarn, each pair's angle mixes the
+    interpolated (angle / factor) and the original by ggml's ramp over the pairs, and
+    the rotation scales by attn_factor * (1 + 0.1 ln factor) (rope_yarn).
     """
     theta = positions[:, None] * base ** (-np.arange(0, n_rot, 2) / n_rot)  # [tokens, n_rot/2]
-    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    mag = 1.0
+    if yarn is not None:
+        low, high = yarn.corr_dims(n_rot, base)
+        extrap = 1 - np.clip((np.arange(n_rot // 2) - low) / max(0.001, high - low), 0, 1)
+        theta = theta / yarn.factor * (1 - extrap) + theta * extrap
+        mag = yarn.attn_factor * (1 + 0.1 * np.log(yarn.factor))
+    cos, sin = mag * np.cos(theta)[:, None, :], mag * np.sin(theta)[:, None, :]
     first, second = (np.s_[..., : n_rot // 2], np.s_[..., n_rot // 2 : n_rot]) if neox else (
         np.s_[..., 0:n_rot:2], np.s_[..., 1:n_rot:2])
     out = x.copy()
@@ -157,19 +202,37 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0.0,
-          forced: list[list[int] | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Experts [T, n_used] and their weights [T, n_used] per token, as build_moe_ffn with softmax gating.
+def top_groups(scores: np.ndarray, n_groups: int, n_used: int) -> np.ndarray:
+    """scores [n_expert] with all but the n_used best of n_groups equal groups set to -inf;
+    a group's score is the sum of its two best (build_moe_ffn, as DeepSeek V3's router)."""
+    groups = scores.reshape(n_groups, -1)
+    best2 = [sum(g[argsort_desc(g.tolist())[:2]]) for g in groups]
+    out = np.full_like(groups, -np.inf)
+    kept = argsort_desc(best2)[:n_used]
+    out[kept] = groups[kept]
+    return out.reshape(-1)
 
-    Softmax over all experts, the n_used most probable in ggml_argsort_top_k's order
-    (ties as std::sort leaves them: see reference_argsort), their probabilities as
-    weights, divided by their sum (clamped below at MOE_WEIGHTS_SUM_MIN) when norm_w,
-    times scale unless scale is 0 or 1 (llama.cpp's "not set"). forced[t], where given,
-    replaces token t's choice (to follow llama.cpp's recorded routing).
+
+def route(logits: np.ndarray, n_used: int, norm_w: bool = True, scale: float = 0.0,
+          forced: list[list[int] | None] | None = None, gating: str = "softmax",
+          bias: np.ndarray | None = None, groups: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Experts [T, n_used] and their weights [T, n_used] per token, as build_moe_ffn.
+
+    Softmax (or sigmoid) over all experts; the selection scores add bias (exp_probs_b)
+    and, with groups = (n_groups > 1, n_used_groups), keep only the best groups'
+    experts (top_groups); the n_used best scores in ggml_argsort_top_k's order (ties as
+    std::sort leaves them: see reference_argsort) are chosen, their unbiased
+    probabilities the weights, divided by their sum (clamped below at
+    MOE_WEIGHTS_SUM_MIN) when norm_w, times scale unless scale is 0 or 1 (llama.cpp's
+    "not set"). forced[t], where given, replaces token t's choice (to follow llama.cpp's
+    recorded routing).
     """
-    probs = softmax(logits)
+    probs = softmax(logits) if gating == "softmax" else 1.0 / (1.0 + np.exp(-logits))
+    scores = probs if bias is None else probs + bias
+    if groups[0] > 1:
+        scores = np.stack([top_groups(row, *groups) for row in scores])
     selected = np.array([argsort_desc(row.tolist())[:n_used] if forced is None or forced[t] is None
-                         else forced[t] for t, row in enumerate(probs)], dtype=np.int64)
+                         else forced[t] for t, row in enumerate(scores)], dtype=np.int64)
     weights = np.take_along_axis(probs, selected, axis=1)
     if norm_w:
         weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), MOE_WEIGHTS_SUM_MIN)
@@ -182,14 +245,17 @@ def moe_ffn(m: ModelWeights, blk: str, h: np.ndarray, router_logits: list[np.nda
             forced: list[list[int] | None] | None = None) -> np.ndarray:
     """The experts' SwiGLU FFNs on h [T, n_embd], mixed by the router's weights.
 
-    llama and qwen3moe both renormalise the chosen weights (norm_w = true in their graphs)
-    and read no expert_weights_scale key, so no scale applies. A llama file may leave out
-    ffn_gate_exps (llama.cpp: TENSOR_NOT_REQUIRED); the FFN is then silu(up).
+    Gating, renormalisation and scale are the model's (llama and qwen3moe: softmax,
+    renormalised, no scale); exp_probs_b, where the layer has it, biases the choice. A
+    llama file may leave out ffn_gate_exps (llama.cpp: TENSOR_NOT_REQUIRED); the FFN is
+    then silu(up).
     """
     logits = _linear(h, m.w(f"{blk}.ffn_gate_inp"))
     if router_logits is not None:
         router_logits.append(logits)
-    selected, weights = route(logits, m.n_expert_used, forced=forced)
+    selected, weights = route(logits, m.n_expert_used, m.expert_weights_norm, m.expert_weights_scale, forced,
+                              m.expert_gating, m.tensors.get(f"{blk}.exp_probs_b.bias"),
+                              (m.n_expert_groups, m.n_group_used))
     gate = m.tensors.get(f"{blk}.ffn_gate_exps.weight")
     up, down = m.w(f"{blk}.ffn_up_exps"), m.w(f"{blk}.ffn_down_exps")
     out = np.zeros_like(h)
@@ -237,6 +303,9 @@ def _projection(m: ModelWeights, name: str, x: np.ndarray) -> np.ndarray:
 
 def _forward(m: ModelWeights, ids: np.ndarray, router_logits: list[np.ndarray] | None,
              experts: list[list[list[int] | None]] | None) -> np.ndarray:
+    if m.arch in ("deepseek2", "glm4moe"):
+        import reference_mla  # it builds on this module
+        return reference_mla.forward(m, ids, router_logits, experts)
     gemma = m.arch == "gemma3"
     neox = m.arch in NEOX_ROPE
     n_tok = len(ids)

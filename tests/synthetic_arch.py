@@ -17,6 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from synthetic import (CHATML_TEMPLATE, SMOLLM_SPECIALS, Layout, Q, Shape, _add_vocab, _random_tensors,
                        _write, write_tiny_llama)
+from synthetic_deepseek import DEEPSEEK_FIXTURE_MODELS
 from synthetic_vocab import gpt2_vocab
 
 QWEN_ARCHS = ("qwen2", "qwen3", "qwen3moe")
@@ -121,6 +122,7 @@ FIXTURE_MODELS: dict[str, Callable[[str | os.PathLike[str]], Path]] = {
         write_tiny_llama, n_ctx=2048, n_embd=256, n_ff=256, n_expert=8, n_expert_used=2,
         routers={0: edge_case_router(256)}, weight_type=Q.Q4_K, embd_type=Q.Q6_K,
         type_overrides={"ffn_down_exps": Q.Q6_K}),
+    **DEEPSEEK_FIXTURE_MODELS,
 }
 
 
