@@ -32,7 +32,9 @@ from numallm.kernels.iq_tables import (
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from llvmlite import ir
 from numallm.kernels.by_type import by_type
+from numallm.kernels.actq import quantize_rows
 from numallm.kernels.llvm_scalar import at, half_to_float, load_f16, load_u32
+from numallm.kernels.vec import I32, V8F32, _fma, _splat, dot_s8, f32x8, i32x8, vhsum, vzero
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -336,3 +338,134 @@ def decode_iq(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
         unpack_block(qcode, w, o + ts * b, q, 0, f, 0)
         for k in range(bs):
             y[bs * b + k] = f[k >> 4] * np.float32(q[k])
+
+
+# ---- activations -----------------------------------------------------------------------
+
+@njit(nogil=True, cache=True)
+def quantize_x_k(x, xq, xd):  # type: ignore[no-untyped-def]
+    """llama.cpp's q8_K (quantize_row_q8_K_ref): per 256 elements, iscale = -127 / the
+    element of largest magnitude (the first such), q = min(127, rint(iscale * x)),
+    d = 1 / iscale. xd gets d once per 32 elements (8 copies), the form the dot
+    products read for both activation kinds."""
+    for b in range(x.shape[0] // 256):
+        o = 256 * b
+        amax = np.float32(0.0)
+        mx = np.float32(0.0)
+        for j in range(256):
+            ax = abs(x[o + j])
+            if ax > amax:
+                amax = ax
+                mx = x[o + j]
+        if amax == 0:
+            d = np.float32(0.0)
+            for j in range(256):
+                xq[o + j] = 0
+        else:
+            iscale = np.float32(-127.0) / mx
+            for j in range(256):
+                xq[o + j] = min(127, np.int32(np.rint(iscale * x[o + j])))
+            d = np.float32(1.0) / iscale
+        for c in range(8):
+            xd[8 * b + c] = d
+
+
+@njit(nogil=True, cache=True)
+def quantize_rows_for(qcode, X):  # type: ignore[no-untyped-def]
+    """(xq [n, cols] int8, xd [n, cols // 32] float32) of every row of X, as llama.cpp
+    quantizes activations for this weight type (its vec_dot_type): q8_0 blocks of 32
+    for IQ4_NL and MXFP4 (kernels/actq.py), q8_K for the others."""
+    n, cols = X.shape
+    if qcode == IQ4_NL or qcode == MXFP4:
+        xq, xd, xs, xs16 = quantize_rows(X)
+        return xq, xd
+    xf = np.ascontiguousarray(X).reshape(-1)
+    xq = np.empty(n * cols, np.int8)
+    xd = np.empty(n * cols // 32, np.float32)
+    quantize_x_k(xf, xq, xd)
+    return xq.reshape((n, cols)), xd.reshape((n, cols // 32))
+
+
+# ---- dot products ------------------------------------------------------------------------
+
+@intrinsic
+def vfma2(typingctx, acc, v, s0, s1):  # type: ignore[no-untyped-def]
+    """acc + float(v) * [s0 x 4, s1 x 4]: the I32x8 of a 32-element dot (lanes 0-3 the
+    first 16 elements) scaled per 16 elements."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vi, x0, x1 = args
+        lo = _splat(builder, x0, V8F32)
+        hi = _splat(builder, x1, V8F32)
+        s = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 8), [0, 1, 2, 3, 8, 9, 10, 11]))
+        return _fma(builder, builder.sitofp(vi, V8F32), s, a)
+    return f32x8(f32x8, i32x8, types.float32, types.float32), codegen
+
+
+@njit(inline="always", cache=True)
+def _dot_chunks(acc, q, qo, f, fo, xq, xo, xd, xdo, n32):  # type: ignore[no-untyped-def]
+    """acc + the n32 chunks of 32 int8 values at q[qo] (factors f[fo] per 16) times the
+    activation's at xq[xo] (scales xd[xdo] per 32)."""
+    for c in range(n32):
+        xdc = at(xd, xdo + c)
+        acc = vfma2(acc, dot_s8(q, qo + 32 * c, xq, xo + 32 * c),
+                    at(f, fo + 2 * c) * xdc, at(f, fo + 2 * c + 1) * xdc)
+    return acc
+
+
+@njit(nogil=True, cache=True)
+def rows_iq(qcode, w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+    """out[r] = row r . x for r in [r0, r1): each block unpacked, then int8 dots."""
+    bs, ts = geometry(qcode)
+    q = np.empty(bs, np.int8)
+    f = np.empty(bs // 16, np.float32)
+    for r in range(r0, r1):
+        acc = vzero()
+        for b in range(nb):
+            unpack_block(qcode, w, r * rb + ts * b, q, 0, f, 0)
+            acc = _dot_chunks(acc, q, 0, f, 0, xq, bs * b, xd, bs * b // 32, bs // 32)
+        out[r] = vhsum(acc)
+
+
+@njit(nogil=True, cache=True)
+def matvec_iq(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    xq, xd = quantize_rows_for(qcode, x.reshape((1, cols)))
+    rows_iq(qcode, w, nb * ts, nb, xq[0], xd[0], out, r0, r1)
+
+
+TILE_ROWS = 16  # rows unpacked at once for matmul: 16 * cols int8 stay in L2
+
+
+@njit(nogil=True, cache=True)
+def matmul_iq(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    """Every token's activations quantized once; each tile of TILE_ROWS rows unpacked
+    once to int8 and factors, then dotted with every token."""
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    rb = nb * ts
+    n = X.shape[0]
+    xq, xd = quantize_rows_for(qcode, X)
+    fq, fd = xq.reshape(-1), xd.reshape(-1)
+    qt = np.empty(TILE_ROWS * cols, np.int8)
+    ft = np.empty(TILE_ROWS * cols // 16, np.float32)
+    for rt in range(r0, r1, TILE_ROWS):
+        nr = min(TILE_ROWS, r1 - rt)
+        for i in range(nr):
+            for b in range(nb):
+                unpack_block(qcode, w, (rt + i) * rb + ts * b, qt, i * cols + bs * b, ft, (i * cols + bs * b) // 16)
+        for t in range(n):
+            for i in range(nr):
+                acc = _dot_chunks(vzero(), qt, i * cols, ft, i * cols // 16, fq, t * cols, fd, t * cols // 32, cols // 32)
+                out[t, rt + i] = vhsum(acc)
+
+
+@njit(nogil=True, cache=True)
+def get_rows_iq(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
+    bs, ts = geometry(qcode)
+    nb = cols // bs
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if r < 0 or r >= rows:
+            raise IndexError("get_rows: row id out of range")
+        decode_iq(qcode, w, r * nb * ts, nb, out[i])
