@@ -1,0 +1,196 @@
+"""SIMD steps of the i-quant kernels (kernels/iquants.py) as LLVM vector IR.
+
+`dot_lut4` is IQ4_NL's, IQ4_XS's and MXFP4's inner step: 16 bytes of nibbles become 32
+int8 values through a 16-entry table (one vpshufb with AVX2; a chain of compares and
+selects on the generic path), which vec._dot_s8s8 multiplies with 32 int8
+activations (vpdpbusd with VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM elsewhere).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numallm.kernels.cpu import has_avx2
+from numallm.kernels.iq_tables import KVALUES_IQ4NL, KVALUES_MXFP4
+from numallm.kernels.vec import (
+    V8I32,
+    V32I8,
+    _as_i64,
+    _call,
+    _dot_s8s8,
+    _dot_u8s8,
+    _is_bytes,
+    _load_bytes,
+    _nibbles16,
+    _splat,
+    i32x8,
+)
+from numba.core import types
+from numba.extending import intrinsic
+
+# Table ids for dot_lut4 (a literal argument).
+LUT_IQ4NL, LUT_MXFP4 = 0, 1
+_TABLES = {LUT_IQ4NL: [int(v) for v in KVALUES_IQ4NL], LUT_MXFP4: [int(v) for v in KVALUES_MXFP4]}
+
+
+def _lookup16(builder: ir.IRBuilder, idx: ir.Value, table: list[int]) -> ir.Value:
+    """<32 x i8> table[idx] for idx <32 x i8> in 0..15."""
+    if has_avx2():  # vpshufb looks up within each 16-byte lane: the table in both
+        return _call(builder, "llvm.x86.avx2.pshuf.b", V32I8, [ir.Constant(V32I8, table * 2), idx])
+    res = ir.Constant(V32I8, None)
+    for k, v in enumerate(table):
+        if v:
+            hit = builder.icmp_unsigned("==", idx, ir.Constant(V32I8, [k] * 32))
+            res = builder.select(hit, ir.Constant(V32I8, [v] * 32), res)
+    return res
+
+
+@intrinsic(prefer_literal=True)
+def dot_lut4(typingctx, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
+    """Sum over 32 elements of table[nibble] * xq[xo + element], where the nibbles are the
+    16 bytes at w[p] (low nibbles elements 0-15, high ones 16-31) and table is the
+    literal `lut`'s (LUT_IQ4NL, LUT_MXFP4); an I32x8, lanes as vec._dot_u8s8."""
+    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(lut, types.IntegerLiteral)
+            and lut.literal_value in _TABLES):
+        return None
+    table = _TABLES[lut.literal_value]
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, xa, xov = args[:4]
+        idx = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
+        s = _load_bytes(context, builder, sig.args[2], xa, _as_i64(builder, xov), 32)
+        return _dot_s8s8(builder, _lookup16(builder, idx, table), s)
+    return i32x8(w, p, xq, xo, lut), codegen
+
+
+@intrinsic
+def izero(typingctx):  # type: ignore[no-untyped-def]
+    """An I32x8 of zeros."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return ir.Constant(V8I32, None)
+    return i32x8(), codegen
+
+
+@intrinsic
+def vimadd(typingctx, acc, v, s):  # type: ignore[no-untyped-def]
+    """acc + v * s for I32x8 acc, v and an integer s (a sub-block's integer scale)."""
+    if not isinstance(s, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vi, sc = args
+        if sc.type.width != 32:
+            sc = builder.trunc(sc, ir.IntType(32)) if sc.type.width > 32 else builder.sext(sc, ir.IntType(32))
+        return builder.add(a, builder.mul(vi, _splat(builder, sc, V8I32)))
+    return i32x8(i32x8, i32x8, s), codegen
+
+
+@intrinsic
+def vimadd2(typingctx, acc, v, s0, s1):  # type: ignore[no-untyped-def]
+    """acc + v * [s0 x 4, s1 x 4]: a 32-element dot's I32x8 times the integer scales of
+    its two halves of 16."""
+    if not (isinstance(s0, types.Integer) and isinstance(s1, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, vi, x0, x1 = args
+        i32 = ir.IntType(32)
+        x0, x1 = (x if x.type.width == 32 else (builder.trunc(x, i32) if x.type.width > 32 else builder.sext(x, i32))
+                  for x in (x0, x1))
+        s = builder.shuffle_vector(_splat(builder, x0, V8I32), _splat(builder, x1, V8I32),
+                                   ir.Constant(ir.VectorType(i32, 8), [0, 1, 2, 3, 8, 9, 10, 11]))
+        return builder.add(a, builder.mul(vi, s))
+    return i32x8(i32x8, i32x8, s0, s1), codegen
+
+
+def _grid_rows(context, builder, gty, g, idxs, width: int) -> ir.Value:
+    """<32 x i8> of the grid rows idxs (width bytes each) of the int8 table g, in order."""
+    ity = ir.IntType(8 * width)
+    n = 32 // width
+    base = context.make_array(gty)(context, builder, g).data
+    vec = ir.Constant(ir.VectorType(ity, n), None)
+    for k, i in enumerate(idxs):
+        off = builder.mul(_as_i64(builder, i), ir.Constant(ir.IntType(64), width))
+        row = builder.load(builder.bitcast(builder.gep(base, [off]), ity.as_pointer()), align=1)
+        vec = builder.insert_element(vec, row, ir.Constant(ir.IntType(32), k))
+    return builder.bitcast(vec, V32I8)
+
+
+def _bytes_of_bits(builder: ir.IRBuilder, bits32: ir.Value) -> ir.Value:
+    """<32 x i1>: lane j is bit j of the uint32 bits32 (byte j // 8, bit j % 8)."""
+    i32 = ir.IntType(32)
+    v = bits32 if bits32.type.width == 32 else builder.trunc(bits32, i32)
+    b4 = builder.bitcast(v, ir.VectorType(ir.IntType(8), 4))
+    spread = builder.shuffle_vector(b4, ir.Constant(b4.type, ir.Undefined),
+                                    ir.Constant(ir.VectorType(i32, 32), [j // 8 for j in range(32)]))
+    masked = builder.and_(spread, ir.Constant(V32I8, [1 << (j % 8) for j in range(32)]))
+    return builder.icmp_unsigned("!=", masked, ir.Constant(V32I8, None))
+
+
+def _grid_dot(width: int):  # type: ignore[no-untyped-def]
+    """An intrinsic f(g, i_0 .. i_{n-1}, signs, xq, xo): 32 grid magnitudes (n = 32 / width
+    rows of the uint8-valued table g) dotted with xq[xo:xo+32], element j's product
+    negated where bit j of the uint32 signs is set (the sign goes onto the activation,
+    as llama.cpp does, so the magnitudes stay unsigned for vpdpbusd / vpmaddubsw)."""
+    n = 32 // width
+    names = [f"i{k}" for k in range(n)]
+    src = f"def typer(typingctx, g, {', '.join(names)}, signs, xq, xo):\n    return _typer(g, [{', '.join(names)}], signs, xq, xo)"
+
+    def _typer(g, idx_types, signs, xq, xo):  # type: ignore[no-untyped-def]
+        if not (isinstance(g, types.Array) and g.dtype == types.int8 and _is_bytes(xq)):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            grid = _grid_rows(context, builder, sig.args[0], args[0], args[1:1 + n], width)
+            neg = _bytes_of_bits(builder, args[1 + n])
+            x = _load_bytes(context, builder, sig.args[2 + n], args[2 + n], _as_i64(builder, args[3 + n]), 32)
+            xs = builder.select(neg, builder.sub(ir.Constant(V32I8, None), x), x)
+            return _dot_u8s8(builder, grid, xs)
+        return i32x8(g, *idx_types, signs, xq, xo), codegen
+
+    scope = {"_typer": _typer}
+    exec(src, scope)  # noqa: S102 (parameter names built above)
+    typer = scope["typer"]
+    typer.__name__ = typer.__qualname__ = f"dot_grid{width}"
+    return intrinsic(typer)
+
+
+dot_grid8 = _grid_dot(8)  # IQ2_XXS, IQ2_XS, IQ2_S: 4 rows of 8
+dot_grid4 = _grid_dot(4)  # IQ3_XXS, IQ3_S: 8 rows of 4
+
+
+@intrinsic
+def dot_grid1(typingctx, g, i0, i1, i2, i3, deltas, xq, xo):  # type: ignore[no-untyped-def]
+    """IQ1_S/IQ1_M: 32 values 8 * grid + delta (grid rows i0-i3 of the int8 table g in
+    {-1, 0, 1}; delta byte k of the uint32 deltas, +1 or -1 as int8, for row k) dotted
+    with xq[xo:xo+32]."""
+    if not (isinstance(g, types.Array) and g.dtype == types.int8 and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        grid = _grid_rows(context, builder, sig.args[0], args[0], args[1:5], 8)
+        i32 = ir.IntType(32)
+        dv = args[5] if args[5].type.width == 32 else builder.trunc(args[5], i32)
+        d4 = builder.bitcast(dv, ir.VectorType(ir.IntType(8), 4))
+        delta = builder.shuffle_vector(d4, ir.Constant(d4.type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, 32), [j // 8 for j in range(32)]))
+        v = builder.add(builder.shl(grid, ir.Constant(V32I8, [3] * 32)), delta)
+        x = _load_bytes(context, builder, sig.args[6], args[6], _as_i64(builder, args[7]), 32)
+        return _dot_s8s8(builder, v, x)
+    return i32x8(g, i0, i1, i2, i3, deltas, xq, xo), codegen
+
+
+@intrinsic
+def dot_tq2(typingctx, w, p, shift, xq, xo):  # type: ignore[no-untyped-def]
+    """TQ2_0: ((w[p:p+32] >> shift) & 3) - 1, 32 ternary values, dotted with xq[xo:xo+32]."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 32)
+        sh = args[2]
+        sh = builder.trunc(sh, ir.IntType(8)) if sh.type.width > 8 else sh
+        q = builder.and_(builder.lshr(raw, _splat(builder, sh, V32I8)), ir.Constant(V32I8, [3] * 32))
+        v = builder.sub(q, ir.Constant(V32I8, [1] * 32))
+        x = _load_bytes(context, builder, sig.args[3], args[3], _as_i64(builder, args[4]), 32)
+        return _dot_s8s8(builder, v, x)
+    return i32x8(w, p, shift, xq, xo), codegen
