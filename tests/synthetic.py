@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf import TENSOR_NAMES, GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
 from gguf import MODEL_TENSOR as T
+from iq_blocks import RANDOM_BLOCK_TYPES, scaled_like
 from kquants import K_QUANT_TYPES, quantize_k
 from synthetic_vocab import Vocab, gpt2_vocab, spm_vocab
 
@@ -35,6 +36,12 @@ _FILE_TYPES = {
     Q.Q5_0: LlamaFileType.MOSTLY_Q5_0, Q.Q5_1: LlamaFileType.MOSTLY_Q5_1,
     Q.Q8_0: LlamaFileType.MOSTLY_Q8_0, Q.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
     Q.Q5_K: LlamaFileType.MOSTLY_Q5_K_M, Q.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+    Q.IQ1_S: LlamaFileType.MOSTLY_IQ1_S, Q.IQ1_M: LlamaFileType.MOSTLY_IQ1_M,
+    Q.IQ2_XXS: LlamaFileType.MOSTLY_IQ2_XXS, Q.IQ2_XS: LlamaFileType.MOSTLY_IQ2_XS,
+    Q.IQ2_S: LlamaFileType.MOSTLY_IQ2_S, Q.IQ3_XXS: LlamaFileType.MOSTLY_IQ3_XXS,
+    Q.IQ3_S: LlamaFileType.MOSTLY_IQ3_S, Q.IQ4_NL: LlamaFileType.MOSTLY_IQ4_NL,
+    Q.IQ4_XS: LlamaFileType.MOSTLY_IQ4_XS, Q.TQ1_0: LlamaFileType.MOSTLY_TQ1_0,
+    Q.TQ2_0: LlamaFileType.MOSTLY_TQ2_0, Q.MXFP4: LlamaFileType.MOSTLY_MXFP4_MOE,
 }
 SUPPORTED_TYPES = frozenset(_FILE_TYPES)
 
@@ -73,6 +80,9 @@ def _encode(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """float32 [..., cols] -> what GGUFWriter.add_tensor takes with raw_dtype=qtype."""
     if qtype in K_QUANT_TYPES:
         rows = quantize_k(data.reshape(-1, data.shape[-1]), qtype)
+        return rows.reshape(*data.shape[:-1], rows.shape[-1])
+    if qtype in RANDOM_BLOCK_TYPES:  # no encoder: random blocks of the same spread
+        rows = scaled_like(data.reshape(-1, data.shape[-1]), qtype)
         return rows.reshape(*data.shape[:-1], rows.shape[-1])
     return quants.quantize(data, qtype)
 
@@ -255,7 +265,9 @@ def write_tiny_llama(
     weight_type applies to the layer matrices, embd_type to token_embd and (untied)
     output; type_overrides maps a tensor's short name ("ffn_down", "attn_v", "output",
     "token_embd", ...) to another type, as llama.cpp's mixed quantizations do. K-quant
-    types need n_embd (and n_ff for ffn_down) to be a multiple of 256. The vocabulary
+    types need n_embd (and n_ff for ffn_down) to be a multiple of 256, as do the
+    i-quants and TQ types but IQ4_NL; the types gguf-py cannot encode get random blocks
+    with the float weights' spread (tests/iq_blocks.py). The vocabulary
     is GPT-2 byte-level BPE: <|endoftext|>, <|im_start|>, <|im_end|>, the 256 byte
     symbols, then merges up to n_vocab (259..490).
     """

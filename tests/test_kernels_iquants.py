@@ -20,37 +20,10 @@ import pytest
 from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as T
 from numallm.kernels import iquants as I
+from iq_blocks import random_blocks
 from numba import njit
 
 IQ_TYPES = tuple(T(c) for c in I.IQ_CODES)
-
-
-def _set_d(raw: np.ndarray, qtype: T, d: np.ndarray) -> None:
-    """Write the float16 block scales d [rows, blocks] into raw [rows, blocks, bytes]."""
-    bits = d.astype(np.float16).view(np.uint16)
-    if qtype == T.IQ1_M:  # d's four nibbles are the top nibbles of 4 uint16 at byte 48
-        sc = raw[:, :, 48:56].copy().view(np.uint16)
-        for i in range(4):
-            sc[..., i] = (sc[..., i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
-        raw[:, :, 48:56] = sc.view(np.uint8)
-    elif qtype == T.MXFP4:  # an e8m0 exponent: 2**(e - 128); 119-124 are 1/512 .. 1/16
-        raw[:, :, 0] = 119 + (bits % 6)
-    else:
-        off = {T.TQ1_0: 52, T.TQ2_0: 64}.get(qtype, 0)
-        raw[:, :, off:off + 2] = bits.reshape(*bits.shape, 1).view(np.uint8)
-
-
-def make_weight(qtype: T, rows: int, cols: int, seed: int = 0, fill: int | None = None,
-                scale: float | None = None) -> np.ndarray:
-    """File bytes [rows, row bytes]: random (or `fill`) bytes with block scales uniform
-    in [1e-3, 2e-2] (or all `scale`)."""
-    rng = np.random.default_rng(seed)
-    bs, ts = GGML_QUANT_SIZES[qtype]
-    shape = (rows, cols // bs, ts)
-    raw = rng.integers(0, 256, shape, dtype=np.uint8) if fill is None else np.full(shape, fill, np.uint8)
-    d = rng.uniform(1e-3, 2e-2, shape[:2]) if scale is None else np.full(shape[:2], scale)
-    _set_d(raw, qtype, d)
-    return raw.reshape(rows, -1)
 
 
 def reference(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -85,11 +58,11 @@ def kernels(code: int):  # type: ignore[no-untyped-def]
 
 
 def _cases(qtype: T, rows: int, cols: int) -> list[np.ndarray]:
-    return [make_weight(qtype, rows, cols, seed=1),
-            make_weight(qtype, rows, cols, fill=0xFF, scale=3.0),        # last entries, all signs
-            make_weight(qtype, rows, cols, fill=0x00, scale=0.0),        # zero scales
-            make_weight(qtype, rows, cols, seed=2, scale=0.0),           # zero d, random quants
-            make_weight(qtype, rows, cols, seed=3, scale=-65504.0)]      # largest negative d
+    return [random_blocks(qtype, rows, cols, seed=1),
+            random_blocks(qtype, rows, cols, fill=0xFF, scale=3.0),        # last entries, all signs
+            random_blocks(qtype, rows, cols, fill=0x00, scale=0.0),        # zero scales
+            random_blocks(qtype, rows, cols, seed=2, scale=0.0),           # zero d, random quants
+            random_blocks(qtype, rows, cols, seed=3, scale=-65504.0)]      # largest negative d
 
 
 @pytest.mark.parametrize("qtype", IQ_TYPES, ids=lambda t: t.name)
@@ -133,7 +106,7 @@ def test_matvec_and_matmul_within_activation_error(qtype: T) -> None:
     matvec, matmul, _ = kernels(int(qtype))
     rng = np.random.default_rng(5)
     for rows, cols in ((1, bs), (19, 3 * bs)):
-        raw = make_weight(qtype, rows, cols, seed=rows)
+        raw = random_blocks(qtype, rows, cols, seed=rows)
         w = raw.reshape(-1)
         W = reference(qtype, raw, rows, cols).astype(np.float64)
         X = rng.standard_normal((5, cols)).astype(np.float32)
