@@ -257,6 +257,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "empty-dim": (_with_tensor(tinfo("t", (32, 0), T.F32, 64)), "tensor 't' has an empty dimension [32, 0]"),
     "unknown-tensor-type": (_with_tensor(tinfo("t", (32,), 99, 64)), "tensor 't' has unknown type code 99"),
     "partial-block": (_with_tensor(tinfo("t", (33,), T.Q4_0, 64)), "tensor 't' row length 33 is not a multiple of Q4_0's block size 32"),
+    "partial-superblock": (_with_tensor(tinfo("t", (288, 2), T.IQ2_XXS, 64)), "tensor 't' row length 288 is not a multiple of IQ2_XXS's block size 256"),
     "unaligned-offset": (_with_tensor(tinfo("t", (32,), T.F32, 300)), "tensor 't' offset 300 is not aligned to 32"),
     "tensor-beyond-file": (_with_tensor(tinfo("t", (1 << 20, 1 << 20), T.F32, 512)), "truncated file: tensor 't' needs bytes"),
     "huge-dims": (_with_tensor(tinfo("t", (HUGE, HUGE, HUGE, HUGE), T.F32, 512)), "truncated file: tensor 't' needs bytes"),
