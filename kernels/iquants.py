@@ -26,13 +26,11 @@ from numallm.kernels.iq_tables import (
     IQ3S_GRID,
     IQ3XXS_GRID,
     KSIGNS,
-    KVALUES_IQ4NL,
-    KVALUES_MXFP4,
 )
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from llvmlite import ir
 from numallm.kernels.by_type import by_type
-from numallm.kernels.actq import quantize_rows
+from numallm.kernels.actq import _absmax16, _round16, quantize_rows
 from numallm.kernels.iq_simd import (
     LUT_IQ4NL,
     LUT_MXFP4,
@@ -40,8 +38,10 @@ from numallm.kernels.iq_simd import (
     dot_grid4,
     dot_grid8,
     dot_lut4,
+    dot_tq1,
     dot_tq2,
     izero,
+    lut4_store,
     vimadd,
     vimadd2,
 )
@@ -242,22 +242,13 @@ def unpack_iq1_m(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
                    (hn & np.uint32(8)) != 0)
 
 
-@njit(inline="always", cache=True)
-def _lut_nibbles(w, s, lut, q, o):  # type: ignore[no-untyped-def]
-    """q[o:o+32] = lut of the 16 low nibbles at w[s:s+16], then of the 16 high ones."""
-    for j in range(16):
-        b = at(w, s + j)
-        q[o + j] = lut[b & 15]
-        q[o + 16 + j] = lut[b >> 4]
-
-
 @njit(nogil=True, cache=True)
 def unpack_iq4_nl(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
     # 18 bytes for 32 elements: d, 16 bytes of nibbles (low: 0-15, high: 16-31).
     d = load_f16(w, p)
     f[fo] = d
     f[fo + 1] = d
-    _lut_nibbles(w, p + 2, KVALUES_IQ4NL, q, qo)
+    lut4_store(w, p + 2, q, qo, LUT_IQ4NL)
 
 
 @njit(nogil=True, cache=True)
@@ -272,7 +263,7 @@ def unpack_iq4_xs(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
         dl = d * np.float32(ls)
         f[fo + 2 * ib] = dl
         f[fo + 2 * ib + 1] = dl
-        _lut_nibbles(w, p + 8 + 16 * ib, KVALUES_IQ4NL, q, qo + 32 * ib)
+        lut4_store(w, p + 8 + 16 * ib, q, qo + 32 * ib, LUT_IQ4NL)
 
 
 @njit(nogil=True, cache=True)
@@ -281,7 +272,7 @@ def unpack_mxfp4(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
     d = _E8M0_HALF[at(w, p)]
     f[fo] = d
     f[fo + 1] = d
-    _lut_nibbles(w, p + 1, KVALUES_MXFP4, q, qo)
+    lut4_store(w, p + 1, q, qo, LUT_MXFP4)
 
 
 @njit(inline="always", cache=True)
@@ -356,28 +347,20 @@ def decode_iq(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
 
 @njit(nogil=True, cache=True)
 def quantize_x_k(x, xq, xd):  # type: ignore[no-untyped-def]
-    """llama.cpp's q8_K (quantize_row_q8_K_ref): per 256 elements, iscale = -127 / the
-    element of largest magnitude (the first such), q = min(127, rint(iscale * x)),
-    d = 1 / iscale. xd gets d once per 32 elements (8 copies), the form the dot
-    products read for both activation kinds."""
+    """llama.cpp's q8_K (quantize_row_q8_K_ref): per 256 elements iscale = 127 / max|x|,
+    q = rint(iscale * x), d = 1 / iscale; xd gets d once per 32 elements (8 copies), the
+    form the dot products read for both activation kinds. llama.cpp divides by the
+    signed extreme (-127 / x_max): that flips the sign of q and d together, so every
+    product d * q, and every dot product, is the same."""
     for b in range(x.shape[0] // 256):
         o = 256 * b
-        amax = np.float32(0.0)
-        mx = np.float32(0.0)
-        for j in range(256):
-            ax = abs(x[o + j])
-            if ax > amax:
-                amax = ax
-                mx = x[o + j]
-        if amax == 0:
-            d = np.float32(0.0)
-            for j in range(256):
-                xq[o + j] = 0
-        else:
-            iscale = np.float32(-127.0) / mx
-            for j in range(256):
-                xq[o + j] = min(127, np.int32(np.rint(iscale * x[o + j])))
-            d = np.float32(1.0) / iscale
+        amax = _absmax16(x, o)
+        for c in range(1, 16):
+            amax = max(amax, _absmax16(x, o + 16 * c))
+        iscale = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+        for c in range(16):
+            _round16(x, o + 16 * c, iscale, xq, o + 16 * c)
         for c in range(8):
             xd[8 * b + c] = d
 
@@ -424,18 +407,30 @@ def _dot_chunks(acc, q, qo, f, fo, xq, xo, xd, xdo, n32):  # type: ignore[no-unt
     return acc
 
 
-@njit(nogil=True, cache=True)
-def rows_iq(qcode, w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
-    """out[r] = row r . x for r in [r0, r1): each block unpacked, then int8 dots."""
-    bs, ts = geometry(qcode)
-    q = np.empty(bs, np.int8)
-    f = np.empty(bs // 16, np.float32)
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            unpack_block(qcode, w, r * rb + ts * b, q, 0, f, 0)
-            acc = _dot_chunks(acc, q, 0, f, 0, xq, bs * b, xd, bs * b // 32, bs // 32)
-        out[r] = vhsum(acc)
+@njit(inline="always", cache=True)
+def _dot_chunks4(q, qo, f, fo, xq, xd, t, cols, out, r):  # type: ignore[no-untyped-def]
+    """out[t:t+4, r] = the row at q[qo] (factors f[fo]) . tokens t..t+3 of the flat xq, xd:
+    each weight chunk loaded once for the four."""
+    a0 = vzero()
+    a1 = vzero()
+    a2 = vzero()
+    a3 = vzero()
+    x0 = t * cols
+    d0 = t * cols // 32
+    m = cols // 32
+    for c in range(m):
+        f0 = at(f, fo + 2 * c)
+        f1 = at(f, fo + 2 * c + 1)
+        qc = qo + 32 * c
+        xc = x0 + 32 * c
+        a0 = vfma2(a0, dot_s8(q, qc, xq, xc), f0 * at(xd, d0 + c), f1 * at(xd, d0 + c))
+        a1 = vfma2(a1, dot_s8(q, qc, xq, xc + cols), f0 * at(xd, d0 + m + c), f1 * at(xd, d0 + m + c))
+        a2 = vfma2(a2, dot_s8(q, qc, xq, xc + 2 * cols), f0 * at(xd, d0 + 2 * m + c), f1 * at(xd, d0 + 2 * m + c))
+        a3 = vfma2(a3, dot_s8(q, qc, xq, xc + 3 * cols), f0 * at(xd, d0 + 3 * m + c), f1 * at(xd, d0 + 3 * m + c))
+    out[t, r] = vhsum(a0)
+    out[t + 1, r] = vhsum(a1)
+    out[t + 2, r] = vhsum(a2)
+    out[t + 3, r] = vhsum(a3)
 
 
 @njit(nogil=True, cache=True)
@@ -661,14 +656,28 @@ def rows_tq2_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
         out[r] = vhsum(acc)
 
 
-def _rows_generic(qc, w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
-    rows_iq(qc, w, rb, nb, xq, xd, out, r0, r1)
+@njit(nogil=True, cache=True)
+def rows_tq1_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+    """TQ1_0: 8 base-3 digit dots of 32 per super-block, one scale d * xd."""
+    for r in range(r0, r1):
+        acc = vzero()
+        for b in range(nb):
+            p = r * rb + 54 * b
+            x = 256 * b
+            isum = dot_tq1(w, p, 0, xq, x)
+            isum = vimadd(isum, dot_tq1(w, p, 1, xq, x + 32), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 2, xq, x + 64), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 3, xq, x + 96), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 4, xq, x + 128), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 5, xq, x + 160), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 6, xq, x + 192), 1)
+            isum = vimadd(isum, dot_tq1(w, p, 7, xq, x + 224), 1)
+            acc = vfma(acc, isum, load_f16(w, p + 52) * at(xd, 8 * b))
+        out[r] = vhsum(acc)
 
 
-# out[r] = row r . x for r in [r0, r1) by type: table lookups for the 4-bit types,
-# unpack-then-dot for the grid and ternary types.
+# out[r] = row r . x for r in [r0, r1) by type (kernels/by_type.py).
 rows_dot_iq = by_type("rows_dot_iq", {
-    **dict.fromkeys(IQ_CODES, _rows_generic),
     IQ4_NL: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_iq4_nl(w, rb, nb, False, xq, xd, out, r0, r1),
     MXFP4: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1),
     IQ4_XS: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1),
@@ -680,6 +689,7 @@ rows_dot_iq = by_type("rows_dot_iq", {
     IQ1_S: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_iq1_s(w, rb, nb, xq, xd, out, r0, r1),
     IQ1_M: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_iq1_m(w, rb, nb, xq, xd, out, r0, r1),
     TQ2_0: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_tq2_0(w, rb, nb, xq, xd, out, r0, r1),
+    TQ1_0: lambda qc, w, rb, nb, xq, xd, out, r0, r1: rows_tq1_0(w, rb, nb, xq, xd, out, r0, r1),
 })
 
 
@@ -711,8 +721,10 @@ def matmul_iq(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-
         for i in range(nr):
             for b in range(nb):
                 unpack_block(qcode, w, (rt + i) * rb + ts * b, qt, i * cols + bs * b, ft, (i * cols + bs * b) // 16)
-        for t in range(n):
-            for i in range(nr):
+        for i in range(nr):
+            for t in range(0, n - 3, 4):
+                _dot_chunks4(qt, i * cols, ft, i * cols // 16, fq, fd, t, cols, out, rt + i)
+            for t in range(n - n % 4, n):
                 acc = _dot_chunks(vzero(), qt, i * cols, ft, i * cols // 16, fq, t * cols, fd, t * cols // 32, cols // 32)
                 out[t, rt + i] = vhsum(acc)
 
