@@ -331,6 +331,25 @@ def _unpack_impl(fn):  # type: ignore[no-untyped-def]
 unpack_block = by_type("unpack_block", {code: _unpack_impl(fn) for code, fn in _UNPACK.items()})
 
 
+@njit(inline="always", cache=True)
+def unpack_words(qcode, w, o, nb, q32, d, m, st, lane, S):  # type: ignore[no-untyped-def]
+    """The int8 GEMM's form of nb blocks (kernels/unpack.py: word c of the row's unsigned
+    quants to q32[st * c + lane], a d and m per S elements): q + 128 (the sign bit
+    flipped), d the factor, m = -128 d."""
+    bs, ts = geometry(qcode)
+    q = np.empty(bs, np.int8)
+    f = np.empty(bs // 16, np.float32)
+    qw = q.view(np.uint32)
+    for b in range(nb):
+        unpack_block(qcode, w, o + ts * b, q, 0, f, 0)
+        for c in range(bs // 4):
+            q32[st * (bs // 4 * b + c) + lane] = qw[c] ^ np.uint32(0x80808080)
+        for s in range(bs // S):
+            fs = f[s * S // 16]
+            d[st * (bs // S * b + s) + lane] = fs
+            m[st * (bs // S * b + s) + lane] = np.float32(-128.0) * fs
+
+
 @njit(nogil=True, cache=True)
 def decode_iq(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
     """y[: nb * block] = the nb blocks at byte o of w, dequantized (gguf-py's bits)."""
@@ -346,12 +365,13 @@ def decode_iq(qcode, w, o, nb, y):  # type: ignore[no-untyped-def]
 # ---- activations -----------------------------------------------------------------------
 
 @njit(nogil=True, cache=True)
-def quantize_x_k(x, xq, xd):  # type: ignore[no-untyped-def]
+def quantize_x_k(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
     """llama.cpp's q8_K (quantize_row_q8_K_ref): per 256 elements iscale = 127 / max|x|,
-    q = rint(iscale * x), d = 1 / iscale; xd gets d once per 32 elements (8 copies), the
-    form the dot products read for both activation kinds. llama.cpp divides by the
-    signed extreme (-127 / x_max): that flips the sign of q and d together, so every
-    product d * q, and every dot product, is the same."""
+    q = rint(iscale * x), d = 1 / iscale. The arrays are actq.quantize_x's: xd gets d once
+    per 32 elements (8 copies), xs and xs16 d times the sums per 32 and per 16, so every
+    kernel reads both activation kinds alike. llama.cpp divides by the signed extreme
+    (-127 / x_max): that flips the sign of q and d together, so every product d * q,
+    and every dot product, is the same."""
     for b in range(x.shape[0] // 256):
         o = 256 * b
         amax = _absmax16(x, o)
@@ -359,10 +379,13 @@ def quantize_x_k(x, xq, xd):  # type: ignore[no-untyped-def]
             amax = max(amax, _absmax16(x, o + 16 * c))
         iscale = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
         d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
-        for c in range(16):
-            _round16(x, o + 16 * c, iscale, xq, o + 16 * c)
         for c in range(8):
+            s0 = _round16(x, o + 32 * c, iscale, xq, o + 32 * c)
+            s1 = _round16(x, o + 32 * c + 16, iscale, xq, o + 32 * c + 16)
             xd[8 * b + c] = d
+            xs16[16 * b + 2 * c] = d * np.float32(s0)
+            xs16[16 * b + 2 * c + 1] = d * np.float32(s1)
+            xs[8 * b + c] = d * np.float32(s0 + s1)
 
 
 @njit(nogil=True, cache=True)
@@ -377,7 +400,7 @@ def quantize_rows_for(qcode, X):  # type: ignore[no-untyped-def]
     xf = np.ascontiguousarray(X).reshape(-1)
     xq = np.empty(n * cols, np.int8)
     xd = np.empty(n * cols // 32, np.float32)
-    quantize_x_k(xf, xq, xd)
+    quantize_x_k(xf, xq, xd, np.empty(n * cols // 32, np.float32), np.empty(n * cols // 16, np.float32))
     return xq.reshape((n, cols)), xd.reshape((n, cols // 32))
 
 

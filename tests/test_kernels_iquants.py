@@ -88,7 +88,11 @@ def test_q8_k_is_llama_cpps() -> None:
     x[600] = -9.0  # a negative extreme
     xq = np.empty(1024, np.int8)
     xd = np.empty(32, np.float32)
-    I.quantize_x_k(x, xq, xd)
+    xs, xs16 = np.empty(32, np.float32), np.empty(64, np.float32)
+    I.quantize_x_k(x, xq, xd, xs, xs16)
+    sums = xq.astype(np.float32).reshape(-1, 16).sum(axis=1)
+    assert np.array_equal(xs16, np.repeat(xd, 2) * sums)
+    assert np.array_equal(xs, xd * sums.reshape(-1, 2).sum(axis=1))
     for b in range(4):
         xb = x[256 * b:256 * b + 256]
         mx = xb[np.argmax(np.abs(xb))]
