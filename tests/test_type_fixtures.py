@@ -4,9 +4,12 @@ tiny_types.json, recorded by scripts/record_type_fixtures.py; tests/type_models.
 writes the models).
 
 Tolerance: both sides quantize the activations to 8 bits as llama.cpp pairs them with
-each type (q8_K, q8_0), but not in the same order of sums, and the reference forward
-pass (float64 on gguf-py's dequantized weights) is 0.2 max / 0.05 rms from llama.cpp
-on such models; a block decoded wrongly moves logits by about their own spread (2).
+each type. Measured: 0.002 max on mixed_a (all q8_K types but its IQ4_NL output: the
+same integers, other summation order), 0.20 max / 0.04 rms on mixed_b, whose TQ1_0
+embedding feeds q8_0 types (MXFP4, IQ4_NL) that keep their activation scales in
+float32 where llama.cpp rounds them to float16; the float64 reference forward pass is
+0.22 / 0.05 from llama.cpp on both. A block decoded wrongly moves logits by about
+their own spread (2).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from numallm.engine import Engine
 from type_models import IDS, MODELS, write_model
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llama_cpp" / "tiny_types.json").read_text())
-MAX_ABS, RMS = 0.5, 0.1
+MAX_ABS, RMS = 0.4, 0.1
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
