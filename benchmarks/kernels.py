@@ -24,11 +24,15 @@ from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.kernels import TypeKernels, kernels_for, memory_read_bandwidth, run_pinned, simd_path
 
-ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+       "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0",
+       "MXFP4")
 # Byte offsets of the float16 scales in each block: random bytes there could be
 # NaN or subnormal, which no real file has and which may run at other speeds.
 F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
-              T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+              T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+              T.IQ1_S: (0,), T.IQ2_XXS: (0,), T.IQ2_XS: (0,), T.IQ2_S: (0,), T.IQ3_XXS: (0,), T.IQ3_S: (0,),
+              T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.TQ1_0: (52,), T.TQ2_0: (64,), T.IQ1_M: (), T.MXFP4: ()}
 COLS = 4096
 BATCH = 512
 
@@ -65,6 +69,12 @@ def random_weight(qtype: T, nbytes: int, rng: np.random.Generator) -> tuple[np.n
         scale = np.full((rows, COLS // bs, 1), 0.01, np.float16).view(np.uint8)
         for off in F16_FIELDS[qtype]:
             raw[:, :, off:off + 2] = scale
+        if qtype == T.IQ1_M:  # its float16 d: the top nibbles of the 4 scale words at byte 48
+            bits = int(np.float16(0.01).view(np.uint16))
+            for i in range(4):
+                raw[:, :, 49 + 2 * i] = (raw[:, :, 49 + 2 * i] & 0x0F) | (((bits >> (4 * i)) & 0xF) << 4)
+        if qtype == T.MXFP4:  # an e8m0 exponent byte: 2**(121 - 128)
+            raw[:, :, 0] = 121
     return K.pack(qtype, np.ascontiguousarray(raw).reshape(-1), rows, COLS), rows
 
 

@@ -18,7 +18,7 @@ Layout of this package (docs/adding-a-type.md walks through adding a type):
 - traits.py: one record per GGML type (block geometry, layout, entry points, batch
   invariance); every per-type dispatch table is generated from these records.
 - families/: one module (or package) per family of formats: floats.py, q4_q8/
-  (grouped and tiled layouts), kquants/.
+  (grouped and tiled layouts), kquants/, iquants/ (IQ1_S-IQ4_XS, TQ1_0, TQ2_0, MXFP4).
 - drivers/: the loops over rows (rows.py), tiles of rows for the int8 and float32
   GEMMs (gemm_int8.py, gemm_float.py), decoding (decode.py), activation quantization
   (actq.py), and the literal dispatch on the type code (by_type.py).
@@ -40,7 +40,12 @@ Design (issue 5):
   and runs integer dot products as LLVM vector IR (vpdpbusd with VNNI,
   vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is that of
   quantizing x: relative L2 about 5e-3 against float64, bounded per row in
-  tests/test_kernels.py. F32/F16/BF16 keep x in float32.
+  tests/test_kernels.py. F32/F16/BF16 keep x in float32. The types llama.cpp pairs
+  with q8_K (the i-quants but IQ4_NL, TQ1_0, TQ2_0) get q8_K: a scale per 256.
+- i-quants, TQ, MXFP4 (families/iquants/): read in file layout; the row dots gather
+  grid rows into vectors and put the signs on the activation (IQ1-IQ3), look nibbles
+  up by vpshufb (IQ4_NL, IQ4_XS, MXFP4), or expand ternary digits in vectors (TQ);
+  grids and tables come from gguf-py.
 - matmul of jit.GEMM_MIN_TOKENS or more tokens of the other quantized types quantizes
   them to int8 once and unpacks tiles of 16 rows to unsigned byte quants with a scale
   and offset per sub-block, then multiplies each tile vector with 8 tokens at a time

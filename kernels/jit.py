@@ -40,7 +40,7 @@ from numallm.kernels.drivers import rows as row_kernels
 from numallm.kernels.drivers.by_type import by_type
 from numallm.kernels.drivers.decode import get_rows as decode_rows
 from numallm.kernels.families.floats import rows_float
-from numallm.kernels.traits import CODES, TILED, TRAITS, geometry
+from numallm.kernels.traits import CODES, TILED, TRAITS, TypeTraits, geometry
 from numba import njit
 from numba.core import types
 from numba.core.imputils import lower_constant
@@ -127,6 +127,12 @@ def _matmul_quant(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-unty
         gemm_int8.matmul(qcode, w, rows, cols, X, out, r0, r1)
 
 
+def _matmul_rows(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
+    _check(qcode, w, rows, cols, r0, r1)
+    _check_matmul(cols, X, out, r1)
+    row_kernels.matmul(qcode, w, rows, cols, X, out, r0, r1)
+
+
 def _matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
     _check(qcode, w, rows, cols, r0, r1)
     _check_matmul(cols, X, out, r1)
@@ -141,8 +147,17 @@ def _get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
 
 
 _matvec = by_type("matvec", {t.code: _matvec_float if t.is_float else _matvec_quant for t in TRAITS})
-_matmul = by_type("matmul", {t.code: _matmul_float if t.is_float else (_matmul_tiled if t.layout == TILED else _matmul_quant)
-                             for t in TRAITS})
+def _matmul_path(t: TypeTraits) -> Callable[..., None]:
+    """The float GEMM, the tiles, the int8 GEMM from GEMM_MIN_TOKENS tokens on, or the row
+    dots alone (a type without a GEMM form)."""
+    if t.is_float:
+        return _matmul_float
+    if t.layout == TILED:
+        return _matmul_tiled
+    return _matmul_quant if t.unpack else _matmul_rows
+
+
+_matmul = by_type("matmul", {t.code: _matmul_path(t) for t in TRAITS})
 _get_rows_by_type = by_type("get_rows", dict.fromkeys(CODES, _get_rows))
 _OPS = {"matvec": _matvec, "matmul": _matmul, "get_rows": _get_rows_by_type}
 # Written out: Numba drops the literal type of an argument passed through *args.

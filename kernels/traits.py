@@ -16,8 +16,10 @@ Numba literal:
   tiles   (qc, w, rb, nb, full, xq, xd, xs, out, r0, r1): every token through the
           rows in tiles (layout TILED), bit-identical whatever the batch.
 Plain values are the rest: layout (IN_FILE, REGROUPED, TILED), the grouped fields,
-the tile kind, and whether a token gets the same bits in a batch of any size
-(batch_invariant).
+the tile kind, whether a token gets the same bits in a batch of any size
+(batch_invariant), and how the activation is quantized for the type (q8_k: llama.cpp's
+q8_K, a scale per 256 elements, where ggml's vec_dot_type is Q8_K and numallm pairs
+it alike; else blocks of 32, drivers/actq.py).
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.kernels.families import floats
+from numallm.kernels.families.iquants import blocks as iqb
+from numallm.kernels.families.iquants import rows as iq
 from numallm.kernels.families.kquants import rows as kq
 from numallm.kernels.families.q4_q8 import rows as q48
 from numallm.kernels.families.q4_q8 import tiles
+from numallm.kernels.simd.cpu import has_vnni256
 from numba import njit
 
 IN_FILE, REGROUPED, TILED = "in file", "regrouped", "tiled"  # as stored, by groups of 8 blocks, tiles of 16 rows
@@ -51,6 +56,7 @@ class TypeTraits:
     tile_kind: int = -1                          # families/q4_q8/tiles.py kind, -1 without tiles
     grouped: tuple[tuple[int, ...], bool] | None = None  # (field widths before the quants, nibbles)
     batch_invariant: bool = False
+    q8_k: bool = False  # x as llama.cpp's q8_K (a scale per 256), its vec_dot_type here; else q8_0
 
     @property
     def code(self) -> int:
@@ -90,6 +96,23 @@ def _q5(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], dot2: C
 def _kquant(qtype: T, sub_size: int, unpack: Callable[..., None], dot: Callable[..., None],
             decode: Callable[..., None] | None = None) -> TypeTraits:
     return TypeTraits(qtype, IN_FILE, decode=decode, unpack=unpack, sub_size=sub_size, dot=dot)
+
+
+def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub_size: int, off: int,
+            q8_k: bool = True) -> TypeTraits:
+    """The i-quants, TQ1_0, TQ2_0, MXFP4 (families/iquants/): in file layout, decoded by
+    the block's unpack_* (int8 values times a factor per 16), the GEMM's form q + off
+    (off: the type's largest |q|). IQ4_NL and IQ4_XS need off = 128, whose byte pairs
+    vpmaddubsw would saturate: without VNNI they have no GEMM form (matmul takes the
+    row dots)."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    gemm = off < 128 or has_vnni256()
+    return TypeTraits(
+        qtype, IN_FILE,
+        decode=lambda qc, w, o, nb, y: iqb.decode_blocks(unpack, bs, ts, w, o, nb, y),
+        unpack=(lambda qc, w, o, nb, q32, d, m, st, lane:
+                iqb.unpack_words(unpack, bs, ts, w, o, nb, q32, d, m, st, lane, sub_size, off)) if gemm else None,
+        sub_size=sub_size, dot=dot, q8_k=q8_k)
 
 
 TRAITS: tuple[TypeTraits, ...] = (
@@ -138,6 +161,34 @@ TRAITS: tuple[TypeTraits, ...] = (
             lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q6_k(w, o, nb, q32, d, m, st, lane),
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q6_k(w, rb, nb, xq, xd, xs16, out, r0, r1),
             lambda qc, w, o, nb, y: kq.decode_q6_k(w, o, nb, y)),
+    _iquant(T.IQ1_S, iqb.unpack_iq1_s,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq1_s(w, rb, nb, xq, xd, out, r0, r1), 32, 9),
+    _iquant(T.IQ1_M, iqb.unpack_iq1_m,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq1_m(w, rb, nb, xq, xd, out, r0, r1), 16, 9),
+    _iquant(T.IQ2_XXS, iqb.unpack_iq2_xxs,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq2_xxs(w, rb, nb, xq, xd, out, r0, r1), 32, 43),
+    _iquant(T.IQ2_XS, iqb.unpack_iq2_xs,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq2_xs(w, rb, nb, False, xq, xd, out, r0, r1),
+            16, 43),
+    _iquant(T.IQ2_S, iqb.unpack_iq2_s,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq2_xs(w, rb, nb, True, xq, xd, out, r0, r1),
+            16, 43),
+    _iquant(T.IQ3_XXS, iqb.unpack_iq3_xxs,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq3_xxs(w, rb, nb, xq, xd, out, r0, r1), 32, 62),
+    _iquant(T.IQ3_S, iqb.unpack_iq3_s,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq3_s(w, rb, nb, xq, xd, out, r0, r1), 32, 15),
+    _iquant(T.IQ4_NL, iqb.unpack_iq4_nl,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_nl(w, rb, nb, False, xq, xd, out, r0, r1),
+            32, 128, q8_k=False),
+    _iquant(T.IQ4_XS, iqb.unpack_iq4_xs,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1), 32, 128),
+    _iquant(T.TQ1_0, iqb.unpack_tq1_0,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_tq1_0(w, rb, nb, xq, xd, out, r0, r1), 32, 1),
+    _iquant(T.TQ2_0, iqb.unpack_tq2_0,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_tq2_0(w, rb, nb, xq, xd, out, r0, r1), 32, 1),
+    _iquant(T.MXFP4, iqb.unpack_mxfp4,
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1),
+            32, 12, q8_k=False),
 )
 
 BY_TYPE: dict[T, TypeTraits] = {t.qtype: t for t in TRAITS}
@@ -156,11 +207,11 @@ def batch_invariant(qtypes: Iterable[T | int]) -> bool:
 
 # Per-code tables as global arrays: constants of the compiled code, so a literal code
 # folds to a constant and a runtime one costs one load instead of a branch chain.
-# (block size, bytes per block, sub_size, tile kind); zeros and -1 for unsupported codes.
-_BY_CODE = np.zeros((max(CODES) + 1, 4), np.int64)
+# (block size, bytes per block, sub_size, tile kind, q8_k); zeros and -1 for unsupported codes.
+_BY_CODE = np.zeros((max(CODES) + 1, 5), np.int64)
 _BY_CODE[:, 3] = -1
 for _t in TRAITS:
-    _BY_CODE[_t.code] = (_t.block_size, _t.block_bytes, _t.sub_size, _t.tile_kind)
+    _BY_CODE[_t.code] = (_t.block_size, _t.block_bytes, _t.sub_size, _t.tile_kind, _t.q8_k)
 
 
 @njit(inline="always", cache=True)
@@ -182,6 +233,12 @@ def row_geometry(qcode, cols):  # type: ignore[no-untyped-def]
 def sub_size(qcode):  # type: ignore[no-untyped-def]
     """Elements per scale of the unpacked form (drivers/unpack.py)."""
     return _BY_CODE[qcode, 2]
+
+
+@njit(inline="always", cache=True)
+def q8_k(qcode):  # type: ignore[no-untyped-def]
+    """Is the activation quantized as q8_K (a scale per 256) for this type?"""
+    return _BY_CODE[qcode, 4] == 1
 
 
 @njit(inline="always", cache=True)

@@ -1,8 +1,9 @@
-"""numallm.kernels against gguf.quants.dequantize + numpy, for all 13 supported types.
+"""numallm.kernels against gguf.quants.dequantize + numpy, for all 25 supported types.
 
-Weights: gguf.quants.quantize for the types it can encode; for the K-quants (which
-gguf-py only decodes) random bytes with sane float16 super-block scales, which is
-every bit pattern of the quants and sub-scales a real file can hold. Real tensors
+Weights: gguf.quants.quantize for the types it can encode; for the K-quants and the
+i-quants (which gguf-py only decodes) random bytes with sane block scales, which is
+every bit pattern of the quants and sub-scales a real file can hold (the i-quants'
+edge cases, bit for bit: tests/test_kernels_iquants.py). Real tensors
 of both models are checked in test_kernels_models.py.
 
 Error bounds. The float types keep x in float32, so they differ from float64 only by
@@ -25,17 +26,22 @@ from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from numallm.errors import UnsupportedError
+from iq_blocks import RANDOM_BLOCK_TYPES, random_blocks
 from numallm.kernels import jit
+from numallm.kernels.traits import BY_TYPE
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 K_TYPES = (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
-ALL_TYPES = FLOAT_TYPES + (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0) + K_TYPES
+I_TYPES = tuple(sorted(RANDOM_BLOCK_TYPES))  # the i-quants, TQ1_0, TQ2_0, MXFP4
+ALL_TYPES = FLOAT_TYPES + (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0) + K_TYPES + I_TYPES
 # Byte offsets of the float16 super-block scales (d, dmin) inside each K-quant block.
 K_SCALE_OFFSETS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
 
 
 def make_weight(qtype: T, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     """File bytes [rows, row_bytes] of a weight of this type."""
+    if qtype in RANDOM_BLOCK_TYPES:
+        return random_blocks(qtype, rows, cols, seed)
     rng = np.random.default_rng(seed)
     if qtype in K_TYPES:
         bs, ts = GGML_QUANT_SIZES[qtype]
@@ -61,8 +67,9 @@ def error_bound(qtype: T, W: np.ndarray, x: np.ndarray) -> np.ndarray:
     absw = np.abs(W)
     bound = 1e-5 * (absw @ np.abs(x.astype(np.float64))) + 1e-30
     if qtype not in FLOAT_TYPES:
-        d = np.abs(x.astype(np.float64)).reshape(-1, 32).max(axis=1) / 127
-        bound += absw.reshape(W.shape[0], -1, 32).sum(axis=2) @ (d / 2)
+        blk = 256 if BY_TYPE[qtype].q8_k else 32  # q8_K: one activation scale per 256
+        d = np.abs(x.astype(np.float64)).reshape(-1, blk).max(axis=1) / 127
+        bound += absw.reshape(W.shape[0], -1, blk).sum(axis=2) @ (d / 2)
     return bound
 
 
@@ -227,9 +234,11 @@ def test_pack_keeps_sizes_and_shards_by_rows() -> None:
 def test_check_type_names_tensor_and_type() -> None:
     for qtype in K.SUPPORTED_TYPES:
         K.check_type(qtype, "blk.0.ffn_up.weight", 256)
-    assert len(K.SUPPORTED_TYPES) == 13
-    with pytest.raises(UnsupportedError, match=r"'blk\.3\.attn_q\.weight'.*IQ2_XXS.*Q4_K"):
-        K.check_type(T.IQ2_XXS, "blk.3.attn_q.weight", 256)
+    assert len(K.SUPPORTED_TYPES) == 25
+    with pytest.raises(UnsupportedError, match=r"'blk\.3\.attn_q\.weight'.*Q8_1.*Q4_K"):
+        K.check_type(T.Q8_1, "blk.3.attn_q.weight", 256)
+    with pytest.raises(UnsupportedError, match=r"'blk\.0\.ffn_down\.weight'.*IQ2_XXS.*288.*256"):
+        K.check_type(T.IQ2_XXS, "blk.0.ffn_down.weight", 288)
     with pytest.raises(UnsupportedError, match=r"'token_embd\.weight'.*Q4_K.*100.*256"):
         K.check_type(T.Q4_K, "token_embd.weight", 100)
     with pytest.raises(UnsupportedError, match=r"unknown GGML type 99"):

@@ -6,12 +6,18 @@ xs[b] = d * sum(q) for the weight types with a min or an offset, and the same pe
 elements, xs16, for the K-quants whose scales cover 16 elements. The rounding
 error is at most d/2 per element, which gives the SIMD kernels a relative L2 error of
 about 5e-3 against float64; tests/test_kernels.py bounds it.
+
+The types whose ggml vec_dot_type is Q8_K (the i-quants but IQ4_NL, TQ1_0, TQ2_0;
+their records' q8_k) get llama.cpp's q8_K instead: one scale per 256 elements
+(quantize_x_k), in the same arrays, so every kernel reads both kinds alike;
+quantized_x_for and quantize_rows_for pick by the type.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+from numallm.kernels.traits import q8_k
 from numallm.kernels.simd.vec import I8, I32, V16F32, _as_i64, _call, _f32_ptr, _is_f32_vector, _splat
 from numba import njit, types
 from numba.extending import intrinsic
@@ -100,5 +106,53 @@ def quantize_rows(X):  # type: ignore[no-untyped-def]
     xs = np.empty(n * cols // 32, np.float32)
     xs16 = np.empty(n * cols // 16, np.float32)
     quantize_x(xf, xq, xd, xs, xs16)
+    return (xq.reshape((n, cols)), xd.reshape((n, cols // 32)), xs.reshape((n, cols // 32)),
+            xs16.reshape((n, cols // 16)))
+
+
+@njit(nogil=True, cache=True)
+def quantize_x_k(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
+    """llama.cpp's q8_K (quantize_row_q8_K_ref): per 256 elements iscale = 127 / max|x|,
+    q = rint(iscale * x), d = 1 / iscale, in quantize_x's arrays: xd gets d once per 32
+    elements (8 copies), xs and xs16 d times the sums per 32 and per 16. llama.cpp
+    divides by the signed extreme (-127 / x_max): that flips the sign of q and d
+    together, so every product d * q, and every dot product, is the same."""
+    for b in range(x.shape[0] // 256):
+        o = 256 * b
+        amax = _absmax16(x, o)
+        for c in range(1, 16):
+            amax = max(amax, _absmax16(x, o + 16 * c))
+        iscale = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+        for c in range(8):
+            s0 = _round16(x, o + 32 * c, iscale, xq, o + 32 * c)
+            s1 = _round16(x, o + 32 * c + 16, iscale, xq, o + 32 * c + 16)
+            xd[8 * b + c] = d
+            xs16[16 * b + 2 * c] = d * np.float32(s0)
+            xs16[16 * b + 2 * c + 1] = d * np.float32(s1)
+            xs[8 * b + c] = d * np.float32(s0 + s1)
+
+
+@njit(nogil=True, cache=True)
+def quantized_x_for(qcode, x):  # type: ignore[no-untyped-def]
+    """quantized_x(x), as the weight type qcode pairs it (q8_0 or q8_K)."""
+    if not q8_k(qcode):
+        return quantized_x(x)
+    n = x.shape[0]
+    xq = np.empty(n, np.int8)
+    xd = np.empty(n // 32, np.float32)
+    xs = np.empty(n // 32, np.float32)
+    xs16 = np.empty(n // 16, np.float32)
+    quantize_x_k(x, xq, xd, xs, xs16)
+    return xq, xd, xs, xs16
+
+
+@njit(nogil=True, cache=True)
+def quantize_rows_for(qcode, X):  # type: ignore[no-untyped-def]
+    """quantize_rows(X), as the weight type qcode pairs it (q8_0 or q8_K)."""
+    if not q8_k(qcode):
+        return quantize_rows(X)
+    n, cols = X.shape
+    xq, xd, xs, xs16 = quantized_x_for(qcode, np.ascontiguousarray(X).reshape(-1))
     return (xq.reshape((n, cols)), xd.reshape((n, cols // 32)), xs.reshape((n, cols // 32)),
             xs16.reshape((n, cols // 16)))

@@ -19,7 +19,7 @@ up to float32 summation order.
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.drivers.actq import quantize_rows
+from numallm.kernels.drivers.actq import quantize_rows_for
 from numallm.kernels.drivers.gemm_float import store_tile
 from numallm.kernels.drivers.unpack import unpack_strided
 from numallm.kernels.simd.cpu import has_avx512
@@ -129,7 +129,7 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     n = X.shape[0]
     S = sub_size(qcode)
     nsub = cols // S
-    xq, xd, xs, xs16 = quantize_rows(X)
+    xq, xd, xs, xs16 = quantize_rows_for(qcode, X)
     gx, gd, gs = _interleave_tokens(xq, xd, xs if S == 32 else xs16)
     tq = np.zeros(cols * TILE_ROWS, np.uint8)
     td = np.zeros(nsub * TILE_ROWS, np.float32)

@@ -19,7 +19,7 @@ than 16: each kernel call costs ~0.1 us of reference counting, which at 16 rows 
 from __future__ import annotations
 
 import numpy as np
-from numallm.kernels.drivers.actq import quantize_rows, quantized_x
+from numallm.kernels.drivers.actq import quantize_rows_for, quantized_x_for
 from numallm.kernels.drivers.by_type import by_type
 from numallm.kernels.traits import TILED, TRAITS, row_geometry, tiled_part
 from numba import njit
@@ -71,7 +71,7 @@ tile_rows = by_type("tile_rows", {t.code: t.tiles or _no_tiles for t in TRAITS i
 @njit(nogil=True, cache=True)
 def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def]
     nb, rb = row_geometry(qcode, cols)
-    xq, xd, xs, xs16 = quantized_x(x)
+    xq, xd, xs, xs16 = quantized_x_for(qcode, x)
     full = tiled_part(qcode, rows)
     if full > r0:
         tile_rows(qcode, w, rb, nb, full, xq, xd, xs, out[np.newaxis], r0, r1)
@@ -83,7 +83,7 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
     """The types without a tiled layout."""
     nb, rb = row_geometry(qcode, cols)
     n = X.shape[0]
-    xq, xd, xs, xs16 = quantize_rows(X)
+    xq, xd, xs, xs16 = quantize_rows_for(qcode, X)
     # Flat views, made once: rows_dot4 finds a token's blocks by offset.
     fq, fd, fs, fs16 = xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), xs16.reshape(-1)
     paired = n - n % 4 + (n % 4) // 2 * 2  # tokens the 4- and 2-token kernels take
@@ -102,7 +102,7 @@ def matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyp
     """Q4_0, Q4_1, Q8_0, any number of tokens: the tile kernel, then each token alone
     through the row kernel for a matrix's last rows % 16 (grouped)."""
     nb, rb = row_geometry(qcode, cols)
-    xq, xd, xs, xs16 = quantize_rows(X)
+    xq, xd, xs, xs16 = quantize_rows_for(qcode, X)
     full = tiled_part(qcode, rows)
     if full > r0:
         tile_rows(qcode, w, rb, nb, full, xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), out, r0, r1)

@@ -1,4 +1,4 @@
-"""SIMD steps of the i-quant kernels (kernels/iquants.py) as LLVM vector IR.
+"""SIMD steps of the i-quant kernels (rows.py, blocks.py) as LLVM vector IR.
 
 `dot_lut4` is IQ4_NL's, IQ4_XS's and MXFP4's inner step: 16 bytes of nibbles become 32
 int8 values through a 16-entry table (one vpshufb with AVX2; a chain of compares and
@@ -9,9 +9,9 @@ activations (vpdpbusd with VNNI, vpmaddubsw/vpmaddwd with AVX2, plain LLVM elsew
 from __future__ import annotations
 
 from llvmlite import ir
-from numallm.kernels.cpu import has_avx2
-from numallm.kernels.iq_tables import KVALUES_IQ4NL, KVALUES_MXFP4
-from numallm.kernels.vec import (
+from numallm.kernels.families.iquants.tables import KVALUES_IQ4NL, KVALUES_MXFP4
+from numallm.kernels.simd.cpu import has_avx2
+from numallm.kernels.simd.vec import (
     V8I32,
     V32I8,
     _as_i64,

@@ -32,3 +32,5 @@ IQ1S_GRID = _grid(quants.IQ1_S)       # [2048, 8] in {-1, 0, 1}; IQ1_M shares it
 KSIGNS = np.frombuffer(quants.IQ2_XXS.ksigns, np.uint8).copy()
 KVALUES_IQ4NL = np.array(quants.IQ4_NL.kvalues, np.int8)
 KVALUES_MXFP4 = np.array(quants.MXFP4.kvalues, np.int8)  # e2m1 values, doubled
+# ggml_e8m0_to_fp32_half of every MXFP4 exponent byte: 2**(e - 128).
+E8M0_HALF = np.ascontiguousarray(quants.MXFP4.e8m0_to_fp32_half(np.arange(256, dtype=np.uint8)), np.float32)
