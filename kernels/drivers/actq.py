@@ -83,18 +83,6 @@ def quantize_x(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def quantized_x(x):  # type: ignore[no-untyped-def]
-    """(xq, xd, xs, xs16) of x, freshly allocated (cols + 4 * cols / 8 bytes)."""
-    n = x.shape[0]
-    xq = np.empty(n, np.int8)
-    xd = np.empty(n // 32, np.float32)
-    xs = np.empty(n // 32, np.float32)
-    xs16 = np.empty(n // 16, np.float32)
-    quantize_x(x, xq, xd, xs, xs16)
-    return xq, xd, xs, xs16
-
-
-@njit(nogil=True, cache=True)
 def quantize_rows(X):  # type: ignore[no-untyped-def]
     """(xq, xd, xs, xs16) of every row of X[n, cols], each array with n rows."""
     n, cols = X.shape
@@ -135,15 +123,17 @@ def quantize_x_k(x, xq, xd, xs, xs16):  # type: ignore[no-untyped-def]
 
 @njit(nogil=True, cache=True)
 def quantized_x_for(qcode, x):  # type: ignore[no-untyped-def]
-    """quantized_x(x), as the weight type qcode pairs it (q8_0 or q8_K)."""
-    if not q8_k(qcode):
-        return quantized_x(x)
+    """(xq, xd, xs, xs16) of x, freshly allocated (cols + 4 * cols / 8 bytes), as the
+    weight type qcode pairs it (q8_0 or q8_K)."""
     n = x.shape[0]
     xq = np.empty(n, np.int8)
     xd = np.empty(n // 32, np.float32)
     xs = np.empty(n // 32, np.float32)
     xs16 = np.empty(n // 16, np.float32)
-    quantize_x_k(x, xq, xd, xs, xs16)
+    if q8_k(qcode):
+        quantize_x_k(x, xq, xd, xs, xs16)
+    else:
+        quantize_x(x, xq, xd, xs, xs16)
     return xq, xd, xs, xs16
 
 

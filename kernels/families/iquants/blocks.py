@@ -98,15 +98,21 @@ def unpack_iq2_xxs(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
                      _ksigns(a1 >> np.uint32(7 * h)))
 
 
+@njit(inline="always", cache=True)
+def _iq2_nibble_scales(w, p, s, f, fo):  # type: ignore[no-untyped-def]
+    """IQ2_XS, IQ2_S: d at p, 8 bytes of two 4-bit scales (per 16 elements) at s."""
+    d = load_f16(w, p)
+    for ib in range(8):
+        sc = np.uint32(at(w, s + ib))
+        f[fo + 2 * ib] = _iq2_db(d, sc & np.uint32(15))
+        f[fo + 2 * ib + 1] = _iq2_db(d, sc >> np.uint32(4))
+
+
 @njit(nogil=True, cache=True)
 def unpack_iq2_xs(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
     # 74 bytes: d, 32 uint16 (9-bit grid index, 7 sign bits) per 8 elements, 8 bytes of
     # two 4-bit scales (per 16 elements).
-    d = load_f16(w, p)
-    for ib in range(8):
-        sc = np.uint32(at(w, p + 66 + ib))
-        f[fo + 2 * ib] = _iq2_db(d, sc & np.uint32(15))
-        f[fo + 2 * ib + 1] = _iq2_db(d, sc >> np.uint32(4))
+    _iq2_nibble_scales(w, p, p + 66, f, fo)
     for g in range(32):
         v = _u16(w, p + 2 + 2 * g)
         _signed8(q, qo + 8 * g, IQ2XS_GRID, v & np.uint32(511), _ksigns(v >> np.uint32(9)))
@@ -116,11 +122,7 @@ def unpack_iq2_xs(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
 def unpack_iq2_s(w, p, q, qo, f, fo):  # type: ignore[no-untyped-def]
     # 82 bytes: d, 32 low index bytes, 32 sign bytes, 8 bytes of 2 high index bits per
     # group, 8 bytes of two 4-bit scales.
-    d = load_f16(w, p)
-    for ib in range(8):
-        sc = np.uint32(at(w, p + 74 + ib))
-        f[fo + 2 * ib] = _iq2_db(d, sc & np.uint32(15))
-        f[fo + 2 * ib + 1] = _iq2_db(d, sc >> np.uint32(4))
+    _iq2_nibble_scales(w, p, p + 74, f, fo)
     for g in range(32):
         hi = (np.uint32(at(w, p + 66 + g // 4)) >> np.uint32(2 * (g % 4))) & np.uint32(3)
         _signed8(q, qo + 8 * g, IQ2S_GRID, np.uint32(at(w, p + 2 + g)) | (hi << np.uint32(8)),

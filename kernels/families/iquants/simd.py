@@ -44,6 +44,12 @@ def _lookup16(builder: ir.IRBuilder, idx: ir.Value, table: list[int]) -> ir.Valu
     return res
 
 
+def _lut_values(context, builder, wt, w, p, table: list[int]) -> ir.Value:  # type: ignore[no-untyped-def]
+    """<32 x i8> table[nibble] of the 16 bytes at w[p]: low nibbles first, then high ones."""
+    idx = _nibbles16(builder, _load_bytes(context, builder, wt, w, _as_i64(builder, p), 16))
+    return _lookup16(builder, idx, table)
+
+
 @intrinsic(prefer_literal=True)
 def dot_lut4(typingctx, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
     """Sum over 32 elements of table[nibble] * xq[xo + element], where the nibbles are the
@@ -56,9 +62,8 @@ def dot_lut4(typingctx, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         wa, pv, xa, xov = args[:4]
-        idx = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
         s = _load_bytes(context, builder, sig.args[2], xa, _as_i64(builder, xov), 32)
-        return _dot_s8s8(builder, _lookup16(builder, idx, table), s)
+        return _dot_s8s8(builder, _lut_values(context, builder, sig.args[0], wa, pv, table), s)
     return i32x8(w, p, xq, xo, lut), codegen
 
 
@@ -206,10 +211,10 @@ def lut4_store(typingctx, w, p, q, qo, lut):  # type: ignore[no-untyped-def]
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         wa, pv, qa, qov = args[:4]
-        idx = _nibbles16(builder, _load_bytes(context, builder, sig.args[0], wa, _as_i64(builder, pv), 16))
         data = context.make_array(sig.args[2])(context, builder, qa).data
         ptr = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [_as_i64(builder, qov)])
-        builder.store(_lookup16(builder, idx, table), builder.bitcast(ptr, V32I8.as_pointer()), align=1)
+        builder.store(_lut_values(context, builder, sig.args[0], wa, pv, table),
+                      builder.bitcast(ptr, V32I8.as_pointer()), align=1)
         return context.get_dummy_value()
     return types.none(w, p, q, qo, lut), codegen
 
