@@ -2,12 +2,15 @@
 
     numallm serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--parallel 4] [-c N]
                   [-t N] [--numa MODE] [--load-mode MODE] [--api-key KEY]
+                  [--max-queue 64] [-to/--timeout 600]
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent
 events with "stream": true; JSON-schema response formats, GBNF grammars and tool calls
 by constrained decoding), GET /v1/models, GET /health (503 until the model is
 loaded), GET /metrics (Prometheus). Up to --parallel requests decode together, each
-in its own slot of -c tokens (prompt and answer); more wait in a queue. The sampling
+in its own slot of -c tokens (prompt and answer); up to --max-queue more wait in a
+queue, and beyond that a request gets 503 with Retry-After. A request that has not
+finished --timeout seconds after it arrived is cut (504, or a last error event). The sampling
 flags (--temp, --top-k, --top-p, --min-p, --repeat-penalty, -s, -n, --ignore-eos) are
 the defaults of requests that leave those fields out.
 """
@@ -20,6 +23,8 @@ import os
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_PARALLEL = 4
+DEFAULT_MAX_QUEUE = 64  # past this a client is better told to come back than left waiting
+DEFAULT_TIMEOUT_S = 600.0  # llama-server's -to default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"sequences decoded together, each with its own -c context (default {DEFAULT_PARALLEL})")
     g.add_argument("--api-key", default=os.environ.get("NUMALLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $NUMALLM_API_KEY, else no key)")
+    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                   help=f"requests that may wait for a slot; more get 503 (default {DEFAULT_MAX_QUEUE})")
+    g.add_argument("-to", "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"cut a request this many seconds after it arrived, waiting included "
+                   f"(default {DEFAULT_TIMEOUT_S:g})")
 
 
 def run(args: argparse.Namespace) -> int:

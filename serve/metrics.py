@@ -40,6 +40,9 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("numallm_prompt_tokens", "prompt tokens evaluated", registry=r)
         self.generated_tokens = Counter("numallm_generated_tokens", "tokens generated", registry=r)
+        self.queue_full = Counter("numallm_queue_full", "requests refused with 503 because --max-queue "
+                                  "requests were already waiting", registry=r)
+        self.timeouts = Counter("numallm_timeouts", "requests cut because they ran past --timeout", registry=r)
         self.ttft = Histogram("numallm_time_to_first_token_seconds",
                               "time from a request's arrival to its first generated text", registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

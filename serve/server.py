@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import sys
 
@@ -21,12 +22,16 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The server's settings from the command line, checked before anything loads."""
     if args.parallel < 1:
         raise BadInputError(f"--parallel {args.parallel}: at least one sequence slot is needed")
+    if args.max_queue < 0:
+        raise BadInputError(f"--max-queue {args.max_queue}: must be 0 or more (0: no request waits)")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInputError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     engine_kwargs = dict(engine_options(args), n_slots=args.parallel)
     params = SamplingParams(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                             seed=args.seed).validate()
     return ServeConfig(engine_kwargs, args.parallel, Defaults(params, args.n_predict, args.ignore_eos),
-                       api_key=args.api_key or None)
+                       api_key=args.api_key or None, max_queue=args.max_queue, timeout_s=args.timeout)
 
 
 class _Server(uvicorn.Server):
