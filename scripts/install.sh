@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install numallm and what it needs on a fresh Debian/Ubuntu machine.
 #   bash scripts/install.sh          the engine (libnuma1 from apt, numallm from pip)
-#   bash scripts/install.sh --test   also the test dependencies
+#   bash scripts/install.sh --test   also the test dependencies (with Debian's chromium and
+#                                    chromium-driver, for the web page's browser test)
 #   bash scripts/install.sh --llama-cpp   also llama-cpp-python (compiles llama.cpp, ~10 min;
 #                                    only for recording fixtures and --vs-llama-cpp benchmarks)
 set -euo pipefail
@@ -18,10 +19,17 @@ for arg in "$@"; do
 done
 
 # libnuma is optional at run time (numallm falls back to sysfs), but placement needs it.
-if ! ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1'; then
+apt_packages=""
+ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1' || apt_packages="libnuma1"
+case ",$extras," in
+  *,test,*)  # tests/test_serve_page.py drives the web page in headless Chromium
+    [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_packages="$apt_packages chromium chromium-driver" ;;
+esac
+if [ -n "$apt_packages" ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq libnuma1
+  # shellcheck disable=SC2086  # a list of package names
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq $apt_packages
 fi
 
 spec="."

@@ -223,6 +223,10 @@ function gib(bytes) {
   return (bytes / (1 << 20)).toFixed(1) + " MiB";
 }
 
+function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function mb(bytes) {
   return (bytes / 1e6).toFixed(1) + " MB";
 }
@@ -230,8 +234,8 @@ function mb(bytes) {
 function renderTopology(t) {
   const workersOn = {};
   for (const w of t.workers) (workersOn[w.cpu] = workersOn[w.cpu] || []).push(w.worker);
-  $("topo-summary").textContent = `${t.packages} package(s), ${t.numa_nodes} NUMA node(s), ${t.cores} cores, ` +
-    `${t.pus} CPUs, ${t.workers.length} workers`;
+  $("topo-summary").textContent = [count(t.packages, "package"), count(t.numa_nodes, "NUMA node"),
+    count(t.cores, "core"), count(t.pus, "CPU"), count(t.workers.length, "worker")].join(", ");
   const root = $("topology");
   root.textContent = "";
   for (const p of t.package_list) {
@@ -283,8 +287,8 @@ function renderPlacement(p) {
   for (const n of nodes) hr.appendChild(el("th", "", `node ${n}`));
   const body = $("placement").tBodies[0];
   body.textContent = "";
-  const total = p.nodes.reduce((s, n) => s + n.weight_bytes, 0) || 1;
   const row = (name, byNode, kind) => {
+    const total = nodes.reduce((s, n) => s + (byNode[n] || 0), 0) || 1;
     const tr = body.insertRow();
     tr.dataset[kind] = name;
     tr.appendChild(el("th", "", name));
@@ -293,7 +297,7 @@ function renderPlacement(p) {
       const td = el("td", "", bytes ? mb(bytes) : "–");
       td.dataset.node = n;
       td.dataset.bytes = bytes;
-      td.style.setProperty("--share", Math.min(1, 8 * bytes / total));
+      td.style.setProperty("--share", bytes / total);
       tr.appendChild(td);
     }
   };
