@@ -7,7 +7,9 @@
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent
 events with "stream": true; JSON-schema response formats, GBNF grammars and tool calls
 by constrained decoding), GET /v1/models, GET /health (503 until the model is
-loaded), GET /metrics (Prometheus). Up to --parallel requests decode together, each
+loaded), GET /metrics (Prometheus), llama-server's POST /tokenize and /detokenize,
+the machine as JSON (GET /v1/numallm/topology, /v1/numallm/placement) and a web page
+at / (a chat and a view of the machine). Up to --parallel requests decode together, each
 in its own slot of -c tokens (prompt and answer); up to --max-queue more wait in a
 queue, and beyond that a request gets 503 with Retry-After. A request that has not
 finished --timeout seconds after it arrived is cut (504, or a last error event). The sampling

@@ -53,6 +53,8 @@ def test_regular_wheel_contains_every_module(tmp_path: Path) -> None:
                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     expected |= {f"numallm/{p.name}" for p in ROOT.glob("*.py")}
     assert expected <= inside, sorted(expected - inside)
+    pages = {f"numallm/serve/web_files/{p.name}" for p in (ROOT / "serve" / "web_files").iterdir()}
+    assert pages <= set(zipfile.ZipFile(wheel).namelist()), "the web page's files are package data"
 
 
 def test_layers_import_only_downwards() -> None:
