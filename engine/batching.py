@@ -20,6 +20,10 @@ prefilled) and computes only the rest. Only for models whose kernels give each t
 the same bits in any batch (Engine.batch_invariant), so a copied prefix is exactly what
 the sequence would have computed.
 
+Embedding inputs (EmbedJob) wait in the same queue and run, one per loop between
+decode steps, in a free slot: the final hidden state of each token, pooled
+(Engine.embed). That slot's cache then holds no prompt to share.
+
 Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
 stop strings, limits), the text to the request's `emit` callback, and a finished or
 cancelled sequence frees its slot. A sequence under a grammar (Job.constraint) has its
@@ -84,6 +88,16 @@ class Job:
     cancelled: bool = field(default=False, init=False)  # set by any thread, read by the scheduler
 
 
+@dataclass(eq=False)
+class EmbedJob:
+    """One input to embed; `done(vector, None)` or `done(None, error)` runs on the scheduler thread."""
+
+    ids: list[int]
+    pooling: str
+    done: Callable[[np.ndarray | None, str | None], None]
+    cancelled: bool = field(default=False, init=False)
+
+
 class QueueFullError(NumallmError):
     """Too many requests are waiting for a slot; the caller should retry later."""
 
@@ -120,6 +134,7 @@ class BatchScheduler:
         self._on_mask = on_mask
         self._cond = threading.Condition()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._embeds: collections.deque[EmbedJob] = collections.deque()
         self._running: list[_Running] = []
         self._free = list(range(self.n_slots - 1, -1, -1))  # pop() hands out slot 0 first
         # Per free slot: the prompt tokens its cache holds from the sequence that ran there.
@@ -134,21 +149,31 @@ class BatchScheduler:
 
     def submit(self, job: Job) -> None:
         """Queue `job`; it starts at the next step with a free slot."""
-        if not job.ids:
-            raise BadInputError("the prompt is empty after tokenization")
         if len(job.ids) >= self.engine.n_ctx:
             raise BadInputError(f"the prompt has {len(job.ids)} tokens, the context per sequence is "
                                 f"{self.engine.n_ctx}; shorten it or raise -c/--ctx-size")
+        self._queue(self._waiting, job)
+
+    def submit_embedding(self, job: EmbedJob) -> None:
+        """Queue `job`; it runs at the next step with a slot free after the waiting generations."""
+        if len(job.ids) > self.engine.n_ctx:
+            raise BadInputError(f"the input has {len(job.ids)} tokens, the context per sequence is "
+                                f"{self.engine.n_ctx}; shorten it or raise -c/--ctx-size")
+        self._queue(self._embeds, job)
+
+    def _queue(self, queue: collections.deque[Job] | collections.deque[EmbedJob], job: Job | EmbedJob) -> None:
+        if not job.ids:
+            raise BadInputError("the prompt is empty after tokenization")
         with self._cond:
             if self._stopping:
                 raise NumallmError(f"the batching thread failed ({self.failure})" if self.failure
                                    else "the scheduler is shut down")
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFullError(f"{len(self._waiting)} requests are already waiting for a slot")
-            self._waiting.append(job)
+            if self.waiting >= self.max_waiting:
+                raise QueueFullError(f"{self.waiting} requests are already waiting for a slot")
+            queue.append(job)  # type: ignore[arg-type]
             self._cond.notify()
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job: Job | EmbedJob) -> None:
         """Stop `job` (its slot is freed at the next step); harmless if it already ended."""
         job.cancelled = True
         with self._cond:
@@ -156,7 +181,7 @@ class BatchScheduler:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._embeds)
 
     @property
     def active(self) -> int:
@@ -185,25 +210,33 @@ class BatchScheduler:
         for job in self._waiting:
             job.emit(Update("", outcome[0], len(job.ids), 0, outcome[1]))
         self._waiting.clear()
+        for embed in self._embeds:
+            embed.done(None, self.failure or "the server is shutting down")
+        self._embeds.clear()
 
     def _serve(self) -> None:
         while True:
             with self._cond:
                 self._drop_cancelled()
-                while not self._stopping and not self._running and not self._waiting:
+                while not self._stopping and not self._running and not self.waiting:
                     self._cond.wait()
                     self._drop_cancelled()
                 if self._stopping:
                     return
                 admitted = self._admit()
+                embed = self._embeds.popleft() if self._embeds and len(self._free) > len(admitted) else None
             for job in admitted:
                 self._start(job)
+            if embed is not None:
+                self._embed(embed)
             self._prefill_chunk()
             self._decode_step()
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled]:
             self._waiting.remove(job)
+        for embed in [j for j in self._embeds if j.cancelled]:
+            self._embeds.remove(embed)
         for r in [r for r in self._running if r.job.cancelled]:
             self._end(r, Update("", "cancelled", r.seq.n_prompt, r.seq.n_generated))
 
@@ -262,6 +295,18 @@ class BatchScheduler:
             r.fed = n
         r.wait = None
         return True
+
+    def _embed(self, job: EmbedJob) -> None:
+        """Run one embedding input in a free slot (which stays free)."""
+        slot = self._free[-1]
+        self._cached[slot] = []  # its cache is about to hold this input, not a prompt
+        try:
+            vector = self.engine.embed(job.ids, job.pooling, slot=slot)
+        except Exception as e:
+            log.error("an embedding failed: %s: %s", type(e).__name__, e)
+            job.done(None, f"{type(e).__name__}: {e}")
+            return
+        job.done(vector, None)
 
     def _end(self, r: _Running, update: Update) -> None:
         self._running.remove(r)

@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from numallm.engine.arch.spec import ArchSpec
 from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
+from numallm.engine.embedding import check_pooling, model_pooling, pool
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import batch_invariant, kernel_set
 from numallm.engine.forward import Batch, WorkerMemory, forward, kv_writers, plain, scratch
@@ -78,6 +79,7 @@ class Engine:
         self.path, self.spec, self.hparams = loaded.path, loaded.spec, loaded.spec.hparams
         hp, gf, plan = self.hparams, loaded.gf, loaded.workers
         self.n_ctx, self.n_slots, self.placed = loaded.n_ctx, n_slots, loaded.placed
+        self.pooling = model_pooling(gf.metadata)  # of embed(): the GGUF's, "none" for most chat models
         self._blas_limits = threadpool_limits(limits=1)  # BLAS threads would fight the workers
         try:
             self.numa = self.placed.plan.mode
@@ -157,12 +159,14 @@ class Engine:
         return self._eval(tokens, np.zeros(n, np.int32), np.arange(pos0, pos0 + n, dtype=np.int32), rows)
 
     def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
-              rows: np.ndarray) -> np.ndarray:
+              rows: np.ndarray, hidden: bool = False) -> np.ndarray:
+        """The logits of the rows `rows`; with hidden, their final hidden states instead."""
         if self._pool is None:
             raise NumallmError("this Engine is closed; create a new one")
-        logits = np.empty((len(rows), self.hparams.n_vocab), np.float32)
-        self._pool.run(self._worker_forward, len(self._pool), plain(Batch(tokens, slots, positions, rows)), logits,
-                       self._buffers(len(tokens)))
+        width = self.hparams.n_embd if hidden else self.hparams.n_vocab
+        logits = np.empty((len(rows), width), np.float32)
+        self._pool.run(self._worker_forward, len(self._pool), plain(Batch(tokens, slots, positions, rows, hidden)),
+                       logits, self._buffers(len(tokens)))
         return logits
 
     def _worker_forward(self, slot: WorkerSlot, n_workers: int, batch: tuple[np.ndarray, ...], logits: np.ndarray,
@@ -212,7 +216,7 @@ class Engine:
                     kc[dst, :, h, :n] = kc[src, :, h, :n]
                     vc[dst, :, h, :n] = vc[src, :, h, :n]
 
-    def _prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+    def _checked(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids, np.int32)
         if len(arr) == 0:
             raise BadInputError("the prompt is empty after tokenization")
@@ -221,6 +225,10 @@ class Engine:
                                 f"{self.n_ctx}; shorten it or raise -c/--ctx-size")
         if arr.min() < 0 or arr.max() >= self.hparams.n_vocab:
             raise BadInputError(f"token ids must be in [0, {self.hparams.n_vocab})")
+        return arr
+
+    def _prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        arr = self._checked(ids)
         outs = []
         for start in range(0, len(arr), N_BATCH):
             chunk = arr[start:start + N_BATCH]
@@ -243,6 +251,23 @@ class Engine:
         """Raw logits [len(ids), n_vocab] at every position, from a fresh context."""
         with self._lock:
             return self._prefill(ids, all_logits=True)
+
+    def embed(self, text: str | Sequence[int], pooling: str | None = None, slot: int = 0) -> np.ndarray:
+        """llama.cpp's embedding of `text` (or token ids): the final hidden state of every
+        token (after output_norm), pooled ("mean", "cls" or "last"; default the model's
+        own, see engine/embedding.py) and scaled to unit length. It runs in cache slot
+        `slot`, overwriting what that slot held."""
+        pooling = check_pooling(pooling or self.pooling)
+        arr = self._checked(self.tokenize(text) if isinstance(text, str) else text)
+        if not 0 <= slot < self.n_slots:
+            raise BadInputError(f"embed: slot must be in [0, {self.n_slots})")
+        n = len(arr)
+        with self._lock:
+            hidden = np.concatenate([self._eval(arr[s:s + N_BATCH], np.full(min(N_BATCH, n - s), slot, np.int32),
+                                                np.arange(s, min(s + N_BATCH, n), dtype=np.int32),
+                                                np.arange(min(N_BATCH, n - s), dtype=np.int32), hidden=True)
+                                     for s in range(0, n, N_BATCH)])
+        return pool(hidden, pooling)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,

@@ -46,12 +46,13 @@ from numallm.numa.split import part_jit as part
 
 
 class Batch(NamedTuple):
-    """The tokens of one forward call (int32 arrays)."""
+    """The tokens of one forward call (int32 arrays), and what it returns of them."""
 
     tokens: np.ndarray     # [n]
     slots: np.ndarray      # [n]: the cache slot (sequence) of each token
     positions: np.ndarray  # [n]: its position in that sequence
     out_rows: np.ndarray   # [m]: the tokens whose logits are wanted, in order
+    hidden: bool = False   # their final hidden states (after output_norm) instead: embeddings
 
 
 class Scratch(NamedTuple):
@@ -315,7 +316,7 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     of the attention heads, writes its KV heads of every token, and they meet at `bar`
     where a step needs everyone's output. A token may attend to tokens before it in the
     same call (a prompt) or to earlier calls (its slot's cache). logits[i] gets token
-    out_rows[i]. ks (kernels.kernel_set of the model's types) makes the compiled pass
+    out_rows[i] (its final hidden state with batch.hidden). ks (kernels.kernel_set of the model's types) makes the compiled pass
     hold only the kernels the model uses.
     """
     hp = HParams(*hparams)
@@ -417,6 +418,10 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     m = out_rows.shape[0]
     xo = np.empty((m, d), np.float32)
     _rmsnorm(x[out_rows], _vec(vecs, w.model_vec, ModelVector.OUTPUT_NORM), eps, xo)
+    if b.hidden:  # logits is [m, n_embd]: the states themselves
+        if worker == 0:
+            logits[:, :] = xo
+        return
     e = _entry(w.model, ModelMatrix.OUTPUT)
     r0, r1 = _share(e, worker, n_workers)
     _matmul(e, wbuf, xo, logits, r0, r1, ks)

@@ -2,12 +2,12 @@
 
     numallm serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--parallel 4] [-c N]
                   [-t N] [--numa MODE] [--load-mode MODE] [--api-key KEY]
-                  [--max-queue 64] [-to/--timeout 600]
+                  [--max-queue 64] [-to/--timeout 600] [--pooling mean|cls|last|none]
 
 Endpoints: POST /v1/chat/completions and /v1/completions (streamed as server-sent
 events with "stream": true; JSON-schema response formats, GBNF grammars and tool calls
 by constrained decoding), GET /v1/models, GET /health (503 until the model is
-loaded), GET /metrics (Prometheus), llama-server's POST /tokenize and /detokenize,
+loaded), GET /metrics (Prometheus), POST /v1/embeddings, llama-server's POST /tokenize and /detokenize,
 the machine as JSON (GET /v1/numallm/topology, /v1/numallm/placement) and a web page
 at / (a chat and a view of the machine). Up to --parallel requests decode together, each
 in its own slot of -c tokens (prompt and answer); up to --max-queue more wait in a
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+from numallm.engine.options import POOLINGS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -43,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-to", "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"cut a request this many seconds after it arrived, waiting included "
                    f"(default {DEFAULT_TIMEOUT_S:g})")
+    g.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="how /v1/embeddings pools the tokens' hidden states (default: the model's; "
+                   "none, as for most chat models, refuses embeddings)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,8 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from numallm.engine.batching import BatchScheduler, Job, QueueFullError, Update
 from numallm.engine.grammar import Constraint, GrammarError, gbnf_grammar, grammar_tokenizer, json_schema_grammar
 from numallm.errors import BadInputError, NumallmError
-from numallm.serve import llama_routes, machine_routes, shapes, web
+from numallm.serve import embeddings, llama_routes, machine_routes, shapes, web
 from numallm.serve.errors import ApiError, bad_request
+from numallm.serve.limits import Deadline, queue_full
 from numallm.serve.metrics import Metrics
 from numallm.serve.requests import Defaults, GenerationRequest, parse_chat, parse_completion, parse_json
 from numallm.serve.tools import ToolPlan, ToolStream
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("numallm.serve")
 
-RETRY_AFTER_S = 1  # what a 503 for a full queue suggests: a slot frees every few hundred tokens
 MAX_BODY_BYTES = 4 << 20  # far more text than any context holds; bounds tokenizer work
 # Answered without the API key: load balancers probe /health; the web page's files hold
 # no data (the page asks for the key and sends it with its API calls).
@@ -55,6 +55,7 @@ class ServeConfig:
     api_key: str | None = None
     max_queue: int = 64  # requests waiting for a slot; more get 503
     timeout_s: float = 600.0  # from arrival to the last byte; longer ones are cut
+    pooling: str | None = None  # of /v1/embeddings; None: the model's
 
 
 class ServerState:
@@ -150,7 +151,8 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] = lambda: None)
         routes=[Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics),
                 Route("/v1/chat/completions", chat, methods=["POST"]),
                 Route("/v1/completions", completions, methods=["POST"]),
-                *llama_routes.routes(state, _read_body), *machine_routes.routes(state), *web.routes()],
+                *llama_routes.routes(state, _read_body), *embeddings.routes(state, _read_body),
+                *machine_routes.routes(state), *web.routes()],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, BadInputError: _bad_input,
                             Exception: _internal_error},
         lifespan=lifespan)
@@ -206,34 +208,16 @@ async def _generate(state: ServerState, request: Request, chat: bool) -> Respons
     try:
         scheduler.submit(job)
     except QueueFullError as e:
-        state.metrics.queue_full.inc()
-        raise ApiError(503, f"the server is busy: {e}; retry later", code="queue_full",
-                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        raise queue_full(state.metrics, str(e)) from None
     except NumallmError as e:  # the scheduler is shutting down, or died
         raise ApiError(503, str(e)) from None
     state.metrics.prompt_tokens.inc(len(ids))
     shape = shapes.Completion(chat, engine.path.name)
     first = _FirstText(state.metrics, arrived)
-    deadline = _Deadline(state, arrived)
+    deadline = Deadline(state.metrics, state.config.timeout_s, arrived)
     if req.stream:
         return _JobStream(_events(updates, shape, req.include_usage, first, calls, deadline), scheduler, job)
     return await _whole(request, scheduler, job, updates, shape, first, calls, deadline)
-
-
-class _Deadline:
-    """--timeout seconds from a request's arrival: what is left, and the error once past."""
-
-    def __init__(self, state: ServerState, arrived: float) -> None:
-        self._timeout, self._metrics = state.config.timeout_s, state.metrics
-        self._at = arrived + self._timeout
-
-    def left(self) -> float:
-        return max(0.0, self._at - time.perf_counter())
-
-    def passed(self) -> ApiError:
-        self._metrics.timeouts.inc()
-        return ApiError(504, f"the request ran past the server's --timeout of {self._timeout:g} s; "
-                        "ask for fewer tokens or retry when the server is less busy", code="timeout")
 
 
 class _FirstText:
@@ -264,7 +248,7 @@ class _JobStream(StreamingResponse):
 
 
 async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, include_usage: bool,
-                  first: _FirstText, calls: ToolStream | None, deadline: _Deadline) -> AsyncIterator[str]:
+                  first: _FirstText, calls: ToolStream | None, deadline: Deadline) -> AsyncIterator[str]:
     """The server-sent events of a streamed answer; the updates that piled up while the
     client was being written to go out as one write. With tools, text that begins the
     calls is held back, and the calls go out whole at the end."""
@@ -307,7 +291,7 @@ async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, incl
 
 async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates: asyncio.Queue[Update],
                  shape: shapes.Completion, first: _FirstText, calls: ToolStream | None,
-                 deadline: _Deadline) -> Response:
+                 deadline: Deadline) -> Response:
     gone = asyncio.ensure_future(_disconnected(request))
     parts: list[str] = []
     try:

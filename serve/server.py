@@ -31,7 +31,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                             repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                             seed=args.seed).validate()
     return ServeConfig(engine_kwargs, args.parallel, Defaults(params, args.n_predict, args.ignore_eos),
-                       api_key=args.api_key or None, max_queue=args.max_queue, timeout_s=args.timeout)
+                       api_key=args.api_key or None, max_queue=args.max_queue, timeout_s=args.timeout,
+                       pooling=args.pooling)
 
 
 class _Server(uvicorn.Server):

@@ -156,3 +156,8 @@ def test_a_full_queue_gets_503_with_retry_after_and_timeouts_cut_requests(server
         assert time.monotonic() < deadline, "the timed-out sequence still holds its slot"
         time.sleep(0.05)
     assert _post(server, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+def test_embeddings_need_a_pooling_when_the_model_names_none(server: Server) -> None:
+    status, reply = _post(server, "/v1/embeddings", {"input": "Hello"})
+    assert status == 400 and "--pooling" in reply["error"]["message"], reply
