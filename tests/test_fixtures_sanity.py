@@ -113,3 +113,18 @@ def test_self_consistency_summarises_its_cases(model: str) -> None:
     assert sc["max_abs"] == max(c["steps_max_abs"] for c in cases)
     assert sc["rms"] == max(c["steps_rms"] for c in cases)
     assert math.isfinite(sc["max_abs"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_embedding_fixtures_are_unit_vectors_of_the_known_model(model: str) -> None:
+    fixture = json.loads((FIXTURES / f"embeddings_{model}.json").read_text(encoding="utf-8"))
+    assert fixture["model_sha256"] == KNOWN_MODELS[model].sha256
+    assert fixture["command"].startswith("python3 scripts/record_llama_cpp_embeddings.py")
+    assert max(len(t["tokens"]) for t in fixture["texts"]) > 512  # one text takes two of numallm's chunks
+    for t in fixture["texts"]:
+        vectors = t["embeddings"]
+        assert set(vectors) == {"mean", "cls", "last"}
+        for v in vectors.values():
+            assert len(v) == len(vectors["mean"]) and abs(sum(x * x for x in v) - 1) < 1e-4
+        if len(t["tokens"]) == 1:  # one token: every pooling is that token's state
+            assert vectors["mean"] == vectors["cls"] == vectors["last"]
