@@ -5,6 +5,8 @@ llama-server's /tokenize and /detokenize, the machine's JSON (/v1/numallm/topolo
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 import json
 import threading
 import time
@@ -161,3 +163,12 @@ def test_a_full_queue_gets_503_with_retry_after_and_timeouts_cut_requests(server
 def test_embeddings_need_a_pooling_when_the_model_names_none(server: Server) -> None:
     status, reply = _post(server, "/v1/embeddings", {"input": "Hello"})
     assert status == 400 and "--pooling" in reply["error"]["message"], reply
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--max-queue", "-1"], "--max-queue -1"),
+                                                (["--timeout", "0"], "--timeout 0"),
+                                                (["--timeout", "nan"], "--timeout nan")])
+def test_bad_overload_flags_exit_2_before_loading(flags: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "numallm", "serve", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
