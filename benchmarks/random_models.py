@@ -1,0 +1,316 @@
+"""Random-weight GGUF files with the shapes of real models, for speed measurements.
+
+    python3 benchmarks/random_models.py llama-7b Q4_K_M            # write (or find) one file
+    python3 benchmarks/random_models.py qwen3moe-a3b Q4_K --layers 2
+
+A file's speed depends on its shapes and types, not on its values, so a benchmark of a
+7B model does not need the 7B model: these files have a real model's hyperparameters,
+tensor names and types (one type throughout, or llama.cpp's Q4_K_M mix), a real
+vocabulary, and random quantized blocks whose fp16 scale fields are set to small
+finite values, so that every engine computes finite numbers at the real cost.
+
+Each shape is a small record (SHAPES); another benchmark adds its own. Files go to
+~/.cache/numallm/bench-models/ (or $NUMALLM_CACHE/bench-models), are written through
+gguf's GGUFWriter one tensor at a time (never the whole file in memory), named by
+shape, layer count and type, moved into place only once complete, and reused when
+present: the bytes are a function of the name (each tensor's generator is seeded by
+its name).
+
+The vocabulary is SmolLM2's (the default model's, fetched once): its byte-level BPE
+tokens and merges, cut to the shape's vocabulary size (with the merges whose result
+was cut dropped) or padded with unused "[PAD<n>]" tokens, as llama.cpp's converter
+pads. Real tokens mean both engines' tokenizers load the file as they would a real
+one, and text generated from it is printable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
+
+from numallm.progress import progress_bar
+
+Q = GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's architecture and hyperparameters; n_expert > 0 makes the FFN a
+    mixture of experts (llama.cpp's merged *_exps tensors, a router per layer)."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx: int = 4096
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    qk_norm: bool = False    # per-head RMS norms of q and k (Qwen3)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+
+
+SHAPES: dict[str, ModelShape] = {
+    # Llama 2 7B.
+    "llama-7b": ModelShape("llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, head_dim=128,
+                           n_ff=11008, n_vocab=32000),
+    # Qwen3-30B-A3B with 16 of its 48 layers (about 6 GB in Q4_K, for a 24 GiB machine).
+    "qwen3moe-a3b": ModelShape("qwen3moe", n_layer=16, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128,
+                               n_ff=6144, n_vocab=151936, n_ctx=40960, rope_base=1e6, rms_eps=1e-6,
+                               qk_norm=True, n_expert=128, n_expert_used=8, n_ff_exp=768),
+}
+
+# The mixes a file can have: one type for every matrix (llama-quantize --pure), or
+# llama.cpp's Q4_K_M (see q4_k_m_type).
+SINGLE_TYPES = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q8_0": Q.Q8_0,
+                "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
+MIXES = (*SINGLE_TYPES, "Q4_K_M")
+_FILE_TYPES = {"Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
+               "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
+               # ggml has no file type for a pure K-quant: the nearest names.
+               "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": LlamaFileType.MOSTLY_Q5_K_S,
+               "Q6_K": LlamaFileType.MOSTLY_Q6_K, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
+
+# Byte offsets of each block's fp16 scale fields (ggml's block structs): d, and dmin
+# where the type has one (Q6_K keeps d last).
+_F16_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q8_0: (0,),
+               Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+
+
+def cache_dir() -> Path:
+    """$NUMALLM_CACHE/bench-models, else ~/.cache/numallm/bench-models (never the repository)."""
+    base = os.environ.get("NUMALLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "numallm")
+    return Path(base) / "bench-models"
+
+
+def file_name(shape_name: str, mix: str, n_layer: int | None = None) -> str:
+    full = SHAPES[shape_name].n_layer
+    cut = f"-L{n_layer}" if n_layer is not None and n_layer != full else ""
+    return f"{shape_name}{cut}-{mix}.random.gguf"
+
+
+def q4_k_m_type(name: str, n_layer: int) -> GGMLQuantizationType:
+    """The type llama.cpp's quantizer gives a matrix in a Q4_K_M file of a model without
+    tied embeddings whose dimensions are multiples of 256 (src/llama-quant.cpp,
+    llama_tensor_get_type_impl): output Q6_K; attn_v and ffn_down (the experts' too)
+    Q6_K in the first and last eighth of the layers and every third layer between,
+    the rest Q4_K. attn_v is counted per tensor, ffn_down per layer: the same layers."""
+    if name == "output.weight":
+        return Q.Q6_K
+    if name.startswith("blk.") and (".attn_v." in name or ".ffn_down" in name):
+        il = int(name.split(".")[1])
+        more_bits = il < n_layer // 8 or il >= 7 * n_layer // 8 or (il - n_layer // 8) % 3 == 2
+        return Q.Q6_K if more_bits else Q.Q4_K
+    return Q.Q4_K
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]  # numpy order: (experts,) rows, cols
+    quantized: bool         # a matrix in the file's mix; else F32 (norms, the MoE router)
+
+
+def _tensors(s: ModelShape) -> Iterator[_Tensor]:
+    """Every tensor of the shape's architecture, llama.cpp's names and order."""
+    yield _Tensor("token_embd.weight", (s.n_vocab, s.n_embd), True)
+    q_dim, kv_dim = s.n_head * s.head_dim, s.n_head_kv * s.head_dim
+    for il in range(s.n_layer):
+        b = f"blk.{il}"
+        yield _Tensor(f"{b}.attn_norm.weight", (s.n_embd,), False)
+        yield _Tensor(f"{b}.attn_q.weight", (q_dim, s.n_embd), True)
+        yield _Tensor(f"{b}.attn_k.weight", (kv_dim, s.n_embd), True)
+        yield _Tensor(f"{b}.attn_v.weight", (kv_dim, s.n_embd), True)
+        yield _Tensor(f"{b}.attn_output.weight", (s.n_embd, q_dim), True)
+        if s.qk_norm:
+            yield _Tensor(f"{b}.attn_q_norm.weight", (s.head_dim,), False)
+            yield _Tensor(f"{b}.attn_k_norm.weight", (s.head_dim,), False)
+        yield _Tensor(f"{b}.ffn_norm.weight", (s.n_embd,), False)
+        if s.n_expert:
+            yield _Tensor(f"{b}.ffn_gate_inp.weight", (s.n_expert, s.n_embd), False)
+            yield _Tensor(f"{b}.ffn_gate_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
+            yield _Tensor(f"{b}.ffn_up_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
+            yield _Tensor(f"{b}.ffn_down_exps.weight", (s.n_expert, s.n_embd, s.n_ff_exp), True)
+        else:
+            yield _Tensor(f"{b}.ffn_gate.weight", (s.n_ff, s.n_embd), True)
+            yield _Tensor(f"{b}.ffn_up.weight", (s.n_ff, s.n_embd), True)
+            yield _Tensor(f"{b}.ffn_down.weight", (s.n_embd, s.n_ff), True)
+    yield _Tensor("output_norm.weight", (s.n_embd,), False)
+    yield _Tensor("output.weight", (s.n_vocab, s.n_embd), True)
+
+
+@cache
+def _unit_rms(qtype: GGMLQuantizationType) -> float:
+    """RMS of the values of random blocks of qtype whose fp16 scales are all 1.0."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    blocks = np.random.default_rng(0).integers(0, 256, (256, ts), dtype=np.uint8)
+    for off in _F16_FIELDS[qtype]:
+        blocks[:, off:off + 2] = np.full((256, 1), np.float16(1.0)).view(np.uint8)
+    values = quants.dequantize(blocks, qtype)
+    return float(np.sqrt(np.mean(values.astype(np.float64) ** 2)))
+
+
+def random_blocks(qtype: GGMLQuantizationType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of a [.., rows, cols] matrix of qtype, as bytes [.., rows, row bytes],
+    with every fp16 scale field near (within a factor 2) 1 / (rms * sqrt(cols)): each
+    output of a product with a unit-RMS vector then has an RMS about 1."""
+    bs, ts = GGML_QUANT_SIZES[qtype]
+    *lead, cols = shape
+    if cols % bs:
+        raise ValueError(f"{qtype.name} needs rows of a multiple of {bs} values, not {cols}")
+    n_blocks = math.prod(lead) * (cols // bs)
+    data = np.frombuffer(rng.bytes(n_blocks * ts), np.uint8).reshape(n_blocks, ts).copy()
+    scale = 1.0 / (_unit_rms(qtype) * math.sqrt(cols))
+    for off in _F16_FIELDS[qtype]:
+        d = (scale * rng.uniform(0.5, 1.5, n_blocks)).astype(np.float16)
+        data[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return data.reshape(*lead, cols // bs * ts)
+
+
+def _random_f32(t: _Tensor, rng: np.random.Generator) -> np.ndarray:
+    if len(t.shape) == 1:  # a norm's weight: around 1
+        return (1.0 + 0.1 * rng.standard_normal(t.shape)).astype(np.float32)
+    return (rng.standard_normal(t.shape) / math.sqrt(t.shape[-1])).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    keys: dict[str, object]  # the other tokenizer.* keys (ids, flags, chat template)
+
+
+def smollm2_vocabulary(n_vocab: int) -> Vocabulary:
+    """SmolLM2's BPE vocabulary cut or padded to n_vocab tokens (see the module docstring)."""
+    from numallm.engine.gguf_file import read_gguf
+    from numallm.engine.model_store import fetch_known_model
+
+    md = read_gguf(fetch_known_model("smollm2")).metadata
+    tokens = list(md["tokenizer.ggml.tokens"])[:n_vocab]
+    types = [int(t) for t in md["tokenizer.ggml.token_type"]][:n_vocab]
+    kept = set(tokens)
+    merges = [m for m in md["tokenizer.ggml.merges"] if m.replace(" ", "", 1) in kept]
+    pad = n_vocab - len(tokens)
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), n_vocab)]
+    types += [int(TokenType.UNUSED)] * pad
+    keys = {k: v for k, v in md.items() if k.startswith("tokenizer.")
+            and k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges")}
+    return Vocabulary(tokens, types, merges, keys)
+
+
+def _add_header(w: GGUFWriter, s: ModelShape, mix: str, vocab: Vocabulary, name: str) -> None:
+    w.add_type("model")
+    w.add_name(name)
+    w.add_context_length(s.n_ctx)
+    w.add_embedding_length(s.n_embd)
+    w.add_block_count(s.n_layer)
+    w.add_feed_forward_length(s.n_ff)
+    w.add_head_count(s.n_head)
+    w.add_head_count_kv(s.n_head_kv)
+    w.add_rope_freq_base(s.rope_base)
+    w.add_layer_norm_rms_eps(s.rms_eps)
+    w.add_vocab_size(s.n_vocab)
+    if s.head_dim * s.n_head == s.n_embd:
+        w.add_rope_dimension_count(s.head_dim)
+    else:
+        w.add_key_length(s.head_dim)
+        w.add_value_length(s.head_dim)
+    if s.n_expert:
+        w.add_expert_count(s.n_expert)
+        w.add_expert_used_count(s.n_expert_used)
+        w.add_expert_feed_forward_length(s.n_ff_exp)
+    w.add_file_type(_FILE_TYPES[mix])
+    w.add_quantization_version(2)
+    w.add_tokenizer_model(str(vocab.keys["tokenizer.ggml.model"]))
+    w.add_token_list(vocab.tokens)
+    w.add_token_types(vocab.token_types)
+    w.add_token_merges(vocab.merges)
+    adders: dict[str, Callable[[object], None]] = {
+        "tokenizer.ggml.pre": w.add_tokenizer_pre, "tokenizer.ggml.bos_token_id": w.add_bos_token_id,
+        "tokenizer.ggml.eos_token_id": w.add_eos_token_id, "tokenizer.ggml.unknown_token_id": w.add_unk_token_id,
+        "tokenizer.ggml.padding_token_id": w.add_pad_token_id, "tokenizer.ggml.add_bos_token": w.add_add_bos_token,
+        "tokenizer.ggml.add_space_prefix": w.add_add_space_prefix, "tokenizer.chat_template": w.add_chat_template,
+    }
+    for key, value in vocab.keys.items():
+        if key in adders:
+            adders[key](value)
+
+
+def write_model(path: Path, s: ModelShape, mix: str) -> None:
+    """Write a random-weight GGUF of shape s and mix to path, tensor by tensor."""
+    if mix not in MIXES:
+        raise ValueError(f"{mix}: not one of {', '.join(MIXES)}")
+
+    def qtype(name: str) -> GGMLQuantizationType:
+        return q4_k_m_type(name, s.n_layer) if mix == "Q4_K_M" else SINGLE_TYPES[mix]
+
+    tensors = list(_tensors(s))
+    w = GGUFWriter(os.fspath(path), s.arch)
+    _add_header(w, s, mix, smollm2_vocabulary(s.n_vocab), f"random {s.arch} {s.n_layer} layers {mix}")
+    for t in tensors:
+        if t.quantized:
+            qt = qtype(t.name)
+            bs, ts = GGML_QUANT_SIZES[qt]
+            byte_shape = (*t.shape[:-1], t.shape[-1] // bs * ts)
+            w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qt)
+        else:
+            w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), 4 * math.prod(t.shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    bar = progress_bar(sum(ti.nbytes for ti in w.tensors[0].values()), f"writing {path.name}")
+    for t in tensors:
+        rng = np.random.default_rng(zlib.crc32(t.name.encode()))
+        data = random_blocks(qtype(t.name), t.shape, rng) if t.quantized else _random_f32(t, rng)
+        w.write_tensor_data(data)
+        bar.update(data.nbytes)
+    bar.close()
+    w.close()
+
+
+def ensure_model(shape_name: str, mix: str, n_layer: int | None = None, directory: Path | None = None) -> Path:
+    """The cached file of this shape (cut to n_layer layers) and mix, written first if absent."""
+    if shape_name not in SHAPES:
+        raise ValueError(f"{shape_name}: not one of {', '.join(SHAPES)}")
+    shape = SHAPES[shape_name] if n_layer is None else replace(SHAPES[shape_name], n_layer=n_layer)
+    target = (directory or cache_dir()) / file_name(shape_name, mix, n_layer)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        write_model(partial, shape, mix)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("shape", choices=sorted(SHAPES))
+    ap.add_argument("mix", choices=MIXES)
+    ap.add_argument("--layers", type=int, help="cut the model to this many layers")
+    args = ap.parse_args(argv)
+    print(ensure_model(args.shape, args.mix, args.layers))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
