@@ -86,10 +86,26 @@ _FILE_TYPES = {"Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q
                "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": LlamaFileType.MOSTLY_Q5_K_S,
                "Q6_K": LlamaFileType.MOSTLY_Q6_K, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
 
-# Byte offsets of each block's fp16 scale fields (ggml's block structs): d, and dmin
-# where the type has one (Q6_K keeps d last).
-_F16_FIELDS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q8_0: (0,),
-               Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+# Each block's fp16 scale fields (ggml's block structs): the byte offset of d (Q6_K keeps
+# it last), and of the min where the type has one, with the min's value as a multiple
+# of d that centres random quants on 0 (Q4_1: x = d q + m, q 0..15; the K-quants:
+# x = d sc q - dmin mn, sc and mn alike random, q 0..15 or 0..31). The other types'
+# quants are centred by the format. Weights of mean 0 keep the token in the output:
+# with a common sign every product gave the same direction for any input.
+_F16_FIELDS: dict[GGMLQuantizationType, tuple[int, tuple[int, float] | None]] = {
+    Q.Q4_0: (0, None), Q.Q5_0: (0, None), Q.Q8_0: (0, None), Q.Q6_K: (208, None),
+    Q.Q4_1: (0, (2, -7.5)), Q.Q4_K: (0, (2, 7.5)), Q.Q5_K: (0, (2, 15.5)),
+}
+
+
+def _set_scales(blocks: np.ndarray, qtype: GGMLQuantizationType, d: np.ndarray) -> None:
+    """Write d (one per block) and the min it implies into blocks [n, block bytes]."""
+    d_off, min_field = _F16_FIELDS[qtype]
+    n = blocks.shape[0]
+    blocks[:, d_off:d_off + 2] = d.astype(np.float16).view(np.uint8).reshape(n, 2)
+    if min_field is not None:
+        off, factor = min_field
+        blocks[:, off:off + 2] = (factor * d).astype(np.float16).view(np.uint8).reshape(n, 2)
 
 
 def cache_dir() -> Path:
@@ -156,29 +172,28 @@ def _tensors(s: ModelShape) -> Iterator[_Tensor]:
 
 @cache
 def _unit_rms(qtype: GGMLQuantizationType) -> float:
-    """RMS of the values of random blocks of qtype whose fp16 scales are all 1.0."""
+    """RMS of the values of random blocks of qtype with d = 1."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     blocks = np.random.default_rng(0).integers(0, 256, (256, ts), dtype=np.uint8)
-    for off in _F16_FIELDS[qtype]:
-        blocks[:, off:off + 2] = np.full((256, 1), np.float16(1.0)).view(np.uint8)
+    _set_scales(blocks, qtype, np.ones(256))
     values = quants.dequantize(blocks, qtype)
     return float(np.sqrt(np.mean(values.astype(np.float64) ** 2)))
 
 
-def random_blocks(qtype: GGMLQuantizationType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def random_blocks(qtype: GGMLQuantizationType, shape: tuple[int, ...], rng: np.random.Generator,
+                  value_rms: float | None = None) -> np.ndarray:
     """Random blocks of a [.., rows, cols] matrix of qtype, as bytes [.., rows, row bytes],
-    with every fp16 scale field near (within a factor 2) 1 / (rms * sqrt(cols)): each
-    output of a product with a unit-RMS vector then has an RMS about 1."""
+    with every fp16 scale field set (within a factor 2) for values of RMS value_rms,
+    by default 1 / sqrt(cols): each output of a product with a unit-RMS vector then
+    has an RMS about 1."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     *lead, cols = shape
     if cols % bs:
         raise ValueError(f"{qtype.name} needs rows of a multiple of {bs} values, not {cols}")
     n_blocks = math.prod(lead) * (cols // bs)
     data = np.frombuffer(rng.bytes(n_blocks * ts), np.uint8).reshape(n_blocks, ts).copy()
-    scale = 1.0 / (_unit_rms(qtype) * math.sqrt(cols))
-    for off in _F16_FIELDS[qtype]:
-        d = (scale * rng.uniform(0.5, 1.5, n_blocks)).astype(np.float16)
-        data[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    scale = (value_rms if value_rms is not None else 1.0 / math.sqrt(cols)) / _unit_rms(qtype)
+    _set_scales(data, qtype, scale * rng.uniform(0.5, 1.5, n_blocks))
     return data.reshape(*lead, cols // bs * ts)
 
 
@@ -277,7 +292,12 @@ def write_model(path: Path, s: ModelShape, mix: str) -> None:
     bar = progress_bar(sum(ti.nbytes for ti in w.tensors[0].values()), f"writing {path.name}")
     for t in tensors:
         rng = np.random.default_rng(zlib.crc32(t.name.encode()))
-        data = random_blocks(qtype(t.name), t.shape, rng) if t.quantized else _random_f32(t, rng)
+        if t.quantized:
+            # Embedding rows of RMS 1, as large as what each layer adds: the input token
+            # then shows in the logits (at 1/sqrt(n_embd) every token gave the same).
+            data = random_blocks(qtype(t.name), t.shape, rng, 1.0 if t.name == "token_embd.weight" else None)
+        else:
+            data = _random_f32(t, rng)
         w.write_tensor_data(data)
         bar.update(data.nbytes)
     bar.close()
