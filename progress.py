@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -42,3 +45,32 @@ def progress_bar(total: int, desc: str, unit: str = "B") -> Progress:
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1000,
                 file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+@contextmanager
+def working(desc: str, after_s: float = 1.0) -> Iterator[None]:
+    """For a step of unknown length (a Numba compile): from `after_s` seconds on, one
+    line that says what is being done and counts the seconds, gone when it ends. A
+    step shorter than after_s (a cache hit) shows nothing."""
+    if not _enabled():
+        yield
+        return
+    done = threading.Event()
+
+    def show() -> None:
+        if done.wait(after_s):
+            return
+        from tqdm import tqdm
+
+        line = tqdm(desc=desc, bar_format="{desc}: {elapsed}", file=sys.stderr, leave=False, dynamic_ncols=True)
+        while not done.wait(1.0):  # tqdm redraws only when told: the elapsed seconds need a tick
+            line.refresh()
+        line.close()
+
+    shower = threading.Thread(target=show, name="numallm-progress", daemon=True)
+    shower.start()
+    try:
+        yield
+    finally:
+        done.set()
+        shower.join()

@@ -33,7 +33,7 @@ from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
 from numallm.errors import BadInputError, ModelFormatError, NumallmError
 from numallm.numa.workers import WorkerPool, WorkerSlot
-from numallm.progress import progress_bar
+from numallm.progress import working
 
 N_BATCH = 512  # prompt tokens per forward call, as llama.cpp's default n_batch
 
@@ -57,6 +57,12 @@ class Stats:
 
 def _log(msg: str) -> None:
     print(f"numallm: {msg}", file=sys.stderr, flush=True)
+
+
+def _cache_counts() -> tuple[int, int]:
+    """Numba's cache hits and misses of the forward pass in this process so far."""
+    stats = forward.stats
+    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
 
 
 class Engine:
@@ -137,10 +143,16 @@ class Engine:
         """Compile (or load from Numba's cache) the forward pass now, not at the first token.
         One compiled function serves every batch size and carries its own copy of every
         kernel it calls, so one 1-token run loads it all."""
-        bar = progress_bar(1, "compiling kernels", unit="step")
-        self._run(np.array([0], np.int32), 0, all_logits=False)
-        bar.update(1)
-        bar.close()
+        types = ", ".join(sorted(t.name for t in self.weights.qtypes))
+        before = _cache_counts()
+        t0 = time.perf_counter()
+        with working(f"numallm: compiling the forward pass for {types} (once per model type mix; "
+                     "Numba caches it)"):
+            self._run(np.array([0], np.int32), 0, all_logits=False)
+        if self.verbose:
+            hits, misses = (now - then for now, then in zip(_cache_counts(), before))
+            how = "compiled" if misses else "loaded from Numba's cache" if hits else "compiled earlier in this process"
+            _log(f"forward pass for {types}: {how}, {time.perf_counter() - t0:.2f} s")
 
     # -- the forward pass ------------------------------------------------------------
 

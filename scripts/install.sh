@@ -5,16 +5,20 @@
 #                                    chromium-driver, for the web page's browser test)
 #   bash scripts/install.sh --llama-cpp   also llama-cpp-python (compiles llama.cpp, ~10 min;
 #                                    only for recording fixtures and --vs-llama-cpp benchmarks)
+#   bash scripts/install.sh --no-warm-up   without fetching the default model and compiling its
+#                                    kernels (then the first generate does both, 30-60 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 
 extras=""
+warm_up=1
 for arg in "$@"; do
   case "$arg" in
     --test) extras="${extras:+$extras,}test" ;;
     --llama-cpp) extras="${extras:+$extras,}llama-cpp" ;;
-    *) echo "install.sh: unknown option $arg (use --test, --llama-cpp)" >&2; exit 2 ;;
+    --no-warm-up) warm_up=0 ;;
+    *) echo "install.sh: unknown option $arg (use --test, --llama-cpp, --no-warm-up)" >&2; exit 2 ;;
   esac
 done
 
@@ -45,3 +49,13 @@ case ",$extras," in
     ;;
 esac
 "$python" -m pip install --disable-pip-version-check -q -e "$spec"
+
+# A model's first run compiles its forward pass for this CPU (Numba, 20-50 s of CPU) and
+# the default model is downloaded on first use: both happen here, once, so that the
+# first `numallm generate` starts in seconds. Both are cached: the model in
+# ~/.cache/numallm, the machine code beside the sources (Numba's __pycache__).
+if [ "$warm_up" = 1 ]; then
+  echo "install.sh: fetching the default model and compiling its kernels for this CPU (once)" >&2
+  "$python" -c "from numallm.engine.engine import Engine; Engine().close()" ||
+    echo "install.sh: the warm-up failed (above); numallm is installed, and its first run will try again" >&2
+fi

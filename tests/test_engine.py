@@ -135,6 +135,13 @@ def test_closed_engine_refuses_work_and_frees_threads(tiny_llama: Path) -> None:
         e.generate("x", max_tokens=1)
 
 
+def test_verbose_load_says_how_the_forward_pass_was_had(tiny_llama: Path, eng: Engine,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with Engine(tiny_llama, threads=2, verbose=True):  # eng has compiled or loaded it already
+        pass
+    assert "forward pass for Q4_1, Q8_0: compiled earlier in this process," in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"threads": 0}, "threads"),
     ({"ctx_size": -5}, "ctx-size"),
