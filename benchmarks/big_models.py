@@ -5,7 +5,7 @@
     python3 benchmarks/big_models.py --layers 2 -r 1                  # a quick check of the set-up
 
 For each shape and mix (benchmarks/random_models.py writes the file into
-~/.cache/numallm/bench-models/ the first time: 4-7 GB each at full size) this runs
+~/.cache/numallm/bench-models/ the first time: 4-11 GB each at full size) this runs
 `numallm bench -m FILE -p P -n N -t T -r R --vs-llama-cpp --json` in a child process
 (one model in memory at a time) and prints one table: numallm's and llama.cpp's pp and
 tg t/s, their ratios (numallm / llama.cpp), and the fraction of the memory roofline
@@ -37,6 +37,9 @@ from numallm.engine import arch
 from numallm.engine.gguf_file import read_gguf
 from numallm.numa.topology import detect
 from numallm.numa.workers import plan_workers
+
+
+COMMON_MIXES = ("Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_K_M")
 
 
 @dataclass
@@ -159,8 +162,8 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
-    ap.add_argument("--mixes", default=",".join(m for m in MIXES if m in ("Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_K_M")),
-                    help=f"comma list of {', '.join(MIXES)}")
+    ap.add_argument("--mixes", default=",".join(COMMON_MIXES),
+                    help=f"comma list of {', '.join(MIXES)} (default {','.join(COMMON_MIXES)})")
     ap.add_argument("--layers", type=int, help="cut every model to this many layers (a quick check)")
     ap.add_argument("-p", "--n-prompt", default="128", help="prompt size of the pp test (default 128)")
     ap.add_argument("-n", "--n-gen", default="64", help="tokens of the tg test (default 64)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -267,13 +268,29 @@ def _add_header(w: GGUFWriter, s: ModelShape, mix: str, vocab: Vocabulary, name:
             adders[key](value)
 
 
+def _tensor_type(name: str, s: ModelShape, mix: str) -> GGMLQuantizationType:
+    return q4_k_m_type(name, s.n_layer) if mix == "Q4_K_M" else SINGLE_TYPES[mix]
+
+
+def tensor_bytes(s: ModelShape, mix: str) -> int:
+    """Bytes of all tensors of a file of shape s and mix (the file is a little larger)."""
+    total = 0
+    for t in _tensors(s):
+        if t.quantized:
+            bs, ts = GGML_QUANT_SIZES[_tensor_type(t.name, s, mix)]
+            total += math.prod(t.shape) // bs * ts
+        else:
+            total += 4 * math.prod(t.shape)
+    return total
+
+
 def write_model(path: Path, s: ModelShape, mix: str) -> None:
     """Write a random-weight GGUF of shape s and mix to path, tensor by tensor."""
     if mix not in MIXES:
         raise ValueError(f"{mix}: not one of {', '.join(MIXES)}")
 
     def qtype(name: str) -> GGMLQuantizationType:
-        return q4_k_m_type(name, s.n_layer) if mix == "Q4_K_M" else SINGLE_TYPES[mix]
+        return _tensor_type(name, s, mix)
 
     tensors = list(_tensors(s))
     w = GGUFWriter(os.fspath(path), s.arch)
@@ -313,6 +330,10 @@ def ensure_model(shape_name: str, mix: str, n_layer: int | None = None, director
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    need, free = tensor_bytes(shape, mix), shutil.disk_usage(target.parent).free
+    if need > free:
+        raise OSError(f"{target.name} needs {need / 1e9:.1f} GB but {target.parent} has {free / 1e9:.1f} GB "
+                      "free: delete files there or set NUMALLM_CACHE to a larger disk")
     partial = target.with_name(target.name + ".partial")
     try:
         write_model(partial, shape, mix)
