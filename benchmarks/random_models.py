@@ -39,6 +39,9 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
 
+from numallm.engine.gguf_file import read_gguf
+from numallm.engine.model_store import cache_dir as numallm_cache_dir
+from numallm.engine.model_store import fetch_known_model
 from numallm.progress import progress_bar
 
 Q = GGMLQuantizationType
@@ -110,9 +113,8 @@ def _set_scales(blocks: np.ndarray, qtype: GGMLQuantizationType, d: np.ndarray) 
 
 
 def cache_dir() -> Path:
-    """$NUMALLM_CACHE/bench-models, else ~/.cache/numallm/bench-models (never the repository)."""
-    base = os.environ.get("NUMALLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "numallm")
-    return Path(base) / "bench-models"
+    """bench-models/ in numallm's cache (~/.cache/numallm, or $NUMALLM_CACHE): never the repository."""
+    return numallm_cache_dir() / "bench-models"
 
 
 def file_name(shape_name: str, mix: str, n_layer: int | None = None) -> str:
@@ -214,9 +216,6 @@ class Vocabulary:
 
 def smollm2_vocabulary(n_vocab: int) -> Vocabulary:
     """SmolLM2's BPE vocabulary cut or padded to n_vocab tokens (see the module docstring)."""
-    from numallm.engine.gguf_file import read_gguf
-    from numallm.engine.model_store import fetch_known_model
-
     md = read_gguf(fetch_known_model("smollm2")).metadata
     tokens = list(md["tokenizer.ggml.tokens"])[:n_vocab]
     types = [int(t) for t in md["tokenizer.ggml.token_type"]][:n_vocab]
@@ -288,16 +287,12 @@ def write_model(path: Path, s: ModelShape, mix: str) -> None:
     """Write a random-weight GGUF of shape s and mix to path, tensor by tensor."""
     if mix not in MIXES:
         raise ValueError(f"{mix}: not one of {', '.join(MIXES)}")
-
-    def qtype(name: str) -> GGMLQuantizationType:
-        return _tensor_type(name, s, mix)
-
     tensors = list(_tensors(s))
     w = GGUFWriter(os.fspath(path), s.arch)
     _add_header(w, s, mix, smollm2_vocabulary(s.n_vocab), f"random {s.arch} {s.n_layer} layers {mix}")
     for t in tensors:
         if t.quantized:
-            qt = qtype(t.name)
+            qt = _tensor_type(t.name, s, mix)
             bs, ts = GGML_QUANT_SIZES[qt]
             byte_shape = (*t.shape[:-1], t.shape[-1] // bs * ts)
             w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qt)
@@ -312,7 +307,7 @@ def write_model(path: Path, s: ModelShape, mix: str) -> None:
         if t.quantized:
             # Embedding rows of RMS 1, as large as what each layer adds: the input token
             # then shows in the logits (at 1/sqrt(n_embd) every token gave the same).
-            data = random_blocks(qtype(t.name), t.shape, rng, 1.0 if t.name == "token_embd.weight" else None)
+            data = random_blocks(_tensor_type(t.name, s, mix), t.shape, rng, 1.0 if t.name == "token_embd.weight" else None)
         else:
             data = _random_f32(t, rng)
         w.write_tensor_data(data)
