@@ -33,8 +33,10 @@ import numpy as np
 from random_models import MIXES, SHAPES, ensure_model
 
 from numallm.bench.measure import cpu_info
+from numallm.bench.runners import LlamaCppRunner, import_llama_cpp
 from numallm.engine import arch
 from numallm.engine.gguf_file import read_gguf
+from numallm.errors import NumallmError
 from numallm.numa.topology import detect
 from numallm.numa.workers import plan_workers
 
@@ -59,8 +61,8 @@ def _supported(shape: str) -> bool:
 
 def _llama_cpp_available() -> bool:
     try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
+        import_llama_cpp()
+    except NumallmError:
         return False
     return True
 
@@ -77,21 +79,18 @@ def _figures(records: list[dict[str, Any]], engine: str, threads: int) -> dict[s
     return out
 
 
-def bench_both(path: Path, args: argparse.Namespace, vs: bool) -> list[dict[str, Any]]:
-    """`numallm bench --json` of one file in a child process; its records."""
-    cmd = [sys.executable, "-m", "numallm", "bench", "-m", str(path), "-p", args.n_prompt, "-n", args.n_gen,
-           "-t", args.threads, "-r", str(args.repetitions), "--json"] + (["--vs-llama-cpp"] if vs else [])
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"numallm bench failed (exit {done.returncode}): {' '.join(cmd)}")
-    return json.loads(done.stdout)
+def bench_both(path: Path, args: argparse.Namespace, vs: bool) -> list[dict[str, Any]] | None:
+    """`numallm bench --json` of one file in a child process: its records, None if it failed
+    (its error is on stderr)."""
+    cmd = [sys.executable, "-m", "numallm", "bench", "-m", str(path), "-p", str(args.n_prompt),
+           "-n", str(args.n_gen), "-t", args.threads, "-r", str(args.repetitions), "--json"]
+    done = subprocess.run(cmd + (["--vs-llama-cpp"] if vs else []), stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else None
 
 
 def bench_llama_cpp_alone(path: Path, args: argparse.Namespace, threads: int) -> dict[str, float]:
     """pp and tg t/s of llama.cpp alone, by numallm bench's protocol (bench/runners.py)."""
-    from numallm.bench.runners import LlamaCppRunner, import_llama_cpp
-
-    n_prompt, n_gen = int(args.n_prompt), int(args.n_gen)
+    n_prompt, n_gen = args.n_prompt, args.n_gen
     md = read_gguf(path).metadata
     n_vocab = len(md["tokenizer.ggml.tokens"])
     rng = np.random.default_rng(0)
@@ -118,6 +117,8 @@ def measure(shape: str, mix: str, args: argparse.Namespace, vs: bool) -> list[Ro
     size = path.stat().st_size
     if _supported(shape):
         recs = bench_both(path, args, vs)
+        if recs is None:
+            return [Row(shape, mix, size, t, {}, {}, "numallm bench failed (see above)") for t in threads]
         note = "" if vs else "llama.cpp: not installed"
         return [Row(shape, mix, size, t, _figures(recs, "numallm", t), _figures(recs, "llama.cpp", t), note)
                 for t in threads]
@@ -143,7 +144,9 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     pp, tg = f"pp{args.n_prompt}", f"tg{args.n_gen}"
     head = ["shape", "type", "size", "threads", f"numallm {pp}", f"llama.cpp {pp}", "ratio",
             f"numallm {tg}", f"llama.cpp {tg}", "ratio", "roofline numallm", "roofline llama.cpp", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if 2 <= i <= 11 else "---" for i in range(len(head))) + "|"]
+    numeric = range(2, len(head) - 1)  # right-aligned: all but the names and the note
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---:" if i in numeric else "---" for i in range(len(head))) + "|"]
     for r in rows:
         shape = r.shape if args.layers is None else f"{r.shape} ({args.layers} layers)"
         cells = [shape, r.mix, f"{r.size / 2**30:.2f} GiB" if r.size else "-", str(r.threads),
@@ -165,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixes", default=",".join(COMMON_MIXES),
                     help=f"comma list of {', '.join(MIXES)} (default {','.join(COMMON_MIXES)})")
     ap.add_argument("--layers", type=int, help="cut every model to this many layers (a quick check)")
-    ap.add_argument("-p", "--n-prompt", default="128", help="prompt size of the pp test (default 128)")
-    ap.add_argument("-n", "--n-gen", default="64", help="tokens of the tg test (default 64)")
+    ap.add_argument("-p", "--n-prompt", type=int, default=128, help="prompt size of the pp test; 0: none (default 128)")
+    ap.add_argument("-n", "--n-gen", type=int, default=64, help="tokens of the tg test; 0: none (default 64)")
     ap.add_argument("-t", "--threads", default=str(len(plan_workers(detect("/"), None, False))),
                     help="thread counts, comma list (default: one per physical core, numallm's default)")
     ap.add_argument("-r", "--repetitions", type=int, default=3, help="timed runs per test (default 3)")
