@@ -7,7 +7,7 @@ over all layers runs inside compiled code without the GIL, so a pinned worker th
 can run it without per-op trips through Python. Every matrix product goes through
 numallm.kernels; this module only does the small vector work in between (norms,
 rotary embeddings, attention, activations). A step whose slot an architecture leaves
-empty (a post-norm, a q/k norm) is skipped.
+empty (a post-norm, a q/k norm, a bias) is skipped.
 
 The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
 stored as uint16 (Numba has no float16 type; kernels/kvrow.py reads them).
@@ -300,6 +300,16 @@ def _add_residual(x, tmp, c0, c1, norm_w, eps):
 
 
 @njit(nogil=True)
+def _add_bias(out, bias, r0, r1):
+    """out[:, r0:r1] += bias[r0:r1] (nothing for an empty slot)."""
+    if bias.shape[0] == 0:
+        return
+    for t in range(out.shape[0]):
+        for i in range(r0, r1):
+            out[t, i] += bias[i]
+
+
+@njit(nogil=True)
 def _vec(vecs, tab, idx):
     """Vector tab[idx] (empty for an empty slot)."""
     return vecs[tab.offset[idx]:tab.offset[idx] + tab.length[idx]]
@@ -350,10 +360,12 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         local = _sliding_window_layer(hp, il)
         cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.ATTN_NORM)), eps, xn)
-        for m, out in ((LayerMatrix.Q, q), (LayerMatrix.K, k), (LayerMatrix.V, v)):
+        for m, bias, out in ((LayerMatrix.Q, LayerVector.Q_BIAS, q), (LayerMatrix.K, LayerVector.K_BIAS, k),
+                             (LayerMatrix.V, LayerVector.V_BIAS, v)):
             e = _entry(lm, (il, m))
             r0, r1 = _share(e, worker, n_workers)
             _matmul(e, wbuf, xn, out, r0, r1, ks)
+            _add_bias(out, _vec(vecs, lv, (il, bias)), r0, r1)
         barrier_wait(bar, n_workers)
         # Each worker normalises and rotates its KV heads on a private copy (a head
         # kept on several nodes is computed on each) and caches them on its node ...

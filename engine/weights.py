@@ -141,7 +141,8 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
     _check_matrix(gf, out, hp.n_vocab, hp.n_embd)
     vectors: list[tuple[tuple[int, LayerVector], TensorInfo]] = []
     for il in range(hp.n_layer):
-        for vslot, name in spec.vector_names(il).items():
+        present = {slot: name for slot, name in spec.optional_vector_names(il).items() if name in gf.tensors}
+        for vslot, name in (spec.vector_names(il) | present).items():
             t = _tensor(gf, name)
             _check_vector(gf, t, vector_length(vslot, hp))
             vectors.append(((il, vslot), t))

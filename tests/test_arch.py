@@ -47,7 +47,8 @@ def _minimal_md(name: str) -> dict[str, Any]:
 def test_descriptions_use_gguf_constants_and_hparams_fields(name: str) -> None:
     arch = ARCHITECTURES[name]
     assert MODEL_ARCH_NAMES[arch.arch] == name
-    assert set(arch.matrices.values()) | set(arch.vectors.values()) <= set(MODEL_TENSORS[arch.arch])
+    assert {*arch.matrices.values(), *arch.vectors.values(), *arch.optional_vectors.values()} \
+        <= set(MODEL_TENSORS[arch.arch])
     assert {key.name for key in arch.keys} <= _key_templates()
     assert len({key.name for key in arch.keys}) == len(arch.keys)
     fields = {key.field for key in arch.keys if key.field is not None}

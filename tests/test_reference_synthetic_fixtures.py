@@ -1,16 +1,13 @@
 """The oracle against llama.cpp on the Qwen and MoE architectures, before any engine runs them.
 
-tests/fixtures/llama_cpp/tiny-*.json hold what llama.cpp computed on the seeded
-synthetic_arch.FIXTURE_MODELS (scripts/record_llama_cpp_fixtures.py --synthetic),
-including, for the MoE models, which experts it routed each position to. The files are
-written afresh here; their sha256 must be the recorded one, so both sides see the same
-bytes.
+tests/synthetic_fixtures.py describes the recorded fixtures and the comparison. The
+files are written afresh here; their sha256 must be the recorded one, so both sides see
+the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,26 +16,11 @@ import numpy as np
 import pytest
 import reference_forward
 from reference_forward import load_weights, reference_logits
-from synthetic_arch import FIXTURE_MODELS
+from synthetic_fixtures import EDGE_CASE_MODELS, MODELS, MOE_MODELS, check_logits, load_fixture, run_ids
 
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.tokenizer import Tokenizer
 
-FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
-MODELS = sorted(FIXTURE_MODELS)
-EDGE_CASE_MODELS = ("tiny-llama-moe", "tiny-qwen3moe")  # with synthetic_arch.edge_case_router's exact ties
-MOE_MODELS = (*EDGE_CASE_MODELS, "tiny-deepseek-v2-lite", "tiny-deepseek-v3", "tiny-glm4moe")
-
-# What the oracle cannot share with llama.cpp: the 8-bit rounding of activations before
-# each quantized matmul (Q8_0, Q8_K) and its F16 KV cache. Measured max |diff| over the
-# top-20 logits of all steps: tiny-qwen2 0.15 (where llama.cpp's own spread is 0),
-# tiny-qwen3 0.23 (own spread 0.17), on llama.cpp's routing tiny-qwen3moe 0.19 and
-# tiny-llama-moe (Q4_K) 0.32.
-TOLERANCE_FLOOR = 0.35
-# MLA chains more 8-bit-rounded matmuls (q_a, q_b, k_b absorbed into Q, v_b after the
-# attention over the F16 latent): tiny-deepseek-v3 0.40 (rms 0.09), tiny-deepseek-v2-lite
-# 0.40 (rms 0.07), all with llama.cpp's routing; tiny-glm4moe stays at 0.17.
-MLA_TOLERANCE_FLOOR = 0.45
 # Router logits closer than this between a chosen and a passed-over expert are within
 # that rounding: llama.cpp may route the token otherwise (its own batched and one-by-one
 # runs do: their self_consistency spread on the MoE models is a rerouted token's). With
@@ -50,38 +32,16 @@ ROUTING_MARGIN = 0.25
 
 @pytest.fixture(scope="module")
 def fixtures() -> dict[str, dict[str, Any]]:
-    out = {}
-    for name in MODELS:
-        path = FIXTURES / f"{name}.json"
-        if not path.exists():
-            pytest.fail(f"{path} is missing: record it with scripts/record_llama_cpp_fixtures.py --synthetic {name}",
-                        pytrace=False)
-        out[name] = json.loads(path.read_text(encoding="utf-8"))
-    return out
-
-
-def tolerance(fixture: dict[str, Any]) -> float:
-    """llama.cpp's own spread on the file (prompt batched vs token by token), floored. With
-    the routing forced to llama.cpp's, the MoE models' spread (a rerouted token) is moot."""
-    floor = MLA_TOLERANCE_FLOOR if fixture["model"].startswith("tiny-deepseek") else TOLERANCE_FLOOR
-    if "experts" in fixture["prompts"][0]:
-        return floor
-    return max(fixture["self_consistency"]["max_abs"], floor)
+    return {name: load_fixture(name) for name in MODELS}
 
 
 def run(path: Path, rec: dict[str, Any]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Reference logits at every position of the recorded run (prompt, then the fed greedy
     tokens), on llama.cpp's routing where recorded, and each MoE layer's router logits."""
     layers: list[np.ndarray] = []
-    logits = reference_logits(path, rec["tokens"] + rec["greedy"][:-1], router_logits=layers,
+    logits = reference_logits(path, run_ids(rec), router_logits=layers,
                               experts=rec.get("experts"))
     return logits, layers
-
-
-def top20_diffs(logits: np.ndarray, rec: dict[str, Any]) -> np.ndarray:
-    """|reference - llama.cpp| [steps, 20]; step 0 is the prompt's last position."""
-    steps = logits[len(rec["tokens"]) - 1:]
-    return np.abs(np.stack([steps[i, s["ids"]] - np.asarray(s["values"]) for i, s in enumerate(rec["steps"])]))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -126,24 +86,8 @@ def test_recorded_routing_is_well_formed(name: str, fixture_model: Callable[[str
 def test_reference_matches_llama_cpp(name: str, fixture_model: Callable[[str], Path],
                                      fixtures: dict[str, dict[str, Any]]) -> None:
     """Top-20 logits of every step within llama.cpp's noise; greedy equal wherever decided."""
-    fixture, path = fixtures[name], fixture_model(name)
-    tol = tolerance(fixture)
-    checked = decided = 0
-    for rec in fixture["prompts"]:
-        logits, _ = run(path, rec)
-        diffs = top20_diffs(logits, rec)
-        print(f"{name} {rec['name']}: max |diff| {diffs.max():.3f}, rms {np.sqrt(np.mean(diffs**2)):.3f} "
-              f"(tolerance {tol:.3f})")
-        assert diffs.max() <= tol, f"{name} {rec['name']}: max |diff| {diffs.max():.3f} > {tol:.3f}"
-        steps = logits[len(rec["tokens"]) - 1:]
-        for i, step in enumerate(rec["steps"]):
-            if step["values"][0] - step["values"][1] > 2 * tol:
-                assert int(steps[i].argmax()) == rec["greedy"][i], f"{name} {rec['name']} step {i}"
-                decided += 1
-        checked += len(rec["steps"])
-    print(f"{name}: greedy equal at all {decided} of {checked} steps decided beyond 2 x tolerance")
-    # The MLA files' logits are flatter at a wider tolerance: 48 (v3) and 63 (v2-lite) of 192.
-    assert decided >= checked // 4, f"{name}: only {decided} of {checked} steps decided; the check is weak"
+    path = fixture_model(name)
+    check_logits(name, fixtures[name], lambda rec: run(path, rec)[0])
 
 
 def moe_layers(m: reference_forward.ModelWeights) -> list[int]:

@@ -2,14 +2,22 @@
 
 RMSNorm, rotary embeddings in llama.cpp's "normal" mode (adjacent pairs: the GGUF
 converter permuted Q and K for it), grouped-query attention, SwiGLU FFN, output
-projection tied to token_embd when output.weight is absent: the generic decoder's
-defaults, so this description only names its keys and tensors.
+projection tied to token_embd when output.weight is absent, Q/K/V biases where the
+file has them: the generic decoder's defaults, so this description only names its
+keys and tensors.
 """
 
 from __future__ import annotations
 
 from gguf import MODEL_ARCH
-from numallm.engine.arch.spec import INT_KEYS, STANDARD_MATRICES, STANDARD_VECTORS, Architecture, float_keys
+from numallm.engine.arch.spec import (
+    INT_KEYS,
+    QKV_BIASES,
+    STANDARD_MATRICES,
+    STANDARD_VECTORS,
+    Architecture,
+    float_keys,
+)
 
 # llama.cpp's defaults where a llama GGUF leaves a key out.
 DEFAULT_ROPE_BASE = 10000.0
@@ -20,4 +28,5 @@ ARCH = Architecture(
     keys=(*INT_KEYS, *float_keys(DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)),
     matrices=STANDARD_MATRICES,
     vectors=STANDARD_VECTORS,
+    optional_vectors=QKV_BIASES,
 )

@@ -41,6 +41,12 @@ class LayerVector(IntEnum):
     POST_FFN_NORM = 3
     Q_NORM = 4          # per-head RMSNorm of q and k, before RoPE
     K_NORM = 5
+    Q_BIAS = 6          # added to the q, k, v projections (GGUF's <name>.bias)
+    K_BIAS = 7
+    V_BIAS = 8
+
+
+BIASES = frozenset({LayerVector.Q_BIAS, LayerVector.K_BIAS, LayerVector.V_BIAS})
 
 
 class ModelMatrix(IntEnum):
@@ -62,7 +68,13 @@ def matrix_shape(slot: LayerMatrix, hp: HParams) -> tuple[int, int]:
 
 
 def vector_length(slot: LayerVector, hp: HParams) -> int:
-    return hp.head_dim if slot in (LayerVector.Q_NORM, LayerVector.K_NORM) else hp.n_embd
+    if slot in (LayerVector.Q_NORM, LayerVector.K_NORM):
+        return hp.head_dim
+    if slot == LayerVector.Q_BIAS:
+        return hp.n_head * hp.head_dim
+    if slot in (LayerVector.K_BIAS, LayerVector.V_BIAS):
+        return hp.n_head_kv * hp.head_dim
+    return hp.n_embd
 
 
 class MatrixEntry(NamedTuple):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
-from numallm.engine.arch.slots import LayerMatrix, LayerVector
+from numallm.engine.arch.slots import BIASES, LayerMatrix, LayerVector
 from numallm.errors import ModelFormatError
 
 ACT_SILU = 0
@@ -113,11 +113,20 @@ STANDARD_MATRICES: Mapping[LayerMatrix, MODEL_TENSOR] = {
 STANDARD_VECTORS: Mapping[LayerVector, MODEL_TENSOR] = {
     LayerVector.ATTN_NORM: MODEL_TENSOR.ATTN_NORM, LayerVector.FFN_NORM: MODEL_TENSOR.FFN_NORM,
 }
+# Q, K and V biases, which llama.cpp loads wherever a llama-family file has them (Qwen 2 does).
+QKV_BIASES: Mapping[LayerVector, MODEL_TENSOR] = {
+    LayerVector.Q_BIAS: MODEL_TENSOR.ATTN_Q, LayerVector.K_BIAS: MODEL_TENSOR.ATTN_K,
+    LayerVector.V_BIAS: MODEL_TENSOR.ATTN_V,
+}
 
 
-def tensor_name(kind: MODEL_TENSOR, layer: int | None = None) -> str:
-    """The GGUF name of a tensor's weight: blk.3.attn_q.weight."""
-    return TENSOR_NAMES[kind].format(bid=layer) + ".weight"
+def tensor_name(kind: MODEL_TENSOR, layer: int | None = None, part: str = "weight") -> str:
+    """The GGUF name of a tensor's weight (or bias): blk.3.attn_q.weight."""
+    return f"{TENSOR_NAMES[kind].format(bid=layer)}.{part}"
+
+
+def vector_name(slot: LayerVector, kind: MODEL_TENSOR, layer: int) -> str:
+    return tensor_name(kind, layer, "bias" if slot in BIASES else "weight")
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,8 @@ class Architecture:
     keys: tuple[Key, ...]
     matrices: Mapping[LayerMatrix, MODEL_TENSOR]   # every layer has these
     vectors: Mapping[LayerVector, MODEL_TENSOR]
+    # Vectors a file may leave out (llama.cpp: TENSOR_NOT_REQUIRED); the slot then stays empty.
+    optional_vectors: Mapping[LayerVector, MODEL_TENSOR] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # HParams values llama.cpp hard-codes
     # HParams values computed from the others (after `fixed`), e.g. a scale from n_embd.
     derived: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
@@ -198,4 +209,9 @@ class ArchSpec:
         return {slot: tensor_name(self.arch.matrices[slot], layer) for slot in sorted(self.arch.matrices)}
 
     def vector_names(self, layer: int) -> dict[LayerVector, str]:
-        return {slot: tensor_name(self.arch.vectors[slot], layer) for slot in sorted(self.arch.vectors)}
+        """Layer `layer`'s vectors the file must have, by slot."""
+        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(self.arch.vectors.items())}
+
+    def optional_vector_names(self, layer: int) -> dict[LayerVector, str]:
+        """Layer `layer`'s vectors the file may have, by slot."""
+        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(self.arch.optional_vectors.items())}
