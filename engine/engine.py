@@ -24,7 +24,7 @@ from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.embedding import check_pooling, model_pooling, pool
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import batch_invariant, kernel_set
-from numallm.engine.forward import Batch, WorkerMemory, forward, kv_writers, plain, scratch
+from numallm.engine.forward import ROUTER_DECIDES, Batch, WorkerMemory, forward, kv_writers, plain, scratch
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import GGUFFile
 from numallm.engine.model_load import load_model
@@ -171,13 +171,14 @@ class Engine:
         return self._eval(tokens, np.zeros(n, np.int32), np.arange(pos0, pos0 + n, dtype=np.int32), rows)
 
     def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
-              rows: np.ndarray, hidden: bool = False) -> np.ndarray:
+              rows: np.ndarray, hidden: bool = False, routing: np.ndarray | None = None) -> np.ndarray:
         """The logits of the rows `rows`; with hidden, their final hidden states instead."""
         if self._pool is None:
             raise NumallmError("this Engine is closed; create a new one")
         width = self.hparams.n_embd if hidden else self.hparams.n_vocab
         logits = np.empty((len(rows), width), np.float32)
-        self._pool.run(self._worker_forward, len(self._pool), plain(Batch(tokens, slots, positions, rows, hidden)),
+        batch = Batch(tokens, slots, positions, rows, hidden, ROUTER_DECIDES if routing is None else routing)
+        self._pool.run(self._worker_forward, len(self._pool), plain(batch),
                        logits, self._buffers(len(tokens)))
         return logits
 
@@ -188,9 +189,11 @@ class Engine:
                 logits, activations, self._kernels)
 
     def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
-                   logits_rows: np.ndarray) -> np.ndarray:
+                   logits_rows: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
         """Run token i at position positions[i] of sequence slot slots[i], all in one pass
         (each weight read once for the batch); logits of the rows logits_rows, in order.
+        routing [n, n_layer, n_expert_used], where >= 0, replaces the router's choice of
+        experts (to replay another implementation's routing, as the tests do llama.cpp's).
 
         The cache of a slot holds whatever was run in it: positions before positions[i]
         must have been run in that slot (earlier, or earlier in this batch). A slot is
@@ -204,8 +207,14 @@ class Engine:
                               ("positions", positions, self.n_ctx), ("logits rows", logits_rows, n)):
             if len(arr) and (arr.min() < 0 or arr.max() >= hi):
                 raise BadInputError(f"eval_batch: {name} must be in [0, {hi})")
+        hp = self.hparams
+        if routing is not None:
+            routing = np.ascontiguousarray(routing, np.int32)
+            if routing.shape != (n, hp.n_layer, hp.n_expert_used) or routing.max(initial=-1) >= hp.n_expert:
+                raise BadInputError(f"eval_batch: routing must be [{n}, {hp.n_layer}, {hp.n_expert_used}] "
+                                    f"expert numbers below {hp.n_expert} (or -1)")
         with self._lock:
-            return self._eval(tokens, slots, positions, logits_rows)
+            return self._eval(tokens, slots, positions, logits_rows, routing=routing)
 
     @property
     def batch_invariant(self) -> bool:

@@ -45,6 +45,9 @@ from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
 
+ROUTER_DECIDES = np.zeros((0, 0, 0), np.int32)
+
+
 class Batch(NamedTuple):
     """The tokens of one forward call (int32 arrays), and what it returns of them."""
 
@@ -53,6 +56,9 @@ class Batch(NamedTuple):
     positions: np.ndarray  # [n]: its position in that sequence
     out_rows: np.ndarray   # [m]: the tokens whose logits are wanted, in order
     hidden: bool = False   # their final hidden states (after output_norm) instead: embeddings
+    # [n, n_layer, n_expert_used]: experts to route token t to in a layer instead of the
+    # router's choice, where >= 0 (tests replay llama.cpp's); ROUTER_DECIDES: none.
+    routing: np.ndarray = ROUTER_DECIDES
 
 
 class Scratch(NamedTuple):
@@ -66,13 +72,19 @@ class Scratch(NamedTuple):
     tmp: np.ndarray  # a projection back to the residual [n, n_embd]
     g: np.ndarray    # FFN gate, then gate * up [n, n_ff]
     u: np.ndarray    # FFN up [n, n_ff]
+    router: np.ndarray  # a mixture-of-experts layer's router logits [n, n_expert]
+    eg: np.ndarray   # the chosen experts' gate, then gate * up [n * n_expert_used, n_ff_exp],
+    eu: np.ndarray   # and up, a row per (token, choice) grouped by expert
 
 
 def scratch(hp: HParams, n: int) -> Scratch:
     """Zeroed activations for a batch of n tokens."""
     qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
-    widths = Scratch(x=hp.n_embd, q=qdim, k=kvdim, v=kvdim, att=qdim, tmp=hp.n_embd, g=hp.n_ff, u=hp.n_ff)
-    return Scratch(*(np.zeros((n, c), np.float32) for c in widths))
+    pairs = n * hp.n_expert_used
+    shapes = Scratch(x=(n, hp.n_embd), q=(n, qdim), k=(n, kvdim), v=(n, kvdim), att=(n, qdim), tmp=(n, hp.n_embd),
+                     g=(n, hp.n_ff), u=(n, hp.n_ff), router=(n, hp.n_expert), eg=(pairs, hp.n_ff_exp),
+                     eu=(pairs, hp.n_ff_exp))
+    return Scratch(*(np.zeros(shape, np.float32) for shape in shapes))
 
 
 class WorkerMemory(NamedTuple):
@@ -315,6 +327,133 @@ def _vec(vecs, tab, idx):
     return vecs[tab.offset[idx]:tab.offset[idx] + tab.length[idx]]
 
 
+# build_moe_ffn clamps the chosen weights' sum to float16's smallest normal before dividing.
+_WEIGHTS_SUM_MIN = np.float32(6.103515625e-5)
+
+
+@njit(nogil=True)
+def _route(logits, n_used, normalise, routing, il):
+    """Each token's n_used experts, most probable first, and their weights, as
+    build_moe_ffn's softmax gating: the experts' probabilities (ggml_soft_max), the
+    n_used largest in ggml_argsort's order (equal ones by index, as its std::sort
+    leaves up to 16 values; it is unstable beyond), divided by their sum if normalise.
+    routing[t, il], where its first entry is >= 0 (Batch.routing), are token t's
+    experts instead."""
+    n, n_expert = logits.shape
+    chosen = np.empty((n, n_used), np.int64)
+    weights = np.empty((n, n_used), np.float32)
+    p = np.empty(n_expert, np.float32)
+    taken = np.empty(n_expert, np.bool_)
+    for t in range(n):
+        mx = logits[t].max()
+        total = 0.0  # ggml_float
+        for e in range(n_expert):
+            p[e] = np.float32(math.exp(logits[t, e] - mx))
+            total += p[e]
+        scale = np.float32(1.0 / total)
+        for e in range(n_expert):
+            p[e] *= scale
+        taken[:] = False
+        wsum = 0.0  # ggml_sum_rows' ggml_float
+        replay = routing.shape[0] > 0 and routing[t, il, 0] >= 0
+        for j in range(n_used):
+            best = -1
+            if replay:
+                best = routing[t, il, j]
+            else:
+                for e in range(n_expert):
+                    if not taken[e] and (best < 0 or p[e] > p[best]):
+                        best = e
+            taken[best] = True
+            chosen[t, j] = best
+            weights[t, j] = p[best]
+            wsum += p[best]
+        if normalise:
+            total_w = max(np.float32(wsum), _WEIGHTS_SUM_MIN)
+            for j in range(n_used):
+                weights[t, j] = weights[t, j] / total_w
+    return chosen, weights
+
+
+@njit(nogil=True)
+def _by_expert(chosen, n_expert):
+    """The (token, choice) pairs t * n_used + j grouped by expert: pairs[start[e]:start[e + 1]]
+    are expert e's, in token order."""
+    flat = chosen.reshape(-1)
+    start = np.zeros(n_expert + 1, np.int64)
+    for e in flat:
+        start[e + 1] += 1
+    start = np.cumsum(start)
+    fill = start[:-1].copy()
+    pairs = np.empty(flat.shape[0], np.int64)
+    for i in range(flat.shape[0]):
+        pairs[fill[flat[i]]] = i
+        fill[flat[i]] += 1
+    return pairs, start
+
+
+@njit(nogil=True)
+def _expert(e, expert, n_expert):
+    """Expert `expert`'s rows of an expert tensor's entry e (whole row groups: weights.py checks)."""
+    nbytes = e.nbytes // n_expert
+    return MatrixEntry(e.qtype, e.rows // n_expert, e.cols, e.offset + expert * nbytes, nbytes, e.row_group)
+
+
+@njit(nogil=True)
+def _experts(worker, n_workers, bar, hp, lm, il, wbuf, xn, s, routing, ks):
+    """Layer il's mixture-of-experts FFN of xn into s.tmp; returns the columns of tmp
+    this worker wrote.
+
+    The workers share the router's rows, then each routes every token alike. Each
+    expert any token chose runs once for the batch on the tokens routed to it (as
+    ggml's mul_mat_id), and every worker computes its share of that expert's gate/up
+    rows and then of its down rows, as of a dense FFN's: whatever the routing, a
+    worker reads only its own rows of the chosen experts."""
+    n, d, k = xn.shape[0], hp.n_embd, hp.n_expert_used
+    router = s.router
+    e = _entry(lm, (il, LayerMatrix.ROUTER))
+    r0, r1 = _share(e, worker, n_workers)
+    _matmul(e, wbuf, xn, router, r0, r1, ks)
+    barrier_wait(bar, n_workers)
+    chosen, weights = _route(router, k, hp.expert_weights_norm, routing, il)
+    pairs, start = _by_expert(chosen, hp.n_expert)
+    # gate and up are cut alike, as the dense FFN's
+    gate, up = _entry(lm, (il, LayerMatrix.GATE_EXPS)), _entry(lm, (il, LayerMatrix.UP_EXPS))
+    f0, f1 = part(hp.n_ff_exp, max(gate.row_group, up.row_group), worker, n_workers)
+    xe = np.empty((n, d), np.float32)  # an expert's tokens, private
+    egf, euf = s.eg.reshape(-1), s.eu.reshape(-1)
+    for ex in range(hp.n_expert):
+        a, b = start[ex], start[ex + 1]
+        if a == b:
+            continue
+        for i in range(a, b):
+            xe[i - a] = xn[pairs[i] // k]
+        _matmul(_expert(gate, ex, hp.n_expert), wbuf, xe[:b - a], s.eg[a:b], f0, f1, ks)
+        _matmul(_expert(up, ex, hp.n_expert), wbuf, xe[:b - a], s.eu[a:b], f0, f1, ks)
+        for i in range(a, b):
+            silu_mul(egf, euf, i * hp.n_ff_exp + f0, i * hp.n_ff_exp + f1)
+    barrier_wait(bar, n_workers)
+    down = _entry(lm, (il, LayerMatrix.DOWN_EXPS))
+    d0, d1 = part(d, down.row_group, worker, n_workers)
+    ye = np.empty((n, d), np.float32)
+    y = np.empty((n * k, d1 - d0), np.float32)  # each pair's output columns [d0, d1), private
+    for ex in range(hp.n_expert):
+        a, b = start[ex], start[ex + 1]
+        if a == b:
+            continue
+        _matmul(_expert(down, ex, hp.n_expert), wbuf, s.eg[a:b], ye[:b - a], d0, d1, ks)
+        for i in range(a, b):
+            y[pairs[i]] = ye[i - a, d0:d1]
+    # Weighted, then summed in each token's order of choice, as build_moe_ffn adds them.
+    for t in range(n):
+        for c in range(d1 - d0):
+            acc = weights[t, 0] * y[t * k, c]
+            for j in range(1, k):
+                acc += weights[t, j] * y[t * k + j, c]
+            s.tmp[t, d0 + c] = acc
+    return d0, d1
+
+
 @njit(nogil=True, cache=True)
 def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, activations, ks):
     """One worker's part of running token t at position positions[t] of cache slot slots[t].
@@ -406,21 +545,24 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         barrier_wait(bar, n_workers)
 
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.FFN_NORM)), eps, xn)
-        # gate and up are cut alike, so that each worker multiplies its own rows of both
-        group = max(lm.row_group[il, LayerMatrix.GATE], lm.row_group[il, LayerMatrix.UP])
-        r0, r1 = part(hp.n_ff, group, worker, n_workers)
-        _matmul(_entry(lm, (il, LayerMatrix.GATE)), wbuf, xn, g, r0, r1, ks)
-        _matmul(_entry(lm, (il, LayerMatrix.UP)), wbuf, xn, u, r0, r1, ks)
-        for t in range(n):
-            if hp.act == ACT_SILU:
-                silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
-            else:
-                for i in range(r0, r1):
-                    g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
-        barrier_wait(bar, n_workers)
-        e = _entry(lm, (il, LayerMatrix.DOWN))
-        r0, r1 = _share(e, worker, n_workers)
-        _matmul(e, wbuf, g, tmp, r0, r1, ks)
+        if lm.nbytes[il, LayerMatrix.ROUTER] > 0:
+            r0, r1 = _experts(worker, n_workers, bar, hp, lm, il, wbuf, xn, s, b.routing, ks)
+        else:
+            # gate and up are cut alike, so that each worker multiplies its own rows of both
+            group = max(lm.row_group[il, LayerMatrix.GATE], lm.row_group[il, LayerMatrix.UP])
+            r0, r1 = part(hp.n_ff, group, worker, n_workers)
+            _matmul(_entry(lm, (il, LayerMatrix.GATE)), wbuf, xn, g, r0, r1, ks)
+            _matmul(_entry(lm, (il, LayerMatrix.UP)), wbuf, xn, u, r0, r1, ks)
+            for t in range(n):
+                if hp.act == ACT_SILU:
+                    silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
+                else:
+                    for i in range(r0, r1):
+                        g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
+            barrier_wait(bar, n_workers)
+            e = _entry(lm, (il, LayerMatrix.DOWN))
+            r0, r1 = _share(e, worker, n_workers)
+            _matmul(e, wbuf, g, tmp, r0, r1, ks)
         post_norm = _vec(vecs, lv, (il, LayerVector.POST_FFN_NORM))
         if post_norm.shape[0] > 0:
             barrier_wait(bar, n_workers)

@@ -30,6 +30,7 @@ def check_architecture(gf: GGUFFile) -> None:
     arch = _architecture(gf)
     values = {key.name: _check_key(gf, arch.key_name(key), key) for key in arch.keys}
     n_embd = _check_heads(gf, arch.name, values)
+    _check_experts(gf, arch.name, values)
     n_vocab = _check_vocabulary(gf, arch.name, n_embd)
     vocab_size = values.get(Keys.LLM.VOCAB_SIZE)
     if vocab_size is not None and vocab_size != n_vocab:
@@ -103,6 +104,14 @@ def _check_heads(gf: GGUFFile, arch: str, values: dict[str, Any]) -> int:
         raise _error(gf, f"{_name(Keys.Rope.DIMENSION_COUNT, arch)} {n_rot} should be even and at most "
                          f"the head size {head_dim}")
     return n_embd
+
+
+def _check_experts(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:
+    """expert_used_count within 1..expert_count when there are experts (llama.cpp asserts it)."""
+    count, used = values.get(Keys.LLM.EXPERT_COUNT) or 0, values.get(Keys.LLM.EXPERT_USED_COUNT) or 0
+    if used > count or (count > 0 and used == 0):
+        raise _error(gf, f"{_name(Keys.LLM.EXPERT_USED_COUNT, arch)} is {used}, expected 1..{count} "
+                         f"({_name(Keys.LLM.EXPERT_COUNT, arch)}): the file's expert keys are inconsistent")
 
 
 def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int) -> int:

@@ -3,21 +3,23 @@ matrices with the row groups the forward pass splits them on, and the KV cache."
 
 from __future__ import annotations
 
-from numallm.engine.arch.slots import LayerMatrix, MatrixEntry, MatrixTable, ModelMatrix
+from numallm.engine.arch.slots import EXPERTS, LayerMatrix, MatrixEntry, MatrixTable, ModelMatrix
 from numallm.engine.arch.spec import HParams
 from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.errors import BadInputError
 from numallm.numa.placement import KvHeads, Matrix
 
-# The forward pass splits these with one part() call, on the larger of their row groups.
-_CUT_TOGETHER = (LayerMatrix.GATE, LayerMatrix.UP)
+# The forward pass splits each pair with one part() call, on the larger of their row groups.
+_CUT_TOGETHER = ((LayerMatrix.GATE, LayerMatrix.UP), (LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS))
 
 
 def forward_matrices(layer: MatrixTable, model: MatrixTable) -> tuple[Matrix, ...]:
     """The matrices of the decoder's tables (engine/arch/slots.py) with the row groups
     its part() calls use: gate and up are cut together on the larger of their two groups.
     The token embeddings are looked up; tied to the output projection (same bytes), they
-    are one matrix, read both ways."""
+    are one matrix, read both ways. An expert tensor is one matrix per expert
+    (blk.<layer>.<slot>.<expert>): the forward pass splits each expert's rows among the
+    workers as it does a dense FFN's."""
     return tuple(m for m, _ in _table_matrices(layer, model))
 
 
@@ -28,19 +30,33 @@ def matrix_offsets(layer: MatrixTable, model: MatrixTable) -> dict[str, int]:
 
 def _table_matrices(layer: MatrixTable, model: MatrixTable) -> list[tuple[Matrix, int]]:
     out = []
+    n_expert = max(1, int(layer.rows[:, LayerMatrix.ROUTER].max(initial=0)))
     for il in range(layer.nbytes.shape[0]):
-        together = max(layer.row_group[il, s] for s in _CUT_TOGETHER)
+        group = {slot: max(layer.row_group[il, s] for s in pair) for pair in _CUT_TOGETHER for slot in pair}
         for slot in LayerMatrix:
             entry = layer.entry((il, slot))
-            if entry.nbytes:  # an empty slot: this architecture has no such matrix
-                group = together if slot in _CUT_TOGETHER else entry.row_group
-                out.append(_table_matrix(f"blk.{il}.{slot.name.lower()}", entry, group, matmul=True, lookup=False))
+            if not entry.nbytes:  # an empty slot: this architecture has no such matrix
+                continue
+            name = f"blk.{il}.{slot.name.lower()}"
+            g = group.get(slot, entry.row_group)
+            if slot in EXPERTS:
+                out.extend(_table_matrix(f"{name}.{e}", expert, g, matmul=True, lookup=False)
+                           for e, expert in enumerate(expert_entries(entry, n_expert)))
+            else:
+                out.append(_table_matrix(name, entry, g, matmul=True, lookup=False))
     embd, output = model.entry(ModelMatrix.TOKEN_EMBD), model.entry(ModelMatrix.OUTPUT)
     tied = embd.offset == output.offset
     out.append(_table_matrix("output", output, output.row_group, matmul=True, lookup=tied))
     if not tied:
         out.append(_table_matrix("token_embd", embd, embd.row_group, matmul=False, lookup=True))
     return out
+
+
+def expert_entries(entry: MatrixEntry, n_expert: int) -> list[MatrixEntry]:
+    """An expert tensor's entry as n_expert entries, one per expert's rows (the forward
+    pass reads expert e at the same offset)."""
+    rows, nbytes = entry.rows // n_expert, entry.nbytes // n_expert
+    return [entry._replace(rows=rows, offset=entry.offset + e * nbytes, nbytes=nbytes) for e in range(n_expert)]
 
 
 def _table_matrix(name: str, entry: MatrixEntry, group: int, matmul: bool, lookup: bool) -> tuple[Matrix, int]:

@@ -22,6 +22,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from numallm import kernels
 from numallm.engine.arch.slots import (
+    EXPERTS,
     LayerMatrix,
     LayerVector,
     MatrixEntry,
@@ -90,11 +91,18 @@ def _tensor(gf: GGUFFile, name: str) -> TensorInfo:
     return t
 
 
-def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int) -> None:
-    if len(t.shape) != 2 or (t.rows, t.cols) != (rows, cols):
+def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int, n_expert: int = 0) -> None:
+    """A [cols, rows] matrix, or with n_expert an expert tensor [cols, rows, n_expert]
+    whose experts are whole row groups of the kernels' layout (each is read on its own)."""
+    shape = [cols, rows] + ([n_expert] if n_expert else [])
+    if list(t.shape) != shape:
         raise ModelFormatError(f"{gf.path}: tensor {t.name!r} has shape {list(t.shape)}, "
-                               f"expected [{cols}, {rows}] for this model's hyperparameters")
+                               f"expected {shape} for this model's hyperparameters")
     kernels.check_type(t.qtype, t.name, t.cols)
+    group = kernels.row_group(t.qtype)
+    if n_expert and rows % group:
+        raise ModelFormatError(f"{gf.path}: tensor {t.name!r} has {rows} rows per expert, not a multiple of "
+                               f"the {group}-row tiles numallm lays {t.qtype.name} out in (requantize it)")
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
     for il in range(hp.n_layer):
         for slot, name in spec.matrix_names(il).items():
             t = _tensor(gf, name)
-            _check_matrix(gf, t, *matrix_shape(slot, hp))
+            _check_matrix(gf, t, *matrix_shape(slot, hp), hp.n_expert if slot in EXPERTS else 0)
             matrices.append(((il, slot), t))
     embd = _tensor(gf, spec.token_embd)
     _check_matrix(gf, embd, hp.n_vocab, hp.n_embd)

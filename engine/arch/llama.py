@@ -1,16 +1,18 @@
-"""The llama architecture (SmolLM2, Llama 2/3, Mistral-style GGUFs).
+"""The llama architecture (SmolLM2, Llama 2/3, Mistral-style GGUFs, Mixtral-style with experts).
 
 RMSNorm, rotary embeddings in llama.cpp's "normal" mode (adjacent pairs: the GGUF
 converter permuted Q and K for it), grouped-query attention, SwiGLU FFN, output
 projection tied to token_embd when output.weight is absent, Q/K/V biases where the
-file has them: the generic decoder's defaults, so this description only names its
-keys and tensors.
+file has them, and with expert_count > 0 a mixture-of-experts FFN of n_ff-wide experts:
+the generic decoder's defaults, so this description only names its keys and tensors.
 """
 
 from __future__ import annotations
 
 from gguf import MODEL_ARCH
 from numallm.engine.arch.spec import (
+    EXPERT_KEYS,
+    EXPERT_MATRICES,
     INT_KEYS,
     QKV_BIASES,
     STANDARD_MATRICES,
@@ -25,8 +27,9 @@ DEFAULT_RMS_EPS = 1e-5
 
 ARCH = Architecture(
     arch=MODEL_ARCH.LLAMA,
-    keys=(*INT_KEYS, *float_keys(DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)),
+    keys=(*INT_KEYS, *EXPERT_KEYS, *float_keys(DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)),
     matrices=STANDARD_MATRICES,
     vectors=STANDARD_VECTORS,
     optional_vectors=QKV_BIASES,
+    expert_matrices=EXPERT_MATRICES,
 )

@@ -30,6 +30,13 @@ class LayerMatrix(IntEnum):
     GATE = 4
     UP = 5
     DOWN = 6
+    ROUTER = 7     # a mixture-of-experts layer's: the router (ffn_gate_inp) [n_expert, n_embd]
+    GATE_EXPS = 8  # and every expert's gate, up and down, one GGUF tensor each: expert e's
+    UP_EXPS = 9    # rows are the e-th of n_expert equal row ranges of the matrix seen as 2-D
+    DOWN_EXPS = 10
+
+
+EXPERTS = frozenset({LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS, LayerMatrix.DOWN_EXPS})
 
 
 class LayerVector(IntEnum):
@@ -59,12 +66,15 @@ class ModelVector(IntEnum):
 
 
 def matrix_shape(slot: LayerMatrix, hp: HParams) -> tuple[int, int]:
-    """(rows, cols) of a layer's matrix: rows are outputs, cols inputs (GGUF's [cols, rows])."""
+    """(rows, cols) of a layer's matrix (one expert's of an expert slot): rows are
+    outputs, cols inputs (GGUF's [cols, rows], [cols, rows, n_expert] for experts)."""
     qdim = hp.n_head * hp.head_dim
     kvdim = hp.n_head_kv * hp.head_dim
     return {LayerMatrix.Q: (qdim, hp.n_embd), LayerMatrix.K: (kvdim, hp.n_embd), LayerMatrix.V: (kvdim, hp.n_embd),
             LayerMatrix.O: (hp.n_embd, qdim), LayerMatrix.GATE: (hp.n_ff, hp.n_embd),
-            LayerMatrix.UP: (hp.n_ff, hp.n_embd), LayerMatrix.DOWN: (hp.n_embd, hp.n_ff)}[slot]
+            LayerMatrix.UP: (hp.n_ff, hp.n_embd), LayerMatrix.DOWN: (hp.n_embd, hp.n_ff),
+            LayerMatrix.ROUTER: (hp.n_expert, hp.n_embd), LayerMatrix.GATE_EXPS: (hp.n_ff_exp, hp.n_embd),
+            LayerMatrix.UP_EXPS: (hp.n_ff_exp, hp.n_embd), LayerMatrix.DOWN_EXPS: (hp.n_embd, hp.n_ff_exp)}[slot]
 
 
 def vector_length(slot: LayerVector, hp: HParams) -> int:

@@ -33,6 +33,7 @@ MAX_FF = 1 << 22
 MAX_HEADS = 4096
 MAX_HEAD_DIM = 4096
 MAX_CONTEXT = 1 << 24
+MAX_EXPERTS = 4096
 
 
 class HParams(NamedTuple):
@@ -57,6 +58,10 @@ class HParams(NamedTuple):
     sliding_window: int     # 0: no sliding-window layers
     swa_period: int         # layer il is global when (il + 1) % swa_period == 0; 0: all global
     final_softcap: float    # 0: none
+    n_expert: int = 0       # experts of a mixture-of-experts FFN; 0: a dense FFN
+    n_expert_used: int = 0  # experts each token is routed to
+    n_ff_exp: int = 0       # one expert's FFN width
+    expert_weights_norm: bool = True  # the chosen experts' weights are divided by their sum
 
 
 def sliding_window_layer(hp: HParams, il: int) -> bool:
@@ -91,6 +96,13 @@ INT_KEYS = (
 )
 
 
+# A mixture-of-experts FFN's keys (model_checks checks used against count).
+EXPERT_KEYS = (
+    Key(Keys.LLM.EXPERT_COUNT, int, 0, MAX_EXPERTS, "n_expert", 0),
+    Key(Keys.LLM.EXPERT_USED_COUNT, int, 0, MAX_EXPERTS, "n_expert_used", 0),
+)
+
+
 def float_keys(rope_base: float, rms_eps: float) -> tuple[Key, ...]:
     """The float keys every llama-family architecture names alike, with its defaults."""
     return (
@@ -110,6 +122,13 @@ STANDARD_MATRICES: Mapping[LayerMatrix, MODEL_TENSOR] = {
     LayerMatrix.O: MODEL_TENSOR.ATTN_OUT, LayerMatrix.GATE: MODEL_TENSOR.FFN_GATE,
     LayerMatrix.UP: MODEL_TENSOR.FFN_UP, LayerMatrix.DOWN: MODEL_TENSOR.FFN_DOWN,
 }
+# A layer's FFN when the file has experts (expert_count > 0), instead of GATE, UP, DOWN.
+EXPERT_MATRICES: Mapping[LayerMatrix, MODEL_TENSOR] = {
+    LayerMatrix.ROUTER: MODEL_TENSOR.FFN_GATE_INP, LayerMatrix.GATE_EXPS: MODEL_TENSOR.FFN_GATE_EXP,
+    LayerMatrix.UP_EXPS: MODEL_TENSOR.FFN_UP_EXP, LayerMatrix.DOWN_EXPS: MODEL_TENSOR.FFN_DOWN_EXP,
+}
+DENSE_FFN = frozenset({LayerMatrix.GATE, LayerMatrix.UP, LayerMatrix.DOWN})
+ATTENTION_MATRICES = {slot: kind for slot, kind in STANDARD_MATRICES.items() if slot not in DENSE_FFN}
 STANDARD_VECTORS: Mapping[LayerVector, MODEL_TENSOR] = {
     LayerVector.ATTN_NORM: MODEL_TENSOR.ATTN_NORM, LayerVector.FFN_NORM: MODEL_TENSOR.FFN_NORM,
 }
@@ -139,6 +158,9 @@ class Architecture:
     vectors: Mapping[LayerVector, MODEL_TENSOR]
     # Vectors a file may leave out (llama.cpp: TENSOR_NOT_REQUIRED); the slot then stays empty.
     optional_vectors: Mapping[LayerVector, MODEL_TENSOR] = field(default_factory=dict)
+    # A file with experts has these instead of the dense FFN's matrices (every layer: no
+    # supported architecture mixes dense and expert layers).
+    expert_matrices: Mapping[LayerMatrix, MODEL_TENSOR] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # HParams values llama.cpp hard-codes
     # HParams values computed from the others (after `fixed`), e.g. a scale from n_embd.
     derived: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
@@ -179,6 +201,7 @@ def _geometry_defaults(values: dict[str, Any], md: Mapping[str, Any], path: str)
     out.setdefault("head_dim", out["n_embd"] // out["n_head"])
     out.setdefault("n_rot", out["head_dim"])
     out.setdefault("n_vocab", len(tokens))
+    out.setdefault("n_ff_exp", out["n_ff"])  # llama's experts are n_ff wide
     out["rope_base_local"] = out["rope_base"]
     out["attn_scale"] = 1.0 / math.sqrt(out["head_dim"])
     return out
@@ -205,8 +228,12 @@ class ArchSpec:
         return self.arch.name
 
     def matrix_names(self, layer: int) -> dict[LayerMatrix, str]:
-        """Layer `layer`'s matrices by slot, in slot order."""
-        return {slot: tensor_name(self.arch.matrices[slot], layer) for slot in sorted(self.arch.matrices)}
+        """Layer `layer`'s matrices by slot, in slot order: with experts, the router and
+        the experts' in place of the dense FFN's."""
+        slots = dict(self.arch.matrices)
+        if self.hparams.n_expert > 0:
+            slots = {slot: kind for slot, kind in slots.items() if slot not in DENSE_FFN} | self.arch.expert_matrices
+        return {slot: tensor_name(kind, layer) for slot, kind in sorted(slots.items())}
 
     def vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file must have, by slot."""
