@@ -110,8 +110,8 @@ def _check_experts(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:
     """expert_used_count within 1..expert_count when there are experts (llama.cpp asserts it)."""
     count, used = values.get(Keys.LLM.EXPERT_COUNT) or 0, values.get(Keys.LLM.EXPERT_USED_COUNT) or 0
     if used > count or (count > 0 and used == 0):
-        raise _error(gf, f"{_name(Keys.LLM.EXPERT_USED_COUNT, arch)} is {used}, expected 1..{count} "
-                         f"({_name(Keys.LLM.EXPERT_COUNT, arch)}): the file's expert keys are inconsistent")
+        raise _error(gf, f"key {_name(Keys.LLM.EXPERT_USED_COUNT, arch)!r} is {used}, expected 1..{count} "
+                         f"(key {_name(Keys.LLM.EXPERT_COUNT, arch)!r}): the file is inconsistent")
 
 
 def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int) -> int:

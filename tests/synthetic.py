@@ -254,13 +254,15 @@ def write_tiny_llama(
     n_expert_used: int = 2,
     routers: Mapping[int, np.ndarray] | None = None,
     chat_template: str = CHATML_TEMPLATE,
+    edit: Callable[[dict[str, np.ndarray]], None] | None = None,
 ) -> Path:
     """Write a random llama-architecture GGUF shaped like SmolLM2's and return its path.
 
     With n_expert > 0 every layer's FFN is a Mixtral-style mixture of experts instead:
     llama.expert_count / expert_used_count, a router ffn_gate_inp (F32) and n_expert
     experts of width n_ff stacked in ffn_{gate,up,down}_exps; routers (layer -> an
-    [n_expert, n_embd] matrix) replaces chosen layers' random routers.
+    [n_expert, n_embd] matrix) replaces chosen layers' random routers. edit, if given,
+    may drop or change tensors (by name) before they are written: a malformed file.
 
     weight_type applies to the layer matrices, embd_type to token_embd and (untied)
     output; type_overrides maps a tensor's short name ("ffn_down", "attn_v", "output",
@@ -286,6 +288,8 @@ def write_tiny_llama(
         w.add_chat_template(chat_template)
 
     tensors = _random_tensors(s, seed, Layout(), tied_output, routers)
+    if edit is not None:  # a malformed file for the loader's checks: drop or reshape tensors
+        edit(tensors)
     return _write(path, "llama", s, tensors, weight_type, embd_type, type_overrides, keys)
 
 
