@@ -1,6 +1,7 @@
 """The memory roofline of token generation: the t/s ceiling a read bandwidth implies.
 
-Generating one token reads every weight once (the output projection included) and,
+Generating one token reads every weight once (the output projection included; of a
+mixture of experts, only the experts it is routed to) and,
 in attention, the KV cache up to that position; nothing else of size. So at a read
 bandwidth B (bytes/s) a decode at position p takes at least
 (weight bytes per token + KV bytes read at p) / B, and tg N from an empty context
@@ -12,6 +13,7 @@ the same for every engine reading that file.
 
 from __future__ import annotations
 
+from numallm.engine.arch.slots import EXPERTS
 from numallm.engine.arch.spec import ArchSpec, HParams, sliding_window_layer
 from numallm.engine.gguf_file import GGUFFile
 
@@ -19,11 +21,16 @@ from numallm.engine.gguf_file import GGUFFile
 def weight_bytes_per_token(gf: GGUFFile, spec: ArchSpec) -> int:
     """Bytes of the model one decode step reads: every tensor, except that the token
     embedding table contributes one row, unless it doubles as the output projection
-    (tied embeddings), in which case the projection reads all of it as well."""
+    (tied embeddings), in which case the projection reads all of it as well, and that of
+    a mixture of experts' tensors it reads the experts it routes to: used/count of them."""
+    hp = spec.hparams
     embd = gf.tensors[spec.token_embd]
     total = sum(t.nbytes for t in gf.tensors.values())
     tied = spec.output not in gf.tensors
-    return total - embd.nbytes + embd.row_bytes + (embd.nbytes if tied else 0)
+    experts = sum(gf.tensors[name].nbytes for il in range(hp.n_layer)
+                  for slot, name in spec.matrix_names(il).items() if slot in EXPERTS)
+    unread = experts - experts * hp.n_expert_used // hp.n_expert if hp.n_expert else 0
+    return total - unread - embd.nbytes + embd.row_bytes + (embd.nbytes if tied else 0)
 
 
 def kv_bytes_read(hp: HParams, kv_itemsize: int, pos: int) -> int:

@@ -62,8 +62,10 @@ def _missing(by_node: dict[int, int]) -> int:
 
 
 def _group(name: str) -> str:
-    """A matrix's tensor group: q, k, v, o, gate, up, down (over every layer), output, token_embd."""
-    return name.split(".")[-1]
+    """A matrix's tensor group: q, k, v, o, gate, up, down, router, gate_exps, up_exps,
+    down_exps (over every layer and expert), output, token_embd."""
+    parts = name.split(".")  # blk.<layer>.<slot>[.<expert>]
+    return parts[2] if parts[0] == "blk" else name
 
 
 def page_report(placed: PlacedModel) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def measured_locality(placed: PlacedModel, pages: dict[int | None, PageMap],
     averaged over the vocabulary. A page not there counts as remote."""
     plan = placed.plan
     n = len(plan.workers)
-    matmul = [0, 0]
+    matmul = [0.0, 0.0]
     lookup = [0.0, 0.0]
     for w, slot in enumerate(plan.workers):
         pm = pages[placed.key(w)]
@@ -143,15 +145,15 @@ def measured_locality(placed: PlacedModel, pages: dict[int | None, PageMap],
                 lo, hi = part(m.rows, m.row_group, w, n)
                 local = pm.bytes_by_node(offsets[m.name] + lo * m.row_bytes,
                                          offsets[m.name] + hi * m.row_bytes).get(slot.node, 0)
-                matmul[0] += local
-                matmul[1] += (hi - lo) * m.row_bytes - local
+                matmul[0] += local * m.read_share
+                matmul[1] += ((hi - lo) * m.row_bytes - local) * m.read_share
             if m.lookup and w == 0:
                 local = pm.bytes_by_node(offsets[m.name], offsets[m.name] + m.nbytes).get(slot.node, 0)
                 lookup[0] += local / m.rows
                 lookup[1] += (m.nbytes - local) / m.rows
-    el, er = round(lookup[0]), round(lookup[1])
-    return {"local_bytes": matmul[0] + el, "remote_bytes": matmul[1] + er, "matmul_local_bytes": matmul[0],
-            "matmul_remote_bytes": matmul[1], "embedding_local_bytes": el, "embedding_remote_bytes": er,
+    ml, mr, el, er = (round(v) for v in (*matmul, *lookup))
+    return {"local_bytes": ml + el, "remote_bytes": mr + er, "matmul_local_bytes": ml,
+            "matmul_remote_bytes": mr, "embedding_local_bytes": el, "embedding_remote_bytes": er,
             "basis": "pages"}
 
 

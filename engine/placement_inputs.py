@@ -13,14 +13,14 @@ from numallm.numa.placement import KvHeads, Matrix
 _CUT_TOGETHER = ((LayerMatrix.GATE, LayerMatrix.UP), (LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS))
 
 
-def forward_matrices(layer: MatrixTable, model: MatrixTable) -> tuple[Matrix, ...]:
+def forward_matrices(layer: MatrixTable, model: MatrixTable, n_expert_used: int = 0) -> tuple[Matrix, ...]:
     """The matrices of the decoder's tables (engine/arch/slots.py) with the row groups
     its part() calls use: gate and up are cut together on the larger of their two groups.
     The token embeddings are looked up; tied to the output projection (same bytes), they
     are one matrix, read both ways. An expert tensor is one matrix per expert
     (blk.<layer>.<slot>.<expert>): the forward pass splits each expert's rows among the
-    workers as it does a dense FFN's."""
-    return tuple(m for m, _ in _table_matrices(layer, model))
+    workers as it does a dense FFN's; a token reads n_expert_used of them (read_share)."""
+    return tuple(m for m, _ in _table_matrices(layer, model, n_expert_used))
 
 
 def matrix_offsets(layer: MatrixTable, model: MatrixTable) -> dict[str, int]:
@@ -28,9 +28,10 @@ def matrix_offsets(layer: MatrixTable, model: MatrixTable) -> dict[str, int]:
     return {m.name: offset for m, offset in _table_matrices(layer, model)}
 
 
-def _table_matrices(layer: MatrixTable, model: MatrixTable) -> list[tuple[Matrix, int]]:
+def _table_matrices(layer: MatrixTable, model: MatrixTable, n_expert_used: int = 0) -> list[tuple[Matrix, int]]:
     out = []
     n_expert = max(1, int(layer.rows[:, LayerMatrix.ROUTER].max(initial=0)))
+    share = n_expert_used / n_expert if n_expert_used else 1.0
     for il in range(layer.nbytes.shape[0]):
         group = {slot: max(layer.row_group[il, s] for s in pair) for pair in _CUT_TOGETHER for slot in pair}
         for slot in LayerMatrix:
@@ -40,7 +41,7 @@ def _table_matrices(layer: MatrixTable, model: MatrixTable) -> list[tuple[Matrix
             name = f"blk.{il}.{slot.name.lower()}"
             g = group.get(slot, entry.row_group)
             if slot in EXPERTS:
-                out.extend(_table_matrix(f"{name}.{e}", expert, g, matmul=True, lookup=False)
+                out.extend(_table_matrix(f"{name}.{e}", expert, g, matmul=True, lookup=False, read_share=share)
                            for e, expert in enumerate(expert_entries(entry, n_expert)))
             else:
                 out.append(_table_matrix(name, entry, g, matmul=True, lookup=False))
@@ -59,8 +60,10 @@ def expert_entries(entry: MatrixEntry, n_expert: int) -> list[MatrixEntry]:
     return [entry._replace(rows=rows, offset=entry.offset + e * nbytes, nbytes=nbytes) for e in range(n_expert)]
 
 
-def _table_matrix(name: str, entry: MatrixEntry, group: int, matmul: bool, lookup: bool) -> tuple[Matrix, int]:
-    return Matrix(name, entry.rows, entry.nbytes // entry.rows, int(group), matmul=matmul, lookup=lookup), entry.offset
+def _table_matrix(name: str, entry: MatrixEntry, group: int, matmul: bool, lookup: bool,
+                  read_share: float = 1.0) -> tuple[Matrix, int]:
+    return (Matrix(name, entry.rows, entry.nbytes // entry.rows, int(group), matmul=matmul, lookup=lookup,
+                   read_share=read_share), entry.offset)
 
 
 def kv_heads(hp: HParams, n_ctx: int, kv_type: str, n_slots: int = 1) -> KvHeads:

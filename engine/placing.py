@@ -147,7 +147,7 @@ def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[Work
     layout = check_model(gf, spec)
     base, size = layout.read_span()
     layer, model = matrix_tables(layout, hp.n_layer, base)
-    matrices = forward_matrices(layer, model)
+    matrices = forward_matrices(layer, model, hp.n_expert_used)
     kv = kv_heads(hp, n_ctx, kv_type, n_slots)
     mirror_kv = build_plan("mirror", topo, workers, matrices, kv).kv_bytes_per_node() or {}
     mode, reason = choose_mode(numa, topo, workers, sum(m.nbytes for m in matrices), mirror_kv)

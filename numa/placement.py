@@ -41,7 +41,8 @@ class Matrix:
     row_group: part() cuts its rows on multiples of this, exactly as forward.py does
     (for gate and up: the larger group of the two). matmul: its rows are split among
     the workers every token; lookup: one row per token is read by worker 0 (the token
-    embeddings; both flags when the output projection is tied to them)."""
+    embeddings; both flags when the output projection is tied to them). read_share: the
+    fraction of tokens that read it (one expert of a mixture: experts used / experts)."""
 
     name: str
     rows: int
@@ -49,6 +50,7 @@ class Matrix:
     row_group: int
     matmul: bool = True
     lookup: bool = False
+    read_share: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -344,8 +346,8 @@ def locality(plan: PlacementPlan) -> dict[str, int | str | None]:
             for w, slot in enumerate(plan.workers):
                 lo, hi = part(m.rows, m.row_group, w, n)
                 share = _local_rows(plan, ext, lo, hi, slot.node)
-                matmul[0] += share * m.row_bytes
-                matmul[1] += ((hi - lo) - share) * m.row_bytes
+                matmul[0] += share * m.row_bytes * m.read_share
+                matmul[1] += ((hi - lo) - share) * m.row_bytes * m.read_share
         if m.lookup:
             share = _local_rows(plan, ext, 0, m.rows, plan.workers[0].node) / m.rows
             lookup[0] += share * m.row_bytes

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,20 @@ def test_numa_balancing_is_warned_about_once_and_only_for_unplaced_memory(topo: 
         for _ in range(2):
             place_model(gf, spec, topo, workers, numa="none", n_ctx=32).close()
     assert caplog.text.count("kernel.numa_balancing is 1") == 1
+
+
+def test_placement_command_reports_experts_as_their_own_groups(fixture_model: Callable[[str], Path]) -> None:
+    """The router and the expert tensors are groups of their own, and a token reads
+    expert_used_count / expert_count of the experts' bytes (2 of 8 here)."""
+    path = fixture_model("tiny-llama-moe")
+    run = subprocess.run([sys.executable, "-m", "numallm", "placement", "-m", str(path), "--numa", "distribute",
+                          "-c", "64", "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    groups = {g["name"]: sum(g["bytes_by_node"].values()) for g in report["groups"]}
+    assert set(groups) == {"q", "k", "v", "o", "router", "gate_exps", "up_exps", "down_exps", "output"}
+    tensors = read_gguf(path).tensors.values()
+    experts = sum(t.nbytes for t in tensors if t.name.endswith("_exps.weight"))
+    assert groups["gate_exps"] + groups["up_exps"] + groups["down_exps"] == experts
+    always = sum(t.nbytes for t in tensors if len(t.shape) == 2)  # router, attention, tied output
+    assert report["per_token"]["matmul_local_bytes"] == always + experts * 2 // 8

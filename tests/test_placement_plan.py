@@ -375,3 +375,34 @@ def test_kv_heads_match_the_cache_and_the_summary_line(machines: dict[str, Topol
     assert line.startswith("numa distribute: node 0: 2 workers, ") and "node 7: 2 workers" in line
     assert "\n" not in line
     assert "(the kernel places the pages)" in summary(build_plan("none", topo, plan_workers(topo), MATRICES, KV))
+
+
+@pytest.mark.parametrize("mode", ["distribute", "mirror"])
+def test_experts_are_placed_each_workers_rows_of_every_expert(mode: str, machines: dict[str, Topology]) -> None:
+    """An expert tensor is one matrix per expert: distribute keeps on each node its
+    workers' rows of every expert (no remote read whatever the routing), and a token
+    reads experts_used / experts of them."""
+    n_expert, rows, row_bytes = 4, 256, 36
+    layer = MatrixTable.empty((1, len(LayerMatrix)))
+    layer.put((0, LayerMatrix.Q), table(64, 36, 16, 0))
+    layer.put((0, LayerMatrix.ROUTER), table(n_expert, 256, 1, 10_000))
+    for i, slot in enumerate((LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS, LayerMatrix.DOWN_EXPS)):
+        layer.put((0, slot), table(n_expert * rows, row_bytes, 16, 100_000 * (i + 1)))
+    model = MatrixTable.empty((len(ModelMatrix),))
+    for m in ModelMatrix:
+        model.put(m, table(500, 36, 16, 900_000))
+    mats = forward_matrices(layer, model, n_expert_used=2)
+    by_name = {m.name: m for m in mats}
+    assert [f"blk.0.down_exps.{e}" in by_name for e in range(n_expert + 1)] == [True] * n_expert + [False]
+    assert by_name["blk.0.gate_exps.3"] == Matrix("blk.0.gate_exps.3", rows, row_bytes, 16, read_share=0.5)
+    topo = machines["16amd64-8n2c"]
+    plan = build_plan(mode, topo, plan_workers(topo), mats, KV)
+    loc = locality(plan)
+    assert loc["matmul_remote_bytes"] == 0
+    always = sum(m.nbytes for m in mats if m.read_share == 1.0)
+    experts = sum(m.nbytes for m in mats if m.read_share < 1.0)
+    assert experts == 3 * n_expert * rows * row_bytes
+    assert loc["matmul_local_bytes"] == always + experts // 2
+    if mode == "distribute":  # every expert's rows spread over all nodes
+        for e in range(n_expert):
+            assert {x.node for x in plan.extents_of(f"blk.0.gate_exps.{e}")} == set(range(8))
