@@ -12,6 +12,7 @@ import json
 import logging
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import pytest
 
 from numallm import bench
 from numallm.bench.report import scaling_lines
-from numallm.bench.roofline import kv_bytes_read
+from numallm.bench.roofline import kv_bytes_read, weight_bytes_per_token
+from numallm.engine.arch import describe
 from numallm.cli.options import shared_options
 from numallm.engine.arch.spec import HParams
+from numallm.engine.gguf_file import read_gguf
 from numallm.errors import BadInputError
 
 LLAMA_BENCH_FIELDS = ("cpu_info", "model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_threads",
@@ -202,3 +205,14 @@ def test_vs_llama_cpp_interleaves_and_adds_the_speedup(tiny_llama: Path) -> None
         assert theirs["model_filename"] == ours["model_filename"]
         assert len(theirs["samples_ts"]) == 2 and theirs["avg_ts"] > 0
         assert theirs["mem_gbps"] == ours["mem_gbps"] and theirs["roofline_ts"] == ours["roofline_ts"]
+
+
+def test_roofline_reads_the_routed_share_of_the_experts(fixture_model: Callable[[str], Path]) -> None:
+    """A decode step of tiny-llama-moe reads 2 of its 8 experts: a quarter of their bytes."""
+    path = fixture_model("tiny-llama-moe")
+    gf = read_gguf(path)
+    sizes = {name: t.nbytes for name, t in gf.tensors.items()}
+    experts = sum(n for name, n in sizes.items() if name.endswith("_exps.weight"))
+    embd_row = sizes["token_embd.weight"] // gf.tensors["token_embd.weight"].rows
+    expected = sum(sizes.values()) - experts + experts // 4 + embd_row  # tied: the table read whole too
+    assert weight_bytes_per_token(gf, describe(gf.metadata, str(path))) == expected
