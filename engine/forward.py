@@ -40,6 +40,7 @@ from numallm.engine.arch.slots import (
 )
 from numallm.engine.arch.spec import ACT_SILU, HParams, sliding_window_layer
 from numallm.engine.barrier import barrier_wait
+from numallm.engine.ggml_sort import argsort_desc
 from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
@@ -335,15 +336,14 @@ _WEIGHTS_SUM_MIN = np.float32(6.103515625e-5)
 def _route(logits, n_used, normalise, routing, il):
     """Each token's n_used experts, most probable first, and their weights, as
     build_moe_ffn's softmax gating: the experts' probabilities (ggml_soft_max), the
-    n_used largest in ggml_argsort's order (equal ones by index, as its std::sort
-    leaves up to 16 values; it is unstable beyond), divided by their sum if normalise.
+    n_used largest in ggml_argsort's order (ties included: engine/ggml_sort.py),
+    divided by their sum if normalise.
     routing[t, il], where its first entry is >= 0 (Batch.routing), are token t's
     experts instead."""
     n, n_expert = logits.shape
     chosen = np.empty((n, n_used), np.int64)
     weights = np.empty((n, n_used), np.float32)
     p = np.empty(n_expert, np.float32)
-    taken = np.empty(n_expert, np.bool_)
     for t in range(n):
         mx = logits[t].max()
         total = 0.0  # ggml_float
@@ -353,21 +353,14 @@ def _route(logits, n_used, normalise, routing, il):
         scale = np.float32(1.0 / total)
         for e in range(n_expert):
             p[e] *= scale
-        taken[:] = False
+        if routing.shape[0] > 0 and routing[t, il, 0] >= 0:
+            chosen[t] = routing[t, il]
+        else:
+            chosen[t] = argsort_desc(p)[:n_used]
         wsum = 0.0  # ggml_sum_rows' ggml_float
-        replay = routing.shape[0] > 0 and routing[t, il, 0] >= 0
         for j in range(n_used):
-            best = -1
-            if replay:
-                best = routing[t, il, j]
-            else:
-                for e in range(n_expert):
-                    if not taken[e] and (best < 0 or p[e] > p[best]):
-                        best = e
-            taken[best] = True
-            chosen[t, j] = best
-            weights[t, j] = p[best]
-            wsum += p[best]
+            weights[t, j] = p[chosen[t, j]]
+            wsum += weights[t, j]
         if normalise:
             total_w = max(np.float32(wsum), _WEIGHTS_SUM_MIN)
             for j in range(n_used):
