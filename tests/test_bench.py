@@ -22,8 +22,8 @@ import pytest
 from numallm import bench
 from numallm.bench.report import scaling_lines
 from numallm.bench.roofline import kv_bytes_read, weight_bytes_per_token
-from numallm.engine.arch import describe
 from numallm.cli.options import shared_options
+from numallm.engine.arch import describe
 from numallm.engine.arch.spec import HParams
 from numallm.engine.gguf_file import read_gguf
 from numallm.errors import BadInputError
