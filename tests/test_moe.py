@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 from reference_forward import reference_logits, route
-from synthetic_fixtures import MOE_MODELS, check_logits, load_fixture, run_ids
+from synthetic_fixtures import EDGE_CASE_MODELS, check_logits, load_fixture, run_ids
 
 from numallm.engine.engine import Engine
 from numallm.engine.forward import _route
 from numallm.errors import BadInputError
 
 
-@pytest.fixture(scope="module", params=MOE_MODELS)
+# The MoE fixtures of the architectures numallm runs (llama, qwen3moe), both with the edge-case router.
+@pytest.fixture(scope="module", params=EDGE_CASE_MODELS)
 def engine(request: pytest.FixtureRequest, fixture_model: Callable[[str], Path]) -> Iterator[tuple[str, Engine]]:
     eng = Engine(fixture_model(request.param), ctx_size=256)
     yield request.param, eng
