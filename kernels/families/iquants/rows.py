@@ -6,6 +6,10 @@ one float scale per block or super-block.
 x comes as drivers/actq.py quantizes it for the type (q8_0 blocks of 32 for IQ4_NL
 and MXFP4, q8_K blocks of 256 for the others, as llama.cpp pairs them; xd holds the
 scale per 32 elements either way).
+
+Every type shares one loop over rows and blocks (`_row_kernel`); what differs is its
+block function, (I32x8 integer dot, float32 scale) of one block, which Numba inlines
+into that type's own compiled loop.
 """
 
 from __future__ import annotations
@@ -38,39 +42,66 @@ from numallm.kernels.families.iquants.tables import (
 from numallm.kernels.simd.scalar import at, load_f16, load_u32
 from numallm.kernels.simd.vec import vfma, vhsum, vzero
 from numba import njit
+from numba.extending import register_jitable
+
+
+def _row_kernel(block, size: int):  # type: ignore[no-untyped-def]
+    """rows(w, rb, nb, xq, xd, out, r0, r1): out[r] = the dot of row r (rb bytes, nb
+    blocks of `size` bytes) with the activation, for r in r0..r1, from
+    block(w, p, b, xq, xd) -> (isum, scale) of the block at byte p, block number b.
+    block stays a plain function (register_jitable, not a dispatcher) because Numba's
+    cache keys a closure by its pickled cells, and a dispatcher pickles with a fresh
+    uuid per process: every start would miss the cache."""
+    register_jitable(inline="always")(block)
+
+    @njit(nogil=True, cache=True)
+    def rows(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+        for r in range(r0, r1):
+            acc = vzero()
+            for b in range(nb):
+                isum, scale = block(w, r * rb + size * b, b, xq, xd)
+                acc = vfma(acc, isum, scale)
+            out[r] = vhsum(acc)
+    rows.__doc__ = block.__doc__
+    return rows
+
+
+def _iq4_nl(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ4_NL: per block of 32 one table dot and one scale."""
+    return dot_lut4(w, p + 2, xq, 32 * b, LUT_IQ4NL), load_f16(w, p) * at(xd, b)
+
+
+def _mxfp4(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """MXFP4: as IQ4_NL with its own table and an E8M0 scale."""
+    return dot_lut4(w, p + 1, xq, 32 * b, LUT_MXFP4), E8M0_HALF[at(w, p)] * at(xd, b)
+
+
+_rows_iq4_nl = _row_kernel(_iq4_nl, 18)
+_rows_mxfp4 = _row_kernel(_mxfp4, 17)
 
 
 @njit(nogil=True, cache=True)
 def rows_iq4_nl(w, rb, nb, mx, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
-    """IQ4_NL, or MXFP4 (mx): per block of 32 one table dot and one scale."""
-    ts = 17 if mx else 18
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + ts * b
-            if mx:
-                acc = vfma(acc, dot_lut4(w, p + 1, xq, 32 * b, LUT_MXFP4), E8M0_HALF[at(w, p)] * at(xd, b))
-            else:
-                acc = vfma(acc, dot_lut4(w, p + 2, xq, 32 * b, LUT_IQ4NL), load_f16(w, p) * at(xd, b))
-        out[r] = vhsum(acc)
+    """IQ4_NL, or MXFP4 (mx)."""
+    if mx:
+        _rows_mxfp4(w, rb, nb, xq, xd, out, r0, r1)
+    else:
+        _rows_iq4_nl(w, rb, nb, xq, xd, out, r0, r1)
 
 
-@njit(nogil=True, cache=True)
-def rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def _iq4_xs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ4_XS: a super-block's 8 table dots summed in integers, each times its 6-bit
     scale minus 32, then one float scale d * xd (q8_K: one xd per 256)."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 136 * b
-            sh = _u16(w, p + 2)
-            isum = izero()
-            for ib in range(8):
-                lo = (np.uint32(at(w, p + 4 + ib // 2)) >> np.uint32(4 * (ib % 2))) & np.uint32(15)
-                ls = np.int32(lo | (((sh >> np.uint32(2 * ib)) & np.uint32(3)) << np.uint32(4))) - 32
-                isum = vimadd(isum, dot_lut4(w, p + 8 + 16 * ib, xq, 256 * b + 32 * ib, LUT_IQ4NL), ls)
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b))
-        out[r] = vhsum(acc)
+    sh = _u16(w, p + 2)
+    isum = izero()
+    for ib in range(8):
+        lo = (np.uint32(at(w, p + 4 + ib // 2)) >> np.uint32(4 * (ib % 2))) & np.uint32(15)
+        ls = np.int32(lo | (((sh >> np.uint32(2 * ib)) & np.uint32(3)) << np.uint32(4))) - 32
+        isum = vimadd(isum, dot_lut4(w, p + 8 + 16 * ib, xq, 256 * b + 32 * ib, LUT_IQ4NL), ls)
+    return isum, load_f16(w, p) * at(xd, 8 * b)
+
+
+rows_iq4_xs = _row_kernel(_iq4_xs, 136)
 
 
 @njit(inline="always", cache=True)
@@ -86,23 +117,20 @@ def _byte(v, k):  # type: ignore[no-untyped-def]
     return (v >> np.uint32(8 * k)) & np.uint32(255)
 
 
-@njit(nogil=True, cache=True)
-def rows_iq2_xxs(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def _iq2_xxs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ2_XXS: per 32 elements one grid dot (4 rows, signs from ksigns) times its
     integer scale 2 ls + 1; per super-block one float scale d * xd / 8."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 66 * b
-            isum = izero()
-            for ib in range(8):
-                a0 = load_u32(w, p + 2 + 8 * ib)
-                a1 = load_u32(w, p + 6 + 8 * ib)
-                v = dot_grid8(IQ2XXS_GRID, _byte(a0, 0), _byte(a0, 1), _byte(a0, 2), _byte(a0, 3), _ks4(a1),
-                              xq, 256 * b + 32 * ib)
-                isum = vimadd(isum, v, np.int32(2 * (a1 >> np.uint32(28)) + 1))
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH)
-        out[r] = vhsum(acc)
+    isum = izero()
+    for ib in range(8):
+        a0 = load_u32(w, p + 2 + 8 * ib)
+        a1 = load_u32(w, p + 6 + 8 * ib)
+        v = dot_grid8(IQ2XXS_GRID, _byte(a0, 0), _byte(a0, 1), _byte(a0, 2), _byte(a0, 3), _ks4(a1),
+                      xq, 256 * b + 32 * ib)
+        isum = vimadd(isum, v, np.int32(2 * (a1 >> np.uint32(28)) + 1))
+    return isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+rows_iq2_xxs = _row_kernel(_iq2_xxs, 66)
 
 
 @njit(inline="always", cache=True)
@@ -115,50 +143,65 @@ def _xs_group(w, p, g, grid_is_s):  # type: ignore[no-untyped-def]
     return v & np.uint32(511), np.uint32(KSIGNS[v >> np.uint32(9)])
 
 
-@njit(nogil=True, cache=True)
-def rows_iq2_xs(w, rb, nb, two_s, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+@njit(inline="always", cache=True)
+def _iq2_xs_or_s(w, p, b, xq, xd, two_s):  # type: ignore[no-untyped-def]
     """IQ2_XS, and IQ2_S (two_s): grid dots per 32, each half of 16 times its own
     integer scale 2 ls + 1."""
-    ts = 82 if two_s else 74
     so = 74 if two_s else 66
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + ts * b
-            isum = izero()
-            for ib in range(8):
-                g0, s0 = _xs_group(w, p, 4 * ib, two_s)
-                g1, s1 = _xs_group(w, p, 4 * ib + 1, two_s)
-                g2, s2 = _xs_group(w, p, 4 * ib + 2, two_s)
-                g3, s3 = _xs_group(w, p, 4 * ib + 3, two_s)
-                signs = s0 | (s1 << np.uint32(8)) | (s2 << np.uint32(16)) | (s3 << np.uint32(24))
-                if two_s:
-                    v = dot_grid8(IQ2S_GRID, g0, g1, g2, g3, signs, xq, 256 * b + 32 * ib)
-                else:
-                    v = dot_grid8(IQ2XS_GRID, g0, g1, g2, g3, signs, xq, 256 * b + 32 * ib)
-                sc = np.int32(at(w, p + so + ib))
-                isum = vimadd2(isum, v, 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1)
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH)
-        out[r] = vhsum(acc)
+    isum = izero()
+    for ib in range(8):
+        g0, s0 = _xs_group(w, p, 4 * ib, two_s)
+        g1, s1 = _xs_group(w, p, 4 * ib + 1, two_s)
+        g2, s2 = _xs_group(w, p, 4 * ib + 2, two_s)
+        g3, s3 = _xs_group(w, p, 4 * ib + 3, two_s)
+        signs = s0 | (s1 << np.uint32(8)) | (s2 << np.uint32(16)) | (s3 << np.uint32(24))
+        if two_s:
+            v = dot_grid8(IQ2S_GRID, g0, g1, g2, g3, signs, xq, 256 * b + 32 * ib)
+        else:
+            v = dot_grid8(IQ2XS_GRID, g0, g1, g2, g3, signs, xq, 256 * b + 32 * ib)
+        sc = np.int32(at(w, p + so + ib))
+        isum = vimadd2(isum, v, 2 * (sc & 15) + 1, 2 * (sc >> 4) + 1)
+    return isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+def _iq2_xs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ2_XS."""
+    return _iq2_xs_or_s(w, p, b, xq, xd, False)
+
+
+def _iq2_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ2_S."""
+    return _iq2_xs_or_s(w, p, b, xq, xd, True)
+
+
+_rows_iq2_xs = _row_kernel(_iq2_xs, 74)
+_rows_iq2_s = _row_kernel(_iq2_s, 82)
 
 
 @njit(nogil=True, cache=True)
-def rows_iq3_xxs(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def rows_iq2_xs(w, rb, nb, two_s, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+    """IQ2_XS, or IQ2_S (two_s). Each has its own compiled loop, in which two_s is a
+    constant that Numba folds, instead of a test per group of 8."""
+    if two_s:
+        _rows_iq2_s(w, rb, nb, xq, xd, out, r0, r1)
+    else:
+        _rows_iq2_xs(w, rb, nb, xq, xd, out, r0, r1)
+
+
+def _iq3_xxs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ3_XXS: per 32 elements a dot of 8 grid rows of 4, scale (2 ls + 1) / 4."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 98 * b
-            isum = izero()
-            for ib in range(8):
-                i0 = load_u32(w, p + 2 + 8 * ib)
-                i1 = load_u32(w, p + 6 + 8 * ib)
-                a = load_u32(w, p + 66 + 4 * ib)
-                v = dot_grid4(IQ3XXS_GRID, _byte(i0, 0), _byte(i0, 1), _byte(i0, 2), _byte(i0, 3),
-                              _byte(i1, 0), _byte(i1, 1), _byte(i1, 2), _byte(i1, 3), _ks4(a), xq, 256 * b + 32 * ib)
-                isum = vimadd(isum, v, np.int32(2 * (a >> np.uint32(28)) + 1))
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b) * _QUARTER)
-        out[r] = vhsum(acc)
+    isum = izero()
+    for ib in range(8):
+        i0 = load_u32(w, p + 2 + 8 * ib)
+        i1 = load_u32(w, p + 6 + 8 * ib)
+        a = load_u32(w, p + 66 + 4 * ib)
+        v = dot_grid4(IQ3XXS_GRID, _byte(i0, 0), _byte(i0, 1), _byte(i0, 2), _byte(i0, 3),
+                      _byte(i1, 0), _byte(i1, 1), _byte(i1, 2), _byte(i1, 3), _ks4(a), xq, 256 * b + 32 * ib)
+        isum = vimadd(isum, v, np.int32(2 * (a >> np.uint32(28)) + 1))
+    return isum, load_f16(w, p) * at(xd, 8 * b) * _QUARTER
+
+
+rows_iq3_xxs = _row_kernel(_iq3_xxs, 98)
 
 
 @njit(inline="always", cache=True)
@@ -166,51 +209,44 @@ def _iq3s_index(w, p, ib, k, qh):  # type: ignore[no-untyped-def]
     return np.uint32(at(w, p + 2 + 8 * ib + k)) | (((qh >> np.uint32(k)) & np.uint32(1)) << np.uint32(8))
 
 
-@njit(nogil=True, cache=True)
-def rows_iq3_s(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def _iq3_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ3_S: per 32 elements a dot of 8 grid rows of 4 (9-bit indices), signs a bit per
     element, scale 1 + 2 ls."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 110 * b
-            isum = izero()
-            for ib in range(8):
-                qh = np.uint32(at(w, p + 66 + ib))
-                v = dot_grid4(IQ3S_GRID, _iq3s_index(w, p, ib, 0, qh), _iq3s_index(w, p, ib, 1, qh),
-                              _iq3s_index(w, p, ib, 2, qh), _iq3s_index(w, p, ib, 3, qh),
-                              _iq3s_index(w, p, ib, 4, qh), _iq3s_index(w, p, ib, 5, qh),
-                              _iq3s_index(w, p, ib, 6, qh), _iq3s_index(w, p, ib, 7, qh),
-                              load_u32(w, p + 74 + 4 * ib), xq, 256 * b + 32 * ib)
-                sc = (np.int32(at(w, p + 106 + ib // 2)) >> (4 * (ib % 2))) & 15
-                isum = vimadd(isum, v, 1 + 2 * sc)
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b))
-        out[r] = vhsum(acc)
+    isum = izero()
+    for ib in range(8):
+        qh = np.uint32(at(w, p + 66 + ib))
+        v = dot_grid4(IQ3S_GRID, _iq3s_index(w, p, ib, 0, qh), _iq3s_index(w, p, ib, 1, qh),
+                      _iq3s_index(w, p, ib, 2, qh), _iq3s_index(w, p, ib, 3, qh),
+                      _iq3s_index(w, p, ib, 4, qh), _iq3s_index(w, p, ib, 5, qh),
+                      _iq3s_index(w, p, ib, 6, qh), _iq3s_index(w, p, ib, 7, qh),
+                      load_u32(w, p + 74 + 4 * ib), xq, 256 * b + 32 * ib)
+        sc = (np.int32(at(w, p + 106 + ib // 2)) >> (4 * (ib % 2))) & 15
+        isum = vimadd(isum, v, 1 + 2 * sc)
+    return isum, load_f16(w, p) * at(xd, 8 * b)
 
+
+rows_iq3_s = _row_kernel(_iq3_s, 110)
 
 _DELTA_POS = np.uint32(0x01010101)  # four int8 +1
 _DELTA_NEG = np.uint32(0xFFFFFFFF)  # four int8 -1
 
 
-@njit(nogil=True, cache=True)
-def rows_iq1_s(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def _iq1_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ1_S: per 32 elements a dot of 8 grid + delta, times 2 ls + 1; d * xd / 8."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 50 * b
-            isum = izero()
-            for ib in range(8):
-                h = _u16(w, p + 34 + 2 * ib)
-                i = load_u32(w, p + 2 + 4 * ib)
-                v = dot_grid1(IQ1S_GRID, _byte(i, 0) | ((h & np.uint32(7)) << np.uint32(8)),
-                              _byte(i, 1) | (((h >> np.uint32(3)) & np.uint32(7)) << np.uint32(8)),
-                              _byte(i, 2) | (((h >> np.uint32(6)) & np.uint32(7)) << np.uint32(8)),
-                              _byte(i, 3) | (((h >> np.uint32(9)) & np.uint32(7)) << np.uint32(8)),
-                              _DELTA_NEG if h & np.uint32(0x8000) else _DELTA_POS, xq, 256 * b + 32 * ib)
-                isum = vimadd(isum, v, np.int32(2 * ((h >> np.uint32(12)) & np.uint32(7)) + 1))
-            acc = vfma(acc, isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH)
-        out[r] = vhsum(acc)
+    isum = izero()
+    for ib in range(8):
+        h = _u16(w, p + 34 + 2 * ib)
+        i = load_u32(w, p + 2 + 4 * ib)
+        v = dot_grid1(IQ1S_GRID, _byte(i, 0) | ((h & np.uint32(7)) << np.uint32(8)),
+                      _byte(i, 1) | (((h >> np.uint32(3)) & np.uint32(7)) << np.uint32(8)),
+                      _byte(i, 2) | (((h >> np.uint32(6)) & np.uint32(7)) << np.uint32(8)),
+                      _byte(i, 3) | (((h >> np.uint32(9)) & np.uint32(7)) << np.uint32(8)),
+                      _DELTA_NEG if h & np.uint32(0x8000) else _DELTA_POS, xq, 256 * b + 32 * ib)
+        isum = vimadd(isum, v, np.int32(2 * ((h >> np.uint32(12)) & np.uint32(7)) + 1))
+    return isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+rows_iq1_s = _row_kernel(_iq1_s, 50)
 
 
 @njit(inline="always", cache=True)
@@ -221,63 +257,54 @@ def _iq1m_group(w, p, g):  # type: ignore[no-untyped-def]
             np.uint32(255) if hn & np.uint32(8) else np.uint32(1))
 
 
-@njit(nogil=True, cache=True)
-def rows_iq1_m(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ1_M: as IQ1_S with a delta per 8 elements and a 3-bit scale per 16."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 56 * b
-            s0, s1, s2, s3 = _u16(w, p + 48), _u16(w, p + 50), _u16(w, p + 52), _u16(w, p + 54)
-            dbits = ((s0 >> np.uint32(12)) | ((s1 >> np.uint32(8)) & np.uint32(0xF0))
-                     | ((s2 >> np.uint32(4)) & np.uint32(0xF00)) | (s3 & np.uint32(0xF000)))
-            isum = izero()
-            for ib in range(8):
-                g0, e0 = _iq1m_group(w, p, 4 * ib)
-                g1, e1 = _iq1m_group(w, p, 4 * ib + 1)
-                g2, e2 = _iq1m_group(w, p, 4 * ib + 2)
-                g3, e3 = _iq1m_group(w, p, 4 * ib + 3)
-                v = dot_grid1(IQ1S_GRID, g0, g1, g2, g3,
-                              e0 | (e1 << np.uint32(8)) | (e2 << np.uint32(16)) | (e3 << np.uint32(24)),
-                              xq, 256 * b + 32 * ib)
-                s = s0 if ib < 2 else (s1 if ib < 4 else (s2 if ib < 6 else s3))
-                sh = np.uint32(6 * (ib % 2))
-                isum = vimadd2(isum, v, np.int32(2 * ((s >> sh) & np.uint32(7)) + 1),
-                               np.int32(2 * ((s >> (sh + np.uint32(3))) & np.uint32(7)) + 1))
-            acc = vfma(acc, isum, half_bits(dbits) * at(xd, 8 * b) * _EIGHTH)
-        out[r] = vhsum(acc)
+    s0, s1, s2, s3 = _u16(w, p + 48), _u16(w, p + 50), _u16(w, p + 52), _u16(w, p + 54)
+    dbits = ((s0 >> np.uint32(12)) | ((s1 >> np.uint32(8)) & np.uint32(0xF0))
+             | ((s2 >> np.uint32(4)) & np.uint32(0xF00)) | (s3 & np.uint32(0xF000)))
+    isum = izero()
+    for ib in range(8):
+        g0, e0 = _iq1m_group(w, p, 4 * ib)
+        g1, e1 = _iq1m_group(w, p, 4 * ib + 1)
+        g2, e2 = _iq1m_group(w, p, 4 * ib + 2)
+        g3, e3 = _iq1m_group(w, p, 4 * ib + 3)
+        v = dot_grid1(IQ1S_GRID, g0, g1, g2, g3,
+                      e0 | (e1 << np.uint32(8)) | (e2 << np.uint32(16)) | (e3 << np.uint32(24)),
+                      xq, 256 * b + 32 * ib)
+        s = s0 if ib < 2 else (s1 if ib < 4 else (s2 if ib < 6 else s3))
+        sh = np.uint32(6 * (ib % 2))
+        isum = vimadd2(isum, v, np.int32(2 * ((s >> sh) & np.uint32(7)) + 1),
+                       np.int32(2 * ((s >> (sh + np.uint32(3))) & np.uint32(7)) + 1))
+    return isum, half_bits(dbits) * at(xd, 8 * b) * _EIGHTH
 
 
-@njit(nogil=True, cache=True)
-def rows_tq2_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+rows_iq1_m = _row_kernel(_iq1_m, 56)
+
+
+def _tq2_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """TQ2_0: 8 ternary dots of 32 per super-block, one scale d * xd."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 66 * b
-            isum = izero()
-            for h in range(2):
-                for s in range(4):
-                    isum = vimadd(isum, dot_tq2(w, p + 32 * h, 2 * s, xq, 256 * b + 128 * h + 32 * s), 1)
-            acc = vfma(acc, isum, load_f16(w, p + 64) * at(xd, 8 * b))
-        out[r] = vhsum(acc)
+    isum = izero()
+    for h in range(2):
+        for s in range(4):
+            isum = vimadd(isum, dot_tq2(w, p + 32 * h, 2 * s, xq, 256 * b + 128 * h + 32 * s), 1)
+    return isum, load_f16(w, p + 64) * at(xd, 8 * b)
 
 
-@njit(nogil=True, cache=True)
-def rows_tq1_0(w, rb, nb, xq, xd, out, r0, r1):  # type: ignore[no-untyped-def]
+rows_tq2_0 = _row_kernel(_tq2_0, 66)
+
+
+def _tq1_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """TQ1_0: 8 base-3 digit dots of 32 per super-block, one scale d * xd."""
-    for r in range(r0, r1):
-        acc = vzero()
-        for b in range(nb):
-            p = r * rb + 54 * b
-            x = 256 * b
-            isum = dot_tq1(w, p, 0, xq, x)
-            isum = vimadd(isum, dot_tq1(w, p, 1, xq, x + 32), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 2, xq, x + 64), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 3, xq, x + 96), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 4, xq, x + 128), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 5, xq, x + 160), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 6, xq, x + 192), 1)
-            isum = vimadd(isum, dot_tq1(w, p, 7, xq, x + 224), 1)
-            acc = vfma(acc, isum, load_f16(w, p + 52) * at(xd, 8 * b))
-        out[r] = vhsum(acc)
+    x = 256 * b
+    isum = dot_tq1(w, p, 0, xq, x)
+    isum = vimadd(isum, dot_tq1(w, p, 1, xq, x + 32), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 2, xq, x + 64), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 3, xq, x + 96), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 4, xq, x + 128), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 5, xq, x + 160), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 6, xq, x + 192), 1)
+    isum = vimadd(isum, dot_tq1(w, p, 7, xq, x + 224), 1)
+    return isum, load_f16(w, p + 52) * at(xd, 8 * b)
+
+
+rows_tq1_0 = _row_kernel(_tq1_0, 54)

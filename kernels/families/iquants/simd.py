@@ -50,15 +50,21 @@ def _lut_values(context, builder, wt, w, p, table: list[int]) -> ir.Value:  # ty
     return _lookup16(builder, idx, table)
 
 
+def _lut_table(w, x, lut) -> list[int] | None:  # type: ignore[no-untyped-def]
+    """The table of the literal `lut` for byte arrays w and x, or None (no match)."""
+    if _is_bytes(w) and _is_bytes(x) and isinstance(lut, types.IntegerLiteral):
+        return _TABLES.get(lut.literal_value)
+    return None
+
+
 @intrinsic(prefer_literal=True)
 def dot_lut4(typingctx, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
     """Sum over 32 elements of table[nibble] * xq[xo + element], where the nibbles are the
     16 bytes at w[p] (low nibbles elements 0-15, high ones 16-31) and table is the
     literal `lut`'s (LUT_IQ4NL, LUT_MXFP4); an I32x8, lanes as vec._dot_u8s8."""
-    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(lut, types.IntegerLiteral)
-            and lut.literal_value in _TABLES):
+    table = _lut_table(w, xq, lut)
+    if table is None:
         return None
-    table = _TABLES[lut.literal_value]
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         wa, pv, xa, xov = args[:4]
@@ -204,10 +210,9 @@ def dot_tq2(typingctx, w, p, shift, xq, xo):  # type: ignore[no-untyped-def]
 @intrinsic(prefer_literal=True)
 def lut4_store(typingctx, w, p, q, qo, lut):  # type: ignore[no-untyped-def]
     """q[qo:qo+32] = table[nibble] of the 16 bytes at w[p], as dot_lut4 reads them."""
-    if not (_is_bytes(w) and _is_bytes(q) and isinstance(lut, types.IntegerLiteral)
-            and lut.literal_value in _TABLES):
+    table = _lut_table(w, q, lut)
+    if table is None:
         return None
-    table = _TABLES[lut.literal_value]
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
         wa, pv, qa, qov = args[:4]
