@@ -16,7 +16,7 @@ from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_store import fetch_known_model
 from numallm.engine.tokenizer import Tokenizer
 from reference_forward import reference_logits
-from synthetic import SUPPORTED_TYPES, Q, write_tiny_gemma3, write_tiny_llama
+from synthetic import Q, write_tiny_gemma3, write_tiny_llama
 from synthetic_arch import QWEN_ARCHS, edge_case_router, write_tiny_qwen
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
@@ -235,12 +235,14 @@ def test_synthetic_models_match_llama_cpp(case: str, tmp_path: Path) -> None:
     assert max_abs <= max_tol and rms <= rms_tol, f"{case}: max {max_abs:.2e}, rms {rms:.2e}"
 
 
-# Effective bits per weight: quantization error roughly halves with each extra bit.
+# Effective bits per weight: quantization error roughly halves with each extra bit. The
+# types the synthetic writer can encode from float weights; the i-quants, TQ and MXFP4
+# (random blocks, no encoder in gguf-py) are checked in tests/test_type_fixtures.py.
 _BITS = {Q.F16: 11, Q.BF16: 8, Q.Q8_0: 8, Q.Q6_K: 6, Q.Q5_0: 5, Q.Q5_1: 5, Q.Q5_K: 5,
          Q.Q4_0: 4, Q.Q4_1: 4, Q.Q4_K: 4}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(t.name for t in SUPPORTED_TYPES - {Q.F32}))
+@pytest.mark.parametrize("name", sorted(t.name for t in _BITS))
 def test_quantized_tiny_llama_tracks_f32(name: str, tmp_path: Path) -> None:
     """Same seed, same float weights: logits move by about the quantization step.
 
