@@ -102,9 +102,15 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression, open: after the full suite's earlier tests (not alone, not with the rest of "
-    "this file) the generate process has not exited 60 s after SIGINT, with nothing on stderr"))
+def _sigint_default() -> None:
+    # A suite started in the background by a shell without job control (`pytest &` in a
+    # script) inherits SIGINT ignored, and so would the child: Python then keeps it
+    # ignored, as `nohup`/`&` ask. The test is about a terminal's Ctrl-C, so the child
+    # starts with the default disposition.
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_generation_exits_130_promptly(smollm2: Path) -> None:
     import signal
     import time
@@ -112,7 +118,8 @@ def test_ctrl_c_during_generation_exits_130_promptly(smollm2: Path) -> None:
     env = dict(os.environ, NUMALLM_PROGRESS="0")
     proc = subprocess.Popen([sys.executable, "-m", "numallm", "generate", "-m", str(smollm2), "-n", "4000",
                              "--ignore-eos", "Once upon a time"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     assert proc.stdout is not None
     proc.stdout.read(1)  # generating now
     proc.send_signal(signal.SIGINT)
