@@ -43,6 +43,7 @@ def render_text(r: dict[str, Any]) -> str:
              "Nodes (read back from the kernel):"]
     lines += [f"  node {n['os_index']}: {n['workers']} workers, {_mb(n['weight_bytes'])} weights, "
               f"{_mb(n['kv_bytes'])} KV cache" for n in r["nodes"]]
+    lines.append(f"KV cache: {r['kv_bytes_per_token']} B per token (all layers and KV heads)")
     lines.append("Tensor groups:")
     lines += [f"  {g['name']:<10} {_nodes(g['bytes_by_node'])}" for g in r["groups"]]
     lines.append(f"Per generated token: {_mb(pt['local_bytes'])} of weights read locally, "

@@ -27,6 +27,7 @@ from numallm.kernels import batch_invariant, kernel_set
 from numallm.engine.forward import ROUTER_DECIDES, Batch, WorkerMemory, forward, kv_writers, plain, scratch
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import GGUFFile
+from numallm.engine.kv_cache import kv_bytes_per_token
 from numallm.engine.model_load import load_model
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
@@ -108,7 +109,9 @@ class Engine:
             _log(f"loaded {self.path.name}: {self.spec.name}, {hp.n_layer} layers, "
                  f"{self.weights.matrix_bytes / 1e6:.1f} MB of weights "
                  f"(load mode {self.weights.load_mode}, {'mapped' if self.weights.mapped else 'copied'}), n_ctx {self.n_ctx}, "
-                 f"KV cache {kv_type} {self.placed.kv_nbytes / 1e6:.1f} MB, {len(plan)} workers on CPUs "
+                 f"KV cache {kv_type} {self.placed.kv_nbytes / 1e6:.1f} MB "
+                 f"({kv_bytes_per_token(hp, kv_type)} B per token{', latent' if hp.kv_lora_rank else ''}), "
+                 f"{len(plan)} workers on CPUs "
                  f"{','.join(str(s.cpu) for s in plan)}, in {self.stats.load_s:.2f} s")
 
     # -- loading ---------------------------------------------------------------------

@@ -9,8 +9,10 @@ numallm.kernels; this module only does the small vector work in between (norms,
 rotary embeddings, attention, activations). A step whose slot an architecture leaves
 empty (a post-norm, a q/k norm, a bias) is skipped.
 
-The KV cache is [slot, layer, kv_head, position, head_dim], float32 or float16 bits
-stored as uint16 (Numba has no float16 type; kernels/kvrow.py reads them).
+The KV cache is engine/kv_cache.py's K and V arrays, [slot, layer, kv_head, position,
+width], float32 or float16 bits stored as uint16 (Numba has no float16 type;
+kernels/dense/kvrow.py reads them); multi-head latent attention caches its latent and
+rotated key part there (_mla).
 
 NUMA: each worker is handed its own node's weight buffer (same offsets in every
 node's copy or shard) and its own node's KV arrays. A worker reads only the rows it
@@ -38,7 +40,14 @@ from numallm.engine.arch.slots import (
     VectorTable,
     WeightTables,
 )
-from numallm.engine.arch.spec import ACT_SILU, HParams, sliding_window_layer
+from numallm.engine.arch.spec import (
+    ACT_SILU,
+    YARN_BETA_FAST,
+    YARN_BETA_SLOW,
+    HParams,
+    sliding_window_layer,
+    value_dim,
+)
 from numallm.engine.barrier import barrier_wait
 from numallm.engine.ggml_sort import argsort_desc
 from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
@@ -67,9 +76,10 @@ class Scratch(NamedTuple):
 
     x: np.ndarray    # the residual stream [n, n_embd]
     q: np.ndarray    # [n, n_head * head_dim]
-    k: np.ndarray    # [n, n_head_kv * head_dim]
-    v: np.ndarray    # [n, n_head_kv * head_dim]
-    att: np.ndarray  # attention output [n, n_head * head_dim]
+    k: np.ndarray    # [n, n_head_kv * head_dim]; multi-head latent attention: [n, kv_lora_rank + n_rot]
+    v: np.ndarray    # [n, n_head_kv * head_dim]; multi-head latent attention: [n, 0]
+    qa: np.ndarray   # multi-head latent attention's low-rank query [n, q_lora_rank]
+    att: np.ndarray  # attention output [n, n_head * value_dim]
     tmp: np.ndarray  # a projection back to the residual [n, n_embd]
     g: np.ndarray    # FFN gate, then gate * up [n, n_ff]
     u: np.ndarray    # FFN up [n, n_ff]
@@ -81,8 +91,10 @@ class Scratch(NamedTuple):
 def scratch(hp: HParams, n: int) -> Scratch:
     """Zeroed activations for a batch of n tokens."""
     qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    kdim, vdim = (hp.kv_lora_rank + hp.n_rot, 0) if hp.kv_lora_rank else (kvdim, kvdim)
     pairs = n * hp.n_expert_used
-    shapes = Scratch(x=(n, hp.n_embd), q=(n, qdim), k=(n, kvdim), v=(n, kvdim), att=(n, qdim), tmp=(n, hp.n_embd),
+    shapes = Scratch(x=(n, hp.n_embd), q=(n, qdim), k=(n, kdim), v=(n, vdim), qa=(n, hp.q_lora_rank),
+                     att=(n, hp.n_head * value_dim(hp)), tmp=(n, hp.n_embd),
                      g=(n, hp.n_ff), u=(n, hp.n_ff), router=(n, hp.n_expert), eg=(pairs, hp.n_ff_exp),
                      eu=(pairs, hp.n_ff_exp))
     return Scratch(*(np.zeros(shape, np.float32) for shape in shapes))
@@ -224,19 +236,44 @@ def _head_rmsnorm(h, w, eps):
 
 
 @njit(nogil=True)
-def _rope_tables(positions, n_rot, base):
+def _yarn_corr_dims(n_rot, n_ctx_orig, base):
+    """ggml_rope_yarn_corr_dims: YaRN's ramp runs from pair `low` (original angles below)
+    to pair `high` (scaled angles above)."""
+    def dim(beta):
+        return n_rot * math.log(n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(base))
+    return max(0.0, math.floor(dim(YARN_BETA_FAST))), min(n_rot - 1.0, math.ceil(dim(YARN_BETA_SLOW)))
+
+
+@njit(nogil=True)
+def _rope_tables(positions, n_rot, base, freq_scale, hp):
+    """cos and sin [n, n_rot / 2] of every token's pair angles, as ggml_rope_cache_init
+    and rope_yarn compute them: angles times freq_scale, with YaRN (ext_factor != 0)
+    mixed with the unscaled ones along a ramp over the pairs, and the magnitude
+    attn_factor, times 1 + 0.1 ln(1 / freq_scale) with YaRN."""
     n = positions.shape[0]
     half = n_rot // 2
     cos = np.empty((n, half), np.float32)
     sin = np.empty((n, half), np.float32)
     # ggml multiplies theta by theta_scale pair after pair, in float32.
     theta_scale = np.float32(base ** (-2.0 / n_rot))
+    scale = np.float32(freq_scale)
+    ext = np.float32(hp.rope_ext_factor)
+    mscale = np.float32(hp.rope_attn_factor)
+    low, high = 0.0, 1.0
+    if ext != 0.0:
+        low, high = _yarn_corr_dims(n_rot, hp.rope_n_ctx_orig, base)
+        mscale = np.float32(mscale * np.float32(1.0 + 0.1 * math.log(1.0 / scale)))
     for t in range(n):
-        theta = np.float32(positions[t])
+        theta_extrap = np.float32(positions[t])
         for i in range(half):
-            cos[t, i] = math.cos(theta)
-            sin[t, i] = math.sin(theta)
-            theta = np.float32(theta * theta_scale)
+            theta = np.float32(scale * theta_extrap)
+            if ext != 0.0:
+                y = np.float32((i - low) / max(0.001, high - low))
+                mix = np.float32(np.float32(1.0) - min(np.float32(1.0), max(np.float32(0.0), y))) * ext
+                theta = np.float32(theta * (np.float32(1.0) - mix) + theta_extrap * mix)
+            cos[t, i] = np.float32(math.cos(theta)) * mscale
+            sin[t, i] = np.float32(math.sin(theta)) * mscale
+            theta_extrap = np.float32(theta_extrap * theta_scale)
     return cos, sin
 
 
@@ -289,6 +326,93 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
             rows_axpy(acc, scores, np.float32(1.0 / total), vf, base, start, p + 1)
             for i in range(hd):
                 out[t, h * hd + i] = acc[i]
+
+
+@njit(nogil=True)
+def _mla(worker, n_workers, bar, hp, w, il, wbuf, xn, s, kc, vc, kv_heads, slots, positions, cos, sin, qh0, qh1, ks):
+    """Layer il's multi-head latent attention of xn into s.att, as deepseek2.cpp's absorbed
+    form (the latent cache of engine/kv_cache.py: K the normed latent, V the rotated key).
+
+    The workers share the rows of attn_kv_a_mqa and of the query projections (attn_q, or
+    attn_q_a, its norm and attn_q_b); each node's writer (kv_heads: the latent's one KV
+    head) norms and rotates every token's latent and key part into its node's cache; then
+    each worker runs its query heads whole: attn_k_b folds a head's query into the
+    latent's space, the scores are over the cached latent plus the rotated keys, the
+    weighted latents go through the head's attn_v_b."""
+    lm, lv, vecs = w.layer, w.layer_vec, w.vecs
+    n = xn.shape[0]
+    r, n_rot, hd, dv = hp.kv_lora_rank, hp.n_rot, hp.head_dim, hp.head_dim_v
+    nope = hd - n_rot
+    eps = np.float32(hp.rms_eps)
+    e = _entry(lm, (il, LayerMatrix.KV_A_MQA))
+    r0, r1 = _share(e, worker, n_workers)
+    _matmul(e, wbuf, xn, s.k, r0, r1, ks)
+    if hp.q_lora_rank > 0:
+        e = _entry(lm, (il, LayerMatrix.Q_A))
+        r0, r1 = _share(e, worker, n_workers)
+        _matmul(e, wbuf, xn, s.qa, r0, r1, ks)
+        barrier_wait(bar, n_workers)
+        qa = np.empty((n, hp.q_lora_rank), np.float32)  # every worker norms all of it, privately
+        _rmsnorm(s.qa, _vec(vecs, lv, (il, LayerVector.Q_A_NORM)), eps, qa)
+        e = _entry(lm, (il, LayerMatrix.Q_B))
+        r0, r1 = _share(e, worker, n_workers)
+        _matmul(e, wbuf, qa, s.q, r0, r1, ks)
+    else:
+        e = _entry(lm, (il, LayerMatrix.Q))
+        r0, r1 = _share(e, worker, n_workers)
+        _matmul(e, wbuf, xn, s.q, r0, r1, ks)
+        barrier_wait(bar, n_workers)  # the latent (its norm needs the whole row)
+    if kv_heads.shape[0] > 0:
+        kv_norm = _vec(vecs, lv, (il, LayerVector.KV_A_NORM))
+        latent = np.empty(r, np.float32)
+        pe = np.empty(n_rot, np.float32)
+        for t in range(n):
+            for i in range(r):
+                latent[i] = s.k[t, i]
+            _head_rmsnorm(latent, kv_norm, eps)
+            kv_put(kc[slots[t], il, 0, positions[t]], latent)
+            for i in range(n_rot):
+                pe[i] = s.k[t, r + i]
+            _rope_head(pe, n_rot, hp.rope_neox, cos, sin, t)
+            kv_put(vc[slots[t], il, 0, positions[t]], pe)
+    barrier_wait(bar, n_workers)
+
+    kb, vb = _entry(lm, (il, LayerMatrix.K_B)), _entry(lm, (il, LayerMatrix.V_B))
+    q_nope = np.empty((n, nope), np.float32)
+    q_lat = np.empty((n, r), np.float32)   # a head's queries absorbed into the latent's space
+    out_lat = np.empty((n, r), np.float32)  # and its weighted latents
+    out_v = np.empty((n, dv), np.float32)
+    q_pe = np.empty(n_rot, np.float32)
+    scores = np.empty(positions.max() + 1, np.float32)
+    scores_pe = np.empty(positions.max() + 1, np.float32)
+    kf, vf = kc.reshape(-1), vc.reshape(-1)
+    n_layer, n_ctx = kc.shape[1], kc.shape[3]
+    scale = np.float32(hp.attn_scale)
+    for h in range(qh0, qh1):
+        for t in range(n):
+            for i in range(nope):
+                q_nope[t, i] = s.q[t, h * hd + i]
+        _matmul(_expert(kb, h, hp.n_head), wbuf, q_nope, q_lat, 0, r, ks)
+        for t in range(n):
+            p = positions[t]
+            for i in range(n_rot):
+                q_pe[i] = s.q[t, h * hd + nope + i]
+            _rope_head(q_pe, n_rot, hp.rope_neox, cos, sin, t)
+            row = (slots[t] * n_layer + il) * n_ctx  # the one KV head's first position
+            rows_dot(q_lat[t], kf, row * r, 0, p + 1, scale, scores)
+            rows_dot(q_pe, vf, row * n_rot, 0, p + 1, scale, scores_pe)
+            mx = np.float32(-np.inf)
+            for j in range(p + 1):
+                scores[j] += scores_pe[j]
+                if scores[j] > mx:
+                    mx = scores[j]
+            total = exp_shifted(scores, 0, p + 1, mx)
+            out_lat[t] = 0.0
+            rows_axpy(out_lat[t], scores, np.float32(1.0 / total), kf, row * r, 0, p + 1)
+        _matmul(_expert(vb, h, hp.n_head), wbuf, out_lat, out_v, 0, dv, ks)
+        for t in range(n):
+            for i in range(dv):
+                s.att[t, h * dv + i] = out_v[t, i]
 
 
 @njit(nogil=True)
@@ -483,8 +607,8 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     head = np.empty(hd, np.float32)
     gf = g.reshape(-1)
     uf = u.reshape(-1)
-    cos_g, sin_g = _rope_tables(positions, hp.n_rot, hp.rope_base)
-    cos_l, sin_l = _rope_tables(positions, hp.n_rot, hp.rope_base_local)
+    cos_g, sin_g = _rope_tables(positions, hp.n_rot, hp.rope_base, hp.rope_freq_scale, hp)
+    cos_l, sin_l = _rope_tables(positions, hp.n_rot, hp.rope_base_local, 1.0, hp)  # llama.cpp: unscaled
     qh0, qh1 = part(hp.n_head, 1, worker, n_workers)
     barrier_wait(bar, n_workers)
 
@@ -492,41 +616,45 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         local = _sliding_window_layer(hp, il)
         cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.ATTN_NORM)), eps, xn)
-        for m, bias, out in ((LayerMatrix.Q, LayerVector.Q_BIAS, q), (LayerMatrix.K, LayerVector.K_BIAS, k),
-                             (LayerMatrix.V, LayerVector.V_BIAS, v)):
-            e = _entry(lm, (il, m))
-            r0, r1 = _share(e, worker, n_workers)
-            _matmul(e, wbuf, xn, out, r0, r1, ks)
-            _add_bias(out, _vec(vecs, lv, (il, bias)), r0, r1)
-        barrier_wait(bar, n_workers)
-        # Each worker normalises and rotates its KV heads on a private copy (a head
-        # kept on several nodes is computed on each) and caches them on its node ...
-        # Elements are copied by index: a view of an array every worker shares (k, v, q)
-        # costs a reference count the workers contend for.
-        k_norm = _vec(vecs, lv, (il, LayerVector.K_NORM))
-        q_norm = _vec(vecs, lv, (il, LayerVector.Q_NORM))
-        for t in range(n):
-            for h in kv_heads:
-                for i in range(hd):
-                    head[i] = k[t, h * hd + i]
-                if k_norm.shape[0] > 0:
-                    _head_rmsnorm(head, k_norm, eps)
-                _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
-                kv_put(kc[slots[t], il, h, positions[t]], head)
-                for i in range(hd):
-                    head[i] = v[t, h * hd + i]
-                kv_put(vc[slots[t], il, h, positions[t]], head)
-            for h in range(qh0, qh1):
-                for i in range(hd):
-                    head[i] = q[t, h * hd + i]
-                if q_norm.shape[0] > 0:
-                    _head_rmsnorm(head, q_norm, eps)
-                _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
-                for i in range(hd):
-                    q[t, h * hd + i] = head[i]
-        barrier_wait(bar, n_workers)
-        # ... then every query head attends over its slot's complete cache.
-        _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
+        if hp.kv_lora_rank > 0:
+            _mla(worker, n_workers, bar, hp, w, il, wbuf, xn, s, kc, vc, kv_heads, slots, positions, cos, sin,
+                 qh0, qh1, ks)
+        else:
+            for m, bias, out in ((LayerMatrix.Q, LayerVector.Q_BIAS, q), (LayerMatrix.K, LayerVector.K_BIAS, k),
+                                 (LayerMatrix.V, LayerVector.V_BIAS, v)):
+                e = _entry(lm, (il, m))
+                r0, r1 = _share(e, worker, n_workers)
+                _matmul(e, wbuf, xn, out, r0, r1, ks)
+                _add_bias(out, _vec(vecs, lv, (il, bias)), r0, r1)
+            barrier_wait(bar, n_workers)
+            # Each worker normalises and rotates its KV heads on a private copy (a head
+            # kept on several nodes is computed on each) and caches them on its node ...
+            # Elements are copied by index: a view of an array every worker shares (k, v, q)
+            # costs a reference count the workers contend for.
+            k_norm = _vec(vecs, lv, (il, LayerVector.K_NORM))
+            q_norm = _vec(vecs, lv, (il, LayerVector.Q_NORM))
+            for t in range(n):
+                for h in kv_heads:
+                    for i in range(hd):
+                        head[i] = k[t, h * hd + i]
+                    if k_norm.shape[0] > 0:
+                        _head_rmsnorm(head, k_norm, eps)
+                    _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
+                    kv_put(kc[slots[t], il, h, positions[t]], head)
+                    for i in range(hd):
+                        head[i] = v[t, h * hd + i]
+                    kv_put(vc[slots[t], il, h, positions[t]], head)
+                for h in range(qh0, qh1):
+                    for i in range(hd):
+                        head[i] = q[t, h * hd + i]
+                    if q_norm.shape[0] > 0:
+                        _head_rmsnorm(head, q_norm, eps)
+                    _rope_head(head, hp.n_rot, hp.rope_neox, cos, sin, t)
+                    for i in range(hd):
+                        q[t, h * hd + i] = head[i]
+            barrier_wait(bar, n_workers)
+            # ... then every query head attends over its slot's complete cache.
+            _attention(q, kc, vc, slots, positions, il, hp, hp.sliding_window if local else 0, att, qh0, qh1)
         barrier_wait(bar, n_workers)
         e = _entry(lm, (il, LayerMatrix.O))
         r0, r1 = _share(e, worker, n_workers)

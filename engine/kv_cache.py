@@ -1,8 +1,13 @@
 """The KV cache: one block per sequence slot, layer, KV head and position.
 
-Shape [slot, layer, kv_head, position, head_dim], chosen once because placement (heads
-to nodes), the server's batching (slots) and sliding-window architectures all index it
-the same way. F16 (llama.cpp's default) is stored as float16 bits in uint16.
+Two arrays, K and V, each [slot, layer, kv_head, position, width], chosen once because
+placement (heads to nodes), the server's batching (slots) and sliding-window
+architectures all index them the same way. An ordinary attention keeps each KV head's
+key and value there (width head_dim). Multi-head latent attention (deepseek2) has one
+KV head for all query heads and caches, as llama.cpp does, only what the absorbed form
+reads: K holds each token's normed latent (kv_lora_rank values, read as keys and as
+values) and V its rotated key part (n_rot values). F16 (llama.cpp's default) is stored
+as float16 bits in uint16.
 """
 
 from __future__ import annotations
@@ -19,28 +24,40 @@ from numallm.errors import BadInputError
 KV_ITEMSIZE = {"f16": 2, "f32": 4}
 
 
-def kv_layout(hp: HParams, n_ctx: int, n_slots: int, kv_type: str) -> tuple[tuple[int, ...], type]:
-    """(shape, dtype) of the K array (and of the V array, alike)."""
+def kv_widths(hp: HParams) -> tuple[int, int]:
+    """Values per position and KV head in the K and in the V array."""
+    if hp.kv_lora_rank:
+        return hp.kv_lora_rank, hp.n_rot
+    return hp.head_dim, hp.head_dim
+
+
+def kv_bytes_per_token(hp: HParams, kv_type: str) -> int:
+    """Cache bytes one token takes over every layer and KV head."""
+    return hp.n_layer * hp.n_head_kv * sum(kv_widths(hp)) * KV_ITEMSIZE[kv_type]
+
+
+def kv_layout(hp: HParams, n_ctx: int, n_slots: int, kv_type: str) -> tuple[tuple[tuple[int, ...], ...], type]:
+    """((K shape, V shape), dtype) of the two arrays."""
     if kv_type not in KV_TYPES:
         raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_TYPES)})")
     dtype = np.uint16 if KV_ITEMSIZE[kv_type] == 2 else np.float32
-    return (n_slots, hp.n_layer, hp.n_head_kv, n_ctx, hp.head_dim), dtype
+    return tuple((n_slots, hp.n_layer, hp.n_head_kv, n_ctx, w) for w in kv_widths(hp)), dtype
 
 
 def head_ranges(shape: tuple[int, ...], itemsize: int, heads: Iterable[int]) -> list[tuple[int, int]]:
-    """Byte ranges of one K (or V) array holding KV heads `heads`, for every slot and layer."""
-    n_slots, n_layer, n_head_kv, n_ctx, head_dim = shape
-    block = n_ctx * head_dim * itemsize  # one head of one layer of one slot
+    """Byte ranges of one K (or V) array of `shape` holding KV heads `heads`, for every slot and layer."""
+    n_slots, n_layer, n_head_kv, n_ctx, width = shape
+    block = n_ctx * width * itemsize  # one head of one layer of one slot
     return [(((s * n_layer + il) * n_head_kv + h) * block, ((s * n_layer + il) * n_head_kv + h + 1) * block)
             for s in range(n_slots) for il in range(n_layer) for h in heads]
 
 
 class KVCache:
     def __init__(self, hp: HParams, n_ctx: int, n_slots: int = 1, kv_type: str = "f16") -> None:
-        shape, dtype = kv_layout(hp, n_ctx, n_slots, kv_type)
+        (k_shape, v_shape), dtype = kv_layout(hp, n_ctx, n_slots, kv_type)
         # np.zeros maps fresh zero pages lazily: a large context costs memory only as used.
-        self.k = np.zeros(shape, dtype)
-        self.v = np.zeros(shape, dtype)
+        self.k = np.zeros(k_shape, dtype)
+        self.v = np.zeros(v_shape, dtype)
         self.kv_type = kv_type
         self.n_ctx = n_ctx
 

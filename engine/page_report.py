@@ -95,9 +95,8 @@ def page_report(placed: PlacedModel) -> dict[str, Any]:
         item = nk.k.itemsize
         kmap, vmap = PageMap(nk.k.reshape(-1).view(np.uint8)), PageMap(nk.v.reshape(-1).view(np.uint8))
         for h in range(nk.k.shape[2]):
-            rs = head_ranges(nk.k.shape, item, [h])
-            by = kmap.sum_over(rs)
-            for v, n in vmap.sum_over(rs).items():
+            by = kmap.sum_over(head_ranges(nk.k.shape, item, [h]))
+            for v, n in vmap.sum_over(head_ranges(nk.v.shape, item, [h])).items():
                 by[v] = by.get(v, 0) + n
             for v, n in by.items():
                 kv_by_node[v] = kv_by_node.get(v, 0) + n
@@ -124,6 +123,7 @@ def page_report(placed: PlacedModel) -> dict[str, Any]:
                     for key, pm in pages.items()],
         "extents": extents,
         "kv": kv,
+        "kv_bytes_per_token": plan.kv.token_bytes if plan.kv else 0,  # every layer's, on each node keeping it
         "hugepages": _hugepages(placed),
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from numallm.engine.arch.slots import EXPERTS, LayerMatrix, MatrixEntry, MatrixTable, ModelMatrix
 from numallm.engine.arch.spec import HParams
-from numallm.engine.kv_cache import KV_ITEMSIZE
+from numallm.engine.kv_cache import KV_ITEMSIZE, kv_bytes_per_token
 from numallm.errors import BadInputError
 from numallm.numa.placement import KvHeads, Matrix
 
@@ -67,8 +67,9 @@ def _table_matrix(name: str, entry: MatrixEntry, group: int, matmul: bool, looku
 
 
 def kv_heads(hp: HParams, n_ctx: int, kv_type: str, n_slots: int = 1) -> KvHeads:
-    """The KV cache of engine/kv_cache.py (K and V, float16 or float32) in KV heads."""
+    """The KV cache of engine/kv_cache.py (K and V, float16 or float32) in KV heads (a
+    latent cache is one, which every query head reads)."""
     if kv_type not in KV_ITEMSIZE:
         raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_ITEMSIZE)})")
-    itemsize = KV_ITEMSIZE[kv_type]
-    return KvHeads(hp.n_head, hp.n_head_kv, 2 * n_slots * hp.n_layer * n_ctx * hp.head_dim * itemsize)
+    per_token = kv_bytes_per_token(hp, kv_type)
+    return KvHeads(hp.n_head, hp.n_head_kv, n_slots * n_ctx * per_token // hp.n_head_kv, per_token)

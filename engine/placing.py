@@ -119,7 +119,7 @@ class PlacedModel:
     @property
     def kv_nbytes(self) -> int:
         """Bytes of KV cache that can be written: the kept heads' K and V, over every node."""
-        return sum(2 * len(kv.heads) * kv.k[:, :, :1].nbytes for kv in self.kvs.values())
+        return sum(len(kv.heads) * (kv.k[:, :, :1].nbytes + kv.v[:, :, :1].nbytes) for kv in self.kvs.values())
 
     def page_report(self) -> dict[str, Any]:
         """Where every page really is (the data `numallm placement --json` prints)."""
@@ -267,19 +267,21 @@ def _node(plan: PlacementPlan, key: int | None) -> int:
     return plan.nodes[0] if key is None else key
 
 
-def _place_kv(plan: PlacementPlan, shape: tuple[int, ...], dtype: type, itemsize: int, hugepages: bool,
-              regions: list[Region]) -> dict[int | None, NodeKv]:
-    """A K and a V array per entry of the plan's KV heads, bound like the weights, with
-    the kept heads faulted in from threads bound to the node (the rest never touched)."""
-    nbytes = int(np.prod(shape)) * itemsize
+def _place_kv(plan: PlacementPlan, shapes: tuple[tuple[int, ...], ...], dtype: type, itemsize: int,
+              hugepages: bool, regions: list[Region]) -> dict[int | None, NodeKv]:
+    """A K and a V array (shapes: theirs) per entry of the plan's KV heads, bound like the
+    weights, with the kept heads faulted in from threads bound to the node (the rest never
+    touched). A latent cache's one KV head is kept on every node its workers are on."""
     kvs: dict[int | None, NodeKv] = {}
     for node, heads in plan.kv_heads:
         key = node if plan.mode in PER_NODE_MODES else None
-        rs = head_ranges(shape, itemsize, heads)
-        k, v = (_region(plan, key, nbytes, rs, hugepages, regions) for _ in "kv")
-        for arr in (k, v):
+        arrays = []
+        for shape in shapes:
+            rs = head_ranges(shape, itemsize, heads)
+            arr = _region(plan, key, int(np.prod(shape)) * itemsize, rs, hugepages, regions)
             populate_zero(arr, rs, None if plan.mode == "interleave" else _node(plan, key))
-        kvs[key] = NodeKv(node, heads, k.view(dtype).reshape(shape), v.view(dtype).reshape(shape))
+            arrays.append(arr.view(dtype).reshape(shape))
+        kvs[key] = NodeKv(node, heads, *arrays)
     return kvs
 
 

@@ -23,6 +23,7 @@ from gguf import GGMLQuantizationType
 from numallm import kernels
 from numallm.engine.arch.slots import (
     EXPERTS,
+    PER_HEAD,
     LayerMatrix,
     LayerVector,
     MatrixEntry,
@@ -91,9 +92,10 @@ def _tensor(gf: GGUFFile, name: str) -> TensorInfo:
     return t
 
 
-def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int, n_expert: int = 0) -> None:
+def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int, n_expert: int = 0, per: str = "expert") -> None:
     """A [cols, rows] matrix, or with n_expert an expert tensor [cols, rows, n_expert]
-    whose experts are whole row groups of the kernels' layout (each is read on its own)."""
+    (or one of a block per head: per "head") whose experts are whole row groups of the
+    kernels' layout (each is read on its own)."""
     shape = [cols, rows] + ([n_expert] if n_expert else [])
     if list(t.shape) != shape:
         raise ModelFormatError(f"{gf.path}: tensor {t.name!r} has shape {list(t.shape)}, "
@@ -101,7 +103,7 @@ def _check_matrix(gf: GGUFFile, t: TensorInfo, rows: int, cols: int, n_expert: i
     kernels.check_type(t.qtype, t.name, t.cols)
     group = kernels.row_group(t.qtype)
     if n_expert and rows % group:
-        raise ModelFormatError(f"{gf.path}: tensor {t.name!r} has {rows} rows per expert, not a multiple of "
+        raise ModelFormatError(f"{gf.path}: tensor {t.name!r} has {rows} rows per {per}, not a multiple of "
                                f"the {group}-row tiles numallm lays {t.qtype.name} out in (requantize it)")
 
 
@@ -141,7 +143,10 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
     for il in range(hp.n_layer):
         for slot, name in spec.matrix_names(il).items():
             t = _tensor(gf, name)
-            _check_matrix(gf, t, *matrix_shape(slot, hp), hp.n_expert if slot in EXPERTS else 0)
+            if slot in PER_HEAD:
+                _check_matrix(gf, t, *matrix_shape(slot, hp), hp.n_head, per="head")
+            else:
+                _check_matrix(gf, t, *matrix_shape(slot, hp), hp.n_expert if slot in EXPERTS else 0)
             matrices.append(((il, slot), t))
     embd = _tensor(gf, spec.token_embd)
     _check_matrix(gf, embd, hp.n_vocab, hp.n_embd)
@@ -161,12 +166,13 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
 
 def matrix_tables(layout: Layout, n_layer: int, base: int) -> tuple[MatrixTable, MatrixTable]:
     """The layer and model matrix tables for an image of the file's bytes from `base`."""
-    def entry(t: TensorInfo) -> MatrixEntry:
-        return MatrixEntry(int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, kernels.row_group(t.qtype))
+    def entry(t: TensorInfo, group: int = 0) -> MatrixEntry:
+        return MatrixEntry(int(t.qtype), t.rows, t.cols, t.offset - base, t.nbytes, group or kernels.row_group(t.qtype))
 
     layer = MatrixTable.empty((n_layer, len(LayerMatrix)))
-    for index, t in layout.matrices:
-        layer.put(index, entry(t))
+    for (il, slot), t in layout.matrices:
+        # A per-head matrix is cut between heads (the forward pass reads a head's block whole)
+        layer.put((il, slot), entry(t, t.shape[1] if slot in PER_HEAD else 0))
     model = MatrixTable.empty((len(ModelMatrix),))
     model.put(ModelMatrix.TOKEN_EMBD, entry(layout.embd))
     model.put(ModelMatrix.OUTPUT, entry(layout.out))

@@ -82,6 +82,7 @@ class KvHeads:
     n_head: int
     n_head_kv: int
     head_bytes: int
+    token_bytes: int = 0  # all KV heads' bytes per token (over every layer), for the reports
 
 
 @dataclass(frozen=True)

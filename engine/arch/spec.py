@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
 from numallm.engine.arch.slots import BIASES, LayerMatrix, LayerVector
 from numallm.errors import ModelFormatError
@@ -62,6 +63,21 @@ class HParams(NamedTuple):
     n_expert_used: int = 0  # experts each token is routed to
     n_ff_exp: int = 0       # one expert's FFN width
     expert_weights_norm: bool = True  # the chosen experts' weights are divided by their sum
+    # RoPE scaling as llama_context sets it up from rope.scaling.* (the defaults: none).
+    rope_freq_scale: float = 1.0   # global layers' angles times this (1 / rope.scaling.factor)
+    rope_ext_factor: float = 0.0   # YaRN's mix of the original angles: 1 with yarn, else 0
+    rope_attn_factor: float = 1.0  # the rotation's magnitude (llama_context's yarn_attn_factor)
+    rope_n_ctx_orig: int = 0       # YaRN's original context, for its correction dimensions
+    rope_yarn_log_mul: float = 0.0  # deepseek2's mscale_all_dim (rope.scaling.yarn_log_multiplier / 0.1)
+    # Multi-head latent attention (deepseek2): kv_lora_rank 0 is ordinary attention.
+    q_lora_rank: int = 0   # > 0: queries through attn_q_a -> attn_q_a_norm -> attn_q_b instead of attn_q
+    kv_lora_rank: int = 0  # the width of the cached latent (values), besides the n_rot rotated key dims
+    head_dim_v: int = 0    # a head's value width, attn_output's input per head (0: head_dim)
+
+
+def value_dim(hp: HParams) -> int:
+    """A head's value width."""
+    return hp.head_dim_v or hp.head_dim
 
 
 def sliding_window_layer(hp: HParams, il: int) -> bool:
@@ -109,7 +125,54 @@ def float_keys(rope_base: float, rms_eps: float) -> tuple[Key, ...]:
         Key(Keys.Attention.LAYERNORM_RMS_EPS, float, 0.0, 1.0, "rms_eps", rms_eps),
         Key(Keys.Rope.FREQ_BASE, float, 0.0, 1e12, "rope_base", rope_base),
         Key(Keys.LLM.FINAL_LOGIT_SOFTCAPPING, float, 0.0, 1e6, "final_softcap", 0.0),
+        *ROPE_SCALING_KEYS,
     )
+
+
+# RoPE scaling, which llama.cpp reads for every architecture (rope_scaling below turns
+# them into HParams; the type is a string, checked there).
+ROPE_SCALING_KEYS = (
+    Key(Keys.Rope.SCALING_FACTOR, float, 0.0, 1e6),
+    Key(Keys.Rope.SCALING_ATTN_FACTOR, float, 0.0, 1e6),
+    Key(Keys.Rope.SCALING_ORIG_CTX_LEN, int, 1, MAX_CONTEXT),
+)
+ROPE_SCALING_TYPES = ("none", "linear", "yarn")
+# llama_hparams' YaRN ramp (no file of the supported architectures sets them)
+YARN_BETA_FAST = 32.0
+YARN_BETA_SLOW = 1.0
+
+
+def rope_scaling(arch: str, values: Mapping[str, Any], md: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The HParams of RoPE scaling, as llama_model::load_hparams and llama_context compute
+    them: freq_scale is 1 / rope.scaling.factor unless the type is none (an absent type is
+    linear); yarn mixes in the original angles (ext_factor 1) and sets the magnitude from
+    the factor and, for deepseek2, yarn_log_multiplier; rope.scaling.attn_factor scales it."""
+    kind = md.get(Keys.Rope.SCALING_TYPE.format(arch=arch), "linear")
+    if kind not in ROPE_SCALING_TYPES:
+        raise ModelFormatError(f"{path}: key {Keys.Rope.SCALING_TYPE.format(arch=arch)!r} is {kind!r}; "
+                               f"numallm runs {', '.join(ROPE_SCALING_TYPES)}")
+    factor = float(md.get(Keys.Rope.SCALING_FACTOR.format(arch=arch), 0.0))
+    freq_scale = 1.0 if kind == "none" or factor == 0.0 else 1.0 / factor
+    ext_factor = 1.0 if kind == "yarn" else 0.0
+    attn_factor = 1.0
+    # Only deepseek2 reads yarn_log_multiplier, and cancels the converter's 0.1 (in float32)
+    log_mul = float(np.float32(values.get("rope_yarn_log_mul", 0.0)) / np.float32(0.1))
+    if ext_factor:
+        factor = 1.0 / freq_scale
+
+        def mscale(m: float) -> float:  # llama_context's get_mscale
+            return 1.0 if factor <= 1.0 else 0.1 * m * math.log(factor) + 1.0
+
+        if log_mul:
+            m = log_mul if arch == MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2] and log_mul != 1.0 else 1.0
+            attn_factor = mscale(m) / mscale(log_mul)
+        else:
+            attn_factor = mscale(1.0)
+        attn_factor /= 1.0 + 0.1 * math.log(factor)  # ggml's rope_yarn multiplies it back
+    attn_factor *= float(md.get(Keys.Rope.SCALING_ATTN_FACTOR.format(arch=arch), 1.0))
+    n_ctx_orig = int(md.get(Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch), values["n_ctx_train"]))
+    return dict(rope_freq_scale=freq_scale, rope_ext_factor=ext_factor, rope_attn_factor=attn_factor,
+                rope_n_ctx_orig=n_ctx_orig, rope_yarn_log_mul=log_mul)
 
 
 # The plain (llama) decoder's choices; an architecture's `fixed` values override them.
@@ -132,6 +195,9 @@ ATTENTION_MATRICES = {slot: kind for slot, kind in STANDARD_MATRICES.items() if 
 STANDARD_VECTORS: Mapping[LayerVector, MODEL_TENSOR] = {
     LayerVector.ATTN_NORM: MODEL_TENSOR.ATTN_NORM, LayerVector.FFN_NORM: MODEL_TENSOR.FFN_NORM,
 }
+# MLA's low-rank query path, which a file with q_lora_rank > 0 has instead of Q (and the
+# vector LayerVector.Q_A_NORM between the two).
+LOW_RANK_Q = frozenset({LayerMatrix.Q_A, LayerMatrix.Q_B})
 # Q, K and V biases, which llama.cpp loads wherever a llama-family file has them (Qwen 2 does).
 QKV_BIASES: Mapping[LayerVector, MODEL_TENSOR] = {
     LayerVector.Q_BIAS: MODEL_TENSOR.ATTN_Q, LayerVector.K_BIAS: MODEL_TENSOR.ATTN_K,
@@ -186,6 +252,7 @@ class Architecture:
             elif key.default is not None:
                 values[key.field] = key.default
         values = {**DECODER_DEFAULTS, **_geometry_defaults(values, md, path), **self.fixed}
+        values.update(rope_scaling(self.name, values, md, path))
         if self.derived is not None:
             values.update(self.derived(values))
         return ArchSpec(self, HParams(**values))
@@ -230,14 +297,17 @@ class ArchSpec:
     def matrix_names(self, layer: int) -> dict[LayerMatrix, str]:
         """Layer `layer`'s matrices by slot, in slot order: with experts, the router and
         the experts' in place of the dense FFN's."""
-        slots = dict(self.arch.matrices)
+        unused = {LayerMatrix.Q} if self.hparams.q_lora_rank else LOW_RANK_Q
+        slots = {slot: kind for slot, kind in self.arch.matrices.items() if slot not in unused}
         if self.hparams.n_expert > 0:
             slots = {slot: kind for slot, kind in slots.items() if slot not in DENSE_FFN} | self.arch.expert_matrices
         return {slot: tensor_name(kind, layer) for slot, kind in sorted(slots.items())}
 
     def vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file must have, by slot."""
-        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(self.arch.vectors.items())}
+        vectors = self.arch.vectors.items()
+        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(vectors)
+                if self.hparams.q_lora_rank or slot != LayerVector.Q_A_NORM}
 
     def optional_vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file may have, by slot."""
