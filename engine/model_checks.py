@@ -28,8 +28,10 @@ def check_architecture(gf: GGUFFile) -> None:
     """Raise a one-line ModelFormatError (UnsupportedError for an unknown architecture)
     unless the file has everything a supported decoder reads, with sane values."""
     arch = _architecture(gf)
+    _check_mla_layout(gf, arch)
     values = {key.name: _check_key(gf, arch.key_name(key), key) for key in arch.keys}
     n_embd = _check_heads(gf, arch.name, values)
+    _check_mla(gf, arch.name, values)
     _check_experts(gf, arch.name, values)
     n_vocab = _check_vocabulary(gf, arch.name, n_embd)
     vocab_size = values.get(Keys.LLM.VOCAB_SIZE)
@@ -104,6 +106,39 @@ def _check_heads(gf: GGUFFile, arch: str, values: dict[str, Any]) -> int:
         raise _error(gf, f"{_name(Keys.Rope.DIMENSION_COUNT, arch)} {n_rot} should be even and at most "
                          f"the head size {head_dim}")
     return n_embd
+
+
+def _check_mla_layout(gf: GGUFFile, arch: Architecture) -> None:
+    """A multi-head latent attention file with the split attn_k_b / attn_v_b (the _mla
+    head sizes say so, as llama.cpp's is_mla), not the older single attn_kv_b."""
+    if not any(key.name == Keys.Attention.KV_LORA_RANK for key in arch.keys):
+        return
+    for key in (Keys.Attention.KEY_LENGTH_MLA, Keys.Attention.VALUE_LENGTH_MLA):
+        if _name(key, arch.name) not in gf.metadata:
+            raise _error(gf, f"key {_name(key, arch.name)!r} is missing: an older conversion with one attn_kv_b "
+                             "per layer, which numallm does not run; convert the model again with a current "
+                             "llama.cpp convert_hf_to_gguf.py (it writes attn_k_b and attn_v_b)")
+
+
+def _check_mla(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:
+    """Multi-head latent attention's sizes agree: RoPE covers part of a query head (the
+    rest is absorbed into the latent: llama.cpp asserts at least one such dimension), and
+    the latent cache's key and value lengths are kv_lora_rank + rope and kv_lora_rank."""
+    r = values.get(Keys.Attention.KV_LORA_RANK)
+    if r is None:
+        return
+    k_mla = values[Keys.Attention.KEY_LENGTH_MLA]
+    n_rot = values.get(Keys.Rope.DIMENSION_COUNT) or k_mla
+    if n_rot >= k_mla or n_rot % 2:
+        raise _error(gf, f"{_name(Keys.Rope.DIMENSION_COUNT, arch)} {n_rot} should be even and less than "
+                         f"{_name(Keys.Attention.KEY_LENGTH_MLA, arch)} {k_mla}: the file is inconsistent")
+    for key, want in ((Keys.Attention.KEY_LENGTH, r + n_rot), (Keys.Attention.VALUE_LENGTH, r)):
+        got = values.get(key)
+        if got is not None and got != want:
+            raise _error(gf, f"{_name(key, arch)} is {got} but the latent cache's is {want} "
+                             f"({_name(Keys.Attention.KV_LORA_RANK, arch)} {r}"
+                             + (f" + {_name(Keys.Rope.DIMENSION_COUNT, arch)} {n_rot}" if want != r else "")
+                             + "): the file is inconsistent")
 
 
 def _check_experts(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:

@@ -19,7 +19,12 @@ from numallm.engine.placement_inputs import forward_matrices
 from test_gguf_file import model_file
 
 # Values for the keys a file must have, by HParams field.
-REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2}
+REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2,
+            "kv_lora_rank": 16, "head_dim": 16, "head_dim_v": 16}
+# deepseek2's RoPE covers part of a head (the file always says how much), and its
+# heads' size is key_length_mla (key_length is the latent cache's).
+ROPE_DIMS = {"deepseek2": 8}
+HEAD_SIZE_KEY = {"deepseek2": "attention.key_length_mla"}
 
 
 def _key_templates(group: type = Keys) -> set[str]:
@@ -40,6 +45,8 @@ def _minimal_md(name: str) -> dict[str, Any]:
     for key in arch.keys:
         if key.required:
             md[arch.key_name(key)] = REQUIRED[key.field]
+    if name in ROPE_DIMS:
+        md[f"{name}.rope.dimension_count"] = ROPE_DIMS[name]
     return md
 
 
@@ -65,7 +72,8 @@ def test_a_minimal_file_is_checked_and_described_with_the_defaults(name: str) ->
     hp = describe(md, "model.gguf").hparams
     assert (hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head) == (2, 64, 128, 4)
     # llama.cpp's rules for what the file leaves out
-    assert (hp.n_head_kv, hp.head_dim, hp.n_rot, hp.n_vocab) == (4, 16, 16, 4)
+    assert (hp.n_head_kv, hp.head_dim, hp.n_rot, hp.n_vocab) == (arch.fixed.get("n_head_kv", 4), 16,
+                                                                 ROPE_DIMS.get(name, 16), 4)
     assert hp.attn_scale == 0.25
     for key in arch.keys:
         if key.default is not None and key.field not in arch.fixed:
@@ -77,10 +85,11 @@ def test_a_minimal_file_is_checked_and_described_with_the_defaults(name: str) ->
 def test_file_values_override_the_defaults(name: str) -> None:
     arch = ARCHITECTURES[name]
     md = _minimal_md(name) | {f"{name}.rope.freq_base": 5000.0, f"{name}.attention.head_count_kv": 2,
-                              f"{name}.attention.key_length": 32}
+                              f"{name}.{HEAD_SIZE_KEY.get(name, 'attention.key_length')}": 32}
     check_architecture(model_file(md))
     hp = describe(md, "model.gguf").hparams
-    assert (hp.rope_base, hp.n_head_kv, hp.head_dim, hp.n_rot) == (5000.0, 2, 32, 32)
+    assert (hp.rope_base, hp.n_head_kv, hp.head_dim, hp.n_rot) == (5000.0, arch.fixed.get("n_head_kv", 2), 32,
+                                                                   ROPE_DIMS.get(name, 32))
     assert hp.rope_base_local == arch.fixed.get("rope_base_local", 5000.0)
 
 

@@ -44,8 +44,8 @@ _HEAD_KEYS = (Keys.Attention.KEY_LENGTH, Keys.Attention.VALUE_LENGTH)
 MLA_KEYS = (
     Key(Keys.Attention.KEY_LENGTH, int, 1, MAX_HEAD_DIM),
     Key(Keys.Attention.VALUE_LENGTH, int, 1, MAX_HEAD_DIM),
-    Key(Keys.Attention.KEY_LENGTH_MLA, int, 1, MAX_HEAD_DIM, "head_dim"),
-    Key(Keys.Attention.VALUE_LENGTH_MLA, int, 1, MAX_HEAD_DIM, "head_dim_v"),
+    Key(Keys.Attention.KEY_LENGTH_MLA, int, 1, MAX_HEAD_DIM, "head_dim", required=True),
+    Key(Keys.Attention.VALUE_LENGTH_MLA, int, 1, MAX_HEAD_DIM, "head_dim_v", required=True),
     Key(Keys.Attention.Q_LORA_RANK, int, 0, MAX_EMBD, "q_lora_rank", 0),
     Key(Keys.Attention.KV_LORA_RANK, int, 1, MAX_EMBD, "kv_lora_rank", required=True),
     Key(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, int, 1, MAX_FF, "n_ff_exp"),
