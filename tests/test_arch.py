@@ -19,8 +19,8 @@ from numallm.engine.placement_inputs import forward_matrices
 from test_gguf_file import model_file
 
 # Values for the keys a file must have, by HParams field.
-REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2,
-            "kv_lora_rank": 16, "head_dim": 16, "head_dim_v": 16}
+REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2, "n_ff_exp": 32,
+            "n_expert_shared": 1, "kv_lora_rank": 16, "head_dim": 16, "head_dim_v": 16}
 # deepseek2's RoPE covers part of a head (the file always says how much), and its
 # heads' size is key_length_mla (key_length is the latent cache's).
 ROPE_DIMS = {"deepseek2": 8}
@@ -55,7 +55,8 @@ def test_descriptions_use_gguf_constants_and_hparams_fields(name: str) -> None:
     arch = ARCHITECTURES[name]
     assert MODEL_ARCH_NAMES[arch.arch] == name
     assert {*arch.matrices.values(), *arch.vectors.values(), *arch.optional_vectors.values(),
-            *arch.expert_matrices.values()} \
+            *arch.expert_matrices.values(), *arch.shared_expert_matrices.values(), *arch.expert_vectors.values(),
+            *arch.optional_expert_vectors.values()} \
         <= set(MODEL_TENSORS[arch.arch])
     assert {key.name for key in arch.keys} <= _key_templates()
     assert len({key.name for key in arch.keys}) == len(arch.keys)

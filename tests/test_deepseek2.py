@@ -28,7 +28,7 @@ from numallm.errors import ModelFormatError
 # Float32 weights and cache: the engine and the float64 reference differ only by float32 rounding.
 F32 = dict(weight_type=Q.F32, embd_type=Q.F32)
 # All layers dense, so the attention is what is compared (the routing is tests/test_moe.py's).
-DENSE = dict(n_expert=0, n_expert_groups=0, n_leading_dense=3, sigmoid=False)
+DENSE = dict(n_leading_dense=3)
 SHAPES = {
     "v3": {},  # q_lora_rank 32, YaRN factor 4 from 512, mscale_all_dim 1
     "v2-lite": dict(q_lora_rank=0, mscale_all_dim=0.707),

@@ -10,6 +10,9 @@ engine/kv_cache.py), and attn_v_b turns each head's result into its values. File
 from before the split tensors (one attn_kv_b, no key_length_mla) are refused
 (model_checks). The attention scale carries YaRN's magnitude correction
 (mscale^2 / sqrt(head_dim)); yarn_log_multiplier is read as llama.cpp reads it.
+The FFN is engine/arch/routed.py's: leading dense layers, then routed experts (softmax
+unless the file says otherwise) with the selection bias where the file has it, expert
+groups, and shared experts.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+from numallm.engine.arch.routed import EXP_PROBS_B, ROUTED_EXPERT_KEYS, SHARED_EXPERT_MATRICES, gating
 from numallm.engine.arch.slots import LayerMatrix, LayerVector
 from numallm.engine.arch.spec import (
-    EXPERT_KEYS,
     EXPERT_MATRICES,
+    GATING_SIGMOID,
+    GATING_SOFTMAX,
     INT_KEYS,
     MAX_EMBD,
-    MAX_FF,
     MAX_HEAD_DIM,
     STANDARD_MATRICES,
     STANDARD_VECTORS,
@@ -48,24 +52,31 @@ MLA_KEYS = (
     Key(Keys.Attention.VALUE_LENGTH_MLA, int, 1, MAX_HEAD_DIM, "head_dim_v", required=True),
     Key(Keys.Attention.Q_LORA_RANK, int, 0, MAX_EMBD, "q_lora_rank", 0),
     Key(Keys.Attention.KV_LORA_RANK, int, 1, MAX_EMBD, "kv_lora_rank", required=True),
-    Key(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, int, 1, MAX_FF, "n_ff_exp"),
     Key(Keys.Rope.SCALING_YARN_LOG_MUL, float, -1e6, 1e6, "rope_yarn_log_mul", 0.0),
 )
 
 
+# GLM-4.7-Flash (deepseek2 with n_layer 47, or 48 counted as llama.cpp once did) routes
+# by sigmoid where its file names no gating function; other deepseek2 files by softmax.
+GLM47_FLASH_LAYERS, GLM47_FLASH_VOCAB = (47, 48), 154880
+
+
 def _derived(hp: Mapping[str, Any]) -> dict[str, Any]:
     """deepseek2.cpp's kq_scale, in float32 as there: YaRN's magnitude, undone in the
-    rotation's attn_factor by llama_context, comes back squared into the scores."""
+    rotation's attn_factor by llama_context, comes back squared into the scores; and
+    llama.cpp's default gating function."""
     f32 = np.float32
     log_scale = f32(math.log(1.0 / hp["rope_freq_scale"]))
     attn_factor_org = f32(hp["rope_attn_factor"]) * (f32(1.0) + f32(0.1) * log_scale)
     mscale = attn_factor_org * (f32(1.0) + f32(0.1) * f32(hp["rope_yarn_log_mul"]) * log_scale)
-    return {"attn_scale": float(mscale * mscale / f32(math.sqrt(hp["head_dim"])))}
+    glm47 = hp["n_layer"] in GLM47_FLASH_LAYERS and hp["n_vocab"] == GLM47_FLASH_VOCAB
+    return {"attn_scale": float(mscale * mscale / f32(math.sqrt(hp["head_dim"]))),
+            **gating(hp, GATING_SIGMOID if glm47 else GATING_SOFTMAX)}
 
 
 ARCH = Architecture(
     arch=MODEL_ARCH.DEEPSEEK2,
-    keys=(*(k for k in INT_KEYS if k.name not in _HEAD_KEYS), *MLA_KEYS, *EXPERT_KEYS,
+    keys=(*(k for k in INT_KEYS if k.name not in _HEAD_KEYS), *MLA_KEYS, *ROUTED_EXPERT_KEYS,
           *float_keys(DEFAULT_ROPE_BASE, DEFAULT_RMS_EPS)),
     matrices={
         LayerMatrix.Q: MODEL_TENSOR.ATTN_Q,  # q_lora_rank 0; else Q_A and Q_B (ArchSpec.matrix_names)
@@ -80,6 +91,8 @@ ARCH = Architecture(
     vectors={**STANDARD_VECTORS, LayerVector.Q_A_NORM: MODEL_TENSOR.ATTN_Q_A_NORM,
              LayerVector.KV_A_NORM: MODEL_TENSOR.ATTN_KV_A_NORM},
     expert_matrices=EXPERT_MATRICES,
+    shared_expert_matrices=SHARED_EXPERT_MATRICES,
+    optional_expert_vectors=EXP_PROBS_B,  # llama.cpp: TENSOR_NOT_REQUIRED (V2 files have none)
     fixed=dict(n_head_kv=1),  # one latent for all heads (the file may say 1 or n_head)
     derived=_derived,
 )

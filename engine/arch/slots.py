@@ -34,12 +34,15 @@ class LayerMatrix(IntEnum):
     GATE_EXPS = 8  # and every expert's gate, up and down, one GGUF tensor each: expert e's
     UP_EXPS = 9    # rows are the e-th of n_expert equal row ranges of the matrix seen as 2-D
     DOWN_EXPS = 10
+    GATE_SHEXP = 11  # the shared experts' FFN (n_expert_shared of them as one, n_ff_exp wide each),
+    UP_SHEXP = 12    # which every token of a mixture-of-experts layer runs besides its routed ones
+    DOWN_SHEXP = 13
     # Multi-head latent attention (deepseek2): queries through a low-rank pair (or Q),
-    Q_A = 11       # attn_q_a [q_lora_rank, n_embd], normed by Q_A_NORM, then
-    Q_B = 12       # attn_q_b [n_head * head_dim, q_lora_rank];
-    KV_A_MQA = 13  # attn_kv_a_mqa [kv_lora_rank + n_rot, n_embd]: the latent and the shared RoPE key;
-    K_B = 14       # per head (one GGUF tensor, head h's rows the h-th of n_head equal ranges, as
-    V_B = 15       # experts'): attn_k_b [kv_lora_rank, nope], attn_v_b [head_dim_v, kv_lora_rank]
+    Q_A = 14       # attn_q_a [q_lora_rank, n_embd], normed by Q_A_NORM, then
+    Q_B = 15       # attn_q_b [n_head * head_dim, q_lora_rank];
+    KV_A_MQA = 16  # attn_kv_a_mqa [kv_lora_rank + n_rot, n_embd]: the latent and the shared RoPE key;
+    K_B = 17       # per head (one GGUF tensor, head h's rows the h-th of n_head equal ranges, as
+    V_B = 18       # experts'): attn_k_b [kv_lora_rank, nope], attn_v_b [head_dim_v, kv_lora_rank]
 
 
 EXPERTS = frozenset({LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS, LayerMatrix.DOWN_EXPS})
@@ -59,11 +62,13 @@ class LayerVector(IntEnum):
     Q_BIAS = 6          # added to the q, k, v projections (GGUF's <name>.bias)
     K_BIAS = 7
     V_BIAS = 8
-    Q_A_NORM = 9        # multi-head latent attention's RMSNorms of the low-rank query
-    KV_A_NORM = 10      # and of the latent
+    EXP_PROBS_B = 9     # a mixture-of-experts layer's selection bias: added to the router's
+                        # probabilities to choose experts, not to weight them (GGUF's exp_probs_b.bias)
+    Q_A_NORM = 10       # multi-head latent attention's RMSNorms of the low-rank query
+    KV_A_NORM = 11      # and of the latent
 
 
-BIASES = frozenset({LayerVector.Q_BIAS, LayerVector.K_BIAS, LayerVector.V_BIAS})
+BIASES = frozenset({LayerVector.Q_BIAS, LayerVector.K_BIAS, LayerVector.V_BIAS, LayerVector.EXP_PROBS_B})
 
 
 class ModelMatrix(IntEnum):
@@ -82,6 +87,7 @@ def matrix_shape(slot: LayerMatrix, hp: HParams) -> tuple[int, int]:
     qdim = hp.n_head * hp.head_dim
     kvdim = hp.n_head_kv * hp.head_dim
     r = hp.kv_lora_rank
+    shexp = hp.n_ff_exp * hp.n_expert_shared
     return {LayerMatrix.Q: (qdim, hp.n_embd), LayerMatrix.K: (kvdim, hp.n_embd), LayerMatrix.V: (kvdim, hp.n_embd),
             LayerMatrix.O: (hp.n_embd, hp.n_head * (hp.head_dim_v or hp.head_dim)),
             LayerMatrix.Q_A: (hp.q_lora_rank, hp.n_embd), LayerMatrix.Q_B: (qdim, hp.q_lora_rank),
@@ -89,7 +95,9 @@ def matrix_shape(slot: LayerMatrix, hp: HParams) -> tuple[int, int]:
             LayerMatrix.V_B: (hp.head_dim_v, r), LayerMatrix.GATE: (hp.n_ff, hp.n_embd),
             LayerMatrix.UP: (hp.n_ff, hp.n_embd), LayerMatrix.DOWN: (hp.n_embd, hp.n_ff),
             LayerMatrix.ROUTER: (hp.n_expert, hp.n_embd), LayerMatrix.GATE_EXPS: (hp.n_ff_exp, hp.n_embd),
-            LayerMatrix.UP_EXPS: (hp.n_ff_exp, hp.n_embd), LayerMatrix.DOWN_EXPS: (hp.n_embd, hp.n_ff_exp)}[slot]
+            LayerMatrix.UP_EXPS: (hp.n_ff_exp, hp.n_embd), LayerMatrix.DOWN_EXPS: (hp.n_embd, hp.n_ff_exp),
+            LayerMatrix.GATE_SHEXP: (shexp, hp.n_embd), LayerMatrix.UP_SHEXP: (shexp, hp.n_embd),
+            LayerMatrix.DOWN_SHEXP: (hp.n_embd, shexp)}[slot]
 
 
 def vector_length(slot: LayerVector, hp: HParams) -> int:
@@ -99,6 +107,8 @@ def vector_length(slot: LayerVector, hp: HParams) -> int:
         return hp.n_head * hp.head_dim
     if slot in (LayerVector.K_BIAS, LayerVector.V_BIAS):
         return hp.n_head_kv * hp.head_dim
+    if slot == LayerVector.EXP_PROBS_B:
+        return hp.n_expert
     if slot == LayerVector.Q_A_NORM:
         return hp.q_lora_rank
     if slot == LayerVector.KV_A_NORM:
