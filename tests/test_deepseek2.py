@@ -1,7 +1,8 @@
-"""deepseek2's multi-head latent attention in the engine: against the reference
+"""deepseek2 in the engine: its multi-head latent attention against the reference
 (tests/reference_mla.py) on dense-FFN files of the V3 shape (low-rank queries, YaRN) and
-the V2-Lite shape (plain attn_q), through the latent KV cache past a 512-token batch,
-its size as stated, and inconsistent MLA sizes refused in one line."""
+the V2-Lite shape (plain attn_q), through the latent KV cache past a 512-token batch;
+the cache's size as stated; inconsistent MLA sizes refused in one line; and the whole
+model against llama.cpp's recorded outputs on the tiny-deepseek-* fixtures."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gguf import GGMLQuantizationType as Q
 from reference_forward import load_weights
 from reference_mla import forward as reference_forward
 from synthetic_deepseek import write_tiny_deepseek2
+from synthetic_fixtures import check_logits, load_fixture, logits_on, run_ids
 
 from numallm.engine.engine import Engine
 from numallm.engine.gguf_file import read_gguf
@@ -119,3 +121,45 @@ def test_inconsistent_mla_sizes_are_refused_in_one_line(dense_mla: Callable[[str
     with pytest.raises(ModelFormatError) as err:
         _checked(dense_mla("v3"), **changes)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# llama.cpp's outputs on the MoE fixtures (tests/synthetic_fixtures.py): DeepSeek-V3-like
+# (q_lora, YaRN, sigmoid + exp_probs_b in expert groups, shared expert, a dense first layer)
+# and V2-Lite-like (plain attn_q, softmax), on llama.cpp's routing.
+FIXTURES = ("tiny-deepseek-v3", "tiny-deepseek-v2-lite")
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fixture_engine(request: pytest.FixtureRequest,
+                   fixture_model: Callable[[str], Path]) -> Iterator[tuple[str, Engine]]:
+    eng = Engine(fixture_model(request.param), ctx_size=256)
+    yield request.param, eng
+    eng.close()
+
+
+def test_fixture_hyperparameters_are_llama_cpps(fixture_engine: tuple[str, Engine]) -> None:
+    name, eng = fixture_engine
+    hp = eng.hparams
+    lite = name.endswith("lite")
+    assert (hp.q_lora_rank, hp.kv_lora_rank, hp.head_dim, hp.head_dim_v, hp.n_rot, hp.n_head_kv) == \
+        (0 if lite else 32, R, 48, 32, N_ROT, 1)
+    assert (hp.rope_freq_scale, hp.rope_ext_factor, hp.rope_n_ctx_orig) == (0.25, 1.0, 512)
+    # llama_context: 1 / (1 + 0.1 ln 4); deepseek2.cpp's kq_scale: mscale^2 / sqrt(48)
+    assert hp.rope_attn_factor == pytest.approx(1 / (1 + 0.1 * np.log(4)))
+    mscale_all_dim = 0.707 if lite else 1.0
+    assert hp.attn_scale == pytest.approx((1 + 0.1 * mscale_all_dim * np.log(4)) ** 2 / np.sqrt(48), rel=1e-6)
+
+
+def test_fixture_logits_and_greedy_match_llama_cpp_on_its_routing(fixture_engine: tuple[str, Engine]) -> None:
+    name, eng = fixture_engine
+    check_logits(name, load_fixture(name), lambda rec: logits_on(eng, run_ids(rec), rec["experts"]))
+
+
+def test_fixture_prompt_batch_matches_token_by_token(fixture_engine: tuple[str, Engine]) -> None:
+    """A decode step (one token over the latent cache, routed and shared experts) agrees with the batch."""
+    _, eng = fixture_engine
+    ids = run_ids(load_fixture(fixture_engine[0])["prompts"][1])[:12]
+    batched = eng.logits(ids)
+    one_by_one = np.stack([eng.eval_batch(np.array([t]), np.array([0]), np.array([p]), np.array([0]))[0]
+                           for p, t in enumerate(ids)])
+    np.testing.assert_allclose(one_by_one, batched, atol=2e-2)
