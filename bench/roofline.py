@@ -16,6 +16,7 @@ from __future__ import annotations
 from numallm.engine.arch.slots import EXPERTS
 from numallm.engine.arch.spec import ArchSpec, HParams, sliding_window_layer
 from numallm.engine.gguf_file import GGUFFile
+from numallm.engine.kv_cache import kv_widths
 
 
 def weight_bytes_per_token(gf: GGUFFile, spec: ArchSpec) -> int:
@@ -37,7 +38,7 @@ def kv_bytes_read(hp: HParams, kv_itemsize: int, pos: int) -> int:
     """KV cache bytes attention reads for the token at position `pos` (0-based), all
     layers, K and V: positions 0..pos, or the last sliding_window of them on
     sliding-window layers."""
-    per_position = 2 * hp.n_head_kv * hp.head_dim * kv_itemsize
+    per_position = hp.n_head_kv * sum(kv_widths(hp)) * kv_itemsize  # a layer's: K and V (or latent and rope)
     total = 0
     for il in range(hp.n_layer):
         local = sliding_window_layer(hp, il) and hp.sliding_window > 0

@@ -21,6 +21,7 @@ from reference_mla import forward as reference_forward
 from synthetic_deepseek import write_tiny_deepseek2
 from synthetic_fixtures import check_logits, load_fixture, logits_on, run_ids
 
+from numallm.bench.roofline import kv_bytes_read
 from numallm.engine.engine import Engine
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.kv_cache import kv_bytes_per_token
@@ -81,6 +82,7 @@ def test_the_latent_cache_is_latent_plus_rotated_key_per_token_and_layer(dense_m
         per_token = N_LAYER * (R + N_ROT) * 2  # f16: 288 B, where per-head keys and values would take
         assert kv_bytes_per_token(eng.hparams, "f16") == per_token  # 3 x 4 heads x (48 + 32) x 2 = 1920
         assert eng.placed.kv_nbytes == 256 * per_token
+        assert kv_bytes_read(eng.hparams, 2, 99) == 100 * per_token  # what bench's roofline counts
         assert f"({per_token} B per token, latent)" in capfd.readouterr().err
     finally:
         eng.close()

@@ -1,10 +1,14 @@
 """Where each --numa mode really puts the real SmolLM2's pages on 2- and 4-node machines,
 in the NUMA VM: read back from the guest kernel (move_pages) by tests/vm/placement_probe.py,
-judged here against the machine shape and forward.py's split of rows and heads."""
+judged here against the machine shape and forward.py's split of rows and heads; and where
+mirror and distribute put a deepseek2 model's (its latent KV cache, one KV head that every
+query head reads, kept whole on each node; the per-head attn_k_b / attn_v_b blocks with
+the workers of their heads)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +16,7 @@ from typing import Any
 
 import pytest
 from numallm.numa.split import part
+from synthetic_arch import FIXTURE_MODELS
 from test_topology_vm import SHAPES, Shape
 from vm_harness import NUMA_VM, PYTHON, REPO, run_in_vm
 
@@ -30,16 +35,21 @@ pytestmark = [pytest.mark.vm,
 
 @pytest.fixture(scope="module", params=list(SHAPES.values()), ids=list(SHAPES))
 def guest(request: pytest.FixtureRequest, smollm2: Path) -> tuple[Shape, dict[str, Any]]:
-    """Boot the shape once and place the model under every mode in it."""
+    """Boot the shape once and place the model under every mode in it; then, in the same
+    boot, tiny-deepseek-v3 (its latent KV cache: seen["deepseek2"])."""
     shape: Shape = request.param
-    workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))
+    workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))  # the guest sees the checkout
     try:
+        deepseek = FIXTURE_MODELS["tiny-deepseek-v3"](workdir / "tiny-deepseek-v3.gguf")
+        probe = ["env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}", PYTHON, str(PROBE.resolve())]
         returncode, output = run_in_vm(
             [*shape.args(), "--mem", "4096M"],
-            ["env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}", PYTHON, str(PROBE.resolve()),
-             str(workdir / "probe.json"), str(smollm2), str(N_CTX), "--cli"], timeout=540)
+            ["sh", "-c", f"{shlex.join([*probe, str(workdir / 'probe.json'), str(smollm2), str(N_CTX), '--cli'])} && "
+                         f"{shlex.join([*probe, str(workdir / 'deepseek2.json'), str(deepseek), str(N_CTX)])}"],
+            timeout=540)
         assert returncode == 0, f"probe failed in the VM (exit {returncode}):\n{output[-4000:]}"
-        return shape, json.loads((workdir / "probe.json").read_text())
+        seen = json.loads((workdir / "probe.json").read_text())
+        return shape, seen | {"deepseek2": json.loads((workdir / "deepseek2.json").read_text())}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -147,3 +157,25 @@ def test_placement_command_json_in_the_vm(guest: tuple[Shape, dict[str, Any]]) -
     assert [(n["os_index"], n["workers"]) for n in report["nodes"]] == [(n, homes(shape).count(n))
                                                                          for n in range(shape.nodes)]
     assert cli["stderr"].count("warning: kernel.numa_balancing") <= 1  # said once if at all
+
+
+LATENT_BYTES_PER_TOKEN = 3 * (32 + 16) * 2  # tiny-deepseek-v3: 3 layers of latent + rotated key, f16
+
+
+@pytest.mark.parametrize("mode", ["mirror", "distribute"])
+def test_latent_cache_is_local_on_each_node_and_no_weight_byte_is_remote(guest: tuple[Shape, dict[str, Any]],
+                                                                         mode: str) -> None:
+    shape, seen = guest
+    r = seen["deepseek2"]["modes"][mode]
+    rep = r["report"]
+    nodes = list(range(shape.nodes))
+    assert rep["mode"] == mode and r["plan_nodes"] == nodes
+    assert r["kv_heads"] == [[n, [0]] for n in nodes]  # 4 query heads reach every node's workers
+    assert rep["kv_bytes_per_token"] == LATENT_BYTES_PER_TOKEN
+    for h in rep["kv"]:
+        assert h["head"] == 0 and h["kept"] and h["missing_bytes"] == 0, h
+        assert h["bytes_by_node"] == on(h["buffer"], N_CTX * LATENT_BYTES_PER_TOKEN), h
+    assert [n["kv_bytes"] for n in rep["nodes"]] == [N_CTX * LATENT_BYTES_PER_TOKEN] * shape.nodes
+    for e in rep["extents"]:
+        assert e["missing_bytes"] == 0 and e["bytes_by_node"] == on(e["planned_node"], e["bytes"]), e
+    assert rep["per_token"]["remote_bytes"] == 0
