@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_fixtures import check_logits, load_fixture, logits_on, run_ids
+from reference_forward import reference_logits
+from synthetic_deepseek import write_tiny_glm4moe
+from synthetic_fixtures import TOLERANCE_FLOOR, check_logits, load_fixture, logits_on, run_ids
 
 from numallm.engine.engine import Engine
 
@@ -58,3 +60,23 @@ def test_prompt_batch_matches_token_by_token(engine: Engine) -> None:
     one_by_one = np.stack([engine.eval_batch(np.array([t]), np.array([0]), np.array([p]), np.array([0]))[0]
                            for p, t in enumerate(ids)])
     np.testing.assert_allclose(one_by_one, batched, atol=2e-2)
+
+
+def test_air_shape_matches_the_reference(tmp_path: Path) -> None:
+    """GLM-4.5-Air's shape: no Q/K norms, no NextN layer, two leading dense layers; against
+    the float64 reference, both on one routing that uses every expert (own routing could
+    part at a near tie of float32 and float64 scores), batched and token by token."""
+    path = write_tiny_glm4moe(tmp_path / "air.gguf", qk_norm=False, n_nextn=0, n_layer=4, n_leading_dense=2, seed=3)
+    ids = run_ids(load_fixture(NAME)["prompts"][5])[:16]
+    experts = [[None, None, [t % 8, (t + 3) % 8], [(t + 5) % 8, t % 8]] for t in range(len(ids))]
+    eng = Engine(path, ctx_size=64)
+    try:
+        assert (eng.hparams.n_layer, eng.hparams.n_layer_nextn, eng.hparams.n_layer_dense_lead) == (4, 0, 2)
+        ref = reference_logits(path, ids, experts=experts)
+        assert np.abs(logits_on(eng, ids, experts) - ref).max() <= TOLERANCE_FLOOR  # measured 0.22
+        routing = np.array([[[-1, -1]] * 2 + layers[2:] for layers in experts], np.int32)
+        one = np.stack([eng.eval_batch(np.array([t]), np.array([0]), np.array([p]), np.array([0]), routing[p:p + 1])[0]
+                        for p, t in enumerate(ids)])
+        assert np.abs(one - ref).max() <= TOLERANCE_FLOOR
+    finally:
+        eng.close()

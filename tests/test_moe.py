@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from reference_forward import reference_logits, route
+from reference_forward import load_weights, reference_logits, route
 from synthetic_fixtures import EDGE_CASE_MODELS, check_logits, load_fixture, logits_on, run_ids
 
 from numallm.engine.arch.spec import GATING_SIGMOID, GATING_SOFTMAX, HParams
@@ -85,6 +85,11 @@ def test_bad_routing_is_refused(engine: tuple[str, Engine]) -> None:
                        np.full((1, eng.hparams.n_layer, eng.hparams.n_expert_used), eng.hparams.n_expert))
 
 
+def _router_hparams(**routing: Any) -> HParams:
+    """HParams of which _route reads only `routing`."""
+    return HParams(**{f: 1 for f in HParams._fields if f not in HParams._field_defaults})._replace(**routing)
+
+
 @pytest.mark.parametrize("logits", [
     [0.5, 0.1, 0.9, 0.9, 0.9, -1.0, 0.0, 0.2],  # a three-way tie for first: index order
     [0.0] * 8,                                   # all equal: experts 0 and 1
@@ -99,7 +104,7 @@ def test_router_choice_and_weights_are_the_reference_s(logits: list[float], how:
     row = np.array([logits], np.float32)
     sigmoid = how != "softmax"
     bias = np.array([0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.3, -0.2], np.float32) if sigmoid else np.zeros(0, np.float32)
-    hp = HParams(**{f: 1 for f in HParams._fields[:19]})._replace(
+    hp = _router_hparams(
         n_expert=8, n_expert_used=2, expert_gating=GATING_SIGMOID if sigmoid else GATING_SOFTMAX,
         expert_weights_norm=not sigmoid, expert_weights_scale=2.5 if sigmoid else 0.0,
         n_expert_groups=4 if sigmoid else 0, n_group_used=2 if sigmoid else 0)
@@ -111,3 +116,31 @@ def test_router_choice_and_weights_are_the_reference_s(logits: list[float], how:
                                     groups=(hp.n_expert_groups, hp.n_group_used))
     assert s.chosen[0].tolist() == ref_chosen.tolist()
     np.testing.assert_allclose(s.weights[0], ref_weights, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["tiny-deepseek-v3", "tiny-deepseek-v2-lite"])
+def test_router_is_the_reference_s_on_deepseek_router_logits(name: str, fixture_model: Callable[[str], Path]) -> None:
+    """The compiled router on the router logits the reference computes on llama.cpp's
+    routing of the `code` prompt (sigmoid + exp_probs_b in 4 groups of which 2 kept, weights
+    renormalised and scaled by 2.5; softmax, no groups, not renormalised): every token's
+    experts, in order, and their weights are the reference's."""
+    path = fixture_model(name)
+    m = load_weights(path)
+    hp = _router_hparams(
+        n_expert=m.n_expert, n_expert_used=m.n_expert_used,
+        expert_gating=GATING_SIGMOID if m.expert_gating == "sigmoid" else GATING_SOFTMAX,
+        expert_weights_norm=m.expert_weights_norm, expert_weights_scale=m.expert_weights_scale,
+        n_expert_groups=m.n_expert_groups, n_group_used=m.n_group_used)
+    rec = next(rec for rec in load_fixture(name)["prompts"] if rec["name"] == "code")
+    ids = run_ids(rec)
+    router_logits: list[np.ndarray] = []
+    reference_logits(path, ids, router_logits=router_logits, experts=rec["experts"])
+    for layer, logits in enumerate(router_logits, start=1):  # layer 0 is dense
+        bias = m.tensors.get(f"blk.{layer}.exp_probs_b.bias")
+        s = scratch(hp, len(ids))
+        _route(logits.astype(np.float32), hp, np.zeros(0, np.float32) if bias is None else bias, ROUTER_DECIDES,
+               0, s.chosen[0], s.weights[0], s.probs[0], s.select[0], s.group[0], s.order[0], s.stack[0])
+        chosen, weights = route(logits, m.n_expert_used, m.expert_weights_norm, m.expert_weights_scale,
+                                gating=m.expert_gating, bias=bias, groups=(m.n_expert_groups, m.n_group_used))
+        assert s.chosen[0].tolist() == chosen.tolist(), layer
+        np.testing.assert_allclose(s.weights[0], weights, rtol=1e-5, atol=1e-6)
