@@ -3,9 +3,9 @@
 This machine has AVX-512 and VNNI, so the default run tests the VNNI path; here a
 subprocess tells Numba to compile for Haswell (AVX2, no AVX-512) or for a generic
 x86-64 (no SIMD beyond SSE2, no F16C, as a stand-in for every other CPU), and checks
-every quantized type there. The generic one runs twice on one fresh cache
-directory: cold (compiles, writes the cache) and warm (must load every kernel from
-the cache, not recompile, and still be right).
+every quantized type there; the two cold compiles run side by side. The generic one
+runs twice on one fresh cache directory: cold (compiles, writes the cache) and warm
+(must load every kernel from the cache, not recompile, and still be right).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -55,32 +58,47 @@ print(json.dumps(report))
 HASWELL_FEATURES = "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave"
 
 
-def run_check(cpu_name: str, features: str | None, cache_dir: Path) -> dict[str, object]:
-    env = dict(os.environ, NUMBA_CPU_NAME=cpu_name, NUMBA_CACHE_DIR=str(cache_dir))
-    env.pop("NUMBA_CPU_FEATURES", None)
-    if features is not None:
-        env["NUMBA_CPU_FEATURES"] = features
-    proc = subprocess.run([sys.executable, "-c", CHECK.format(tests=str(TESTS))],
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def start_check(cpu_name: str, features: str, cache_dir: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu_name, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(cache_dir))
+    return subprocess.Popen([sys.executable, "-c", CHECK.format(tests=str(TESTS))], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
-                    reason="compiles x86 targets")
-def test_avx2_only_path(tmp_path: Path) -> None:
-    report = run_check("haswell", HASWELL_FEATURES, tmp_path)
-    assert report["path"] == "avx2"
-    assert report["bad"] == []
+def finish_check(proc: subprocess.Popen[str]) -> dict[str, object]:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
-                    reason="compiles x86 targets")
-def test_generic_path_cold_then_warm_cache(tmp_path: Path) -> None:
-    cold = run_check("x86-64", "", tmp_path)
-    assert cold["path"] == "generic"
-    assert cold["bad"] == []
-    assert cold["misses"] > 0
-    warm = run_check("x86-64", "", tmp_path)
+X86_64 = sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+
+
+class ColdRuns(NamedTuple):
+    avx2: dict[str, object]
+    generic: dict[str, object]
+    generic_cache: Path
+
+
+@pytest.fixture(scope="module")
+def cold() -> Iterator[ColdRuns]:
+    """Both cold compiles at once: each is one single-threaded compile, and CI has two cores."""
+    with tempfile.TemporaryDirectory() as avx2_cache, tempfile.TemporaryDirectory() as generic_cache:
+        avx2 = start_check("haswell", HASWELL_FEATURES, Path(avx2_cache))
+        generic = start_check("x86-64", "", Path(generic_cache))
+        yield ColdRuns(finish_check(avx2), finish_check(generic), Path(generic_cache))
+
+
+@pytest.mark.skipif(not X86_64, reason="compiles x86 targets")
+def test_avx2_only_path(cold: ColdRuns) -> None:
+    assert cold.avx2["path"] == "avx2"
+    assert cold.avx2["bad"] == []
+
+
+@pytest.mark.skipif(not X86_64, reason="compiles x86 targets")
+def test_generic_path_cold_then_warm_cache(cold: ColdRuns) -> None:
+    assert cold.generic["path"] == "generic"
+    assert cold.generic["bad"] == []
+    assert cold.generic["misses"] > 0
+    warm = finish_check(start_check("x86-64", "", cold.generic_cache))
     assert warm["bad"] == []
     assert warm["hits"] > 0 and warm["misses"] == 0
