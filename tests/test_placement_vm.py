@@ -42,11 +42,11 @@ def guest(request: pytest.FixtureRequest, smollm2: Path) -> tuple[Shape, dict[st
     try:
         deepseek = FIXTURE_MODELS["tiny-deepseek-v3"](workdir / "tiny-deepseek-v3.gguf")
         probe = ["env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}", PYTHON, str(PROBE.resolve())]
-        returncode, output = run_in_vm(
-            [*shape.args(), "--mem", "4096M"],
-            ["sh", "-c", f"{shlex.join([*probe, str(workdir / 'probe.json'), str(smollm2), str(N_CTX), '--cli'])} && "
-                         f"{shlex.join([*probe, str(workdir / 'deepseek2.json'), str(deepseek), str(N_CTX)])}"],
-            timeout=540)
+        smollm2_run = [*probe, str(workdir / "probe.json"), str(smollm2), str(N_CTX), "--cli"]
+        deepseek_run = [*probe, str(workdir / "deepseek2.json"), str(deepseek), str(N_CTX), "--modes=mirror,distribute"]
+        returncode, output = run_in_vm([*shape.args(), "--mem", "4096M"],
+                                       ["sh", "-c", f"{shlex.join(smollm2_run)} && {shlex.join(deepseek_run)}"],
+                                       timeout=540)
         assert returncode == 0, f"probe failed in the VM (exit {returncode}):\n{output[-4000:]}"
         seen = json.loads((workdir / "probe.json").read_text())
         return shape, seen | {"deepseek2": json.loads((workdir / "deepseek2.json").read_text())}

@@ -1,6 +1,6 @@
 """Where every --numa mode really puts a model's pages on this machine.
 
-    python3 placement_probe.py OUT.json MODEL.gguf N_CTX [--cli]
+    python3 placement_probe.py OUT.json MODEL.gguf N_CTX [--cli] [--modes=mirror,distribute]
 
 Run inside the NUMA VM by tests/test_placement_vm.py (one boot per machine shape):
 places the model under each mode in this process (place_model, no kernels compiled)
@@ -50,9 +50,12 @@ def main() -> None:
     spec = arch.describe(gf.metadata, model)
     last = detect("/").nodes[-1].os_index
     seen: dict[str, Any] = {"n_nodes": len(detect("/").nodes), "modes": {}, "import_seconds": IMPORTED - START}
+    asked = next((a.split("=", 1)[1].split(",") for a in sys.argv[4:] if a.startswith("--modes=")), None)
     for mode in ("mirror", "distribute", "interleave", "none", "auto"):
-        seen["modes"][mode] = place(gf, spec, mode, n_ctx)
-    seen["modes"]["isolate"] = place(gf, spec, "isolate", n_ctx, numa_node=last)
+        if asked is None or mode in asked:
+            seen["modes"][mode] = place(gf, spec, mode, n_ctx)
+    if asked is None or "isolate" in asked:
+        seen["modes"]["isolate"] = place(gf, spec, "isolate", n_ctx, numa_node=last)
     if "--cli" in sys.argv[4:]:  # a second Python start: seconds under emulation, so only when asked
         cli = subprocess.run([sys.executable, "-m", "numallm", "placement", "-m", model, "--numa", "distribute",
                               "-c", str(n_ctx), "--json"], capture_output=True, text=True, check=False)
