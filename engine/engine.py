@@ -161,7 +161,7 @@ class Engine:
         if n not in self._scratch:
             if len(self._scratch) > 2:
                 self._scratch.clear()
-            self._scratch[n] = plain(scratch(self.hparams, n))
+            self._scratch[n] = plain(scratch(self.hparams, n, len(self._pool)))
         return self._scratch[n]
 
     def _run(self, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:

@@ -38,9 +38,9 @@ from numallm.engine.arch.slots import (
     VectorTable,
     WeightTables,
 )
-from numallm.engine.arch.spec import ACT_SILU, HParams, sliding_window_layer
+from numallm.engine.arch.spec import ACT_SILU, GATING_SIGMOID, HParams, sliding_window_layer
 from numallm.engine.barrier import barrier_wait
-from numallm.engine.ggml_sort import argsort_desc
+from numallm.engine.ggml_sort import STACK_ROWS, argsort_desc_into
 from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
@@ -63,7 +63,9 @@ class Batch(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """The activations the workers of a group share, float32 [n tokens, width]."""
+    """The activations the workers of a group share, float32 [n tokens, width], and the
+    mixture-of-experts FFN's working arrays, one of each per worker [n_workers, ...]:
+    sized once for a batch size, so that no layer allocates."""
 
     x: np.ndarray    # the residual stream [n, n_embd]
     q: np.ndarray    # [n, n_head * head_dim]
@@ -76,16 +78,40 @@ class Scratch(NamedTuple):
     router: np.ndarray  # a mixture-of-experts layer's router logits [n, n_expert]
     eg: np.ndarray   # the chosen experts' gate, then gate * up [n * n_expert_used, n_ff_exp],
     eu: np.ndarray   # and up, a row per (token, choice) grouped by expert
+    sg: np.ndarray   # the shared experts' gate, then gate * up [n, n_ff_exp * n_expert_shared],
+    su: np.ndarray   # and up
+    sh: np.ndarray   # and their output [n, n_embd]
+    # per worker (each routes every token alike, see _experts):
+    xe: np.ndarray       # one expert's tokens [n_workers, n, n_embd]
+    ye: np.ndarray       # and its output
+    y: np.ndarray        # each (token, choice)'s output [n_workers, n * n_expert_used, n_embd]
+    chosen: np.ndarray   # int64 [n_workers, n, n_expert_used]: each token's experts, in order
+    weights: np.ndarray  # and their weights
+    probs: np.ndarray    # one token's expert probabilities [n_workers, n_expert],
+    select: np.ndarray   # and the scores it chooses by
+    group: np.ndarray    # the expert groups' scores [n_workers, n_expert]
+    order: np.ndarray    # int64 [n_workers, max(n_expert, n * n_expert_used)]: argsort's, then by-expert's
+    start: np.ndarray    # int64 [n_workers, n_expert + 1]: each expert's first pair in `order`
+    stack: np.ndarray    # int64 [n_workers, STACK_ROWS, 3]: argsort's
 
 
-def scratch(hp: HParams, n: int) -> Scratch:
-    """Zeroed activations for a batch of n tokens."""
+def scratch(hp: HParams, n: int, n_workers: int = 1) -> Scratch:
+    """Zeroed activations for a batch of n tokens run by n_workers workers."""
     qdim, kvdim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
     pairs = n * hp.n_expert_used
+    shexp = hp.n_ff_exp * hp.n_expert_shared
+    w = n_workers
+    m = n if hp.n_expert else 0  # a dense model has no experts to gather tokens for
     shapes = Scratch(x=(n, hp.n_embd), q=(n, qdim), k=(n, kvdim), v=(n, kvdim), att=(n, qdim), tmp=(n, hp.n_embd),
                      g=(n, hp.n_ff), u=(n, hp.n_ff), router=(n, hp.n_expert), eg=(pairs, hp.n_ff_exp),
-                     eu=(pairs, hp.n_ff_exp))
-    return Scratch(*(np.zeros(shape, np.float32) for shape in shapes))
+                     eu=(pairs, hp.n_ff_exp), sg=(n, shexp), su=(n, shexp), sh=(n, hp.n_embd if shexp else 0),
+                     xe=(w, m, hp.n_embd), ye=(w, m, hp.n_embd), y=(w, pairs, hp.n_embd),
+                     chosen=(w, n, hp.n_expert_used), weights=(w, n, hp.n_expert_used), probs=(w, hp.n_expert),
+                     select=(w, hp.n_expert), group=(w, hp.n_expert), order=(w, max(hp.n_expert, pairs)),
+                     start=(w, hp.n_expert + 1), stack=(w, STACK_ROWS, 3))
+    ints = {"chosen", "order", "start", "stack"}
+    return Scratch(*(np.zeros(shape, np.int64 if f in ints else np.float32)
+                     for f, shape in zip(Scratch._fields, shapes)))
 
 
 class WorkerMemory(NamedTuple):
@@ -333,56 +359,93 @@ _WEIGHTS_SUM_MIN = np.float32(6.103515625e-5)
 
 
 @njit(nogil=True)
-def _route(logits, n_used, normalise, routing, il):
-    """Each token's n_used experts, most probable first, and their weights, as
-    build_moe_ffn's softmax gating: the experts' probabilities (ggml_soft_max), the
-    n_used largest in ggml_argsort's order (ties included: engine/ggml_sort.py),
-    divided by their sum if normalise.
-    routing[t, il], where its first entry is >= 0 (Batch.routing), are token t's
-    experts instead."""
+def _route(logits, hp, bias, routing, il, chosen, weights, p, sel, group, order, stack):
+    """Each token's hp.n_expert_used experts (chosen), best first, and their weights, as
+    build_moe_ffn: the experts' probabilities p by softmax (ggml_soft_max) or sigmoid,
+    the choice by p + bias (exp_probs_b, where given) within the best expert groups
+    (_choose), the weights the unbiased p of the chosen, divided by their sum if
+    hp.expert_weights_norm, times hp.expert_weights_scale unless that is 0 or 1 (llama.cpp's
+    "not set"). routing[t, il], where its first entry is >= 0 (Batch.routing), are token
+    t's experts instead. p, sel, group, order and stack are the caller's working arrays."""
     n, n_expert = logits.shape
-    chosen = np.empty((n, n_used), np.int64)
-    weights = np.empty((n, n_used), np.float32)
-    p = np.empty(n_expert, np.float32)
+    k = hp.n_expert_used
     for t in range(n):
-        mx = logits[t].max()
-        total = 0.0  # ggml_float
-        for e in range(n_expert):
-            p[e] = np.float32(math.exp(logits[t, e] - mx))
-            total += p[e]
-        scale = np.float32(1.0 / total)
-        for e in range(n_expert):
-            p[e] *= scale
-        if routing.shape[0] > 0 and routing[t, il, 0] >= 0:
-            chosen[t] = routing[t, il]
+        if hp.expert_gating == GATING_SIGMOID:
+            for e in range(n_expert):
+                p[e] = np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-logits[t, e])))
         else:
-            chosen[t] = argsort_desc(p)[:n_used]
+            mx = logits[t].max()
+            total = 0.0  # ggml_float
+            for e in range(n_expert):
+                p[e] = np.float32(math.exp(logits[t, e] - mx))
+                total += p[e]
+            scale = np.float32(1.0 / total)
+            for e in range(n_expert):
+                p[e] *= scale
+        if routing.shape[0] > 0 and routing[t, il, 0] >= 0:
+            for j in range(k):
+                chosen[t, j] = routing[t, il, j]
+        else:
+            _choose(p, bias, hp, sel, group, order, stack)
+            for j in range(k):
+                chosen[t, j] = order[j]
         wsum = 0.0  # ggml_sum_rows' ggml_float
-        for j in range(n_used):
+        for j in range(k):
             weights[t, j] = p[chosen[t, j]]
             wsum += weights[t, j]
-        if normalise:
+        if hp.expert_weights_norm:
             total_w = max(np.float32(wsum), _WEIGHTS_SUM_MIN)
-            for j in range(n_used):
+            for j in range(k):
                 weights[t, j] = weights[t, j] / total_w
-    return chosen, weights
+        if hp.expert_weights_scale != 0.0 and hp.expert_weights_scale != 1.0:
+            w_scale = np.float32(hp.expert_weights_scale)
+            for j in range(k):
+                weights[t, j] *= w_scale
 
 
 @njit(nogil=True)
-def _by_expert(chosen, n_expert):
-    """The (token, choice) pairs t * n_used + j grouped by expert: pairs[start[e]:start[e + 1]]
-    are expert e's, in token order."""
+def _choose(p, bias, hp, sel, group, order, stack):
+    """order[:n_expert]: the experts by selection score sel = p + bias, best first in
+    ggml_argsort's order (ties included: engine/ggml_sort.py). With expert groups, the
+    experts outside the hp.n_group_used groups of best score (the sum of the group's two
+    best, as build_moe_ffn and DeepSeek V3's router) score -inf."""
+    n_expert = p.shape[0]
+    for e in range(n_expert):
+        sel[e] = p[e] + bias[e] if bias.shape[0] > 0 else p[e]
+    n_groups = hp.n_expert_groups
+    if n_groups > 1:
+        per = n_expert // n_groups
+        for g in range(n_groups):
+            argsort_desc_into(sel[g * per:(g + 1) * per], order, stack)
+            # ggml_sum_rows of the two: a ggml_float sum
+            group[g] = np.float32(np.float64(sel[g * per + order[0]]) + sel[g * per + order[1]])
+        argsort_desc_into(group[:n_groups], order, stack)
+        for g in range(n_groups):
+            kept = False
+            for j in range(hp.n_group_used):
+                kept = kept or order[j] == g
+            if not kept:
+                for e in range(g * per, (g + 1) * per):
+                    sel[e] = -np.inf
+    argsort_desc_into(sel, order, stack)
+
+
+@njit(nogil=True)
+def _by_expert(chosen, pairs, start):
+    """The (token, choice) pairs t * n_used + j grouped by expert into `pairs`:
+    pairs[start[e]:start[e + 1]] are expert e's, in token order."""
     flat = chosen.reshape(-1)
-    start = np.zeros(n_expert + 1, np.int64)
+    start[:] = 0
     for e in flat:
         start[e + 1] += 1
-    start = np.cumsum(start)
-    fill = start[:-1].copy()
-    pairs = np.empty(flat.shape[0], np.int64)
-    for i in range(flat.shape[0]):
-        pairs[fill[flat[i]]] = i
-        fill[flat[i]] += 1
-    return pairs, start
+    for e in range(1, start.shape[0]):
+        start[e] += start[e - 1]
+    for i in range(flat.shape[0]):  # start[e] is expert e's next free place ...
+        pairs[start[flat[i]]] = i
+        start[flat[i]] += 1
+    for e in range(start.shape[0] - 1, 0, -1):  # ... and ends as expert e + 1's first: shift back
+        start[e] = start[e - 1]
+    start[0] = 0
 
 
 @njit(nogil=True)
@@ -393,27 +456,53 @@ def _expert(e, expert, n_expert):
 
 
 @njit(nogil=True)
-def _experts(worker, n_workers, bar, hp, lm, il, wbuf, xn, s, routing, ks):
-    """Layer il's mixture-of-experts FFN of xn into s.tmp; returns the columns of tmp
-    this worker wrote.
+def _gated(lm, il, gate_slot, up_slot, width, act, wbuf, x, g, u, worker, n_workers, ks):
+    """This worker's rows of a gated FFN's act(x @ gate.T) * (x @ up.T) into g [n, width]
+    (u: up's); gate and up are cut alike, so that each worker multiplies its own rows of both."""
+    r0, r1 = part(width, max(lm.row_group[il, gate_slot], lm.row_group[il, up_slot]), worker, n_workers)
+    _matmul(_entry(lm, (il, gate_slot)), wbuf, x, g, r0, r1, ks)
+    _matmul(_entry(lm, (il, up_slot)), wbuf, x, u, r0, r1, ks)
+    gf = g.reshape(-1)
+    uf = u.reshape(-1)
+    for t in range(x.shape[0]):
+        if act == ACT_SILU:
+            silu_mul(gf, uf, t * width + r0, t * width + r1)
+        else:
+            for i in range(r0, r1):
+                g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
+
+
+@njit(nogil=True)
+def _experts(worker, n_workers, bar, hp, lm, lv, vecs, il, wbuf, xn, s, routing, ks):
+    """Layer il's mixture-of-experts FFN of xn into s.tmp, the shared experts' output
+    added where the layer has them; returns the columns of tmp this worker wrote.
 
     The workers share the router's rows, then each routes every token alike. Each
     expert any token chose runs once for the batch on the tokens routed to it (as
     ggml's mul_mat_id), and every worker computes its share of that expert's gate/up
     rows and then of its down rows, as of a dense FFN's: whatever the routing, a
-    worker reads only its own rows of the chosen experts."""
+    worker reads only its own rows of the chosen experts. The shared experts are a
+    dense FFN; their down rows are cut as the routed experts', so that each worker adds
+    its own columns of both."""
     n, d, k = xn.shape[0], hp.n_embd, hp.n_expert_used
     router = s.router
     e = _entry(lm, (il, LayerMatrix.ROUTER))
     r0, r1 = _share(e, worker, n_workers)
     _matmul(e, wbuf, xn, router, r0, r1, ks)
+    shared = lm.nbytes[il, LayerMatrix.GATE_SHEXP] > 0
+    if shared:  # the routing does not wait for these
+        _gated(lm, il, LayerMatrix.GATE_SHEXP, LayerMatrix.UP_SHEXP, s.sg.shape[1], ACT_SILU, wbuf, xn, s.sg, s.su,
+               worker, n_workers, ks)
     barrier_wait(bar, n_workers)
-    chosen, weights = _route(router, k, hp.expert_weights_norm, routing, il)
-    pairs, start = _by_expert(chosen, hp.n_expert)
-    # gate and up are cut alike, as the dense FFN's
+    # This worker's working arrays (views taken once a layer).
+    chosen, weights, order, start = s.chosen[worker], s.weights[worker], s.order[worker], s.start[worker]
+    xe, ye, y = s.xe[worker], s.ye[worker], s.y[worker]
+    _route(router, hp, _vec(vecs, lv, (il, LayerVector.EXP_PROBS_B)), routing, il, chosen, weights,
+           s.probs[worker], s.select[worker], s.group[worker], order, s.stack[worker])
+    pairs = order
+    _by_expert(chosen, pairs, start)
     gate, up = _entry(lm, (il, LayerMatrix.GATE_EXPS)), _entry(lm, (il, LayerMatrix.UP_EXPS))
     f0, f1 = part(hp.n_ff_exp, max(gate.row_group, up.row_group), worker, n_workers)
-    xe = np.empty((n, d), np.float32)  # an expert's tokens, private
     egf, euf = s.eg.reshape(-1), s.eu.reshape(-1)
     for ex in range(hp.n_expert):
         a, b = start[ex], start[ex + 1]
@@ -427,23 +516,26 @@ def _experts(worker, n_workers, bar, hp, lm, il, wbuf, xn, s, routing, ks):
             silu_mul(egf, euf, i * hp.n_ff_exp + f0, i * hp.n_ff_exp + f1)
     barrier_wait(bar, n_workers)
     down = _entry(lm, (il, LayerMatrix.DOWN_EXPS))
-    d0, d1 = part(d, down.row_group, worker, n_workers)
-    ye = np.empty((n, d), np.float32)
-    y = np.empty((n * k, d1 - d0), np.float32)  # each pair's output columns [d0, d1), private
+    d0, d1 = part(d, max(down.row_group, lm.row_group[il, LayerMatrix.DOWN_SHEXP]), worker, n_workers)
     for ex in range(hp.n_expert):
         a, b = start[ex], start[ex + 1]
         if a == b:
             continue
         _matmul(_expert(down, ex, hp.n_expert), wbuf, s.eg[a:b], ye[:b - a], d0, d1, ks)
         for i in range(a, b):
-            y[pairs[i]] = ye[i - a, d0:d1]
-    # Weighted, then summed in each token's order of choice, as build_moe_ffn adds them.
+            y[pairs[i], d0:d1] = ye[i - a, d0:d1]
+    if shared:
+        _matmul(_entry(lm, (il, LayerMatrix.DOWN_SHEXP)), wbuf, s.sg, s.sh, d0, d1, ks)
+    # Weighted, then summed in each token's order of choice, as build_moe_ffn adds them;
+    # then the shared experts' (ggml_add(moe_out, shexp_out)).
     for t in range(n):
-        for c in range(d1 - d0):
+        for c in range(d0, d1):
             acc = weights[t, 0] * y[t * k, c]
             for j in range(1, k):
                 acc += weights[t, j] * y[t * k + j, c]
-            s.tmp[t, d0 + c] = acc
+            if shared:
+                acc += s.sh[t, c]
+            s.tmp[t, c] = acc
     return d0, d1
 
 
@@ -481,8 +573,6 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
             x *= np.float32(hp.embd_scale)
     xn = np.empty((n, d), np.float32)
     head = np.empty(hd, np.float32)
-    gf = g.reshape(-1)
-    uf = u.reshape(-1)
     cos_g, sin_g = _rope_tables(positions, hp.n_rot, hp.rope_base)
     cos_l, sin_l = _rope_tables(positions, hp.n_rot, hp.rope_base_local)
     qh0, qh1 = part(hp.n_head, 1, worker, n_workers)
@@ -539,19 +629,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
 
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.FFN_NORM)), eps, xn)
         if lm.nbytes[il, LayerMatrix.ROUTER] > 0:
-            r0, r1 = _experts(worker, n_workers, bar, hp, lm, il, wbuf, xn, s, b.routing, ks)
+            r0, r1 = _experts(worker, n_workers, bar, hp, lm, lv, vecs, il, wbuf, xn, s, b.routing, ks)
         else:
-            # gate and up are cut alike, so that each worker multiplies its own rows of both
-            group = max(lm.row_group[il, LayerMatrix.GATE], lm.row_group[il, LayerMatrix.UP])
-            r0, r1 = part(hp.n_ff, group, worker, n_workers)
-            _matmul(_entry(lm, (il, LayerMatrix.GATE)), wbuf, xn, g, r0, r1, ks)
-            _matmul(_entry(lm, (il, LayerMatrix.UP)), wbuf, xn, u, r0, r1, ks)
-            for t in range(n):
-                if hp.act == ACT_SILU:
-                    silu_mul(gf, uf, t * hp.n_ff + r0, t * hp.n_ff + r1)
-                else:
-                    for i in range(r0, r1):
-                        g[t, i] = _gelu_tanh(g[t, i]) * u[t, i]
+            _gated(lm, il, LayerMatrix.GATE, LayerMatrix.UP, hp.n_ff, hp.act, wbuf, xn, g, u, worker, n_workers, ks)
             barrier_wait(bar, n_workers)
             e = _entry(lm, (il, LayerMatrix.DOWN))
             r0, r1 = _share(e, worker, n_workers)

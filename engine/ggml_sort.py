@@ -15,15 +15,27 @@ import numpy as np
 from numba import njit
 
 _THRESHOLD = 16  # libstdc++'s _S_threshold
+# Rows of argsort_desc_into's stack: 2 * depth limit + 4 for any n below 2**62.
+STACK_ROWS = 256
 
 
 @njit(nogil=True)
 def argsort_desc(v: np.ndarray) -> np.ndarray:
     """Indices of v, largest value first, in ggml_argsort's order."""
+    a = np.empty(v.shape[0], np.int64)
+    argsort_desc_into(v, a, np.empty((STACK_ROWS, 3), np.int64))
+    return a
+
+
+@njit(nogil=True)
+def argsort_desc_into(v: np.ndarray, a: np.ndarray, stack: np.ndarray) -> None:
+    """argsort_desc(v) into a[:len(v)] (int64), with `stack` ([STACK_ROWS, 3] int64) to
+    work in: what a compiled caller runs per token without allocating."""
     n = v.shape[0]
-    a = np.arange(n)
+    for i in range(n):
+        a[i] = i
     if n < 2:
-        return a
+        return
     depth_limit = 0
     m = n
     while m > 1:  # 2 * floor(log2(n)), as std::__lg
@@ -31,7 +43,6 @@ def argsort_desc(v: np.ndarray) -> np.ndarray:
         depth_limit += 2
     # __introsort_loop: loops on the left part, recurses on the right; the parts are
     # disjoint, so a stack of (first, last, depth) sorts them alike.
-    stack = np.empty((2 * depth_limit + 4, 3), np.int64)
     top = 0
     stack[0] = (0, n, depth_limit)
     top = 1
@@ -55,7 +66,6 @@ def argsort_desc(v: np.ndarray) -> np.ndarray:
             _unguarded_linear_insert(a, v, i)
     else:
         _insertion_sort(a, v, 0, n)
-    return a
 
 
 @njit(nogil=True)

@@ -19,7 +19,7 @@ from gguf import Keys
 from numallm.engine.arch import architecture
 from numallm.engine.arch.spec import TOKEN_EMBD, Architecture, Key
 from numallm.engine.gguf_file import GGUFFile
-from numallm.errors import ModelFormatError
+from numallm.errors import ModelFormatError, UnsupportedError
 
 SPECIAL_TOKEN_KEYS = ("bos", "eos", "unknown", "padding", "sep", "cls", "mask", "eot", "eom")
 
@@ -31,6 +31,8 @@ def check_architecture(gf: GGUFFile) -> None:
     values = {key.name: _check_key(gf, arch.key_name(key), key) for key in arch.keys}
     n_embd = _check_heads(gf, arch.name, values)
     _check_experts(gf, arch.name, values)
+    _check_routing(gf, arch.name, values)
+    _check_refused(gf, arch)
     n_vocab = _check_vocabulary(gf, arch.name, n_embd)
     vocab_size = values.get(Keys.LLM.VOCAB_SIZE)
     if vocab_size is not None and vocab_size != n_vocab:
@@ -73,6 +75,10 @@ def _check_key(gf: GGUFFile, name: str, key: Key) -> int | float | None:
         if key.required:
             raise _error(gf, f"required key {name!r} is missing")
         return None
+    if key.kind is bool:
+        if not isinstance(value, bool):
+            raise _error(gf, f"key {name!r} should be a bool, found {_describe(value)}")
+        return value
     if key.kind is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _error(gf, f"key {name!r} should be an integer, found {_describe(value)}")
@@ -84,6 +90,14 @@ def _check_key(gf: GGUFFile, name: str, key: Key) -> int | float | None:
     if not (math.isfinite(value) and key.lo < value <= key.hi):
         raise _error(gf, f"key {name!r} is {value!r}, outside the sane range ({key.lo}, {key.hi}]")
     return value
+
+
+def _check_refused(gf: GGUFFile, arch: Architecture) -> None:
+    for template, variant in arch.refused_keys.items():
+        name = template.format(arch=arch.name)
+        value = gf.metadata.get(name)
+        if value is not None and np.any(np.asarray(value) != 0):
+            raise UnsupportedError(f"{gf.path}: key {name!r} is set: {variant}, which numallm does not run")
 
 
 def _check_heads(gf: GGUFFile, arch: str, values: dict[str, Any]) -> int:
@@ -112,6 +126,36 @@ def _check_experts(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:
     if used > count or (count > 0 and used == 0):
         raise _error(gf, f"key {_name(Keys.LLM.EXPERT_USED_COUNT, arch)!r} is {used}, expected 1..{count} "
                          f"(key {_name(Keys.LLM.EXPERT_COUNT, arch)!r}): the file is inconsistent")
+
+
+def _check_routing(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:
+    """Expert groups that split the experts and leave enough of them to choose from, and
+    layer counts that leave a trunk (llama.cpp asserts most of these; the rest would
+    choose experts outside the kept groups or run no layer)."""
+    count, used = values.get(Keys.LLM.EXPERT_COUNT) or 0, values.get(Keys.LLM.EXPERT_USED_COUNT) or 0
+    groups, kept = values.get(Keys.LLM.EXPERT_GROUP_COUNT) or 0, values.get(Keys.LLM.EXPERT_GROUP_USED_COUNT) or 0
+    n_groups, n_kept = (repr(_name(k, arch)) for k in (Keys.LLM.EXPERT_GROUP_COUNT, Keys.LLM.EXPERT_GROUP_USED_COUNT))
+    if groups > 1:
+        if count % groups or count // groups < 2:
+            raise _error(gf, f"key {n_groups} is {groups}, which does not split the {count} experts (key "
+                             f"{_name(Keys.LLM.EXPERT_COUNT, arch)!r}) into groups of 2 or more: the file is "
+                             "inconsistent")
+        if not 0 < kept < groups:
+            raise _error(gf, f"key {n_kept} is {kept}, expected 1..{groups - 1} (key {n_groups} is {groups}): "
+                             "the file is inconsistent")
+        if used > kept * (count // groups):
+            raise _error(gf, f"key {_name(Keys.LLM.EXPERT_USED_COUNT, arch)!r} is {used}, more than the "
+                             f"{kept * (count // groups)} experts of the {kept} groups kept (key {n_kept}): "
+                             "the file is inconsistent")
+    n_layer = values[Keys.LLM.BLOCK_COUNT] - (values.get(Keys.LLM.NEXTN_PREDICT_LAYERS) or 0)
+    if n_layer < 1:
+        raise _error(gf, f"key {_name(Keys.LLM.NEXTN_PREDICT_LAYERS, arch)!r} is "
+                         f"{values[Keys.LLM.NEXTN_PREDICT_LAYERS]}, which leaves none of the "
+                         f"{values[Keys.LLM.BLOCK_COUNT]} layers (key {_name(Keys.LLM.BLOCK_COUNT, arch)!r}) to run")
+    dense = values.get(Keys.LLM.LEADING_DENSE_BLOCK_COUNT) or 0
+    if dense > n_layer:
+        raise _error(gf, f"key {_name(Keys.LLM.LEADING_DENSE_BLOCK_COUNT, arch)!r} is {dense}, more than the "
+                         f"{n_layer} layers: the file is inconsistent")
 
 
 def _check_vocabulary(gf: GGUFFile, arch: str, n_embd: int) -> int:

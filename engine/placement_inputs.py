@@ -9,8 +9,10 @@ from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.errors import BadInputError
 from numallm.numa.placement import KvHeads, Matrix
 
-# The forward pass splits each pair with one part() call, on the larger of their row groups.
-_CUT_TOGETHER = ((LayerMatrix.GATE, LayerMatrix.UP), (LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS))
+# The forward pass splits each pair with one part() call, on the larger of their row groups
+# (the routed and shared experts' down rows alike: each worker adds its own columns of both).
+_CUT_TOGETHER = ((LayerMatrix.GATE, LayerMatrix.UP), (LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS),
+                 (LayerMatrix.GATE_SHEXP, LayerMatrix.UP_SHEXP), (LayerMatrix.DOWN_EXPS, LayerMatrix.DOWN_SHEXP))
 
 
 def forward_matrices(layer: MatrixTable, model: MatrixTable, n_expert_used: int = 0) -> tuple[Matrix, ...]:

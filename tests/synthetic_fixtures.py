@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from synthetic_arch import FIXTURE_MODELS
+
+if TYPE_CHECKING:
+    from numallm.engine.engine import Engine
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
 MODELS = sorted(FIXTURE_MODELS)
@@ -56,6 +59,22 @@ def tolerance(fixture: dict[str, Any]) -> float:
 def run_ids(rec: dict[str, Any]) -> list[int]:
     """The tokens of a recorded run: the prompt, then the greedy tokens llama.cpp fed back."""
     return rec["tokens"] + rec["greedy"][:-1]
+
+
+def logits_on(eng: Engine, ids: list[int], experts: list[list[list[int] | None]] | None) -> np.ndarray:
+    """Logits at every position of ids, run as one batch, on routing experts[position][layer]
+    where given (None: the router's own)."""
+    hp = eng.hparams
+    n = len(ids)
+    routing = None
+    if experts is not None:
+        routing = np.full((n, hp.n_layer, hp.n_expert_used), -1, np.int32)
+        for pos, layers in enumerate(experts):
+            for layer, chosen in enumerate(layers):
+                if chosen is not None:
+                    routing[pos, layer] = chosen
+    positions = np.arange(n, dtype=np.int32)
+    return eng.eval_batch(np.array(ids), np.zeros(n, np.int32), positions, positions, routing)
 
 
 def top20_diffs(logits: np.ndarray, rec: dict[str, Any]) -> np.ndarray:

@@ -19,7 +19,8 @@ from numallm.engine.placement_inputs import forward_matrices
 from test_gguf_file import model_file
 
 # Values for the keys a file must have, by HParams field.
-REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2}
+REQUIRED = {"n_layer": 2, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_expert": 4, "n_expert_used": 2, "n_ff_exp": 32,
+            "n_expert_shared": 1}
 
 
 def _key_templates(group: type = Keys) -> set[str]:
@@ -48,9 +49,10 @@ def test_descriptions_use_gguf_constants_and_hparams_fields(name: str) -> None:
     arch = ARCHITECTURES[name]
     assert MODEL_ARCH_NAMES[arch.arch] == name
     assert {*arch.matrices.values(), *arch.vectors.values(), *arch.optional_vectors.values(),
-            *arch.expert_matrices.values()} \
+            *arch.expert_matrices.values(), *arch.shared_expert_matrices.values(), *arch.expert_vectors.values(),
+            *arch.optional_expert_vectors.values()} \
         <= set(MODEL_TENSORS[arch.arch])
-    assert {key.name for key in arch.keys} <= _key_templates()
+    assert {key.name for key in arch.keys} | set(arch.refused_keys) <= _key_templates()
     assert len({key.name for key in arch.keys}) == len(arch.keys)
     fields = {key.field for key in arch.keys if key.field is not None}
     assert fields | set(arch.fixed) <= set(HParams._fields)

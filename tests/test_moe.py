@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from reference_forward import reference_logits, route
-from synthetic_fixtures import EDGE_CASE_MODELS, check_logits, load_fixture, run_ids
+from reference_forward import load_weights, reference_logits, route
+from synthetic_fixtures import EDGE_CASE_MODELS, check_logits, load_fixture, logits_on, run_ids
 
+from numallm.engine.arch.spec import GATING_SIGMOID, GATING_SOFTMAX, HParams
 from numallm.engine.engine import Engine
-from numallm.engine.forward import _route
+from numallm.engine.forward import ROUTER_DECIDES, _route, scratch
 from numallm.errors import BadInputError
 
 
@@ -26,22 +27,6 @@ def engine(request: pytest.FixtureRequest, fixture_model: Callable[[str], Path])
     eng = Engine(fixture_model(request.param), ctx_size=256)
     yield request.param, eng
     eng.close()
-
-
-def logits_on(eng: Engine, ids: list[int], experts: list[list[list[int] | None]] | None) -> np.ndarray:
-    """Logits at every position of ids, run as one batch, on routing experts[position][layer]
-    where given (None: the router's own)."""
-    hp = eng.hparams
-    n = len(ids)
-    routing = None
-    if experts is not None:
-        routing = np.full((n, hp.n_layer, hp.n_expert_used), -1, np.int32)
-        for pos, layers in enumerate(experts):
-            for layer, chosen in enumerate(layers):
-                if chosen is not None:
-                    routing[pos, layer] = chosen
-    positions = np.arange(n, dtype=np.int32)
-    return eng.eval_batch(np.array(ids), np.zeros(n, np.int32), positions, positions, routing)
 
 
 # The engine rounds activations to 8 bits as llama.cpp does, but not at the same points
@@ -100,6 +85,11 @@ def test_bad_routing_is_refused(engine: tuple[str, Engine]) -> None:
                        np.full((1, eng.hparams.n_layer, eng.hparams.n_expert_used), eng.hparams.n_expert))
 
 
+def _router_hparams(**routing: Any) -> HParams:
+    """HParams of which _route reads only `routing`."""
+    return HParams(**{f: 1 for f in HParams._fields if f not in HParams._field_defaults})._replace(**routing)
+
+
 @pytest.mark.parametrize("logits", [
     [0.5, 0.1, 0.9, 0.9, 0.9, -1.0, 0.0, 0.2],  # a three-way tie for first: index order
     [0.0] * 8,                                   # all equal: experts 0 and 1
@@ -107,10 +97,50 @@ def test_bad_routing_is_refused(engine: tuple[str, Engine]) -> None:
     [1e-3 * i for i in range(8)],                 # the last experts
     [30.0, -30.0, -30.0, -30.0, -30.0, -30.0, -30.0, -30.0],  # a runner-up weight near 0
 ])
-def test_router_choice_and_weights_are_the_reference_s(logits: list[float]) -> None:
-    """Top-2 of 8 in ggml_argsort's order (reference_argsort), weights renormalised."""
+@pytest.mark.parametrize("how", ["softmax", "sigmoid, bias, 4 groups of which 2 kept, scaled, not renormalised"])
+def test_router_choice_and_weights_are_the_reference_s(logits: list[float], how: str) -> None:
+    """Top-2 of 8 in ggml_argsort's order (reference_argsort), weights renormalised; and
+    sigmoid routing with exp_probs_b (its ties included) and expert groups."""
     row = np.array([logits], np.float32)
-    chosen, weights = _route(row, 2, True, np.zeros((0, 0, 0), np.int32), 0)
-    ref_chosen, ref_weights = route(row.astype(np.float64), 2)
-    assert chosen.tolist() == ref_chosen.tolist()
-    np.testing.assert_allclose(weights, ref_weights, rtol=1e-5, atol=1e-7)
+    sigmoid = how != "softmax"
+    bias = np.array([0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.3, -0.2], np.float32) if sigmoid else np.zeros(0, np.float32)
+    hp = _router_hparams(
+        n_expert=8, n_expert_used=2, expert_gating=GATING_SIGMOID if sigmoid else GATING_SOFTMAX,
+        expert_weights_norm=not sigmoid, expert_weights_scale=2.5 if sigmoid else 0.0,
+        n_expert_groups=4 if sigmoid else 0, n_group_used=2 if sigmoid else 0)
+    s = scratch(hp, 1)
+    _route(row, hp, bias, ROUTER_DECIDES, 0, s.chosen[0], s.weights[0], s.probs[0], s.select[0], s.group[0],
+           s.order[0], s.stack[0])
+    ref_chosen, ref_weights = route(row.astype(np.float64), 2, hp.expert_weights_norm, hp.expert_weights_scale,
+                                    gating="sigmoid" if sigmoid else "softmax", bias=bias if sigmoid else None,
+                                    groups=(hp.n_expert_groups, hp.n_group_used))
+    assert s.chosen[0].tolist() == ref_chosen.tolist()
+    np.testing.assert_allclose(s.weights[0], ref_weights, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["tiny-deepseek-v3", "tiny-deepseek-v2-lite"])
+def test_router_is_the_reference_s_on_deepseek_router_logits(name: str, fixture_model: Callable[[str], Path]) -> None:
+    """The compiled router on the router logits the reference computes on llama.cpp's
+    routing of the `code` prompt (sigmoid + exp_probs_b in 4 groups of which 2 kept, weights
+    renormalised and scaled by 2.5; softmax, no groups, not renormalised): every token's
+    experts, in order, and their weights are the reference's."""
+    path = fixture_model(name)
+    m = load_weights(path)
+    hp = _router_hparams(
+        n_expert=m.n_expert, n_expert_used=m.n_expert_used,
+        expert_gating=GATING_SIGMOID if m.expert_gating == "sigmoid" else GATING_SOFTMAX,
+        expert_weights_norm=m.expert_weights_norm, expert_weights_scale=m.expert_weights_scale,
+        n_expert_groups=m.n_expert_groups, n_group_used=m.n_group_used)
+    rec = next(rec for rec in load_fixture(name)["prompts"] if rec["name"] == "code")
+    ids = run_ids(rec)
+    router_logits: list[np.ndarray] = []
+    reference_logits(path, ids, router_logits=router_logits, experts=rec["experts"])
+    for layer, logits in enumerate(router_logits, start=1):  # layer 0 is dense
+        bias = m.tensors.get(f"blk.{layer}.exp_probs_b.bias")
+        s = scratch(hp, len(ids))
+        _route(logits.astype(np.float32), hp, np.zeros(0, np.float32) if bias is None else bias, ROUTER_DECIDES,
+               0, s.chosen[0], s.weights[0], s.probs[0], s.select[0], s.group[0], s.order[0], s.stack[0])
+        chosen, weights = route(logits, m.n_expert_used, m.expert_weights_norm, m.expert_weights_scale,
+                                gating=m.expert_gating, bias=bias, groups=(m.n_expert_groups, m.n_group_used))
+        assert s.chosen[0].tolist() == chosen.tolist(), layer
+        np.testing.assert_allclose(s.weights[0], weights, rtol=1e-5, atol=1e-6)

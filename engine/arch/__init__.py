@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from numallm.engine.arch import gemma3, llama, qwen2, qwen3, qwen3moe
+from numallm.engine.arch import gemma3, glm4moe, llama, qwen2, qwen3, qwen3moe
 from numallm.engine.arch.spec import Architecture, ArchSpec
 from numallm.engine.gguf_file import show_name
 from numallm.errors import UnsupportedError
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (llama.ARCH, gemma3.ARCH, qwen2.ARCH, qwen3.ARCH, qwen3moe.ARCH)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (llama.ARCH, gemma3.ARCH, qwen2.ARCH, qwen3.ARCH, qwen3moe.ARCH,
+                                                              glm4moe.ARCH)}
 
 
 def architecture(name: str, path: str) -> Architecture:

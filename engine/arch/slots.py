@@ -34,6 +34,9 @@ class LayerMatrix(IntEnum):
     GATE_EXPS = 8  # and every expert's gate, up and down, one GGUF tensor each: expert e's
     UP_EXPS = 9    # rows are the e-th of n_expert equal row ranges of the matrix seen as 2-D
     DOWN_EXPS = 10
+    GATE_SHEXP = 11  # the shared experts' FFN (n_expert_shared of them as one, n_ff_exp wide each),
+    UP_SHEXP = 12    # which every token of a mixture-of-experts layer runs besides its routed ones
+    DOWN_SHEXP = 13
 
 
 EXPERTS = frozenset({LayerMatrix.GATE_EXPS, LayerMatrix.UP_EXPS, LayerMatrix.DOWN_EXPS})
@@ -51,9 +54,11 @@ class LayerVector(IntEnum):
     Q_BIAS = 6          # added to the q, k, v projections (GGUF's <name>.bias)
     K_BIAS = 7
     V_BIAS = 8
+    EXP_PROBS_B = 9     # a mixture-of-experts layer's selection bias: added to the router's
+                        # probabilities to choose experts, not to weight them (GGUF's exp_probs_b.bias)
 
 
-BIASES = frozenset({LayerVector.Q_BIAS, LayerVector.K_BIAS, LayerVector.V_BIAS})
+BIASES = frozenset({LayerVector.Q_BIAS, LayerVector.K_BIAS, LayerVector.V_BIAS, LayerVector.EXP_PROBS_B})
 
 
 class ModelMatrix(IntEnum):
@@ -70,11 +75,14 @@ def matrix_shape(slot: LayerMatrix, hp: HParams) -> tuple[int, int]:
     outputs, cols inputs (GGUF's [cols, rows], [cols, rows, n_expert] for experts)."""
     qdim = hp.n_head * hp.head_dim
     kvdim = hp.n_head_kv * hp.head_dim
+    shexp = hp.n_ff_exp * hp.n_expert_shared
     return {LayerMatrix.Q: (qdim, hp.n_embd), LayerMatrix.K: (kvdim, hp.n_embd), LayerMatrix.V: (kvdim, hp.n_embd),
             LayerMatrix.O: (hp.n_embd, qdim), LayerMatrix.GATE: (hp.n_ff, hp.n_embd),
             LayerMatrix.UP: (hp.n_ff, hp.n_embd), LayerMatrix.DOWN: (hp.n_embd, hp.n_ff),
             LayerMatrix.ROUTER: (hp.n_expert, hp.n_embd), LayerMatrix.GATE_EXPS: (hp.n_ff_exp, hp.n_embd),
-            LayerMatrix.UP_EXPS: (hp.n_ff_exp, hp.n_embd), LayerMatrix.DOWN_EXPS: (hp.n_embd, hp.n_ff_exp)}[slot]
+            LayerMatrix.UP_EXPS: (hp.n_ff_exp, hp.n_embd), LayerMatrix.DOWN_EXPS: (hp.n_embd, hp.n_ff_exp),
+            LayerMatrix.GATE_SHEXP: (shexp, hp.n_embd), LayerMatrix.UP_SHEXP: (shexp, hp.n_embd),
+            LayerMatrix.DOWN_SHEXP: (hp.n_embd, shexp)}[slot]
 
 
 def vector_length(slot: LayerVector, hp: HParams) -> int:
@@ -84,6 +92,8 @@ def vector_length(slot: LayerVector, hp: HParams) -> int:
         return hp.n_head * hp.head_dim
     if slot in (LayerVector.K_BIAS, LayerVector.V_BIAS):
         return hp.n_head_kv * hp.head_dim
+    if slot == LayerVector.EXP_PROBS_B:
+        return hp.n_expert
     return hp.n_embd
 
 

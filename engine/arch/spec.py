@@ -18,12 +18,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, ExpertGatingFuncType, Keys
 from numallm.engine.arch.slots import BIASES, LayerMatrix, LayerVector
 from numallm.errors import ModelFormatError
 
 ACT_SILU = 0
 ACT_GELU_TANH = 1
+
+# How a router's logits become the experts' probabilities (GGUF's expert_gating_func values).
+GATING_SOFTMAX = int(ExpertGatingFuncType.SOFTMAX)
+GATING_SIGMOID = int(ExpertGatingFuncType.SIGMOID)
 
 # Upper bounds far above any real model, so a corrupt value fails with its key named
 # instead of as a huge allocation or a division by zero later.
@@ -62,6 +66,18 @@ class HParams(NamedTuple):
     n_expert_used: int = 0  # experts each token is routed to
     n_ff_exp: int = 0       # one expert's FFN width
     expert_weights_norm: bool = True  # the chosen experts' weights are divided by their sum
+    expert_gating: int = GATING_SOFTMAX  # or GATING_SIGMOID
+    expert_weights_scale: float = 0.0    # the chosen experts' weights are multiplied by this; 0 or 1: not
+    n_expert_groups: int = 0  # > 1: experts are chosen only from the n_group_used best of this many
+    n_group_used: int = 0     # equal groups (a group's score: the sum of its two best)
+    n_expert_shared: int = 0  # shared experts every token runs besides its routed ones
+    n_layer_dense_lead: int = 0  # the first this many layers have a dense FFN, the others experts
+    n_layer_nextn: int = 0    # NextN (multi-token prediction) layers after the n_layer run: not run
+
+
+def moe_layer(hp: HParams, il: int) -> bool:
+    """Whether layer il's FFN is a mixture of experts (the others are dense)."""
+    return hp.n_expert > 0 and il >= hp.n_layer_dense_lead
 
 
 def sliding_window_layer(hp: HParams, il: int) -> bool:
@@ -73,7 +89,7 @@ class Key(NamedTuple):
     """A hyperparameter in the file's metadata."""
 
     name: str                       # a gguf.Keys template, "{arch}.block_count"
-    kind: type                      # int or float
+    kind: type                      # int, float or bool (lo and hi unused)
     lo: float                       # sane values: lo..hi for an int, (lo, hi] for a float
     hi: float
     field: str | None = None        # the HParams field it sets; None: checked only
@@ -158,12 +174,19 @@ class Architecture:
     vectors: Mapping[LayerVector, MODEL_TENSOR]
     # Vectors a file may leave out (llama.cpp: TENSOR_NOT_REQUIRED); the slot then stays empty.
     optional_vectors: Mapping[LayerVector, MODEL_TENSOR] = field(default_factory=dict)
-    # A file with experts has these instead of the dense FFN's matrices (every layer: no
-    # supported architecture mixes dense and expert layers).
+    # A file with experts has these instead of the dense FFN's matrices (in every layer
+    # from HParams.n_layer_dense_lead on: moe_layer), and the vectors and shared experts
+    # (where HParams.n_expert_shared > 0) below in those layers.
     expert_matrices: Mapping[LayerMatrix, MODEL_TENSOR] = field(default_factory=dict)
+    shared_expert_matrices: Mapping[LayerMatrix, MODEL_TENSOR] = field(default_factory=dict)
+    expert_vectors: Mapping[LayerVector, MODEL_TENSOR] = field(default_factory=dict)
+    optional_expert_vectors: Mapping[LayerVector, MODEL_TENSOR] = field(default_factory=dict)
     fixed: Mapping[str, Any] = field(default_factory=dict)  # HParams values llama.cpp hard-codes
     # HParams values computed from the others (after `fixed`), e.g. a scale from n_embd.
     derived: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    # Keys (gguf.Keys templates) a file of a variant numallm does not run sets to non-zero
+    # values, and what that variant is: refused in one line (model_checks).
+    refused_keys: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -202,6 +225,7 @@ def _geometry_defaults(values: dict[str, Any], md: Mapping[str, Any], path: str)
     out.setdefault("n_rot", out["head_dim"])
     out.setdefault("n_vocab", len(tokens))
     out.setdefault("n_ff_exp", out["n_ff"])  # llama's experts are n_ff wide
+    out["n_layer"] -= out.get("n_layer_nextn", 0)  # block_count counts the NextN layers too
     out["rope_base_local"] = out["rope_base"]
     out["attn_scale"] = 1.0 / math.sqrt(out["head_dim"])
     return out
@@ -228,17 +252,24 @@ class ArchSpec:
         return self.arch.name
 
     def matrix_names(self, layer: int) -> dict[LayerMatrix, str]:
-        """Layer `layer`'s matrices by slot, in slot order: with experts, the router and
-        the experts' in place of the dense FFN's."""
+        """Layer `layer`'s matrices by slot, in slot order: in a mixture-of-experts layer,
+        the router and the experts' (and the shared experts') in place of the dense FFN's."""
         slots = dict(self.arch.matrices)
-        if self.hparams.n_expert > 0:
+        if moe_layer(self.hparams, layer):
             slots = {slot: kind for slot, kind in slots.items() if slot not in DENSE_FFN} | self.arch.expert_matrices
+            if self.hparams.n_expert_shared > 0:
+                slots |= self.arch.shared_expert_matrices
         return {slot: tensor_name(kind, layer) for slot, kind in sorted(slots.items())}
 
     def vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file must have, by slot."""
-        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(self.arch.vectors.items())}
+        return self._vectors(layer, self.arch.vectors, self.arch.expert_vectors)
 
     def optional_vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file may have, by slot."""
-        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(self.arch.optional_vectors.items())}
+        return self._vectors(layer, self.arch.optional_vectors, self.arch.optional_expert_vectors)
+
+    def _vectors(self, layer: int, every: Mapping[LayerVector, MODEL_TENSOR],
+                 experts: Mapping[LayerVector, MODEL_TENSOR]) -> dict[LayerVector, str]:
+        slots = {**every, **experts} if moe_layer(self.hparams, layer) else every
+        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(slots.items())}
