@@ -316,9 +316,10 @@ def _budgeted(matrices: Sequence[Matrix], budget: int, in_use: str) -> Choice:
     groups = budget_groups(matrices, budget)
     mirrored = [g for g in groups if g.placement == "mirror"]
     given = f"--numa mirror --mirror-budget {_size(budget)} over nodes {in_use}"
-    if len(mirrored) == len(groups):
-        return Choice("mirror", f"{given}: the whole model ({_size(sum(g.nbytes for g in groups))}) fits the "
-                      "budget, so every node holds a copy")
+    total = sum(g.nbytes for g in groups)
+    if total <= budget:
+        return Choice("mirror", f"{given}: the whole model ({_size(total)}) fits the budget, so every node "
+                      "holds a copy")
     if not mirrored:
         return Choice("distribute", f"{given}: no tensor group fits the budget (the first to mirror, "
                       f"{groups[0].name}, is {_size(groups[0].nbytes)}), so one copy is distributed")
