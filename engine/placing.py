@@ -4,8 +4,9 @@ place_model plans (numa/placement.py), checks every node's free memory (counting
 page cache the kernel can drop) before allocating anything, then allocates each node's memory with its policy
 (numa/memory.py) and fills it from threads bound to that node: reads straight from the
 file for the first copy (repacked there), copies of it for mirror's other nodes, only
-the rows a node's workers compute for distribute. Every node's weight buffer has the
-same layout, so the weight tables are valid in each.
+the rows a node's workers compute for distribute, and for partial-mirror the mirrored
+groups whole plus those rows of the rest (each node read from the file). Every node's
+weight buffer has the same layout, so the weight tables are valid in each.
 
 Load modes with a placing mode (anything but none): auto and none read buffered, dio
 reads with O_DIRECT, mlock reads buffered and then locks what was placed, and mmap

@@ -35,6 +35,13 @@ def _fit(qtype: GGMLQuantizationType, cols: int) -> GGMLQuantizationType:
     return qtype if cols % GGML_QUANT_SIZES[qtype][0] == 0 else Q.Q8_0
 
 
+def _ends(d: int, vocab: int, wtype: GGMLQuantizationType) -> Iterator[Tensor]:
+    """The tensors outside the layers: embeddings, final norm, untied output projection."""
+    yield "token_embd.weight", (d, vocab), wtype
+    yield "output_norm.weight", (d,), Q.F32
+    yield "output.weight", (d, vocab), wtype
+
+
 def qwen3_235b_a22b(wtype: GGMLQuantizationType) -> tuple[str, dict[str, object], list[Tensor]]:
     """Qwen/Qwen3-235B-A22B: 94 layers, hidden 4096, 64 query / 4 KV heads of 128, 128
     experts (8 used) of width 1536, vocabulary 151936, untied output."""
@@ -46,9 +53,7 @@ def qwen3_235b_a22b(wtype: GGMLQuantizationType) -> tuple[str, dict[str, object]
           "vocab_size": vocab}
 
     def tensors() -> Iterator[Tensor]:
-        yield "token_embd.weight", (d, vocab), wtype
-        yield "output_norm.weight", (d,), Q.F32
-        yield "output.weight", (d, vocab), wtype
+        yield from _ends(d, vocab, wtype)
         for i in range(n_layer):
             b = f"blk.{i}."
             yield b + "attn_norm.weight", (d,), Q.F32
@@ -87,9 +92,7 @@ def deepseek_v3(wtype: GGMLQuantizationType) -> tuple[str, dict[str, object], li
           "vocab_size": vocab}
 
     def tensors() -> Iterator[Tensor]:
-        yield "token_embd.weight", (d, vocab), wtype
-        yield "output_norm.weight", (d,), Q.F32
-        yield "output.weight", (d, vocab), wtype
+        yield from _ends(d, vocab, wtype)
         for i in range(n_layer):
             b = f"blk.{i}."
             yield b + "attn_norm.weight", (d,), Q.F32
