@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, TENSOR_NAMES
+from gguf import TENSOR_NAMES
 from numallm import kernels
 from numallm.engine.gguf_file import GGUFFile, TensorInfo
 from numallm.engine.kv_cache import KV_ITEMSIZE

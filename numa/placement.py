@@ -115,10 +115,6 @@ class GroupChoice:
     read_bytes: float
     why: str
 
-    @property
-    def read_per_byte(self) -> float:
-        return self.read_bytes / self.nbytes if self.nbytes else 0.0
-
 
 def group_reads(matrices: Sequence[Matrix]) -> list[tuple[str, int, float, bool]]:
     """(group, bytes of one copy, bytes a token reads, whether its rows are split among the
