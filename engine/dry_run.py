@@ -158,6 +158,7 @@ def dry_run(gf: GGUFFile, topo: Topology, workers: list[WorkerSlot], *, numa: st
         "memory": short,
         "weight_bytes": sum(m.nbytes for m in matrices),
         "kv_bytes": kv.n_head_kv * kv.head_bytes,
+        "kv_bytes_per_token": kv.n_head_kv * kv.head_bytes // n_ctx,
         "nodes": _nodes(plan, topo),
         "groups": [{"name": g.name, "placement": g.placement, "why": g.why, "bytes": g.nbytes,
                     "read_bytes_per_token": round(g.read_bytes)} for g in plan.groups],

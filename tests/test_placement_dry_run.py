@@ -18,9 +18,13 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 from large_shapes import write_header_only
 from numallm.cli import main as cli_main
+from numallm.engine import arch
 from numallm.engine.dry_run import dry_run, file_matrices
 from numallm.engine.gguf_file import GGUFFile, read_gguf
+from numallm.engine.placement_inputs import forward_matrices
+from numallm.engine.weights import check_model, matrix_tables
 from numallm.errors import BadInputError, ModelFormatError
+from numallm.numa.placement import group_reads
 from numallm.numa.topology import Topology, detect
 from numallm.numa.workers import plan_workers
 from test_placement_plan import with_free
@@ -129,6 +133,7 @@ def test_deepseek_v3_q8_0_needs_distributing_on_two_512_gib_nodes(root: str,
     assert r["mode"] == "partial-mirror" and r["fits"] and mirrored(r) == ALWAYS_DEEPSEEK
     kv = 61 * N_CTX * (512 + 64) * 2  # the MLA latent and RoPE key, one copy per node
     assert r["kv_bytes"] == kv and [n["kv_bytes"] for n in r["nodes"]] == [kv, kv]
+    assert r["kv_bytes_per_token"] == 61 * (512 + 64) * 2
     assert r["per_token"]["read_bytes"] == round(f["read"]) and r["per_token"]["remote_bytes"] == 0
     # a 300 GiB budget mirrors one of the three 215.7 GiB expert groups besides (ties: by name)
     budget = plan(path, machine(root, 512 * GiB), "mirror", 300 * GiB)
@@ -138,6 +143,20 @@ def test_deepseek_v3_q8_0_needs_distributing_on_two_512_gib_nodes(root: str,
     assert gate["placement"] == "distribute" and "a copy would pass the budget" in gate["why"]
     # at Q4_K (380 GB) a whole copy fits on each node
     assert plan(header_only("deepseek-v3", Q.Q4_K), machine(root, 512 * GiB))["mode"] == "mirror"
+
+
+def test_the_dry_run_plans_what_the_engine_places(fixture_model: Callable[[str], Path]) -> None:
+    """On a file the engine runs, the tensor table gives the decoder's matrices: the same
+    bytes per group and per token as the engine's own tables (its names are the slots')."""
+    path = fixture_model("tiny-qwen3moe")
+    gf = read_gguf(path)
+    layout = check_model(gf, arch.describe(gf.metadata, str(path)))
+    engine = group_reads(forward_matrices(*matrix_tables(layout, 3, layout.read_span()[0]), n_expert_used=2))
+    table = group_reads(file_matrices(gf))
+    slots = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate_inp": "router",
+             "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps", "ffn_down_exps": "down_exps",
+             "token_embd": "output"}  # tied: the embeddings are the output projection
+    assert sorted((slots[g], *rest) for g, *rest in table) == sorted(engine)
 
 
 def test_dry_run_command(root: str, header_only: Callable[[str, Q], Path], capsys: pytest.CaptureFixture[str]) -> None:
