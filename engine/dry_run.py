@@ -6,9 +6,10 @@ The planner needs no architecture module: any file whose tensor names are llama.
 (gguf's TENSOR_NAMES) is planned, from the shapes and types in its table and a few
 hyperparameters (layers, heads, head sizes, the MLA latent, experts used). Each matrix
 is split among the workers as the forward pass splits a dense one (gate and up cut
-together); an expert tensor is one matrix per expert, read by expert_used_count of
-expert_count tokens' worth. Vectors (norms, biases) are left out, as they are of
-numa/placement's plans. The KV cache is the engine's (K and V per KV head), or for MLA
+together, and a layer's routed and shared experts' down); an expert tensor is one
+matrix per expert, read by expert_used_count of expert_count tokens' worth. Vectors
+(norms, biases) are left out, as they are of numa/placement's plans, and so are NextN
+layers (not run). The KV cache is the engine's (K and V per KV head), or for MLA
 (kv_lora_rank in the file) the latent and the RoPE key part, one shared head kept on
 every node whose workers attend.
 """
@@ -46,7 +47,9 @@ _COMPARED = ("mirror", "distribute", "interleave")  # the modes every dry run we
 def file_matrices(gf: GGUFFile) -> tuple[Matrix, ...]:
     """The file's matrices as numa/placement plans them (see the module's docstring)."""
     n_used = _expert_used(gf)
-    tensors = {t.name.removesuffix(".weight"): t for t in gf.tensors.values() if len(t.shape) >= 2}
+    trunk = _trunk_layers(gf)
+    tensors = {t.name.removesuffix(".weight"): t for t in gf.tensors.values()
+               if len(t.shape) >= 2 and not _nextn(t.name, trunk)}
     for name in tensors:
         parts = name.split(".")
         known = (parts[0] == "blk" and len(parts) == 3 and parts[1].isdigit() and parts[2] in _LAYER_NAMES) or (
@@ -75,17 +78,20 @@ def file_matrices(gf: GGUFFile) -> tuple[Matrix, ...]:
     return tuple(out)
 
 
+# Cut with one part() call on the larger row group, as forward.py cuts them
+# (engine/placement_inputs.py's _CUT_TOGETHER, by the file's names).
+_PAIRS = (("ffn_gate", "ffn_up"), ("ffn_gate_exps", "ffn_up_exps"), ("ffn_gate_shexp", "ffn_up_shexp"),
+          ("ffn_down_exps", "ffn_down_shexp"))
+_PARTNER = {**dict(_PAIRS), **{b: a for a, b in _PAIRS}}
+
+
 def _cut_with(name: str, tensors: Mapping[str, TensorInfo]) -> list[TensorInfo]:
-    """The partner a gate or up projection is cut together with (ffn_gate_exps with ffn_up_exps, ...)."""
+    """The tensor a matrix is cut together with, if any (ffn_gate_exps with ffn_up_exps, ...)."""
     parts = name.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or parts[2] not in _PARTNER:
         return []
-    base = parts[2]
-    for a, b in (("ffn_gate", "ffn_up"), ("ffn_up", "ffn_gate")):
-        if base.startswith(a) and not base.startswith("ffn_gate_inp"):
-            partner = f"{parts[0]}.{parts[1]}.{b}{base[len(a):]}"
-            return [tensors[partner]] if partner in tensors else []
-    return []
+    other = f"{parts[0]}.{parts[1]}.{_PARTNER[parts[2]]}"
+    return [tensors[other]] if other in tensors else []
 
 
 def _row_group(t: TensorInfo) -> int:
@@ -109,11 +115,22 @@ def _expert_used(gf: GGUFFile) -> int:
     return _hparam(gf, "expert_used_count", 0)
 
 
+def _trunk_layers(gf: GGUFFile) -> int:
+    """The layers that run: block_count less the NextN (multi-token prediction) layers
+    after them, which llama.cpp does not load unless asked and numallm never runs."""
+    return _hparam(gf, "block_count") - _hparam(gf, "nextn_predict_layers", 0)
+
+
+def _nextn(name: str, trunk: int) -> bool:
+    parts = name.split(".")
+    return parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) >= trunk
+
+
 def file_kv(gf: GGUFFile, n_ctx: int, kv_type: str = "f16", n_slots: int = 1) -> KvHeads:
     """The KV cache the file's hyperparameters call for (see the module's docstring)."""
     if kv_type not in KV_ITEMSIZE:
         raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_ITEMSIZE)})")
-    per_position = n_slots * _hparam(gf, "block_count") * n_ctx * KV_ITEMSIZE[kv_type]
+    per_position = n_slots * _trunk_layers(gf) * n_ctx * KV_ITEMSIZE[kv_type]
     n_head = _hparam(gf, "attention.head_count")
     rank = _hparam(gf, "attention.kv_lora_rank", 0)
     if rank:

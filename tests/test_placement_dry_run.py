@@ -24,7 +24,7 @@ from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.placement_inputs import forward_matrices
 from numallm.engine.weights import check_model, matrix_tables
 from numallm.errors import BadInputError, ModelFormatError
-from numallm.numa.placement import group_reads
+from numallm.numa.placement import group_reads, tensor_group
 from numallm.numa.topology import Topology, detect
 from numallm.numa.workers import plan_workers
 from test_placement_plan import with_free
@@ -145,18 +145,26 @@ def test_deepseek_v3_q8_0_needs_distributing_on_two_512_gib_nodes(root: str,
     assert plan(header_only("deepseek-v3", Q.Q4_K), machine(root, 512 * GiB))["mode"] == "mirror"
 
 
-def test_the_dry_run_plans_what_the_engine_places(fixture_model: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("name", ["tiny-qwen3moe", "tiny-glm4moe"])
+def test_the_dry_run_plans_what_the_engine_places(fixture_model: Callable[[str], Path], name: str) -> None:
     """On a file the engine runs, the tensor table gives the decoder's matrices: the same
-    bytes per group and per token as the engine's own tables (its names are the slots')."""
-    path = fixture_model("tiny-qwen3moe")
+    bytes per group and per token, and the same row groups, as the engine's own tables
+    (its names are the slots'); glm4moe: shared experts and a leading dense layer."""
+    path = fixture_model(name)
     gf = read_gguf(path)
+    hp = arch.describe(gf.metadata, str(path)).hparams
     layout = check_model(gf, arch.describe(gf.metadata, str(path)))
-    engine = group_reads(forward_matrices(*matrix_tables(layout, 3, layout.read_span()[0]), n_expert_used=2))
-    table = group_reads(file_matrices(gf))
-    slots = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate_inp": "router",
-             "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps", "ffn_down_exps": "down_exps",
-             "token_embd": "output"}  # tied: the embeddings are the output projection
-    assert sorted((slots[g], *rest) for g, *rest in table) == sorted(engine)
+    mats = forward_matrices(*matrix_tables(layout, hp.n_layer, layout.read_span()[0]), hp.n_expert_used)
+    slots = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
+             "ffn_down": "down", "ffn_gate_inp": "router", "ffn_gate_exps": "gate_exps", "ffn_up_exps": "up_exps",
+             "ffn_down_exps": "down_exps", "ffn_gate_shexp": "gate_shexp", "ffn_up_shexp": "up_shexp",
+             "ffn_down_shexp": "down_shexp"}
+    if "output.weight" not in gf.tensors:
+        slots["token_embd"] = "output"  # tied: the embeddings are the output projection
+    table = file_matrices(gf)
+    assert sorted((slots.get(g, g), *rest) for g, *rest in group_reads(table)) == sorted(group_reads(mats))
+    groups = {(slots.get(tensor_group(m.name), tensor_group(m.name)), m.row_group) for m in table}
+    assert groups == {(tensor_group(m.name), m.row_group) for m in mats}
 
 
 def test_dry_run_command(root: str, header_only: Callable[[str, Q], Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,6 +199,7 @@ def test_bad_input_is_one_line_and_exit_2(header_only: Callable[[str, Q], Path],
 
 def test_unknown_tensor_names_are_not_planned(tmp_path: Path) -> None:
     w = GGUFWriter(tmp_path / "odd.gguf", "llama")
+    w.add_block_count(1)
     w.add_tensor_info("token_embd.weight", (32, 64), np.dtype(np.float32), 32 * 64 * 4)
     w.add_tensor_info("blk.0.mystery.weight", (64, 64), np.dtype(np.float32), 64 * 64 * 4)
     w.write_header_to_file()
