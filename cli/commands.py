@@ -30,7 +30,8 @@ COMMANDS = (
     Command("bench", "prompt and generation speed, llama-bench style", bench.run, bench.add_arguments, lists=True),
     Command("serve", "OpenAI-compatible HTTP server with continuous batching", serve.run, serve.add_arguments),
     Command("topology", "show packages, NUMA nodes, cores and the worker plan", topology.run),
-    Command("placement", "load and place the model, then show where its pages really are", placement.run),
+    Command("placement", "load and place the model, then show where its pages really are (--dry-run: plan "
+            "only)", placement.run, placement.add_arguments),
 )
 
 

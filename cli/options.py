@@ -9,6 +9,7 @@ from typing import Any
 
 from numallm.engine.options import KV_TYPES, LOAD_MODES, NUMA_MODES
 from numallm.errors import BadInputError
+from numallm.numa.sizes import parse_size
 
 # llama.cpp's loading flags and the --load-mode each one means.
 LOAD_MODE_ALIASES = {"--mmap": "mmap", "--no-mmap": "none", "--mlock": "mlock", "--direct-io": "dio"}
@@ -51,6 +52,10 @@ def shared_options(lists: bool = False) -> argparse.ArgumentParser:
     g.add_argument("-ctv", "--cache-type-v", default="f16", choices=KV_TYPES,
                    help="KV cache type for V (default f16)")
     g.add_argument("--numa", default="auto", choices=modes(NUMA_MODES), help="weight placement (default auto)")
+    if not lists:
+        g.add_argument("--mirror-budget", default=None, metavar="SIZE",
+                       help="with --numa mirror: mirror at most SIZE bytes (e.g. 200G, 512M) of the tensors read "
+                       "most per byte (attention, router, output) and distribute the rest (the experts)")
     g.add_argument("--numa-node", type=int, default=None, metavar="N",
                    help="with --numa isolate: the NUMA node for the weights and the workers "
                    "(default: the first worker's node)")
@@ -96,6 +101,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
     if note:
         print(f"numallm: note: {note}", file=sys.stderr)
-    return dict(model=args.model, numa=args.numa, numa_node=args.numa_node, hugepages=not args.no_hugepages,
+    budget = None if args.mirror_budget is None else parse_size(args.mirror_budget, "--mirror-budget")
+    return dict(model=args.model, numa=args.numa, numa_node=args.numa_node, mirror_budget=budget,
+                hugepages=not args.no_hugepages,
                 load_mode=load_mode, threads=args.threads, ctx_size=args.ctx_size, kv_type=args.cache_type_k,
                 smt=args.smt, verbose=args.verbose)

@@ -73,14 +73,15 @@ class Engine:
     def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
                  load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
                  kv_type: str = "f16", smt: bool = False, n_slots: int = 1, numa_node: int | None = None,
-                 hugepages: bool = True, verbose: bool = False) -> None:
+                 hugepages: bool = True, mirror_budget: int | str | None = None, verbose: bool = False) -> None:
         t0 = time.perf_counter()
         self.verbose = verbose
         self._pool: WorkerPool | None = None
         self._lock = threading.RLock()
         self._scratch: dict[int, tuple[np.ndarray, ...]] = {}  # plain(Scratch) by batch size
         self._worker_memory: list[WorkerMemory] | None = []
-        loaded = load_model(model, numa=numa, numa_node=numa_node, load_mode=load_mode, hugepages=hugepages,
+        loaded = load_model(model, numa=numa, numa_node=numa_node, mirror_budget=mirror_budget,
+                            load_mode=load_mode, hugepages=hugepages,
                             threads=threads, smt=smt, ctx_size=ctx_size, kv_type=kv_type, n_slots=n_slots,
                             verbose=verbose, check_file=functools.partial(self._check_file, ctx_size))
         self.path, self.spec, self.hparams = loaded.path, loaded.spec, loaded.spec.hparams

@@ -120,10 +120,11 @@ def scratch(hp: HParams, n: int, n_workers: int = 1) -> Scratch:
                      eu=(pairs, hp.n_ff_exp), sg=(n, shexp), su=(n, shexp), sh=(n, hp.n_embd if shexp else 0),
                      xe=(w, m, hp.n_embd), ye=(w, m, hp.n_embd), y=(w, pairs, hp.n_embd),
                      chosen=(w, n, hp.n_expert_used), weights=(w, n, hp.n_expert_used), probs=(w, hp.n_expert),
-                     select=(w, hp.n_expert), group=(w, hp.n_expert), order=(w, max(hp.n_expert, pairs)), start=(w, hp.n_expert + 1),
-                     stack=(w, STACK_ROWS, 3))
+                     select=(w, hp.n_expert), group=(w, hp.n_expert), order=(w, max(hp.n_expert, pairs)),
+                     start=(w, hp.n_expert + 1), stack=(w, STACK_ROWS, 3))
     ints = {"chosen", "order", "start", "stack"}
-    return Scratch(*(np.zeros(shape, np.int64 if f in ints else np.float32) for f, shape in zip(Scratch._fields, shapes)))
+    return Scratch(*(np.zeros(shape, np.int64 if f in ints else np.float32)
+                     for f, shape in zip(Scratch._fields, shapes)))
 
 
 class WorkerMemory(NamedTuple):

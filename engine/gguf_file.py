@@ -261,11 +261,13 @@ def _decode_strings(buf: Any, lo: int, hi: int, starts: list[int]) -> list[str]:
     return [str(buf[a + 8:b], "utf-8", "surrogateescape") for a, b in zip(starts, ends)]
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+def read_gguf(path: str | os.PathLike[str], header_only: bool = False) -> GGUFFile:
     """Read and validate a GGUF file's header, metadata and tensor table.
 
     Raises BadInputError for a path that is not a readable regular file and
     ModelFormatError (both exit status 2) for anything wrong inside it.
+    header_only: accept tensor data past the end of the file (a file cut after its
+    tensor table, for plans that read no weights: `numallm placement --dry-run`).
     """
     spath = os.fspath(path)
     try:
@@ -290,12 +292,12 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     except OSError as e:
         raise BadInputError(f"{spath}: cannot read ({e.strerror})") from None
     try:
-        return _parse(_Cursor(buf, spath), size)
+        return _parse(_Cursor(buf, spath), size, header_only)
     finally:
         buf.close()
 
 
-def _parse(cur: _Cursor, size: int) -> GGUFFile:
+def _parse(cur: _Cursor, size: int, header_only: bool = False) -> GGUFFile:
     if cur.buf[:4] != GGUF_MAGIC:
         raise cur.fail(f"not a GGUF file (magic {bytes(cur.buf[:4])!r}, expected b'GGUF')", 0)
     cur.pos = 4
@@ -340,7 +342,7 @@ def _parse(cur: _Cursor, size: int) -> GGUFFile:
     tensors: dict[str, TensorInfo] = {}
     for start, name, shape, code, offset in raw_infos:
         tensors[name] = _tensor_info(cur, start, name, shape, code, offset, alignment,
-                                     data_offset, size, tensors)
+                                     data_offset, None if header_only else size, tensors)
     _check_no_overlap(cur, tensors)
     return GGUFFile(path=cur.path, version=version, metadata=metadata, tensors=tensors,
                     alignment=alignment, data_offset=data_offset, file_size=size)
@@ -357,8 +359,9 @@ def _alignment(cur: _Cursor, metadata: dict[str, Any]) -> int:
 
 
 def _tensor_info(cur: _Cursor, start: int, name: str, shape: tuple[int, ...], code: int,
-                 offset: int, alignment: int, data_offset: int, size: int,
+                 offset: int, alignment: int, data_offset: int, size: int | None,
                  seen: dict[str, TensorInfo]) -> TensorInfo:
+    """One checked tensor table entry; size None: the data need not be in the file."""
     shown = show_name(name)
     if name in seen:
         raise cur.fail(f"duplicate tensor name {shown}", start)
@@ -380,7 +383,7 @@ def _tensor_info(cur: _Cursor, start: int, name: str, shape: tuple[int, ...], co
     nbytes = n_elems // block * type_size
     if offset % alignment:
         raise cur.fail(f"tensor {shown} offset {offset} is not aligned to {alignment}", start)
-    if data_offset + offset + nbytes > size:
+    if size is not None and data_offset + offset + nbytes > size:
         raise cur.fail(f"truncated file: tensor {shown} needs bytes "
                        f"{data_offset + offset}..{data_offset + offset + nbytes} "
                        f"but the file has {size}", start)

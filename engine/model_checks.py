@@ -19,7 +19,7 @@ from gguf import Keys
 from numallm.engine.arch import architecture
 from numallm.engine.arch.spec import TOKEN_EMBD, Architecture, Key
 from numallm.engine.gguf_file import GGUFFile
-from numallm.errors import ModelFormatError
+from numallm.errors import ModelFormatError, UnsupportedError
 
 SPECIAL_TOKEN_KEYS = ("bos", "eos", "unknown", "padding", "sep", "cls", "mask", "eot", "eom")
 
@@ -34,6 +34,7 @@ def check_architecture(gf: GGUFFile) -> None:
     _check_mla(gf, arch.name, values)
     _check_experts(gf, arch.name, values)
     _check_routing(gf, arch.name, values)
+    _check_refused(gf, arch)
     n_vocab = _check_vocabulary(gf, arch.name, n_embd)
     vocab_size = values.get(Keys.LLM.VOCAB_SIZE)
     if vocab_size is not None and vocab_size != n_vocab:
@@ -91,6 +92,14 @@ def _check_key(gf: GGUFFile, name: str, key: Key) -> int | float | None:
     if not (math.isfinite(value) and key.lo < value <= key.hi):
         raise _error(gf, f"key {name!r} is {value!r}, outside the sane range ({key.lo}, {key.hi}]")
     return value
+
+
+def _check_refused(gf: GGUFFile, arch: Architecture) -> None:
+    for template, variant in arch.refused_keys.items():
+        name = template.format(arch=arch.name)
+        value = gf.metadata.get(name)
+        if value is not None and np.any(np.asarray(value) != 0):
+            raise UnsupportedError(f"{gf.path}: key {name!r} is set: {variant}, which numallm does not run")
 
 
 def _check_heads(gf: GGUFFile, arch: str, values: dict[str, Any]) -> int:

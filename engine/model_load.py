@@ -21,6 +21,7 @@ from numallm.engine.model_store import resolve_model
 from numallm.engine.options import LOAD_MODES, NUMA_MODES
 from numallm.engine.placing import PlacedModel, place_model, placed_workers
 from numallm.errors import BadInputError
+from numallm.numa.sizes import parse_size
 from numallm.numa.topology import detect
 from numallm.numa.workers import WorkerSlot
 
@@ -44,15 +45,18 @@ class LoadedModel:
 
 
 def load_model(model: str | os.PathLike[str] | None, *, numa: str = "auto", numa_node: int | None = None,
-               load_mode: str = "auto", hugepages: bool = True, threads: int | None = None, smt: bool = False,
+               mirror_budget: int | str | None = None, load_mode: str = "auto", hugepages: bool = True, threads: int | None = None, smt: bool = False,
                ctx_size: int | None = None, kv_type: str = "f16", n_slots: int = 1, verbose: bool = False,
                check_file: FileCheck | None = None) -> LoadedModel:
     """Find, read, check and place `model` (a path, a known name, or None for the default);
-    ctx_size None or 0: min(the model's trained context, DEFAULT_CTX)."""
+    ctx_size None or 0: min(the model's trained context, DEFAULT_CTX); mirror_budget: with
+    numa "mirror", the most bytes to mirror (a number, or a size such as "200G")."""
     if load_mode not in LOAD_MODES:
         raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
     if numa not in NUMA_MODES:
         raise BadInputError(f"--numa {numa!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
+    if isinstance(mirror_budget, str):
+        mirror_budget = parse_size(mirror_budget, "--mirror-budget")
     topo = detect("/")
     workers = placed_workers(topo, numa, numa_node, threads, smt)
     path = resolve_model(model)
@@ -66,6 +70,7 @@ def load_model(model: str | os.PathLike[str] | None, *, numa: str = "auto", numa
         raise BadInputError(f"--ctx-size must be positive, got {n_ctx}")
     if isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots <= 0:
         raise BadInputError(f"the number of sequence slots must be a positive whole number, not {n_slots!r}")
-    placed = place_model(gf, spec, topo, workers, numa=numa, numa_node=numa_node, load_mode=load_mode,
+    placed = place_model(gf, spec, topo, workers, numa=numa, numa_node=numa_node, mirror_budget=mirror_budget,
+                         load_mode=load_mode,
                          hugepages=hugepages, n_ctx=n_ctx, n_slots=n_slots, kv_type=kv_type, verbose=verbose)
     return LoadedModel(path, gf, spec, workers, n_ctx, placed)

@@ -14,6 +14,7 @@ from numallm.engine.kv_cache import head_ranges
 from numallm.engine.placement_inputs import matrix_offsets
 from numallm.numa.memory import page_nodes, smaps_bytes, thp_setting
 from numallm.numa.pages import PAGE, address
+from numallm.numa.placement import tensor_group
 from numallm.numa.split import part
 
 if TYPE_CHECKING:
@@ -61,13 +62,6 @@ def _missing(by_node: dict[int, int]) -> int:
     return sum(n for v, n in by_node.items() if v < 0)
 
 
-def _group(name: str) -> str:
-    """A matrix's tensor group: q, k, v, o, gate, up, down, router, gate_exps, up_exps,
-    down_exps (over every layer and expert), output, token_embd."""
-    parts = name.split(".")  # blk.<layer>.<slot>[.<expert>]
-    return parts[2] if parts[0] == "blk" else name
-
-
 def page_report(placed: PlacedModel) -> dict[str, Any]:
     plan, w = placed.plan, placed.weights
     pages = {key: PageMap(buf) for key, buf in placed.wbufs.items()}
@@ -76,7 +70,7 @@ def page_report(placed: PlacedModel) -> dict[str, Any]:
     groups: dict[str, dict[int, int]] = {}
     for m in plan.matrices:
         span = (offsets[m.name], offsets[m.name] + m.nbytes)
-        g = groups.setdefault(_group(m.name), {})
+        g = groups.setdefault(tensor_group(m.name), {})
         for pm in pages.values():
             for v, n in pm.bytes_by_node(*span).items():
                 g[v] = g.get(v, 0) + n
@@ -116,8 +110,9 @@ def page_report(placed: PlacedModel) -> dict[str, Any]:
         "nodes": [{"os_index": n, "weight_bytes": weight_by_node.get(n, 0), "kv_bytes": kv_by_node.get(n, 0),
                    "workers": on_cpu.get(n, 0)} for n in listed],
         "per_token": measured_locality(placed, pages, offsets),
-        "groups": [{"name": name, "bytes_by_node": _json_nodes(by), "missing_bytes": _missing(by)}
-                   for name, by in groups.items()],
+        "groups": [{"name": g.name, "placement": g.placement, "why": g.why,
+                    "bytes_by_node": _json_nodes(groups[g.name]), "missing_bytes": _missing(groups[g.name])}
+                   for g in plan.groups],
         "buffers": [{"buffer": key, "planned_bytes": sum(hi - lo for lo, hi in placed.populated[key]),
                      "bytes_by_node": _json_nodes(pm.sum_over([(0, placed.wbufs[key].size)]))}
                     for key, pm in pages.items()],

@@ -4,8 +4,9 @@ place_model plans (numa/placement.py), checks every node's free memory (counting
 page cache the kernel can drop) before allocating anything, then allocates each node's memory with its policy
 (numa/memory.py) and fills it from threads bound to that node: reads straight from the
 file for the first copy (repacked there), copies of it for mirror's other nodes, only
-the rows a node's workers compute for distribute. Every node's weight buffer has the
-same layout, so the weight tables are valid in each.
+the rows a node's workers compute for distribute, and for partial-mirror the mirrored
+groups whole plus those rows of the rest (each node read from the file). Every node's
+weight buffer has the same layout, so the weight tables are valid in each.
 
 Load modes with a placing mode (anything but none): auto and none read buffered, dio
 reads with O_DIRECT, mlock reads buffered and then locks what was placed, and mmap
@@ -49,6 +50,7 @@ from numallm.numa.memory import (
 )
 from numallm.numa.pages import PAGE, align_up
 from numallm.numa.placement import (
+    PER_NODE_MODES,
     PlacementPlan,
     build_plan,
     check_memory,
@@ -63,7 +65,6 @@ from numallm.numa.workers import WorkerSlot, plan_workers
 
 log = logging.getLogger(__name__)
 
-PER_NODE_MODES = ("mirror", "distribute")  # one weight buffer and KV pair per node in use
 _warned_balancing = False
 
 
@@ -89,8 +90,8 @@ def placed_workers(topo: Topology, numa: str, numa_node: int | None, threads: in
 
 
 def buffer_key(plan: PlacementPlan, worker: int) -> int | None:
-    """Which buffers a worker uses: its home node's (mirror, distribute), else the one
-    shared set (None)."""
+    """Which buffers a worker uses: its home node's (mirror, distribute, partial-mirror),
+    else the one shared set (None)."""
     return plan.homes[worker] if plan.mode in PER_NODE_MODES else None
 
 
@@ -138,10 +139,11 @@ class PlacedModel:
 
 
 def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[WorkerSlot], *,
-                numa: str = "auto", numa_node: int | None = None, load_mode: str = "auto",
-                hugepages: bool = True, n_ctx: int, n_slots: int = 1, kv_type: str = "f16",
-                verbose: bool = False) -> PlacedModel:
-    """Plan, check memory, allocate and fill. verbose: one stderr line per node filled."""
+                numa: str = "auto", numa_node: int | None = None, mirror_budget: int | None = None,
+                load_mode: str = "auto", hugepages: bool = True, n_ctx: int, n_slots: int = 1,
+                kv_type: str = "f16", verbose: bool = False) -> PlacedModel:
+    """Plan, check memory, allocate and fill. verbose: one stderr line per node filled.
+    mirror_budget: --mirror-budget in bytes (with numa "mirror")."""
     hp = spec.hparams
     topo = with_available_memory(topo)  # page cache and reclaimable slab count as free
     layout = check_model(gf, spec)
@@ -149,9 +151,9 @@ def place_model(gf: GGUFFile, spec: ArchSpec, topo: Topology, workers: list[Work
     layer, model = matrix_tables(layout, hp.n_layer, base)
     matrices = forward_matrices(layer, model, hp.n_expert_used)
     kv = kv_heads(hp, n_ctx, kv_type, n_slots)
-    mirror_kv = build_plan("mirror", topo, workers, matrices, kv).kv_bytes_per_node() or {}
-    mode, reason = choose_mode(numa, topo, workers, sum(m.nbytes for m in matrices), mirror_kv)
-    plan = build_plan(mode, topo, workers, matrices, kv, numa_node)
+    choice = choose_mode(numa, topo, workers, matrices, kv, mirror_budget)
+    mode, reason = choice.mode, choice.reason
+    plan = build_plan(mode, topo, workers, matrices, kv, numa_node, choice.groups)
     check_memory(plan, topo)
     if mode == "none":
         _warn_numa_balancing()
@@ -210,11 +212,11 @@ def _unplaced(gf: GGUFFile, spec: ArchSpec, plan: PlacementPlan, reason: str, lo
 def _weight_ranges(plan: PlacementPlan, offsets: dict[str, int], layout: Layout, base: int,
                    size: int) -> dict[int | None, list[Range]]:
     """Image bytes each weight buffer holds: all of them (mirror: on every node), or for
-    distribute each node's extents (the norm vectors too on worker 0's node, where they
-    are copied from)."""
+    distribute and partial-mirror each node's extents (the norm vectors too on worker 0's
+    node, where they are copied from)."""
     if plan.mode == "mirror":
         return {n: [(0, size)] for n in plan.nodes}
-    if plan.mode != "distribute":
+    if plan.mode not in PER_NODE_MODES:
         return {None: [(0, size)]}
     ranges: dict[int | None, list[Range]] = {n: [] for n in plan.nodes}
     for m, extents in zip(plan.matrices, plan.extents):

@@ -6,8 +6,12 @@ anything, then fills each node's memory from threads bound to that node.
 
 Modes (see README, issue 7): mirror = a whole copy on every node in use; distribute =
 one copy split by rows, each node holding exactly the rows its own workers compute in
-the forward pass (same part() split); interleave = one copy, pages round-robin over the
-nodes in use; isolate = everything on one node; none = no policy, the kernel decides.
+the forward pass (same part() split; an expert's rows too, so whichever experts a token
+picks each node reads only its own slice of them); partial-mirror = mirror for the tensor
+groups read most per byte stored (attention, router, output: every token reads all of
+them), distribute for the rest (the experts: a token reads k of n), chosen within a
+budget or within each node's free memory; interleave = one copy, pages round-robin over
+the nodes in use; isolate = everything on one node; none = no policy, the kernel decides.
 
 A worker's memory goes to its own node ("home"); when the cpuset forbids allocating
 there, to the nearest allowed node with memory, and its reads then count as remote.
@@ -16,22 +20,30 @@ there, to the nearest allowed node with memory, and its reads then count as remo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from numallm.errors import BadInputError, ResourceError
 from numallm.numa.cpulist import format_cpulist
 from numallm.numa.modes import NUMA_MODES
+from numallm.numa.sizes import format_size, parse_size
 from numallm.numa.split import part
 from numallm.numa.sysfs import SysfsRoot
 from numallm.numa.topology import LOCAL_DISTANCE, Topology
 from numallm.numa.workers import WorkerSlot
 
 
-PLACED_MODES = tuple(m for m in NUMA_MODES if m != "auto")
-# The order in which check_memory suggests another mode: least memory and remote traffic first.
-_FALLBACKS = ("distribute", "interleave", "isolate", "mirror")
+# An effective mode only: --numa mirror with a --mirror-budget below a whole copy, or auto
+# when a whole copy does not fit on every node.
+PARTIAL = "partial-mirror"
+PLACED_MODES = (*(m for m in NUMA_MODES if m != "auto"), PARTIAL)
+PER_NODE_MODES = ("mirror", "distribute", PARTIAL)  # each node in use holds its own buffers
+# The order in which check_memory suggests another mode: most mirrored first, then least
+# memory and remote traffic.
+_FALLBACKS = (PARTIAL, "distribute", "interleave", "isolate", "mirror")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,52 @@ class KvHeads:
     token_bytes: int = 0  # all KV heads' bytes per token (over every layer), for the reports
 
 
+def tensor_group(name: str) -> str:
+    """A matrix's tensor group: its slot over every layer and expert (the matrix names are
+    blk.<layer>.<slot>[.<expert>]), or its own name outside the layers (output, token_embd)."""
+    parts = name.split(".")
+    return parts[2] if parts[0] == "blk" and len(parts) > 2 else name
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """How a tensor group is placed and why. nbytes: one copy of it; read_bytes: the bytes
+    of it one generated token reads (all of a matmul's, k/n of an expert tensor's, one
+    row of a looked-up matrix)."""
+
+    name: str
+    placement: str  # mirror, distribute, or the plan's mode where it places every group alike
+    nbytes: int
+    read_bytes: float
+    why: str
+
+
+def group_reads(matrices: Sequence[Matrix]) -> list[tuple[str, int, float, bool]]:
+    """(group, bytes of one copy, bytes a token reads, whether its rows are split among the
+    workers) per tensor group, most read per byte stored first (among equals the smaller
+    first, so a budget fits more of them). A group of looked-up matrices only is read by
+    worker 0 alone (distribute already keeps it whole on its node)."""
+    size: dict[str, int] = {}
+    reads: dict[str, float] = {}
+    split: dict[str, bool] = {}
+    for m in matrices:
+        g = tensor_group(m.name)
+        size[g] = size.get(g, 0) + m.nbytes
+        reads[g] = reads.get(g, 0.0) + (m.nbytes * m.read_share if m.matmul else m.row_bytes)
+        split[g] = split.get(g, False) or m.matmul
+    return sorted(((g, size[g], reads[g], split[g]) for g in size),
+                  key=lambda t: (-t[2] / max(t[1], 1), t[1], t[0]))
+
+
+def _only_worker_0(g: str, nbytes: int, read: float) -> GroupChoice:
+    return GroupChoice(g, "distribute", nbytes, read, f"{_share_text(nbytes, read)}: only worker 0 reads it (one "
+                       "row per token), so it stays whole on that worker's node; a copy elsewhere would never be read")
+
+
+def _share_text(nbytes: int, read: float) -> str:
+    return f"a token reads {read / nbytes:.1%} of its {_size(nbytes)}" if nbytes else "empty"
+
+
 @dataclass(frozen=True)
 class PlacementPlan:
     mode: str  # the effective mode (never auto)
@@ -95,6 +153,12 @@ class PlacementPlan:
     extents: tuple[tuple[Extent, ...], ...]  # per matrix, in matrices order
     kv: KvHeads | None
     kv_heads: tuple[tuple[int | None, tuple[int, ...]], ...]  # (node or None as in Extent, KV heads)
+    groups: tuple[GroupChoice, ...] = ()  # per tensor group, most read per byte first
+
+    @property
+    def mirrored(self) -> frozenset[str]:
+        """The tensor groups every node in use holds whole."""
+        return frozenset(g.name for g in self.groups if g.placement == "mirror")
 
     def workers_per_node(self) -> dict[int, int]:
         """Workers running on each node (the node of their CPU)."""
@@ -152,53 +216,164 @@ def home_node(topo: Topology, slot: WorkerSlot) -> int:
     return min(allowed, key=lambda n: (distance(n), n))
 
 
-def choose_mode(requested: str, topo: Topology, plan: Sequence[WorkerSlot], weight_bytes: int,
-                kv_bytes_per_node: dict[int, int]) -> tuple[str, str]:
-    """(the effective mode, one line saying why) for --numa `requested` with these workers.
+class Choice(NamedTuple):
+    """choose_mode's answer: the effective mode, one line saying why, and for
+    partial-mirror which tensor groups it mirrors and why (see GroupChoice)."""
+
+    mode: str
+    reason: str
+    groups: tuple[GroupChoice, ...] = ()
+
+
+def choose_mode(requested: str, topo: Topology, workers: Sequence[WorkerSlot], matrices: Sequence[Matrix],
+                kv: KvHeads | None = None, mirror_budget: int | None = None) -> Choice:
+    """The effective mode for --numa `requested` (and --mirror-budget) with these workers.
 
     auto on several nodes: mirror when every node in use has free memory for a whole copy
-    of the weights plus its KV cache share (kv_bytes_per_node, as mirror places it:
-    build_plan("mirror", ...).kv_bytes_per_node()), else distribute. One node in use:
-    none, and auto where that node is the only one, leave the pages to the kernel
-    (nothing to place); auto on a machine with more nodes isolates there (so no page
-    strays to another node); an explicit mode keeps its name and comes down to that node
-    (one copy bound there), running the same placement code as on several nodes."""
+    of the weights plus its KV cache share (as mirror places it); else partial-mirror,
+    mirroring the tensor groups read most per byte stored while every node still has
+    room (fitting_groups), when that mirrors anything; else distribute. A node whose
+    free memory is unknown makes it distribute (one copy is safe). mirror with a budget:
+    the groups read most per byte stored whose copies fit in the budget (budget_groups);
+    mirror when that is all of them, distribute when none. One node in use: none, and
+    auto where that node is the only one, leave the pages to the kernel (nothing to
+    place); auto on a machine with more nodes isolates there (so no page strays to
+    another node); an explicit mode keeps its name and comes down to that node (one copy
+    bound there), running the same placement code as on several nodes."""
     if requested not in NUMA_MODES:
         raise BadInputError(f"--numa {requested!r} is not a placement mode (use one of {', '.join(NUMA_MODES)})")
-    homes = sorted({home_node(topo, s) for s in plan})
+    if mirror_budget is not None and requested != "mirror":
+        raise BadInputError(f"--mirror-budget goes with --numa mirror, not --numa {requested} "
+                            "(auto chooses what to mirror from each node's free memory)")
+    if mirror_budget is not None and mirror_budget < 0:
+        raise BadInputError(f"--mirror-budget must not be negative, got {mirror_budget}")
+    homes = sorted({home_node(topo, s) for s in workers})
     if len(homes) == 1:
         node = homes[0]
         if requested == "none" or (requested == "auto" and len(memory_nodes(topo)) <= 1):
-            return "none", (f"--numa {requested}: one NUMA node in use (node {node}), "
-                            "no placement needed")
+            return Choice("none", f"--numa {requested}: one NUMA node in use (node {node}), no placement needed")
         if topo.libnuma is False:
-            return "none", (f"--numa {requested}: one NUMA node in use (node {node}) and no libnuma "
-                            "to bind memory with, so the kernel places the pages")
+            return Choice("none", f"--numa {requested}: one NUMA node in use (node {node}) and no libnuma "
+                          "to bind memory with, so the kernel places the pages")
         if requested == "auto":
-            return "isolate", f"--numa auto: every worker uses node {node}, so everything goes there"
-        return requested, (f"--numa {requested}: one NUMA node in use (node {node}), so it comes "
-                           "down to one copy bound there")
+            return Choice("isolate", f"--numa auto: every worker uses node {node}, so everything goes there")
+        return Choice(requested, f"--numa {requested}: one NUMA node in use (node {node}), so it comes "
+                      "down to one copy bound there")
     in_use = format_cpulist(homes)
+    if mirror_budget is not None:
+        return _budgeted(matrices, mirror_budget, in_use)
     if requested != "auto":
-        return requested, f"--numa {requested} over nodes {in_use}, as asked"
+        return Choice(requested, f"--numa {requested} over nodes {in_use}, as asked")
+    total = sum(m.nbytes for m in matrices)
+    kv_need = build_plan("mirror", topo, workers, matrices, kv).kv_bytes_per_node() or {}
     for n in homes:
         free = topo.node(n).free_bytes
-        need = weight_bytes + kv_bytes_per_node.get(n, 0)
         if free is None:
-            return "distribute", f"--numa auto: distribute, node {n}'s free memory is unknown (one copy is safe)"
-        if free < need:
-            return "distribute", (f"--numa auto: distribute, node {n} has {_size(free)} free, less than "
-                                  f"a whole copy ({_size(weight_bytes)}) plus its KV cache "
-                                  f"({_size(kv_bytes_per_node.get(n, 0))})")
-    return "mirror", (f"--numa auto: mirror, every node in use ({in_use}) has room for a whole copy "
-                      f"({_size(weight_bytes)}) plus its KV cache")
+            return Choice("distribute", f"--numa auto: distribute, node {n}'s free memory is unknown (one copy is safe)")
+        if free < total + kv_need.get(n, 0):
+            lack = (f"node {n} has {_size(free)} free, less than a whole copy ({_size(total)}) plus its "
+                    f"KV cache ({_size(kv_need.get(n, 0))})")
+            groups = fitting_groups(topo, workers, matrices, kv)
+            mirrored = [g for g in groups if g.placement == "mirror"]
+            if not mirrored:
+                return Choice("distribute", f"--numa auto: distribute, {lack}, and no tensor group's copies "
+                              "fit beside one distributed copy")
+            return Choice(PARTIAL, f"--numa auto: partial mirror, {lack}: mirrors {_names(mirrored)} "
+                          f"({_size(sum(g.nbytes for g in mirrored))}, the groups read most per byte stored "
+                          "that fit every node) and distributes the rest", groups)
+    return Choice("mirror", f"--numa auto: mirror, every node in use ({in_use}) has room for a whole copy "
+                  f"({_size(total)}) plus its KV cache")
+
+
+def _names(groups: Sequence[GroupChoice]) -> str:
+    return ", ".join(g.name for g in groups)
+
+
+def budget_groups(matrices: Sequence[Matrix], budget: int) -> tuple[GroupChoice, ...]:
+    """Each tensor group mirrored or distributed under --mirror-budget `budget` (bytes of
+    one copy of what is mirrored): in group_reads' order, a group is mirrored when it
+    fits in what the groups before it left of the budget."""
+    used = 0
+    out = []
+    for g, nbytes, read, split in group_reads(matrices):
+        if not split:
+            out.append(_only_worker_0(g, nbytes, read))
+        elif used + nbytes <= budget:
+            used += nbytes
+            out.append(GroupChoice(g, "mirror", nbytes, read, f"{_share_text(nbytes, read)}: mirrored, within "
+                                   f"the budget ({_size(used)} of {_size(budget)} used)"))
+        else:
+            out.append(GroupChoice(g, "distribute", nbytes, read, f"{_share_text(nbytes, read)}: distributed, "
+                                   f"a copy would pass the budget ({_size(budget - used)} of "
+                                   f"{_size(budget)} left)"))
+    return tuple(out)
+
+
+def _budgeted(matrices: Sequence[Matrix], budget: int, in_use: str) -> Choice:
+    groups = budget_groups(matrices, budget)
+    mirrored = [g for g in groups if g.placement == "mirror"]
+    given = f"--numa mirror --mirror-budget {_size(budget)} over nodes {in_use}"
+    total = sum(g.nbytes for g in groups)
+    if total <= budget:
+        return Choice("mirror", f"{given}: the whole model ({_size(total)}) fits the budget, so every node "
+                      "holds a copy")
+    if not mirrored:
+        return Choice("distribute", f"{given}: no tensor group fits the budget (the first to mirror, "
+                      f"{groups[0].name}, is {_size(groups[0].nbytes)}), so one copy is distributed")
+    return Choice(PARTIAL, f"{given}: mirrors {_names(mirrored)} ({_size(sum(g.nbytes for g in mirrored))}, "
+                  "the groups read most per byte stored that fit the budget) and distributes the rest", groups)
+
+
+def fitting_groups(topo: Topology, workers: Sequence[WorkerSlot], matrices: Sequence[Matrix],
+                   kv: KvHeads | None = None) -> tuple[GroupChoice, ...]:
+    """Each tensor group mirrored or distributed so that every node in use has room: from
+    one distributed copy, in group_reads' order, a group every token reads in full
+    (attention, router, shared experts, dense FFNs, output) is mirrored when a whole copy
+    on every node (instead of each node's share of it) still fits each node's free
+    memory (a node of unknown free memory fits nothing more). Experts stay distributed:
+    that is what makes room (--mirror-budget can mirror them all the same)."""
+    dist = build_plan("distribute", topo, workers, matrices, kv)
+    share: dict[str, dict[int, int]] = {}
+    for m, extents in zip(dist.matrices, dist.extents):
+        by_node = share.setdefault(tensor_group(m.name), {})
+        for e in extents:
+            if e.node is not None:
+                by_node[e.node] = by_node.get(e.node, 0) + e.nbytes
+    weights, kv_bytes = dist.weight_bytes_per_node() or {}, dist.kv_bytes_per_node() or {}
+    need = {n: weights.get(n, 0) + kv_bytes.get(n, 0) for n in dist.nodes}
+    free = {n: topo.node(n).free_bytes for n in dist.nodes}
+    out = []
+    for g, nbytes, read, split in group_reads(matrices):
+        if not split:
+            out.append(_only_worker_0(g, nbytes, read))
+            continue
+        if read < nbytes:
+            out.append(GroupChoice(g, "distribute", nbytes, read, f"{_share_text(nbytes, read)}: distributed, as "
+                                   "auto keeps what a token reads only in part (the experts)"))
+            continue
+        more = {n: nbytes - share.get(g, {}).get(n, 0) for n in dist.nodes}
+        over = [n for n in dist.nodes if free[n] is None or need[n] + more[n] > (free[n] or 0)]
+        if not over:
+            for n in dist.nodes:
+                need[n] += more[n]
+            out.append(GroupChoice(g, "mirror", nbytes, read, f"{_share_text(nbytes, read)}: mirrored, "
+                                   "every node has room for a copy"))
+            continue
+        n = over[0]
+        room = "its free memory is unknown" if free[n] is None else (
+            f"it would need {_size(need[n] + more[n])} of its {_size(free[n] or 0)} free")
+        out.append(GroupChoice(g, "distribute", nbytes, read, f"{_share_text(nbytes, read)}: distributed, a copy "
+                               f"on every node does not fit node {n} ({room})"))
+    return tuple(out)
 
 
 def build_plan(mode: str, topo: Topology, workers: Sequence[WorkerSlot], matrices: Sequence[Matrix],
-               kv: KvHeads | None = None, node: int | None = None) -> PlacementPlan:
+               kv: KvHeads | None = None, node: int | None = None,
+               groups: Sequence[GroupChoice] = ()) -> PlacementPlan:
     """The placement of every matrix and KV head under an effective `mode` (see choose_mode).
 
-    node: isolate's node (--numa-node); default the first worker's memory node."""
+    node: isolate's node (--numa-node); default the first worker's memory node.
+    groups: partial-mirror's choice per tensor group (Choice.groups)."""
     if mode not in PLACED_MODES:
         raise BadInputError(f"no placement for mode {mode!r} (use one of {', '.join(PLACED_MODES)})")
     if not workers:
@@ -216,11 +391,23 @@ def build_plan(mode: str, topo: Topology, workers: Sequence[WorkerSlot], matrice
     unbound = None if len(only) != 1 else only[0]
     if mode == "none" and unbound is not None:
         nodes = (unbound,)
-    extents = tuple(_extents(mode, m, nodes, homes, unbound) for m in matrices)
+    if mode != PARTIAL:
+        groups = tuple(GroupChoice(g, mode, nbytes, read, f"{_share_text(nbytes, read)}; --numa {mode} places "
+                                   "every group alike") for g, nbytes, read, _ in group_reads(matrices))
+    elif {g.name for g in groups} != {tensor_group(m.name) for m in matrices}:
+        raise BadInputError("a partial mirror needs a choice for every tensor group")
+    mirrored = frozenset(g.name for g in groups if g.placement == "mirror")
+    extents = tuple(_extents(_matrix_mode(mode, m, mirrored), m, nodes, homes, unbound) for m in matrices)
     kv_heads = _kv_heads(mode, kv, nodes, homes, unbound) if kv else ()
     return PlacementPlan(mode=mode, nodes=nodes,
                          workers=tuple(workers), homes=homes, matrices=tuple(matrices),
-                         extents=extents, kv=kv, kv_heads=kv_heads)
+                         extents=extents, kv=kv, kv_heads=kv_heads, groups=tuple(groups))
+
+
+def _matrix_mode(mode: str, m: Matrix, mirrored: frozenset[str]) -> str:
+    if mode != PARTIAL:
+        return mode
+    return "mirror" if tensor_group(m.name) in mirrored else "distribute"
 
 
 def _check_node(topo: Topology, node: int) -> int:
@@ -230,33 +417,40 @@ def _check_node(topo: Topology, node: int) -> int:
     return node
 
 
-def _extent(m: Matrix, lo: int, hi: int, node: int | None) -> Extent:
-    return Extent(lo, hi, lo * m.row_bytes, hi * m.row_bytes, node)
-
-
 def _extents(mode: str, m: Matrix, nodes: tuple[int, ...], homes: tuple[int, ...],
              unbound: int | None) -> tuple[Extent, ...]:
+    # by shape alone, once: a model's every expert of a layer slot (tens of thousands of
+    # matrices in a large mixture) has the same extents
+    return _shape_extents(mode, m.rows, m.row_bytes, m.row_group, m.matmul, m.lookup, nodes, homes, unbound)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_extents(mode: str, rows: int, row_bytes: int, row_group: int, matmul: bool, lookup: bool,
+                   nodes: tuple[int, ...], homes: tuple[int, ...], unbound: int | None) -> tuple[Extent, ...]:
+    def extent(lo: int, hi: int, node: int | None) -> Extent:
+        return Extent(lo, hi, lo * row_bytes, hi * row_bytes, node)
+
     if mode == "mirror":
-        return tuple(_extent(m, 0, m.rows, n) for n in nodes)
+        return tuple(extent(0, rows, n) for n in nodes)
     if mode == "isolate":
-        return (_extent(m, 0, m.rows, nodes[0]),)
+        return (extent(0, rows, nodes[0]),)
     if mode in ("interleave", "none"):
-        return (_extent(m, 0, m.rows, unbound if mode == "none" else None),)
+        return (extent(0, rows, unbound if mode == "none" else None),)
     # distribute: each worker's rows on its home node, neighbouring shares of one node
     # merged; a looked-up matrix (token embeddings) whole on worker 0's node, since worker 0
     # looks up any token's row (tied to the output, the other nodes hold their rows too)
     out: list[Extent] = []
     for w, home in enumerate(homes):
-        if not m.matmul or (m.lookup and home == homes[0]):
+        if not matmul or (lookup and home == homes[0]):
             continue
-        lo, hi = part(m.rows, m.row_group, w, len(homes))
+        lo, hi = part(rows, row_group, w, len(homes))
         if lo >= hi:
             continue
         if out and out[-1].node == home and out[-1].row_hi == lo:
             lo = out.pop().row_lo
-        out.append(_extent(m, lo, hi, home))
-    if m.lookup:
-        out.insert(0, _extent(m, 0, m.rows, homes[0]))
+        out.append(extent(lo, hi, home))
+    if lookup:
+        out.insert(0, extent(0, rows, homes[0]))
     return tuple(out)
 
 
@@ -284,15 +478,24 @@ def _kv_heads(mode: str, kv: KvHeads, nodes: tuple[int, ...], homes: tuple[int, 
 def check_memory(plan: PlacementPlan, topo: Topology) -> None:
     """Raise ResourceError, before anything is allocated, when a node lacks free memory for
     its share of the plan; the message names the node, the numbers and a mode that fits."""
+    short = memory_shortage(plan, topo)
+    if short is not None:
+        raise ResourceError(short)
+
+
+def memory_shortage(plan: PlacementPlan, topo: Topology) -> str | None:
+    """check_memory's one line (the node short of memory, the bytes, a mode that fits), or
+    None when the plan fits."""
     short = _shortage(plan, topo)
     if short is None:
-        return
+        return None
     where, need, weights, kv_bytes, free = short
-    alternative = _fitting_mode(plan, topo)
+    alternative = fitting_mode(plan, topo)
     advice = (f"--numa {alternative} would fit" if alternative else
               "no --numa mode fits: free some memory or use a smaller context (-c)")
-    raise ResourceError(f"--numa {plan.mode} needs {_size(need)} on {where} ({_size(weights)} weights + "
-                        f"{_size(kv_bytes)} KV cache) but it has {_size(free)} free; {advice}")
+    what = "a partial mirror" if plan.mode == PARTIAL else f"--numa {plan.mode}"
+    return (f"{what} needs {_size(need)} on {where} ({_size(weights)} weights + "
+            f"{_size(kv_bytes)} KV cache) but it has {_size(free)} free; {advice}")
 
 
 def _shortage(plan: PlacementPlan, topo: Topology) -> tuple[str, int, int, int, int] | None:
@@ -315,9 +518,16 @@ def _shortage(plan: PlacementPlan, topo: Topology) -> tuple[str, int, int, int, 
     return None
 
 
-def _fitting_mode(plan: PlacementPlan, topo: Topology) -> str | None:
-    """A mode whose plan for the same workers fits; isolate on the node with the most free memory."""
+def fitting_mode(plan: PlacementPlan, topo: Topology) -> str | None:
+    """A mode whose plan for the same workers fits (as --numa arguments), or None: a
+    partial mirror of what fits (as a --mirror-budget), then distribute, interleave,
+    isolate on the node with the most free memory, mirror."""
     for mode in _FALLBACKS:
+        if mode == PARTIAL:
+            found = _fitting_budget(plan, topo)
+            if found:
+                return found
+            continue
         if mode == plan.mode:
             continue
         node = None
@@ -327,6 +537,23 @@ def _fitting_mode(plan: PlacementPlan, topo: Topology) -> str | None:
         if _shortage(other, topo) is None:
             return mode if node is None else f"isolate --numa-node {node}"
     return None
+
+
+def _fitting_budget(plan: PlacementPlan, topo: Topology) -> str | None:
+    """`mirror --mirror-budget SIZE` for the partial mirror auto would choose here, when it
+    mirrors some groups but not all, and that budget's plan fits."""
+    if len(plan.nodes) < 2 or plan.mode not in PER_NODE_MODES:
+        return None
+    fitting = fitting_groups(topo, plan.workers, plan.matrices, plan.kv)
+    mirrored = sum(g.nbytes for g in fitting if g.placement == "mirror")
+    if not mirrored or all(g.placement == "mirror" for g in fitting):
+        return None
+    budget = format_size(mirrored)
+    groups = budget_groups(plan.matrices, parse_size(budget, "--mirror-budget"))
+    other = build_plan(PARTIAL, topo, plan.workers, plan.matrices, plan.kv, groups=groups)
+    if (plan.mode == PARTIAL and other.mirrored == plan.mirrored) or _shortage(other, topo) is not None:
+        return None
+    return f"mirror --mirror-budget {budget}"
 
 
 def locality(plan: PlacementPlan) -> dict[str, int | str | None]:
@@ -342,13 +569,17 @@ def locality(plan: PlacementPlan) -> dict[str, int | str | None]:
     matmul = [0.0, 0.0]
     lookup = [0.0, 0.0]
     n = len(plan.workers)
+    local_rows: dict[tuple[int, int, tuple[Extent, ...]], tuple[float, float]] = {}  # by shape, as _extents
     for m, ext in zip(plan.matrices, plan.extents):
         if m.matmul:
-            for w, slot in enumerate(plan.workers):
-                lo, hi = part(m.rows, m.row_group, w, n)
-                share = _local_rows(plan, ext, lo, hi, slot.node)
-                matmul[0] += share * m.row_bytes * m.read_share
-                matmul[1] += ((hi - lo) - share) * m.row_bytes * m.read_share
+            key = (m.rows, m.row_group, ext)
+            if key not in local_rows:
+                rows = [part(m.rows, m.row_group, w, n) for w in range(n)]
+                near = sum(_local_rows(plan, ext, lo, hi, slot.node) for (lo, hi), slot in zip(rows, plan.workers))
+                local_rows[key] = (near, sum(hi - lo for lo, hi in rows) - near)
+            near, far = local_rows[key]
+            matmul[0] += near * m.row_bytes * m.read_share
+            matmul[1] += far * m.row_bytes * m.read_share
         if m.lookup:
             share = _local_rows(plan, ext, 0, m.rows, plan.workers[0].node) / m.rows
             lookup[0] += share * m.row_bytes
@@ -404,6 +635,9 @@ def summary(plan: PlacementPlan) -> str:
         + ("" if weights is None or kv is None else f", {_size(weights[n])} weights, {_size(kv[n])} KV cache")
         for n in plan.nodes)
     placed = "" if weights is not None else " (the kernel places the pages)"
+    if plan.mode == PARTIAL:
+        mirrored = [g.name for g in plan.groups if g.placement == "mirror"]
+        placed = f" (mirrored: {', '.join(mirrored)}; distributed: the rest)"
     return f"numa {plan.mode}{placed}: {per_node}"
 
 

@@ -143,3 +143,15 @@ def test_numa_node_reaches_the_placement(tiny_llama: Path, command: str) -> None
     done = numallm(command, "-m", str(tiny_llama), "--numa", "isolate", "--numa-node", "97", *extra)
     assert done.returncode == 2
     assert "--numa-node 97" in one_error_line(done)
+
+
+@pytest.mark.parametrize("command", ["generate", "placement"])
+def test_mirror_budget_reaches_the_placement(tiny_llama: Path, command: str) -> None:
+    # parsed in the shared group, checked where the mode is chosen: a budget for a mode
+    # that mirrors nothing is a clear error in every command that loads a model
+    extra = ["hello"] if command == "generate" else []
+    done = numallm(command, "-m", str(tiny_llama), "--numa", "distribute", "--mirror-budget", "1G", *extra)
+    assert done.returncode == 2
+    assert "--mirror-budget goes with --numa mirror, not --numa distribute" in one_error_line(done)
+    done = numallm(command, "-m", str(tiny_llama), "--numa", "mirror", "--mirror-budget", "lots", *extra)
+    assert done.returncode == 2 and "--mirror-budget 'lots' is not a size" in one_error_line(done)

@@ -80,6 +80,9 @@ ROUTING_CASES: dict[str, tuple[dict[str, Any], str | None, str]] = {
                                    "key 'glm4moe.expert_gating_func' is 3, outside the sane range 0..2"),
     "a weights_norm that is no bool": ({"expert_weights_norm": 1}, None,
                                        "key 'glm4moe.expert_weights_norm' should be a bool, found the int 1"),
+    "multimodal RoPE sections": ({"rope.dimension_sections": [8, 4, 4, 0]}, None,
+                                 "key 'glm4moe.rope.dimension_sections' is set: multimodal RoPE sections (M-RoPE), "
+                                 "which numallm does not run"),
     "no shared expert count": ({"expert_shared_count": None}, None,
                                "required key 'glm4moe.expert_shared_count' is missing"),
     "no selection bias for the sigmoid router": ({}, "blk.1.exp_probs_b.bias",

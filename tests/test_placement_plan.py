@@ -164,13 +164,13 @@ def big_model(rows: int) -> tuple[Matrix, ...]:
 def test_auto_mirrors_when_copies_fit_and_distributes_when_not(machines: dict[str, Topology]) -> None:
     base = machines["16amd64-8n2c"]  # 8 nodes with 2 workers each
     workers = plan_workers(base)
-    weights = 4 * GiB
-    kv = dict.fromkeys(range(8), GiB // 2)
+    weights = big_model(4 * 1024)  # one 4 GiB group, read in full by every token
+    kv = KvHeads(n_head=16, n_head_kv=8, head_bytes=GiB // 2)  # each node's 2 workers read one KV head
     roomy = with_free(base, dict.fromkeys(range(8), 6 * GiB))
     assert choose_mode("auto", roomy, workers, weights, kv)[0] == "mirror"
     tight = with_free(base, {**dict.fromkeys(range(8), 6 * GiB), 5: 4 * GiB})
-    mode, reason = choose_mode("auto", tight, workers, weights, kv)
-    assert mode == "distribute"
+    mode, reason, groups = choose_mode("auto", tight, workers, weights, kv)
+    assert mode == "distribute" and groups == ()  # the one group's copies cannot fit beside anything
     assert "node 5" in reason and "4.00 GiB free" in reason and "\n" not in reason
     # explicit modes are kept on several nodes
     assert choose_mode("interleave", tight, workers, weights, kv)[0] == "interleave"
@@ -277,7 +277,7 @@ def test_every_mode_comes_down_to_the_one_node() -> None:
     workers = plan_workers(topo)
     node = topo.nodes[0].os_index
     for requested in ("auto", "mirror", "distribute", "interleave", "isolate", "none"):
-        mode, reason = choose_mode(requested, topo, workers, TOTAL, {})
+        mode, reason, _ = choose_mode(requested, topo, workers, MATRICES, KV)
         # auto and none: nothing to place; an explicit mode runs, over the one node
         assert mode == ("none" if requested in ("auto", "none") else requested)
         assert f"node {node}" in reason and requested in reason
@@ -293,9 +293,9 @@ def test_one_node_in_use_on_a_multi_node_machine_comes_down_to_that_node(machine
     topo = machines["16amd64-8n2c"]
     workers = plan_workers(isolate_topology(topo, 5))
     assert {s.node for s in workers} == {5} and len(workers) == 2
-    assert choose_mode("mirror", topo, workers, TOTAL, {})[0] == "mirror"
-    assert choose_mode("auto", topo, workers, TOTAL, {})[0] == "isolate"
-    assert choose_mode("none", topo, workers, TOTAL, {})[0] == "none"
+    assert choose_mode("mirror", topo, workers, MATRICES, KV)[0] == "mirror"
+    assert choose_mode("auto", topo, workers, MATRICES, KV)[0] == "isolate"
+    assert choose_mode("none", topo, workers, MATRICES, KV)[0] == "none"
     for mode in ("mirror", "distribute", "isolate"):
         plan = build_plan(mode, topo, workers, MATRICES, KV)
         assert plan.nodes == (5,) and plan.weight_bytes_per_node() == {5: TOTAL}

@@ -7,7 +7,8 @@ FFN's input norm. The first leading_dense_block_count layers have a dense SwiGLU
 the others routed experts (sigmoid unless the file says otherwise, exp_probs_b
 required, engine/arch/routed.py) plus the shared expert. block_count includes the
 nextn_predict_layers NextN (multi-token prediction) layers after the trunk, which
-llama.cpp skips when it generates; so does numallm.
+llama.cpp skips when it generates; so does numallm. A file with rope.dimension_sections
+(GLM-4.5V's multimodal RoPE) is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gguf import MODEL_ARCH, MODEL_TENSOR
+from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 from numallm.engine.arch.qwen3 import QK_NORMS
 from numallm.engine.arch.routed import EXP_PROBS_B, ROUTED_EXPERT_KEYS, SHARED_EXPERT_MATRICES, gating
 from numallm.engine.arch.slots import LayerVector
@@ -49,4 +50,6 @@ ARCH = Architecture(
     expert_vectors=EXP_PROBS_B,
     fixed=dict(rope_neox=True),
     derived=_derived,
+    # llama.cpp runs such a file (GLM-4.5V's text model) with multimodal RoPE instead
+    refused_keys={Keys.Rope.DIMENSION_SECTIONS: "multimodal RoPE sections (M-RoPE)"},
 )

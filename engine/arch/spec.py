@@ -250,6 +250,9 @@ class Architecture:
     fixed: Mapping[str, Any] = field(default_factory=dict)  # HParams values llama.cpp hard-codes
     # HParams values computed from the others (after `fixed`), e.g. a scale from n_embd.
     derived: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    # Keys (gguf.Keys templates) a file of a variant numallm does not run sets to non-zero
+    # values, and what that variant is: refused in one line (model_checks).
+    refused_keys: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
