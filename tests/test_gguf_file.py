@@ -352,7 +352,7 @@ def test_valid_metadata_passes() -> None:
 
 def test_unsupported_architecture() -> None:
     msg = arch_error(model_file(llama_md(general__architecture="xyz"), (64, 4)), UnsupportedError)
-    assert msg == "model.gguf: architecture 'xyz' is not supported (supported: llama, gemma3, qwen2, qwen3, qwen3moe, deepseek2)"
+    assert msg == "model.gguf: architecture 'xyz' is not supported (supported: llama, gemma3, qwen2, qwen3, qwen3moe, glm4moe, deepseek2)"
 
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
