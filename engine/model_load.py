@@ -46,11 +46,13 @@ class LoadedModel:
 
 def load_model(model: str | os.PathLike[str] | None, *, numa: str = "auto", numa_node: int | None = None,
                mirror_budget: int | str | None = None, load_mode: str = "auto", hugepages: bool = True, threads: int | None = None, smt: bool = False,
-               ctx_size: int | None = None, kv_type: str = "f16", n_slots: int = 1, verbose: bool = False,
+               ctx_size: int | None = None, kv_type: str = "f16", n_slots: int = 1,
+               layers: tuple[int, int] | None = None, verbose: bool = False,
                check_file: FileCheck | None = None) -> LoadedModel:
     """Find, read, check and place `model` (a path, a known name, or None for the default);
     ctx_size None or 0: min(the model's trained context, DEFAULT_CTX); mirror_budget: with
-    numa "mirror", the most bytes to mirror (a number, or a size such as "200G")."""
+    numa "mirror", the most bytes to mirror (a number, or a size such as "200G"); layers
+    (first, last): only those layers, as a pipeline stage (ArchSpec.stage)."""
     if load_mode not in LOAD_MODES:
         raise BadInputError(f"--load-mode {load_mode!r} is not supported (use one of {', '.join(LOAD_MODES)})")
     if numa not in NUMA_MODES:
@@ -63,6 +65,8 @@ def load_model(model: str | os.PathLike[str] | None, *, numa: str = "auto", numa
     gf = read_gguf(path)
     check_architecture(gf)
     spec = arch.describe(gf.metadata, str(path))
+    if layers is not None:
+        spec = spec.stage(*layers)
     if check_file is not None:
         check_file(path, gf, spec)
     n_ctx = int(ctx_size) if ctx_size else min(spec.hparams.n_ctx_train, DEFAULT_CTX)
