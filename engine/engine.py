@@ -222,7 +222,8 @@ class Engine:
         The cache of a slot holds whatever was run in it: positions before positions[i]
         must have been run in that slot (earlier, or earlier in this batch). A slot is
         reused by running from position 0 again."""
-        tokens, slots, positions, logits_rows = (np.ascontiguousarray(a, np.int32)
+        # Writable too: Numba types a read-only array (as Ray or np.frombuffer hand out) apart, and would compile again.
+        tokens, slots, positions, logits_rows = (np.require(a, np.int32, "CW")
                                                  for a in (tokens, slots, positions, logits_rows))
         n = len(tokens)
         if n == 0 or len(slots) != n or len(positions) != n:
@@ -236,9 +237,9 @@ class Engine:
             raise BadInputError(f"eval_batch: states [{n}, {hp.n_embd}] are needed exactly when the engine "
                                 "does not hold the token embeddings (a pipeline stage after the first)")
         if states is not None:
-            states = np.ascontiguousarray(states, np.float32)
+            states = np.require(states, np.float32, "CW")
         if routing is not None:
-            routing = np.ascontiguousarray(routing, np.int32)
+            routing = np.require(routing, np.int32, "CW")
             if routing.shape != (n, hp.n_layer, hp.n_expert_used) or routing.max(initial=-1) >= hp.n_expert:
                 raise BadInputError(f"eval_batch: routing must be [{n}, {hp.n_layer}, {hp.n_expert_used}] "
                                     f"expert numbers below {hp.n_expert} (or -1)")

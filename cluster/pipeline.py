@@ -1,0 +1,240 @@
+"""The driver of a pipeline: an Engine whose forward calls run on Ray stage actors.
+
+It reads the model's metadata (tokenizer, chat template, hyperparameters), cuts the
+layers into stages by bytes, starts one Stage actor per stage in a Ray placement group
+(spread: one per Ray node where there are enough; the last stage on this machine, so
+that logits never cross the network) and chains their step() calls in a Ray Compiled
+Graph: each call's int32 tokens, slots and positions and float32 hidden states
+[tokens, n_embd] go from stage to stage through Ray's channels (shared memory between
+processes of one machine), the last stage's logits back here. Everything above the
+forward call (generate, chat, the batching scheduler, prefix sharing) is the Engine's.
+
+A stage that dies (its process killed, its machine gone) fails the call in flight with
+UnavailableError, and every call after it until Ray has restarted the actor (which
+loads its layers again) and the graph is compiled anew; down() names the stage
+meanwhile. The restarted stage's KV cache is empty: the batching scheduler fails every
+running sequence and forgets the prefixes its slots held.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from ray.dag import InputNode
+from ray.exceptions import RayError, RayTaskError
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from numallm.cluster.stage import Stage, Step
+from numallm.engine.embedding import model_pooling
+from numallm.engine.engine import Engine, Stats
+from numallm.engine.kv_cache import KV_ITEMSIZE
+from numallm.engine.model_load import open_model
+from numallm.engine.stages import split_layers, stage_bytes
+from numallm.engine.weights import check_model
+from numallm.errors import BadInputError, NumallmError, ResourceError, UnavailableError
+from numallm.kernels import batch_invariant
+
+log = logging.getLogger("numallm.cluster")
+
+PLACE_TIMEOUT_S = 60.0  # for the cluster to find a CPU for every stage
+PING_TIMEOUT_S = 2.0    # a stage that does not answer in this long is down
+
+
+class PipelineEngine(Engine):
+    """The model's layers in n_stages Ray actors; the Engine's API otherwise."""
+
+    def __init__(self, n_stages: int, model: str | None = None, *, numa: str = "auto", load_mode: str = "auto",
+                 threads: int | None = None, ctx_size: int | None = None, kv_type: str = "f16", smt: bool = False,
+                 n_slots: int = 1, numa_node: int | None = None, hugepages: bool = True,
+                 verbose: bool = False) -> None:
+        t0 = time.perf_counter()
+        self.verbose = verbose
+        self._lock = threading.RLock()
+        self._pool = None  # Engine.close's: no workers here
+        self._worker_memory = None
+        self._stages: list[Any] = []
+        self._dag: Any = None
+        self._pg: Any = None
+        self._down: str | None = None
+        self._recovery: threading.Thread | None = None
+        opened = open_model(model, ctx_size=ctx_size, n_slots=n_slots,
+                            check_file=functools.partial(self._check_file, ctx_size))
+        self.path, self.spec, self.hparams = opened.path, opened.spec, opened.spec.hparams
+        self.n_ctx, self.n_slots = opened.n_ctx, n_slots
+        self.pooling = model_pooling(opened.gf.metadata)
+        self.chat_template = self._load_chat_template(opened.gf.metadata)
+        self.numa = numa
+        hp = self.hparams
+        if kv_type not in KV_ITEMSIZE:
+            raise BadInputError(f"cache type {kv_type!r} is not supported (use one of {', '.join(KV_ITEMSIZE)})")
+        self._qtypes = frozenset(t.qtype for t in check_model(opened.gf, self.spec).all_mats)
+        kv_layer = 2 * n_slots * self.n_ctx * hp.n_head_kv * hp.head_dim * KV_ITEMSIZE[kv_type]
+        self.stage_layers = split_layers(*stage_bytes(opened.gf, self.spec, kv_layer), n_stages)
+        # Each stage resolves the model itself: a path must be the same on every machine.
+        kwargs = dict(model=model, numa=numa, load_mode=load_mode, threads=threads, ctx_size=self.n_ctx,
+                      kv_type=kv_type, smt=smt, n_slots=n_slots, numa_node=numa_node, hugepages=hugepages,
+                      verbose=verbose)
+        try:
+            self._start(kwargs)
+        except BaseException:
+            self.close()
+            raise
+        self.stats = Stats(load_s=time.perf_counter() - t0)
+        if verbose:
+            log.warning("numallm: %d stages in %.2f s: %s", n_stages, self.stats.load_s, "; ".join(
+                f"{self._name(i)} on {w['host']} CPUs {','.join(map(str, w['cpus']))}"
+                for i, w in enumerate(self.where)))
+
+    # -- starting and restarting ---------------------------------------------------------
+
+    def _start(self, kwargs: dict[str, Any]) -> None:
+        if not ray.is_initialized():
+            # An existing cluster (RAY_ADDRESS, or `ray start` on this machine), else a local one.
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        n = len(self.stage_layers)
+        self._pg = placement_group([{"CPU": 1}] * n, strategy="SPREAD")
+        if not self._pg.wait(PLACE_TIMEOUT_S):
+            raise ResourceError(f"the Ray cluster found no CPU for each of {n} pipeline stages in "
+                                f"{PLACE_TIMEOUT_S:.0f} s (`ray status` shows what it has)")
+        bundles = self._bundle_order()
+        actor = ray.remote(Stage)
+        for i, (bundle, share) in enumerate(bundles):
+            strategy = PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=bundle)
+            self._stages.append(actor.options(num_cpus=1, max_restarts=-1, max_task_retries=0,
+                                              scheduling_strategy=strategy).remote(i, self.stage_layers[i], share, kwargs))
+        self.where = self._ready()
+        self._dag = self._compile()
+
+    def _bundle_order(self) -> list[tuple[int, tuple[int, int]]]:
+        """Stage i's (bundle, its share of the machine's cores): stages of one machine
+        together, this machine's last; stages on one machine split its cores."""
+        nodes = placement_group_table(self._pg)["bundles_to_node_id"]
+        here = ray.get_runtime_context().get_node_id()
+        order = sorted(nodes, key=lambda b: (nodes[b] == here, nodes[b], b))
+        out = []
+        for b in order:
+            mates = [c for c in order if nodes[c] == nodes[b]]
+            out.append((b, (mates.index(b), len(mates))))
+        return out
+
+    def _ready(self) -> list[dict[str, Any]]:
+        """Each stage's ready(), waiting for its load; a stage's load error as this machine's own."""
+        where = []
+        for i, stage in enumerate(self._stages):
+            try:
+                where.append(ray.get(stage.ready.remote()))
+            except RayTaskError as e:
+                cause = e.cause
+                if isinstance(cause, NumallmError):
+                    raise type(cause)(f"pipeline stage {i}: {cause}") from None
+                raise NumallmError(f"pipeline stage {i} failed to load: {type(cause).__name__}: {cause}") from None
+        return where
+
+    def _compile(self) -> Any:
+        with InputNode() as step:
+            out = step
+            for stage in self._stages:
+                out = stage.step.bind(out)
+        return out.experimental_compile()
+
+    def _name(self, i: int) -> str:
+        a, b = self.stage_layers[i]
+        return f"stage {i} of {len(self._stages)} (layers {a}-{b - 1})"
+
+    def _failed(self, error: BaseException) -> UnavailableError:
+        """Note which stages are down, start waiting for Ray to restart them; the error to raise."""
+        down = []
+        for i, stage in enumerate(self._stages):
+            try:
+                ray.get(stage.ready.remote(), timeout=PING_TIMEOUT_S)
+            except RayError:
+                down.append(i)
+        names = ", ".join(self._name(i) for i in down) or "a pipeline stage"
+        self._down = f"{names} down ({type(error).__name__}); Ray is restarting it"
+        log.error("numallm: %s", self._down)
+        self._recovery = threading.Thread(target=self._recover, name="numallm-pipeline-recovery", daemon=True)
+        self._recovery.start()
+        return UnavailableError(f"{names} went down; retry once GET /health says ok")
+
+    def _recover(self) -> None:
+        """Wait for every stage to answer (Ray restarts the dead one, which loads again),
+        then compile the graph anew."""
+        dag, self._dag = self._dag, None
+        try:
+            dag.teardown()
+        except RayError as e:  # the dead stage's part of it is gone already
+            log.info("tearing down the old graph: %s", e)
+        while self._stages:
+            try:
+                self.where = self._ready()
+                self._dag = self._compile()
+                break
+            except (RayError, NumallmError) as e:
+                log.warning("numallm: waiting for the pipeline's stages: %s", e)
+                time.sleep(1.0)
+        log.warning("numallm: the pipeline is whole again")
+        self._down = None
+
+    def down(self) -> str | None:
+        return self._down
+
+    # -- the forward pass ------------------------------------------------------------------
+
+    def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, rows: np.ndarray,
+              hidden: bool = False, routing: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
+        if routing is not None:
+            raise BadInputError("eval_batch: a pipeline cannot replay a routing (run the model in one process)")
+        if not self._stages:
+            raise NumallmError("this Engine is closed; create a new one")
+        if self._down is not None or self._dag is None:
+            raise UnavailableError(f"{self._down or 'the pipeline is restarting'}; retry once GET /health says ok")
+        step = Step(*(np.ascontiguousarray(a, np.int32) for a in (tokens, slots, positions, rows)), hidden, None)
+        try:
+            return self._dag.execute(step).get(timeout=-1).states  # a long prefill is no fault
+        except RayTaskError as e:  # the stage's own error, the graph is fine
+            raise e.cause from None
+        except RayError as e:
+            raise self._failed(e) from None
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Engine.copy_prefix on every stage. A stage found down here is noted, not
+        raised: the next forward call fails, and the scheduler forgets every prefix then."""
+        if not (0 <= src < self.n_slots and 0 <= dst < self.n_slots and 0 <= n <= self.n_ctx):
+            raise BadInputError(f"copy_prefix: slots must be in [0, {self.n_slots}) and n in [0, {self.n_ctx}]")
+        if self._down is not None:
+            return
+        with self._lock:
+            try:
+                ray.get([stage.copy_prefix.remote(src, dst, n) for stage in self._stages])
+            except RayError as e:
+                self._failed(e)
+
+    @property
+    def batch_invariant(self) -> bool:
+        return batch_invariant(self._qtypes)
+
+    def stage_reports(self) -> list[dict[str, Any]]:
+        """Each stage's where (host, pid, CPUs) and page report (Engine.placed.page_report)."""
+        reports = ray.get([stage.page_report.remote() for stage in self._stages])
+        return [{"stage": i, "layers": list(self.stage_layers[i]), **self.where[i], **r}
+                for i, r in enumerate(reports)]
+
+    def close(self) -> None:
+        """Tear the graph down and end the stage actors; safe to call twice."""
+        with self._lock:
+            stages, self._stages = self._stages, []
+            if self._dag is not None:
+                self._dag.teardown()
+                self._dag = None
+            for stage in stages:
+                ray.kill(stage, no_restart=True)
+            if self._pg is not None:
+                remove_placement_group(self._pg)
+                self._pg = None
