@@ -57,7 +57,8 @@ class PipelineEngine(Engine):
         t0 = time.perf_counter()
         self.verbose = verbose
         self._lock = threading.RLock()
-        self._pool = None  # Engine.close's: no workers here
+        self._pool = None  # Engine.close's: no workers here, nothing placed
+        self.placed = None  # type: ignore[assignment]
         self._worker_memory = None
         self._stages: list[Any] = []
         self._dag: Any = None
@@ -220,7 +221,7 @@ class PipelineEngine(Engine):
     def batch_invariant(self) -> bool:
         return batch_invariant(self._qtypes)
 
-    def stage_reports(self) -> list[dict[str, Any]]:
+    def page_reports(self) -> list[dict[str, Any]]:
         """Each stage's where (host, pid, CPUs) and page report (Engine.placed.page_report)."""
         reports = ray.get([stage.page_report.remote() for stage in self._stages])
         return [{"stage": i, "layers": list(self.stage_layers[i]), **self.where[i], **r}

@@ -50,7 +50,7 @@ from numallm.engine.grammar import Constraint
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.kernels import same_path
-from numallm.errors import BadInputError, NumallmError
+from numallm.errors import BadInputError, NumallmError, UnavailableError
 
 if TYPE_CHECKING:
     from numallm.engine.engine import Engine
@@ -63,10 +63,12 @@ class Update:
     """What one step did for one request: new text, and the outcome once it is over."""
 
     text: str
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    # "stop", "length", "cancelled", "error", or "unavailable": a part of the engine is down
+    # for now (a pipeline stage restarting, errors.UnavailableError); a retry later may succeed
+    finish_reason: str | None = None
     n_prompt: int = 0
     n_generated: int = 0
-    error: str | None = None  # with finish_reason "error": one line saying what failed
+    error: str | None = None  # with finish_reason "error" or "unavailable": one line saying what failed
 
     @property
     def done(self) -> bool:
@@ -362,6 +364,13 @@ class BatchScheduler:
                                             np.array(positions, np.int32), np.array(rows, np.int32))
         except Exception as e:
             log.error("a batch step failed: %s: %s", type(e).__name__, e)
+            if isinstance(e, UnavailableError):
+                # A pipeline stage restarts with an empty KV cache: no running sequence and no
+                # cached prefix survives it.
+                for r in list(self._running):
+                    self._end(r, Update("", "unavailable", r.seq.n_prompt, r.seq.n_generated, str(e)))
+                self._cached = [[] for _ in range(self.n_slots)]
+                return
             for r in {id(r): r for r in [*owners, *self._running_in(slots)]}.values():
                 self._end(r, Update("", "error", r.seq.n_prompt, r.seq.n_generated, f"{type(e).__name__}: {e}"))
             return

@@ -378,6 +378,11 @@ class Engine:
             if tail:
                 yield tail
 
+    def page_reports(self) -> list[dict[str, Any]]:
+        """Where the pages of the weights and KV cache are (PlacedModel.page_report): one
+        report, or a pipeline's one per stage."""
+        return [self.placed.page_report()]
+
     def down(self) -> str | None:
         """What part of the engine is down and restarting (a pipeline stage), or None."""
         return None
