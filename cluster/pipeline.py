@@ -153,8 +153,9 @@ class PipelineEngine(Engine):
         """Note which stages are down, start waiting for Ray to restart them; the error to raise."""
         down = []
         for i, stage in enumerate(self._stages):
-            try:
-                ray.get(stage.ready.remote(), timeout=PING_TIMEOUT_S)
+            try:  # a stage that answers from a new process was restarted already
+                if ray.get(stage.ready.remote(), timeout=PING_TIMEOUT_S)["pid"] != self.where[i]["pid"]:
+                    down.append(i)
             except RayError:
                 down.append(i)
         names = ", ".join(self._name(i) for i in down) or "a pipeline stage"
