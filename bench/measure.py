@@ -28,7 +28,8 @@ from numallm.bench.report import ModelInfo, timing_fields
 from numallm.bench.roofline import tg_ceiling_ts, weight_bytes_per_token
 from numallm.bench.runners import LlamaCppRunner, NumallmRunner, Runner
 from numallm.engine import arch
-from numallm.engine.engine import N_BATCH, Engine, open_engine
+from numallm.cluster import open_engine
+from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.kv_cache import KV_ITEMSIZE
 from numallm.engine.model_store import resolve_model

@@ -40,7 +40,7 @@ def _prompt_text(args: argparse.Namespace) -> str:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from numallm.engine.engine import open_engine  # Numba and the kernels: only once a model loads
+    from numallm.cluster import open_engine
 
     return open_engine(**engine_options(args))
 

@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any
 from numallm.errors import BadInputError
 
 if TYPE_CHECKING:
-    from numallm.cluster.pipeline import PipelineEngine
+    from numallm.engine.engine import Engine
 
 
-def pipeline_engine(n_stages: int, **engine_kwargs: Any) -> PipelineEngine:
-    """A PipelineEngine of n_stages stages with the Engine's keyword arguments."""
+def open_engine(pipeline: int = 1, **engine_kwargs: Any) -> Engine:
+    """Engine(**engine_kwargs), or with pipeline > 1 a PipelineEngine of that many stages
+    (the Engine's API); the CLI, the server and bench load models through this."""
+    if pipeline == 1:
+        from numallm.engine import engine  # Numba and the kernels: only once a model loads
+
+        return engine.Engine(**engine_kwargs)
     try:
         from numallm.cluster.pipeline import PipelineEngine
     except ImportError as e:
@@ -27,4 +32,4 @@ def pipeline_engine(n_stages: int, **engine_kwargs: Any) -> PipelineEngine:
             raise
         raise BadInputError("--pipeline needs Ray: pip install 'numallm[cluster]' "
                             "(on every machine of the cluster)") from None
-    return PipelineEngine(n_stages, **engine_kwargs)
+    return PipelineEngine(pipeline, **engine_kwargs)

@@ -405,12 +405,3 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def open_engine(pipeline: int = 1, **kwargs: Any) -> Engine:
-    """Engine(**kwargs), or with pipeline > 1 the model's layers in that many stages on
-    Ray (numallm.cluster; the optional extra numallm[cluster])."""
-    if pipeline == 1:
-        return Engine(**kwargs)
-    from numallm.cluster import pipeline_engine
-
-    return pipeline_engine(pipeline, **kwargs)

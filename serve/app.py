@@ -77,7 +77,7 @@ class ServerState:
         self._loader.start()
 
     def _load(self) -> None:
-        from numallm.engine.engine import open_engine
+        from numallm.cluster import open_engine
 
         try:
             engine = open_engine(**self.config.engine_kwargs)

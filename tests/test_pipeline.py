@@ -47,7 +47,7 @@ def one_process(smollm2: Path) -> Iterator[object]:
 
 def test_two_stages_give_the_logits_and_greedy_text_of_one_process(ray_cluster: str, smollm2: Path,
                                                                    one_process: object) -> None:
-    from numallm.engine.engine import open_engine
+    from numallm.cluster import open_engine
 
     with open_engine(2, model=str(smollm2), threads=1, ctx_size=CTX, n_slots=2) as pipe:
         assert pipe.stage_layers == [(0, 15), (15, 30)]  # SmolLM2's 30 layers, tied embeddings: halves
