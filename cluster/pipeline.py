@@ -22,6 +22,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -151,6 +152,8 @@ class PipelineEngine(Engine):
 
     def _failed(self, error: BaseException) -> UnavailableError:
         """Note which stages are down, start waiting for Ray to restart them; the error to raise."""
+        if self._down is not None:  # another call in flight saw it first
+            return UnavailableError(f"{self._down}; retry once GET /health says ok")
         down = []
         for i, stage in enumerate(self._stages):
             try:  # a stage that answers from a new process was restarted already
@@ -193,17 +196,39 @@ class PipelineEngine(Engine):
               hidden: bool = False, routing: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
         if routing is not None:
             raise BadInputError("eval_batch: a pipeline cannot replay a routing (run the model in one process)")
+        return self._begin(Step(tokens, slots, positions, rows, hidden, None))()
+
+    @property
+    def depth(self) -> int:  # type: ignore[override]
+        return len(self._stages)
+
+    def submit_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                     logits_rows: np.ndarray) -> Callable[[], np.ndarray]:
+        tokens, slots, positions, logits_rows, _, _ = self._checked_batch(tokens, slots, positions, logits_rows,
+                                                                          None, None)
+        with self._lock:
+            return self._begin(Step(tokens, slots, positions, logits_rows, False, None))
+
+    def _begin(self, step: Step) -> Callable[[], np.ndarray]:
+        """Send `step` into the graph; the function returned waits for its output. Calls
+        run in the order they are begun, each stage on one at a time."""
         if not self._stages:
             raise NumallmError("this Engine is closed; create a new one")
         if self._down is not None or self._dag is None:
             raise UnavailableError(f"{self._down or 'the pipeline is restarting'}; retry once GET /health says ok")
-        step = Step(*(np.ascontiguousarray(a, np.int32) for a in (tokens, slots, positions, rows)), hidden, None)
         try:
-            return self._dag.execute(step).get(timeout=-1).states  # a long prefill is no fault
-        except RayTaskError as e:  # the stage's own error, the graph is fine
-            raise e.cause from None
+            ref = self._dag.execute(step)
         except RayError as e:
             raise self._failed(e) from None
+
+        def result() -> np.ndarray:
+            try:
+                return ref.get(timeout=-1).states  # no time limit: a long prefill is no fault
+            except RayTaskError as e:  # the stage's own error; the graph is fine
+                raise e.cause from None
+            except RayError as e:
+                raise self._failed(e) from None
+        return result
 
     def copy_prefix(self, src: int, dst: int, n: int) -> None:
         """Engine.copy_prefix on every stage. A stage found down here is noted, not

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,24 @@ class Engine:
         The cache of a slot holds whatever was run in it: positions before positions[i]
         must have been run in that slot (earlier, or earlier in this batch). A slot is
         reused by running from position 0 again."""
+        args = self._checked_batch(tokens, slots, positions, logits_rows, routing, states)
+        with self._lock:
+            return self._eval(*args[:4], hidden, *args[4:])
+
+    # forward calls the batching scheduler keeps in flight: a pipeline's stage count (cluster/)
+    depth = 1
+
+    def submit_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                     logits_rows: np.ndarray) -> Callable[[], np.ndarray]:
+        """eval_batch begun: the function returned gives its logits. One process runs it
+        now; a pipeline returns at once, its stages working while the caller goes on, so
+        that `depth` calls of different sequences overlap (each on its own stage)."""
+        logits = self.eval_batch(tokens, slots, positions, logits_rows)
+        return lambda: logits
+
+    def _checked_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, logits_rows: np.ndarray,
+                       routing: np.ndarray | None, states: np.ndarray | None) -> tuple[Any, ...]:
+        """eval_batch's arguments checked, as the forward pass takes them (routing and states last)."""
         # Writable too: Numba types a read-only array (as Ray or np.frombuffer hand out) apart, and would compile again.
         tokens, slots, positions, logits_rows = (np.require(a, np.int32, "CW")
                                                  for a in (tokens, slots, positions, logits_rows))
@@ -243,8 +261,7 @@ class Engine:
             if routing.shape != (n, hp.n_layer, hp.n_expert_used) or routing.max(initial=-1) >= hp.n_expert:
                 raise BadInputError(f"eval_batch: routing must be [{n}, {hp.n_layer}, {hp.n_expert_used}] "
                                     f"expert numbers below {hp.n_expert} (or -1)")
-        with self._lock:
-            return self._eval(tokens, slots, positions, logits_rows, hidden, routing, states)
+        return tokens, slots, positions, logits_rows, routing, states
 
     @property
     def batch_invariant(self) -> bool:

@@ -1,0 +1,122 @@
+"""Pipeline benchmark (`--pipeline`, cluster/): what a hop between stages costs, and the
+aggregate decode rate of concurrent streams through 2 stages of 1 thread each against one
+process of 2 threads, in the same run on a local Ray cluster.
+
+    python3 benchmarks/pipeline.py [--model smollm2|PATH] [--streams 8] [-n 64] [--rounds 2]
+
+- hop: one Ray Compiled Graph execution through a chain of k echo actors, k = 1 and 3,
+  carrying what a decode step of --streams tokens carries (int32 tokens, slots,
+  positions, rows and float32 hidden states [streams, n_embd]); a hop is
+  (t3 - t1) / 2, the driver's round trip is t1. Median of 500 executions each.
+- streams: the batching scheduler (what `numallm serve` runs) with --streams greedy
+  requests of -n tokens each (ignore_eos, short prompts), on Engine(threads=2) and on
+  the pipeline; aggregate t/s = tokens of all streams / wall time from the first
+  submit to the last token. Each round measures both; the best round of each counts.
+  The ratio pipeline / one process is the issue's figure (target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import numpy as np
+import ray
+from ray.dag import InputNode
+
+from numallm.cluster import open_engine
+from numallm.cluster.stage import Step
+from numallm.engine.batching import BatchScheduler, Job, Update
+from numallm.engine.sampling import SamplingParams
+
+PROMPTS = ["Write a long story about a dragon.", "Explain how a steam engine works.",
+           "Describe the Roman Empire.", "A recipe for sourdough bread:", "The planets of the solar system are",
+           "How does the internet route a packet?", "Dear friend, our trip to the mountains", "Photosynthesis is"]
+
+
+@ray.remote(num_cpus=0)
+class Echo:
+    def step(self, s: Step) -> Step:
+        return s
+
+
+def hop_latency(n_tokens: int, n_embd: int, runs: int = 500) -> tuple[float, float, int]:
+    """(driver round trip through 1 actor, one more hop; seconds, medians) and the bytes a hop carries."""
+    ints = np.arange(n_tokens, dtype=np.int32)
+    step = Step(ints, ints, ints, ints, False, np.zeros((n_tokens, n_embd), np.float32))
+    nbytes = 4 * 4 * n_tokens + step.states.nbytes
+    medians = []
+    for k in (1, 3):
+        actors = [Echo.remote() for _ in range(k)]
+        with InputNode() as inp:
+            out = inp
+            for a in actors:
+                out = a.step.bind(out)
+        dag = out.experimental_compile()
+        times = []
+        for i in range(runs + 50):
+            t0 = time.perf_counter()
+            dag.execute(step).get()
+            if i >= 50:
+                times.append(time.perf_counter() - t0)
+        dag.teardown()
+        for a in actors:
+            ray.kill(a)
+        medians.append(statistics.median(times))
+    return medians[0], (medians[1] - medians[0]) / 2, nbytes
+
+
+def streams_rate(engine: object, n_streams: int, n_gen: int) -> float:
+    """Aggregate generated tokens per second of n_streams greedy requests run together."""
+    sched = BatchScheduler(engine)
+    done = threading.Semaphore(0)
+    counts = [0] * n_streams
+
+    def emit(i: int, u: Update) -> None:
+        counts[i] = u.n_generated
+        if u.done:
+            assert u.finish_reason == "length", u
+            done.release()
+
+    params = SamplingParams(temperature=0.0)
+    jobs = [Job(engine.tokenize(PROMPTS[i % len(PROMPTS)]), params, n_gen, (), lambda u, i=i: emit(i, u),
+                ignore_eos=True) for i in range(n_streams)]
+    t0 = time.perf_counter()
+    for j in jobs:
+        sched.submit(j)
+    for _ in jobs:
+        done.acquire()
+    elapsed = time.perf_counter() - t0
+    sched.close()
+    return sum(counts) / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("-n", type=int, default=64, help="tokens per stream")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    kw = dict(model=args.model, ctx_size=256, n_slots=args.streams)
+    with open_engine(1, threads=2, **kw) as one, open_engine(2, threads=1, **kw) as pipe:
+        print(f"stages: {pipe.stage_layers}, workers' CPUs {[w['cpus'] for w in pipe.where]}")
+        trip, hop, nbytes = hop_latency(args.streams, one.hparams.n_embd)
+        print(f"hop ({nbytes} bytes: {args.streams} tokens' ids and hidden states): {hop * 1e6:.0f} us; "
+              f"the driver's round trip through one actor: {trip * 1e6:.0f} us")
+        rates: dict[str, list[float]] = {"one process, 2 threads": [], "2 stages x 1 thread": []}
+        for r in range(args.rounds):
+            for (name, eng) in zip(rates, (one, pipe)):
+                rates[name].append(streams_rate(eng, args.streams, args.n))
+                print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} t/s aggregate")
+        best = {k: max(v) for k, v in rates.items()}
+        a, b = best.values()
+        print(f"{args.streams} streams x {args.n} tokens, best of {args.rounds}: one process {a:.1f} t/s, "
+              f"pipeline {b:.1f} t/s, ratio {b / a:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
