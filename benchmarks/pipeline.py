@@ -7,7 +7,8 @@ process of 2 threads, in the same run on a local Ray cluster.
 - hop: one Ray Compiled Graph execution through a chain of k echo actors, k = 1 and 3,
   carrying what a decode step of --streams tokens carries (int32 tokens, slots,
   positions, rows and float32 hidden states [streams, n_embd]); a hop is
-  (t3 - t1) / 2, the driver's round trip is t1. Median of 500 executions each.
+  (t3 - t1) / 2, the driver's round trip is t1. Of 500 executions each, the two chains
+  alternating: medians, and minimums (what a hop costs when nothing else runs).
 - streams: the batching scheduler (what `numallm serve` runs) with --streams greedy
   requests of -n tokens each (ignore_eos, short prompts), on Engine(threads=2) and on
   the pipeline; aggregate t/s = tokens of all streams / wall time from the first
@@ -38,34 +39,44 @@ PROMPTS = ["Write a long story about a dragon.", "Explain how a steam engine wor
 
 @ray.remote(num_cpus=0)
 class Echo:
+    def ready(self) -> None:
+        pass
+
     def step(self, s: Step) -> Step:
         return s
 
 
-def hop_latency(n_tokens: int, n_embd: int, runs: int = 500) -> tuple[float, float, int]:
-    """(driver round trip through 1 actor, one more hop; seconds, medians) and the bytes a hop carries."""
+def hop_latency(n_tokens: int, n_embd: int, runs: int = 500) -> dict[str, float]:
+    """A hop's cost and the driver's round trip through one actor (seconds; median and
+    minimum), and the bytes a hop carries. The chains of 1 and 3 actors run alternately,
+    so that both see the same load."""
     ints = np.arange(n_tokens, dtype=np.int32)
     step = Step(ints, ints, ints, ints, False, np.zeros((n_tokens, n_embd), np.float32))
-    nbytes = 4 * 4 * n_tokens + step.states.nbytes
-    medians = []
+    chains, dags = [], []
     for k in (1, 3):
-        actors = [Echo.remote() for _ in range(k)]
+        chains.append([Echo.remote() for _ in range(k)])
+        ray.get([a.ready.remote() for a in chains[-1]])  # started (a new process each), before timing
         with InputNode() as inp:
             out = inp
-            for a in actors:
+            for a in chains[-1]:
                 out = a.step.bind(out)
-        dag = out.experimental_compile()
-        times = []
-        for i in range(runs + 50):
+        dags.append(out.experimental_compile())
+    times: list[list[float]] = [[], []]
+    for i in range(runs + 50):
+        for dag, ts in zip(dags, times):
             t0 = time.perf_counter()
-            dag.execute(step).get()
+            dag.execute(step).get(timeout=60)
             if i >= 50:
-                times.append(time.perf_counter() - t0)
+                ts.append(time.perf_counter() - t0)
+    for dag, chain in zip(dags, chains):
         dag.teardown()
-        for a in actors:
+        for a in chain:
             ray.kill(a)
-        medians.append(statistics.median(times))
-    return medians[0], (medians[1] - medians[0]) / 2, nbytes
+    one, three = times
+    return {"bytes": 4 * 4 * n_tokens + step.states.nbytes,
+            "trip_median": statistics.median(one), "trip_min": min(one),
+            "hop_median": (statistics.median(three) - statistics.median(one)) / 2,
+            "hop_min": (min(three) - min(one)) / 2}
 
 
 def streams_rate(engine: object, n_streams: int, n_gen: int) -> float:
@@ -100,13 +111,17 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=64, help="tokens per stream")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    print(f"CPU: {cpu}; load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     kw = dict(model=args.model, ctx_size=256, n_slots=args.streams)
     with open_engine(1, threads=2, **kw) as one, open_engine(2, threads=1, **kw) as pipe:
         print(f"stages: {pipe.stage_layers}, workers' CPUs {[w['cpus'] for w in pipe.where]}")
-        trip, hop, nbytes = hop_latency(args.streams, one.hparams.n_embd)
-        print(f"hop ({nbytes} bytes: {args.streams} tokens' ids and hidden states): {hop * 1e6:.0f} us; "
-              f"the driver's round trip through one actor: {trip * 1e6:.0f} us")
+        h = hop_latency(args.streams, one.hparams.n_embd)
+        print(f"hop ({h['bytes']} bytes: {args.streams} tokens' ids and hidden states): median "
+              f"{h['hop_median'] * 1e6:.0f} us, minimum {h['hop_min'] * 1e6:.0f} us; the driver's round trip "
+              f"through one actor: median {h['trip_median'] * 1e6:.0f} us, minimum {h['trip_min'] * 1e6:.0f} us")
         rates: dict[str, list[float]] = {"one process, 2 threads": [], "2 stages x 1 thread": []}
         for r in range(args.rounds):
             for (name, eng) in zip(rates, (one, pipe)):
@@ -115,7 +130,8 @@ def main() -> None:
         best = {k: max(v) for k, v in rates.items()}
         a, b = best.values()
         print(f"{args.streams} streams x {args.n} tokens, best of {args.rounds}: one process {a:.1f} t/s, "
-              f"pipeline {b:.1f} t/s, ratio {b / a:.2f} (target >= 0.8)")
+              f"pipeline {b:.1f} t/s, ratio {b / a:.2f} (target >= 0.8); "
+              f"load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
 if __name__ == "__main__":

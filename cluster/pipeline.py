@@ -90,7 +90,7 @@ class PipelineEngine(Engine):
             raise
         self.stats = Stats(load_s=time.perf_counter() - t0)
         if verbose:
-            log.warning("numallm: %d stages in %.2f s: %s", n_stages, self.stats.load_s, "; ".join(
+            log.info("%d stages in %.2f s: %s", n_stages, self.stats.load_s, "; ".join(
                 f"{self._name(i)} on {w['host']} CPUs {','.join(map(str, w['cpus']))}"
                 for i, w in enumerate(self.where)))
 
@@ -163,7 +163,7 @@ class PipelineEngine(Engine):
                 down.append(i)
         names = ", ".join(self._name(i) for i in down) or "a pipeline stage"
         self._down = f"{names} down ({type(error).__name__}); Ray is restarting it"
-        log.error("numallm: %s", self._down)
+        log.error("%s", self._down)
         self._recovery = threading.Thread(target=self._recover, name="numallm-pipeline-recovery", daemon=True)
         self._recovery.start()
         return UnavailableError(f"{names} went down; retry once GET /health says ok")
@@ -182,9 +182,9 @@ class PipelineEngine(Engine):
                 self._dag = self._compile()
                 break
             except (RayError, NumallmError) as e:
-                log.warning("numallm: waiting for the pipeline's stages: %s", e)
+                log.warning("waiting for the pipeline's stages: %s", e)
                 time.sleep(1.0)
-        log.warning("numallm: the pipeline is whole again")
+        log.warning("the pipeline is whole again")
         self._down = None
 
     def down(self) -> str | None:
