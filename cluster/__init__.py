@@ -4,8 +4,8 @@ Each of N stages (cluster/stage.py, one Ray actor each: one per Ray node when th
 cluster has N, all on this machine otherwise) holds a contiguous range of the model's
 layers, cut by bytes (engine/stages.py), and places and runs it as an Engine does. The
 driver (cluster/pipeline.py) tokenizes, batches and samples as a one-machine Engine
-does, and sends each forward call's hidden states from stage to stage over a Ray
-Compiled Graph. Ray is the optional extra numallm[cluster]; nothing else imports it.
+does, and each forward call's hidden states go from stage to stage through Ray's object
+store. Ray is the optional extra numallm[cluster]; nothing else imports it.
 """
 
 from __future__ import annotations

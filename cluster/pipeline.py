@@ -3,16 +3,23 @@
 It reads the model's metadata (tokenizer, chat template, hyperparameters), cuts the
 layers into stages by bytes, starts one Stage actor per stage in a Ray placement group
 (spread: one per Ray node where there are enough; the last stage on this machine, so
-that logits never cross the network) and chains their step() calls in a Ray Compiled
-Graph: each call's int32 tokens, slots and positions and float32 hidden states
-[tokens, n_embd] go from stage to stage through Ray's channels (shared memory between
-processes of one machine), the last stage's logits back here. Everything above the
-forward call (generate, chat, the batching scheduler, prefix sharing) is the Engine's.
+that logits never cross the network) and chains their step() calls: each stage's call
+takes the previous one's result by reference, so a call's int32 tokens, slots and
+positions and float32 hidden states [tokens, n_embd] go from stage to stage through
+Ray's object store (shared memory on one machine, Ray's transfer between machines),
+never through this process, and the last stage's logits come back here. Calls run in
+the order they are begun, so several may be in flight, each stage working on one.
+Everything above the forward call (generate, chat, the batching scheduler, prefix
+sharing) is the Engine's.
+
+Not Ray Compiled Graphs: their channels cost a quarter of a plain call's hop, but they
+busy-poll, the driver while it waits and every stage while idle, and with a pinned
+worker on every core that made the pipeline several times slower
+(benchmarks/README.md).
 
 A stage that dies (its process killed, its machine gone) fails the call in flight with
 UnavailableError, and every call after it until Ray has restarted the actor (which
-loads its layers again) and the graph is compiled anew; down() names the stage
-meanwhile. The restarted stage's KV cache is empty: the batching scheduler fails every
+loads its layers again); down() names the stage meanwhile. The restarted stage's KV cache is empty: the batching scheduler fails every
 running sequence and forgets the prefixes its slots held.
 """
 
@@ -27,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.dag import InputNode
 from ray.exceptions import RayError, RayTaskError
 from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -62,7 +68,6 @@ class PipelineEngine(Engine):
         self.placed = None  # type: ignore[assignment]
         self._worker_memory = None
         self._stages: list[Any] = []
-        self._dag: Any = None
         self._pg: Any = None
         self._down: str | None = None
         self._recovery: threading.Thread | None = None
@@ -112,7 +117,6 @@ class PipelineEngine(Engine):
             self._stages.append(actor.options(num_cpus=1, max_restarts=-1, max_task_retries=0,
                                               scheduling_strategy=strategy).remote(i, self.stage_layers[i], share, kwargs))
         self.where = self._ready()
-        self._dag = self._compile()
 
     def _bundle_order(self) -> list[tuple[int, tuple[int, int]]]:
         """Stage i's (bundle, its share of the machine's cores): stages of one machine
@@ -139,13 +143,6 @@ class PipelineEngine(Engine):
                 raise NumallmError(f"pipeline stage {i} failed to load: {type(cause).__name__}: {cause}") from None
         return where
 
-    def _compile(self) -> Any:
-        with InputNode() as step:
-            out = step
-            for stage in self._stages:
-                out = stage.step.bind(out)
-        return out.experimental_compile()
-
     def _name(self, i: int) -> str:
         a, b = self.stage_layers[i]
         return f"stage {i} of {len(self._stages)} (layers {a}-{b - 1})"
@@ -154,8 +151,9 @@ class PipelineEngine(Engine):
         """Note which stages are down, start waiting for Ray to restart them; the error to raise."""
         if self._down is not None:  # another call in flight saw it first
             return UnavailableError(f"{self._down}; retry once GET /health says ok")
-        down = []
-        for i, stage in enumerate(self._stages):
+        dead = getattr(error, "actor_id", None)  # Ray's actor errors name the actor
+        down = [i for i, stage in enumerate(self._stages) if stage._actor_id.hex() == dead]
+        for i, stage in enumerate(self._stages if not down else ()):
             try:  # a stage that answers from a new process was restarted already
                 if ray.get(stage.ready.remote(), timeout=PING_TIMEOUT_S)["pid"] != self.where[i]["pid"]:
                     down.append(i)
@@ -169,17 +167,10 @@ class PipelineEngine(Engine):
         return UnavailableError(f"{names} went down; retry once GET /health says ok")
 
     def _recover(self) -> None:
-        """Wait for every stage to answer (Ray restarts the dead one, which loads again),
-        then compile the graph anew."""
-        dag, self._dag = self._dag, None
-        try:
-            dag.teardown()
-        except RayError as e:  # the dead stage's part of it is gone already
-            log.info("tearing down the old graph: %s", e)
+        """Wait for every stage to answer (Ray restarts the dead one, which loads again)."""
         while self._stages:
             try:
                 self.where = self._ready()
-                self._dag = self._compile()
                 break
             except (RayError, NumallmError) as e:
                 log.warning("waiting for the pipeline's stages: %s", e)
@@ -210,22 +201,23 @@ class PipelineEngine(Engine):
             return self._begin(Step(tokens, slots, positions, logits_rows, False, None))
 
     def _begin(self, step: Step) -> Callable[[], np.ndarray]:
-        """Send `step` into the graph; the function returned waits for its output. Calls
-        run in the order they are begun, each stage on one at a time."""
+        """Send `step` through the stages; the function returned waits for its output.
+        Calls run in the order they are begun, each stage on one at a time."""
         if not self._stages:
             raise NumallmError("this Engine is closed; create a new one")
-        if self._down is not None or self._dag is None:
-            raise UnavailableError(f"{self._down or 'the pipeline is restarting'}; retry once GET /health says ok")
-        try:
-            ref = self._dag.execute(step)
-        except RayError as e:
-            raise self._failed(e) from None
+        if self._down is not None:
+            raise UnavailableError(f"{self._down}; retry once GET /health says ok")
+        ref: Any = step
+        for stage in self._stages:
+            ref = stage.step.remote(ref)
 
         def result() -> np.ndarray:
             try:
-                return ref.get(timeout=-1).states  # no time limit: a long prefill is no fault
-            except RayTaskError as e:  # the stage's own error; the graph is fine
-                raise e.cause from None
+                return ray.get(ref).states  # no time limit: a long prefill is no fault
+            except RayTaskError as e:
+                if isinstance(e.cause, RayError):  # a later stage's input was lost with an earlier stage
+                    raise self._failed(e.cause) from None
+                raise e.cause from None  # the stage's own error; the stages are fine
             except RayError as e:
                 raise self._failed(e) from None
         return result
@@ -254,12 +246,9 @@ class PipelineEngine(Engine):
                 for i, r in enumerate(reports)]
 
     def close(self) -> None:
-        """Tear the graph down and end the stage actors; safe to call twice."""
+        """End the stage actors; safe to call twice."""
         with self._lock:
             stages, self._stages = self._stages, []
-            if self._dag is not None:
-                self._dag.teardown()
-                self._dag = None
             for stage in stages:
                 ray.kill(stage, no_restart=True)
             if self._pg is not None:
