@@ -4,16 +4,18 @@ process of 2 threads, in the same run on a local Ray cluster.
 
     python3 benchmarks/pipeline.py [--model smollm2|PATH] [--streams 8] [-n 64] [--rounds 2]
 
-- hop: one Ray Compiled Graph execution through a chain of k echo actors, k = 1 and 3,
-  carrying what a decode step of --streams tokens carries (int32 tokens, slots,
-  positions, rows and float32 hidden states [streams, n_embd]); a hop is
-  (t3 - t1) / 2, the driver's round trip is t1. Of 500 executions each, the two chains
-  alternating: medians, and minimums (what a hop costs when nothing else runs).
+- hop: a call through a chain of k echo actors, k = 1 and 3, carrying what a decode
+  step of --streams tokens carries (int32 tokens, slots, positions, rows and float32
+  hidden states [streams, n_embd]); a hop is (t3 - t1) / 2, the driver's round trip is
+  t1. Of 300 calls each, the two chains alternating: medians, and minimums (what a hop
+  costs when nothing else runs). Through chained actor calls (the pipeline's way) and
+  through a Ray Compiled Graph (the way it does not take: benchmarks/README.md).
 - streams: the batching scheduler (what `numallm serve` runs) with --streams greedy
   requests of -n tokens each (ignore_eos, short prompts), on Engine(threads=2) and on
   the pipeline; aggregate t/s = tokens of all streams / wall time from the first
   submit to the last token. Each round measures both; the best round of each counts.
-  The ratio pipeline / one process is the issue's figure (target >= 0.8).
+  The ratio pipeline / one process is the issue's figure (target >= 0.8), of the best
+  rounds and within each round (the same load for both).
 """
 
 from __future__ import annotations
@@ -46,30 +48,41 @@ class Echo:
         return s
 
 
-def hop_latency(n_tokens: int, n_embd: int, runs: int = 500) -> dict[str, float]:
+def hop_latency(n_tokens: int, n_embd: int, compiled: bool, runs: int = 300) -> dict[str, float]:
     """A hop's cost and the driver's round trip through one actor (seconds; median and
-    minimum), and the bytes a hop carries. The chains of 1 and 3 actors run alternately,
-    so that both see the same load."""
+    minimum) and the bytes a hop carries, through chained actor calls (what the pipeline
+    uses) or a Compiled Graph. The chains of 1 and 3 actors run alternately, so that
+    both see the same load."""
     ints = np.arange(n_tokens, dtype=np.int32)
     step = Step(ints, ints, ints, ints, False, np.zeros((n_tokens, n_embd), np.float32))
-    chains, dags = [], []
+    chains, calls = [], []
     for k in (1, 3):
         chains.append([Echo.remote() for _ in range(k)])
         ray.get([a.ready.remote() for a in chains[-1]])  # started (a new process each), before timing
-        with InputNode() as inp:
-            out = inp
-            for a in chains[-1]:
-                out = a.step.bind(out)
-        dags.append(out.experimental_compile())
+        if compiled:
+            with InputNode() as inp:
+                out = inp
+                for a in chains[-1]:
+                    out = a.step.bind(out)
+            dag = out.experimental_compile()
+            calls.append((lambda dag=dag: dag.execute(step).get(timeout=60), dag))
+        else:
+            def chained(chain: list = chains[-1]) -> Step:
+                ref = step
+                for a in chain:
+                    ref = a.step.remote(ref)
+                return ray.get(ref)
+            calls.append((chained, None))
     times: list[list[float]] = [[], []]
     for i in range(runs + 50):
-        for dag, ts in zip(dags, times):
+        for (call, _), ts in zip(calls, times):
             t0 = time.perf_counter()
-            dag.execute(step).get(timeout=60)
+            call()
             if i >= 50:
                 ts.append(time.perf_counter() - t0)
-    for dag, chain in zip(dags, chains):
-        dag.teardown()
+    for (_, dag), chain in zip(calls, chains):
+        if dag is not None:
+            dag.teardown()
         for a in chain:
             ray.kill(a)
     one, three = times
@@ -118,10 +131,12 @@ def main() -> None:
     kw = dict(model=args.model, ctx_size=256, n_slots=args.streams)
     with open_engine(1, threads=2, **kw) as one, open_engine(2, threads=1, **kw) as pipe:
         print(f"stages: {pipe.stage_layers}, workers' CPUs {[w['cpus'] for w in pipe.where]}")
-        h = hop_latency(args.streams, one.hparams.n_embd)
-        print(f"hop ({h['bytes']} bytes: {args.streams} tokens' ids and hidden states): median "
-              f"{h['hop_median'] * 1e6:.0f} us, minimum {h['hop_min'] * 1e6:.0f} us; the driver's round trip "
-              f"through one actor: median {h['trip_median'] * 1e6:.0f} us, minimum {h['trip_min'] * 1e6:.0f} us")
+        for compiled in (False, True):
+            h = hop_latency(args.streams, one.hparams.n_embd, compiled)
+            print(f"hop, {'Compiled Graph' if compiled else 'actor calls (the pipeline)'} ({h['bytes']} bytes: "
+                  f"{args.streams} tokens' ids and hidden states): median {h['hop_median'] * 1e6:.0f} us, minimum "
+                  f"{h['hop_min'] * 1e6:.0f} us; the driver's round trip through one actor: median "
+                  f"{h['trip_median'] * 1e6:.0f} us, minimum {h['trip_min'] * 1e6:.0f} us")
         rates: dict[str, list[float]] = {"one process, 2 threads": [], "2 stages x 1 thread": []}
         for r in range(args.rounds):
             for (name, eng) in zip(rates, (one, pipe)):
@@ -129,8 +144,10 @@ def main() -> None:
                 print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} t/s aggregate")
         best = {k: max(v) for k, v in rates.items()}
         a, b = best.values()
+        paired = [p / o for o, p in zip(*rates.values())]
         print(f"{args.streams} streams x {args.n} tokens, best of {args.rounds}: one process {a:.1f} t/s, "
-              f"pipeline {b:.1f} t/s, ratio {b / a:.2f} (target >= 0.8); "
+              f"pipeline {b:.1f} t/s, ratio {b / a:.2f} (target >= 0.8); ratio within each round "
+              f"{', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f}); "
               f"load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
