@@ -16,6 +16,7 @@ from numallm.engine.stages import split_layers, stage_bytes
 from numallm.errors import BadInputError, TopologyError
 from numallm.numa.share import core_share
 from numallm.numa.topology import detect
+from synthetic_deepseek import write_tiny_glm4moe
 from test_topology_synthetic import write_machine
 
 
@@ -57,16 +58,32 @@ def test_a_stage_spec_names_its_layers_from_the_models(tiny_llama: Path) -> None
     assert len(layers) == 2 and embd > 0 and out > 0
 
 
-def test_stage_engines_chained_give_the_whole_models_logits_bit_for_bit(tiny_llama: Path) -> None:
+@pytest.fixture(scope="module")
+def glm_air(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """glm4moe with two leading dense layers of four: a stage's layers must know where they sit."""
+    return write_tiny_glm4moe(tmp_path_factory.mktemp("glm") / "air.gguf", qk_norm=False, n_nextn=0, n_layer=4,
+                              n_leading_dense=2, seed=3)
+
+
+@pytest.mark.parametrize("model, cuts", [("tiny_llama", [(0, 1), (1, 2)]),
+                                         ("glm_air", [(0, 1), (1, 3), (3, 4)])])
+def test_stage_engines_chained_give_the_whole_models_logits_bit_for_bit(model: str, cuts: list[tuple[int, int]],
+                                                                         request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(model)
     ids = np.array([1, 7, 42, 9, 100], np.int32)
     z, pos = np.zeros(5, np.int32), np.arange(5, dtype=np.int32)
-    with Engine(tiny_llama, threads=1, ctx_size=64) as whole:
+    with Engine(path, threads=1, ctx_size=64) as whole:
         expected = whole.eval_batch(ids, z, pos, pos)
-    with Engine(tiny_llama, threads=1, ctx_size=64, layers=(0, 1)) as a, \
-            Engine(tiny_llama, threads=1, ctx_size=64, layers=(1, 2)) as b:
-        assert a.placed.weights.matrix_bytes < whole.placed.weights.matrix_bytes
-        states = a.eval_batch(ids, z, pos, pos)
-        assert states.shape == (5, whole.hparams.n_embd)
-        assert np.array_equal(b.eval_batch(ids, z, pos, pos, states=states), expected)
+        whole_bytes = whole.placed.weights.matrix_bytes
+    stages = [Engine(path, threads=1, ctx_size=64, layers=cut) for cut in cuts]
+    try:
+        assert all(s.placed.weights.matrix_bytes < whole_bytes for s in stages)
+        states = None
+        for s in stages:
+            states = s.eval_batch(ids, z, pos, pos, states=states)
+        assert np.array_equal(states, expected)
         with pytest.raises(BadInputError, match="states"):
-            b.eval_batch(ids, z, pos, pos)  # a later stage needs the states
+            stages[1].eval_batch(ids, z, pos, pos)  # a later stage needs the states
+    finally:
+        for s in stages:
+            s.close()
