@@ -121,3 +121,18 @@ def test_a_killed_stage_fails_running_requests_with_503_and_serving_resumes(pipe
     expected = one_process.generate(PROMPT, max_tokens=N_GREEDY, temperature=0)
     status, body = _complete(pipe_server, PROMPT, N_GREEDY)
     assert (status, body["choices"][0]["text"]) == (200, expected)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--pipeline", "0", "hi"], "--pipeline 0: the number of stages must be 1 or more"),
+    (["serve", "--pipeline", "-2"], "--pipeline -2: the number of stages must be 1 or more"),
+    (["bench", "--pipeline", "0"], "--pipeline 0: the number of stages must be 1 or more"),
+    (["generate", "--pipeline", "3", "hi"], "--pipeline 3: the model has 2 layers; use 1 to 2 stages"),
+    (["placement", "--pipeline", "2"], "--pipeline does not apply"),
+])
+def test_bad_pipeline_values_are_one_line_and_exit_2(tiny_llama: Path, args: list[str], message: str) -> None:
+    from test_cli import numallm, one_error_line
+
+    done = numallm(*args[:1], "-m", str(tiny_llama), *args[1:])
+    assert done.returncode == 2, done.stderr
+    assert message in one_error_line(done)
