@@ -60,7 +60,7 @@ class PipelineEngine(Engine):
     def __init__(self, n_stages: int, model: str | None = None, *, numa: str = "auto", load_mode: str = "auto",
                  threads: int | None = None, ctx_size: int | None = None, kv_type: str = "f16", smt: bool = False,
                  n_slots: int = 1, numa_node: int | None = None, hugepages: bool = True,
-                 verbose: bool = False) -> None:
+                 mirror_budget: int | str | None = None, verbose: bool = False) -> None:
         t0 = time.perf_counter()
         self.verbose = verbose
         self._lock = threading.RLock()
@@ -87,7 +87,7 @@ class PipelineEngine(Engine):
         # Each stage resolves the model itself: a path must be the same on every machine.
         kwargs = dict(model=model, numa=numa, load_mode=load_mode, threads=threads, ctx_size=self.n_ctx,
                       kv_type=kv_type, smt=smt, n_slots=n_slots, numa_node=numa_node, hugepages=hugepages,
-                      verbose=verbose)
+                      mirror_budget=mirror_budget, verbose=verbose)
         try:
             self._start(kwargs)
         except BaseException:
