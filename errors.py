@@ -26,3 +26,7 @@ class TopologyError(NumallmError):
 
 class ResourceError(NumallmError):
     """Not enough memory, locked-memory allowance or CPUs for the request."""
+
+
+class UnavailableError(NumallmError):
+    """A part of the engine is down for now (a pipeline stage Ray is restarting); retry later."""

@@ -111,6 +111,8 @@ def parse_grid(args: argparse.Namespace) -> Grid:
     from numallm.numa.topology import detect
     from numallm.numa.workers import plan_workers
 
+    if args.pipeline < 1:
+        raise BadInputError(f"--pipeline {args.pipeline}: the number of stages must be 1 or more")
     if args.repetitions < 1:
         raise BadInputError(f"-r {args.repetitions}: at least one repetition is needed")
     if args.json and args.csv:
@@ -128,7 +130,7 @@ def parse_grid(args: argparse.Namespace) -> Grid:
         n_prompt=_ints("-p", args.n_prompt, 0), n_gen=_ints("-n", n_gen, 0), threads=threads,
         numa=_names("--numa", args.numa or "auto", NUMA_MODES), load_modes=_load_modes(args),
         repetitions=args.repetitions, ctx_size=args.ctx_size, kv_type=args.cache_type_k, smt=args.smt,
-        seed=max(args.seed, 0), verbose=args.verbose)
+        seed=max(args.seed, 0), verbose=args.verbose, pipeline=args.pipeline)
     tests = grid.tests()
     if not tests:
         raise BadInputError("nothing to measure: -p and -n are both 0")

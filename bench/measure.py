@@ -28,6 +28,7 @@ from numallm.bench.report import ModelInfo, timing_fields
 from numallm.bench.roofline import tg_ceiling_ts, weight_bytes_per_token
 from numallm.bench.runners import LlamaCppRunner, NumallmRunner, Runner
 from numallm.engine import arch
+from numallm.cluster import open_engine
 from numallm.engine.engine import N_BATCH, Engine
 from numallm.engine.gguf_file import GGUFFile, read_gguf
 from numallm.engine.kv_cache import KV_ITEMSIZE
@@ -59,6 +60,7 @@ class Grid:
     smt: bool
     seed: int
     verbose: bool
+    pipeline: int = 1      # stages on Ray (--pipeline)
 
     def tests(self) -> list[tuple[int, int]]:
         """(n_prompt, n_gen) of each test: pp tests have n_gen 0, tg tests n_prompt 0."""
@@ -119,12 +121,13 @@ class BenchRun:
         # Probed at every grid point, next to the tests it bounds, with their thread count.
         gbps = memory_read_bandwidth(max(info.weight_bytes, MIN_PROBE_BYTES), threads)
         log.info(f"memory read bandwidth, {threads} thread(s): {gbps:.1f} GB/s")
-        with Engine(path, numa=numa, load_mode=load_mode, threads=threads, ctx_size=n_ctx,
-                    kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
+        with open_engine(g.pipeline, model=str(path), numa=numa, load_mode=load_mode, threads=threads,
+                         ctx_size=n_ctx, kv_type=g.kv_type, smt=g.smt, verbose=g.verbose) as eng:
             runners: list[Runner] = [NumallmRunner(eng, numa, load_mode)]
             # Weight bytes each token reads from its workers' own node and from others,
             # from the pages as the kernel reports them (issue 7's locality figure).
-            locality = {k: eng.placed.page_report()["per_token"][k] for k in ("local_bytes", "remote_bytes")}
+            # (Over every stage of a pipeline: each stage's workers and its own nodes.)
+            locality = {k: sum(r["per_token"][k] for r in eng.page_reports()) for k in ("local_bytes", "remote_bytes")}
             theirs = None
             if self.llama_cpp is not None:
                 theirs = LlamaCppRunner(self.llama_cpp, path, threads, n_ctx, g.kv_type, load_mode)

@@ -40,9 +40,9 @@ def _prompt_text(args: argparse.Namespace) -> str:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    from numallm.engine import Engine  # Numba and the kernels: only once a model loads
+    from numallm.cluster import open_engine
 
-    return Engine(**engine_options(args))
+    return open_engine(**engine_options(args))
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:

@@ -68,6 +68,10 @@ def shared_options(lists: bool = False) -> argparse.ArgumentParser:
     for flag, mode in LOAD_MODE_ALIASES.items():
         g.add_argument(flag, dest="load_aliases", action="append_const", const=flag,
                        help=f"llama.cpp alias of --load-mode {mode}")
+    g.add_argument("--pipeline", type=int, default=1, metavar="N",
+                   help="cut the model's layers into N stages, one Ray actor each (one per machine of a Ray "
+                   "cluster: `ray start`), for models larger than one machine's memory; needs numallm[cluster] "
+                   "(default 1: this process)")
     g.add_argument("--root", default="/", help="read the topology from this sysfs root prefix (default /)")
     g.add_argument("--json", action="store_true", help="print one JSON document on stdout, nothing else")
     g.add_argument("-v", "--verbose", action="store_true", help="say what is being done on stderr")
@@ -94,10 +98,12 @@ def load_mode_from_flags(load_mode: str | None, aliases: list[str]) -> tuple[str
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Engine's keyword arguments from the shared option group (every subcommand that
+    """open_engine's keyword arguments from the shared option group (every subcommand that
     loads a model), checked; the note on llama.cpp's loading aliases goes to stderr."""
     if args.cache_type_k != args.cache_type_v:
         raise BadInputError("-ctk and -ctv must be the same type (numallm stores K and V alike)")
+    if args.pipeline < 1:
+        raise BadInputError(f"--pipeline {args.pipeline}: the number of stages must be 1 or more")
     load_mode, note = load_mode_from_flags(args.load_mode, args.load_aliases or [])
     if note:
         print(f"numallm: note: {note}", file=sys.stderr)
@@ -105,4 +111,4 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, numa=args.numa, numa_node=args.numa_node, mirror_budget=budget,
                 hugepages=not args.no_hugepages,
                 load_mode=load_mode, threads=args.threads, ctx_size=args.ctx_size, kv_type=args.cache_type_k,
-                smt=args.smt, verbose=args.verbose)
+                smt=args.smt, verbose=args.verbose, pipeline=args.pipeline)

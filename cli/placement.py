@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pipeline != 1:
+        raise BadInputError("numallm placement shows one machine's placement of the whole model: --pipeline "
+                            "does not apply (GET /v1/numallm/placement of `numallm serve --pipeline N` shows "
+                            "each stage's)")
     if args.dry_run:
         return _dry_run(args)
     if args.node_memory is not None:
@@ -35,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.root != "/":
         raise BadInputError("numallm placement places memory on this machine: --root does not apply "
                             "(use --dry-run to plan for a recorded machine)")
-    loaded = load_model(**engine_options(args))
+    options = engine_options(args)
+    del options["pipeline"]  # refused above
+    loaded = load_model(**options)
     try:
         report = loaded.placed.page_report()
     finally:

@@ -24,6 +24,11 @@ Embedding inputs (EmbedJob) wait in the same queue and run, one per loop between
 decode steps, in a free slot: the final hidden state of each token, pooled
 (Engine.embed). That slot's cache then holds no prompt to share.
 
+With a pipeline of stages (cluster/, Engine.depth > 1) the running sequences are split
+among depth calls in flight at once: while the last stage computes one group's step,
+the first computes the next group's, and a group's next step begins as soon as its
+logits are back. Copying a prefix and embedding wait for every call in flight first.
+
 Each logits row goes to its sequence's `SequenceState.accept` (sampler, detokenizer,
 stop strings, limits), the text to the request's `emit` callback, and a finished or
 cancelled sequence frees its slot. A sequence under a grammar (Job.constraint) has its
@@ -36,6 +41,7 @@ must not raise.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
@@ -50,7 +56,7 @@ from numallm.engine.grammar import Constraint
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.kernels import same_path
-from numallm.errors import BadInputError, NumallmError
+from numallm.errors import BadInputError, NumallmError, UnavailableError
 
 if TYPE_CHECKING:
     from numallm.engine.engine import Engine
@@ -63,10 +69,12 @@ class Update:
     """What one step did for one request: new text, and the outcome once it is over."""
 
     text: str
-    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error"
+    # "stop", "length", "cancelled", "error", or "unavailable": a part of the engine is down
+    # for now (a pipeline stage restarting, errors.UnavailableError); a retry later may succeed
+    finish_reason: str | None = None
     n_prompt: int = 0
     n_generated: int = 0
-    error: str | None = None  # with finish_reason "error": one line saying what failed
+    error: str | None = None  # with finish_reason "error" or "unavailable": one line saying what failed
 
     @property
     def done(self) -> bool:
@@ -113,6 +121,7 @@ class _Running:
     slot: int
     fed: int = 0  # prompt tokens in the slot's cache so far
     wait: tuple[_Running, int] | None = None  # (leader, n): copy its first n once it has them
+    busy: bool = False  # a forward call whose logits give its next token is in flight
 
     @property
     def prefilled(self) -> bool:
@@ -140,6 +149,10 @@ class BatchScheduler:
         # Per free slot: the prompt tokens its cache holds from the sequence that ran there.
         self._cached: list[list[int]] = [[] for _ in range(self.n_slots)]
         self._invariant = engine.batch_invariant  # prefix sharing; any chunks in one call
+        # Forward calls begun and not ended, oldest first: (owners, slots, its logits, when
+        # begun). Up to engine.depth (a pipeline's stages) at once, each of other sequences.
+        self._inflight: collections.deque[tuple[list[_Running], list[int], Callable[[], np.ndarray], float]] = \
+            collections.deque()
         self._stopping = False
         self.failure: str | None = None  # set if the thread died of a bug: nothing more is served
         self._thread = threading.Thread(target=self._loop, name="numallm-batching", daemon=True)
@@ -218,19 +231,23 @@ class BatchScheduler:
         while True:
             with self._cond:
                 self._drop_cancelled()
-                while not self._stopping and not self._running and not self.waiting:
+                while not self._stopping and not self._running and not self.waiting and not self._inflight:
                     self._cond.wait()
                     self._drop_cancelled()
                 if self._stopping:
                     return
                 admitted = self._admit()
                 embed = self._embeds.popleft() if self._embeds and len(self._free) > len(admitted) else None
+            if admitted or embed is not None or any(r.wait is not None for r in self._running):
+                self._drain()  # copying a prefix or embedding works on slots the calls in flight write
             for job in admitted:
                 self._start(job)
             if embed is not None:
                 self._embed(embed)
-            self._prefill_chunk()
-            self._decode_step()
+            begun = self._prefill_chunk()
+            begun |= self._decode_step()
+            if not begun and self._inflight:
+                self._end_call()
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled]:
@@ -314,7 +331,7 @@ class BatchScheduler:
         self._cached[r.slot] = r.job.ids[:r.fed]
         r.job.emit(update)
 
-    def _prefill_chunk(self) -> None:
+    def _prefill_chunk(self) -> bool:
         """The next chunk (up to N_BATCH tokens) of prompts still being prefilled, oldest
         first, as many as fit in one call of N_BATCH tokens. Chunks share a call only
         where each takes the kernels it would take alone (see _share_kernels), so a
@@ -330,7 +347,7 @@ class BatchScheduler:
                 group.append((r, n))
                 total += n
         if not group:
-            return
+            return False
         owners, tokens, slots, positions, rows = [], [], [], [], []
         for r, n in group:
             tokens += r.job.ids[r.fed:r.fed + n]
@@ -341,33 +358,65 @@ class BatchScheduler:
                 owners.append(r)
                 rows.append(len(tokens) - 1)
         self._run(owners, tokens, slots, positions, rows)
+        return True
 
     def _may_share(self, first: int, n: int, total: int) -> bool:
         """May a chunk join the call (see _share_kernels)? Always, with batch-invariant kernels."""
         return self._invariant or _share_kernels(first, n, total)
 
-    def _decode_step(self) -> None:
-        """One token of every sequence past its prompt, in one pass."""
-        live = [r for r in self._running if r.prefilled]
+    def _decode_step(self) -> bool:
+        """One token of every sequence past its prompt, in one pass; with a pipeline of
+        depth d, of a d-th of them (those not in a call in flight), so that d calls overlap."""
+        prefilled = [r for r in self._running if r.prefilled]
+        live = [r for r in prefilled if not r.busy][:-(-len(prefilled) // self.engine.depth)]
         if live:
             self._run(live, [r.seq.next_token for r in live], [r.slot for r in live],
                       [r.seq.position for r in live], list(range(len(live))))
+        return bool(live)
 
     def _run(self, owners: list[_Running], tokens: list[int], slots: list[int], positions: list[int],
              rows: list[int]) -> None:
-        """One eval_batch; row i of the logits goes to owners[i]."""
+        """Begin one forward call (Engine.submit_batch), whose row i of the logits goes to
+        owners[i]; end the oldest while engine.depth calls are in flight."""
         t0 = time.perf_counter()
         try:
-            logits = self.engine.eval_batch(np.array(tokens, np.int32), np.array(slots, np.int32),
-                                            np.array(positions, np.int32), np.array(rows, np.int32))
+            logits = self.engine.submit_batch(np.array(tokens, np.int32), np.array(slots, np.int32),
+                                              np.array(positions, np.int32), np.array(rows, np.int32))
+        except Exception as e:
+            logits = functools.partial(_raise, e)
+        for r in owners:
+            r.busy = True
+        self._inflight.append((owners, slots, logits, t0))
+        while len(self._inflight) >= self.engine.depth:
+            self._end_call()
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._end_call()
+
+    def _end_call(self) -> None:
+        """End the oldest call in flight: its logits to its owners that still run."""
+        owners, slots, get_logits, t0 = self._inflight.popleft()
+        for r in owners:
+            r.busy = False
+        try:
+            logits = get_logits()
         except Exception as e:
             log.error("a batch step failed: %s: %s", type(e).__name__, e)
-            for r in {id(r): r for r in [*owners, *self._running_in(slots)]}.values():
+            if isinstance(e, UnavailableError):
+                # A pipeline stage restarts with an empty KV cache: no running sequence and no
+                # cached prefix survives it.
+                for r in list(self._running):
+                    self._end(r, Update("", "unavailable", r.seq.n_prompt, r.seq.n_generated, str(e)))
+                self._cached = [[] for _ in range(self.n_slots)]
+                return
+            for r in {id(r): r for r in [*owners, *self._running_in(slots)] if r in self._running}.values():
                 self._end(r, Update("", "error", r.seq.n_prompt, r.seq.n_generated, f"{type(e).__name__}: {e}"))
             return
         generated = 0
-        constrained = [c for c in (r.seq.constraint for r in owners) if c is not None]
-        for r, row in zip(owners, logits):
+        live = [(r, row) for r, row in zip(owners, logits) if r in self._running]  # not cancelled meanwhile
+        constrained = [c for c in (r.seq.constraint for r, _ in live) if c is not None]
+        for r, row in live:
             before = r.seq.n_generated
             try:
                 text, finished = r.seq.accept(row)
@@ -380,7 +429,7 @@ class BatchScheduler:
                 self._end(r, Update(tail, r.seq.finish_reason, r.seq.n_prompt, r.seq.n_generated))
             elif text:
                 r.job.emit(Update(text, None, r.seq.n_prompt, r.seq.n_generated))
-        if self._on_step is not None and owners:
+        if self._on_step is not None and live:
             self._on_step(generated, time.perf_counter() - t0)
         if self._on_mask is not None and constrained:
             self._on_mask(sum(c.compute_s for c in constrained), sum(c.wait_s for c in constrained))
@@ -388,6 +437,10 @@ class BatchScheduler:
     def _running_in(self, slots: list[int]) -> list[_Running]:
         taken = set(slots)
         return [r for r in self._running if r.slot in taken]
+
+
+def _raise(e: Exception) -> np.ndarray:
+    raise e
 
 
 def _common(cached: list[int], ids: list[int]) -> int:

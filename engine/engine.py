@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,16 @@ from numallm.engine.chat_template import ChatTemplate, ChatTemplateError
 from numallm.engine.embedding import check_pooling, model_pooling, pool
 from numallm.engine.barrier import new_barrier
 from numallm.kernels import batch_invariant, kernel_set
-from numallm.engine.forward import ROUTER_DECIDES, Batch, WorkerMemory, forward, kv_writers, plain, scratch
+from numallm.engine.forward import (
+    EMBED_TOKENS,
+    ROUTER_DECIDES,
+    Batch,
+    WorkerMemory,
+    forward,
+    kv_writers,
+    plain,
+    scratch,
+)
 from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import GGUFFile
 from numallm.engine.kv_cache import kv_bytes_per_token
@@ -73,7 +82,10 @@ class Engine:
     def __init__(self, model: str | os.PathLike[str] | None = None, *, numa: str = "auto",
                  load_mode: str = "auto", threads: int | None = None, ctx_size: int | None = None,
                  kv_type: str = "f16", smt: bool = False, n_slots: int = 1, numa_node: int | None = None,
-                 hugepages: bool = True, mirror_budget: int | str | None = None, verbose: bool = False) -> None:
+                 hugepages: bool = True, mirror_budget: int | str | None = None, verbose: bool = False,
+                 layers: tuple[int, int] | None = None) -> None:
+        """layers (first, last): only the model's layers [first, last), as a pipeline stage
+        (cluster/) holds them; see eval_batch."""
         t0 = time.perf_counter()
         self.verbose = verbose
         self._pool: WorkerPool | None = None
@@ -83,7 +95,7 @@ class Engine:
         loaded = load_model(model, numa=numa, numa_node=numa_node, mirror_budget=mirror_budget,
                             load_mode=load_mode, hugepages=hugepages,
                             threads=threads, smt=smt, ctx_size=ctx_size, kv_type=kv_type, n_slots=n_slots,
-                            verbose=verbose, check_file=functools.partial(self._check_file, ctx_size))
+                            layers=layers, verbose=verbose, check_file=functools.partial(self._check_file, ctx_size))
         self.path, self.spec, self.hparams = loaded.path, loaded.spec, loaded.spec.hparams
         hp, gf, plan = self.hparams, loaded.gf, loaded.workers
         self.n_ctx, self.n_slots, self.placed = loaded.n_ctx, n_slots, loaded.placed
@@ -152,7 +164,9 @@ class Engine:
         t0 = time.perf_counter()
         with working(f"numallm: compiling the forward pass for {types} (once per model type mix; "
                      "Numba caches it)"):
-            self._run(np.array([0], np.int32), 0, all_logits=False)
+            one = np.zeros(1, np.int32)
+            states = None if self.spec.embeds else np.zeros((1, self.hparams.n_embd), np.float32)
+            self._eval(one, one, one, one, states=states)
         if self.verbose:
             hits, misses = (now - then for now, then in zip(_cache_counts(), before))
             how = "compiled" if misses else "loaded from Numba's cache" if hits else "compiled earlier in this process"
@@ -174,14 +188,17 @@ class Engine:
         rows = np.arange(n if all_logits else 1, dtype=np.int32) + (0 if all_logits else n - 1)
         return self._eval(tokens, np.zeros(n, np.int32), np.arange(pos0, pos0 + n, dtype=np.int32), rows)
 
-    def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
-              rows: np.ndarray, hidden: bool = False, routing: np.ndarray | None = None) -> np.ndarray:
-        """The logits of the rows `rows`; with hidden, their final hidden states instead."""
+    def _eval(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, rows: np.ndarray,
+              hidden: bool = False, routing: np.ndarray | None = None, states: np.ndarray | None = None) -> np.ndarray:
+        """The logits of the rows `rows`; with hidden, their final hidden states instead
+        (a stage without the output: the residual stream; with states: the stream entering)."""
         if self._pool is None:
             raise NumallmError("this Engine is closed; create a new one")
-        width = self.hparams.n_embd if hidden else self.hparams.n_vocab
+        residual = not self.spec.outputs
+        width = self.hparams.n_embd if hidden or residual else self.hparams.n_vocab
         logits = np.empty((len(rows), width), np.float32)
-        batch = Batch(tokens, slots, positions, rows, hidden, ROUTER_DECIDES if routing is None else routing)
+        batch = Batch(tokens, slots, positions, rows, hidden, ROUTER_DECIDES if routing is None else routing,
+                      EMBED_TOKENS if states is None else states, residual)
         self._pool.run(self._worker_forward, len(self._pool), plain(batch),
                        logits, self._buffers(len(tokens)))
         return logits
@@ -192,17 +209,42 @@ class Engine:
         forward(slot.worker, n_workers, self._bar, hparams, tables, plain(self._worker_memory[slot.worker]), batch,
                 logits, activations, self._kernels)
 
-    def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
-                   logits_rows: np.ndarray, routing: np.ndarray | None = None) -> np.ndarray:
+    def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, logits_rows: np.ndarray,
+                   routing: np.ndarray | None = None, states: np.ndarray | None = None,
+                   hidden: bool = False) -> np.ndarray:
         """Run token i at position positions[i] of sequence slot slots[i], all in one pass
-        (each weight read once for the batch); logits of the rows logits_rows, in order.
-        routing [n, n_layer, n_expert_used], where >= 0, replaces the router's choice of
-        experts (to replay another implementation's routing, as the tests do llama.cpp's).
+        (each weight read once for the batch); logits of the rows logits_rows, in order
+        (with hidden, their final hidden states). routing [n, n_layer, n_expert_used],
+        where >= 0, replaces the router's choice of experts (to replay another
+        implementation's routing, as the tests do llama.cpp's).
+
+        A pipeline stage (Engine(layers=...)) after the first starts from `states`, the
+        residual stream [n, n_embd] the previous stage returned; one before the last
+        returns the stream leaving its layers, of the rows logits_rows.
 
         The cache of a slot holds whatever was run in it: positions before positions[i]
         must have been run in that slot (earlier, or earlier in this batch). A slot is
         reused by running from position 0 again."""
-        tokens, slots, positions, logits_rows = (np.ascontiguousarray(a, np.int32)
+        args = self._checked_batch(tokens, slots, positions, logits_rows, routing, states)
+        with self._lock:
+            return self._eval(*args[:4], hidden, *args[4:])
+
+    # forward calls the batching scheduler keeps in flight: a pipeline's stage count (cluster/)
+    depth = 1
+
+    def submit_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray,
+                     logits_rows: np.ndarray) -> Callable[[], np.ndarray]:
+        """eval_batch begun: the function returned gives its logits. One process runs it
+        now; a pipeline returns at once, its stages working while the caller goes on, so
+        that `depth` calls of different sequences overlap (each on its own stage)."""
+        logits = self.eval_batch(tokens, slots, positions, logits_rows)
+        return lambda: logits
+
+    def _checked_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, logits_rows: np.ndarray,
+                       routing: np.ndarray | None, states: np.ndarray | None) -> tuple[Any, ...]:
+        """eval_batch's arguments checked, as the forward pass takes them (routing and states last)."""
+        # Writable too: Numba types a read-only array (as Ray or np.frombuffer hand out) apart, and would compile again.
+        tokens, slots, positions, logits_rows = (np.require(a, np.int32, "CW")
                                                  for a in (tokens, slots, positions, logits_rows))
         n = len(tokens)
         if n == 0 or len(slots) != n or len(positions) != n:
@@ -212,13 +254,17 @@ class Engine:
             if len(arr) and (arr.min() < 0 or arr.max() >= hi):
                 raise BadInputError(f"eval_batch: {name} must be in [0, {hi})")
         hp = self.hparams
+        if (states is None) != self.spec.embeds or (states is not None and states.shape != (n, hp.n_embd)):
+            raise BadInputError(f"eval_batch: states [{n}, {hp.n_embd}] are needed exactly when the engine "
+                                "does not hold the token embeddings (a pipeline stage after the first)")
+        if states is not None:
+            states = np.require(states, np.float32, "CW")
         if routing is not None:
-            routing = np.ascontiguousarray(routing, np.int32)
+            routing = np.require(routing, np.int32, "CW")
             if routing.shape != (n, hp.n_layer, hp.n_expert_used) or routing.max(initial=-1) >= hp.n_expert:
                 raise BadInputError(f"eval_batch: routing must be [{n}, {hp.n_layer}, {hp.n_expert_used}] "
                                     f"expert numbers below {hp.n_expert} (or -1)")
-        with self._lock:
-            return self._eval(tokens, slots, positions, logits_rows, routing=routing)
+        return tokens, slots, positions, logits_rows, routing, states
 
     @property
     def batch_invariant(self) -> bool:
@@ -351,6 +397,15 @@ class Engine:
             tail = seq.finish()
             if tail:
                 yield tail
+
+    def page_reports(self) -> list[dict[str, Any]]:
+        """Where the pages of the weights and KV cache are (PlacedModel.page_report): one
+        report, or a pipeline's one per stage."""
+        return [self.placed.page_report()]
+
+    def down(self) -> str | None:
+        """What part of the engine is down and restarting (a pipeline stage), or None."""
+        return None
 
     def close(self) -> None:
         """Join the workers and free the weights and the KV cache; safe to call twice."""

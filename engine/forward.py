@@ -57,6 +57,7 @@ from numallm.numa.split import part_jit as part
 
 
 ROUTER_DECIDES = np.zeros((0, 0, 0), np.int32)
+EMBED_TOKENS = np.zeros((0, 0), np.float32)
 
 
 class Batch(NamedTuple):
@@ -70,6 +71,11 @@ class Batch(NamedTuple):
     # [n, n_layer, n_expert_used]: experts to route token t to in a layer instead of the
     # router's choice, where >= 0 (tests replay llama.cpp's); ROUTER_DECIDES: none.
     routing: np.ndarray = ROUTER_DECIDES
+    # A pipeline stage's (cluster/): the residual stream entering its first layer, float32
+    # [n, n_embd] (EMBED_TOKENS: the tokens' embeddings), and whether out_rows get the
+    # stream leaving its last layer, for the next stage, instead of logits.
+    states: np.ndarray = EMBED_TOKENS
+    residual: bool = False
 
 
 class Scratch(NamedTuple):
@@ -691,7 +697,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     d = hp.n_embd
     hd = hp.head_dim
     eps = np.float32(hp.rms_eps)
-    if worker == 0:
+    if worker == 0 and b.states.shape[0] > 0:
+        x[:, :] = b.states
+    elif worker == 0:
         e = _entry(w.model, ModelMatrix.TOKEN_EMBD)
         get_rows_in(ks, e.qtype, wbuf[e.offset:e.offset + e.nbytes], e.rows, e.cols, tokens, x)
         if hp.embd_scale != 1.0:
@@ -772,6 +780,11 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         barrier_wait(bar, n_workers)
 
     m = out_rows.shape[0]
+    if b.residual:
+        if worker == 0:
+            for i in range(m):
+                logits[i] = x[out_rows[i]]
+        return
     xo = np.empty((m, d), np.float32)
     _rmsnorm(x[out_rows], _vec(vecs, w.model_vec, ModelVector.OUTPUT_NORM), eps, xo)
     if b.hidden:  # logits is [m, n_embd]: the states themselves

@@ -47,10 +47,12 @@ def _table_matrices(layer: MatrixTable, model: MatrixTable, n_expert_used: int =
                            for e, expert in enumerate(expert_entries(entry, n_expert)))
             else:
                 out.append(_table_matrix(name, entry, g, matmul=True, lookup=False))
+    # A pipeline stage may hold either or neither (an empty entry).
     embd, output = model.entry(ModelMatrix.TOKEN_EMBD), model.entry(ModelMatrix.OUTPUT)
-    tied = embd.offset == output.offset
-    out.append(_table_matrix("output", output, output.row_group, matmul=True, lookup=tied))
-    if not tied:
+    tied = embd.nbytes > 0 and output.nbytes > 0 and embd.offset == output.offset
+    if output.nbytes:
+        out.append(_table_matrix("output", output, output.row_group, matmul=True, lookup=tied))
+    if embd.nbytes and not tied:
         out.append(_table_matrix("token_embd", embd, embd.row_group, matmul=False, lookup=True))
     return out
 

@@ -112,18 +112,20 @@ class Layout:
     """Every tensor of a model, checked against the architecture and the kernels."""
 
     matrices: list[tuple[tuple[int, LayerMatrix], TensorInfo]]  # ((layer, slot), tensor)
-    embd: TensorInfo
-    out: TensorInfo  # the output projection; `embd` itself when tied
+    # None where a pipeline stage does not hold it (ArchSpec.embeds, ArchSpec.outputs)
+    embd: TensorInfo | None
+    out: TensorInfo | None  # the output projection; `embd`'s tensor when tied
     vectors: list[tuple[tuple[int, LayerVector], TensorInfo]]
-    onorm: TensorInfo
+    onorm: TensorInfo | None
 
     @property
     def all_mats(self) -> list[TensorInfo]:
-        return [t for _, t in self.matrices] + [self.embd] + ([self.out] if self.out is not self.embd else [])
+        model = [t for t in (self.embd, self.out) if t is not None]
+        return [t for _, t in self.matrices] + list({id(t): t for t in model}.values())
 
     @property
     def vec_list(self) -> list[TensorInfo]:
-        return [t for _, t in self.vectors] + [self.onorm]
+        return [t for _, t in self.vectors] + ([self.onorm] if self.onorm is not None else [])
 
     def read_span(self) -> tuple[int, int]:
         """(base, size): an image holds file bytes [base, base + size), base aligned for O_DIRECT."""
@@ -148,10 +150,11 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
             else:
                 _check_matrix(gf, t, *matrix_shape(slot, hp), hp.n_expert if slot in EXPERTS else 0)
             matrices.append(((il, slot), t))
-    embd = _tensor(gf, spec.token_embd)
-    _check_matrix(gf, embd, hp.n_vocab, hp.n_embd)
-    out = gf.tensors.get(spec.output, embd)
-    _check_matrix(gf, out, hp.n_vocab, hp.n_embd)
+    embd = _tensor(gf, spec.token_embd) if spec.embeds else None
+    out = (gf.tensors.get(spec.output) or _tensor(gf, spec.token_embd)) if spec.outputs else None
+    for t in (embd, out):
+        if t is not None:
+            _check_matrix(gf, t, hp.n_vocab, hp.n_embd)
     vectors: list[tuple[tuple[int, LayerVector], TensorInfo]] = []
     for il in range(hp.n_layer):
         present = {slot: name for slot, name in spec.optional_vector_names(il).items() if name in gf.tensors}
@@ -159,8 +162,9 @@ def check_model(gf: GGUFFile, spec: ArchSpec) -> Layout:
             t = _tensor(gf, name)
             _check_vector(gf, t, vector_length(vslot, hp))
             vectors.append(((il, vslot), t))
-    onorm = _tensor(gf, spec.output_norm)
-    _check_vector(gf, onorm, hp.n_embd)
+    onorm = _tensor(gf, spec.output_norm) if spec.outputs else None
+    if onorm is not None:
+        _check_vector(gf, onorm, hp.n_embd)
     return Layout(matrices, embd, out, vectors, onorm)
 
 
@@ -174,8 +178,9 @@ def matrix_tables(layout: Layout, n_layer: int, base: int) -> tuple[MatrixTable,
         # A per-head matrix is cut between heads (the forward pass reads a head's block whole)
         layer.put((il, slot), entry(t, t.shape[1] if slot in PER_HEAD else 0))
     model = MatrixTable.empty((len(ModelMatrix),))
-    model.put(ModelMatrix.TOKEN_EMBD, entry(layout.embd))
-    model.put(ModelMatrix.OUTPUT, entry(layout.out))
+    for slot, t in ((ModelMatrix.TOKEN_EMBD, layout.embd), (ModelMatrix.OUTPUT, layout.out)):
+        if t is not None:
+            model.put(slot, entry(t))
     return layer, model
 
 
@@ -196,8 +201,9 @@ def make_weights(layout: Layout, n_layer: int, image: np.ndarray, base: int, *, 
     for index, t in layout.vectors:
         layer_vec.offset[index], layer_vec.length[index] = vpos[t.name], t.shape[0]
     model_vec = VectorTable.empty((len(ModelVector),))
-    onorm = ModelVector.OUTPUT_NORM
-    model_vec.offset[onorm], model_vec.length[onorm] = vpos[layout.onorm.name], layout.onorm.shape[0]
+    if layout.onorm is not None:
+        onorm = ModelVector.OUTPUT_NORM
+        model_vec.offset[onorm], model_vec.length[onorm] = vpos[layout.onorm.name], layout.onorm.shape[0]
     mats = layout.all_mats
     return Weights(buf=image, tables=WeightTables(layer, model, layer_vec, model_vec, vecs),
                    qtypes=frozenset(t.qtype for t in mats), matrix_bytes=sum(t.nbytes for t in mats),

@@ -1,8 +1,9 @@
 """Which GGUF tensor types the kernels handle, and the byte layout the kernels read.
 
 Each type's layout is its record's (kernels/traits.py): TILED rows are interleaved by
-tiles of 16 at load (families/q4_q8/tiles.py), the last rows % 16 of a matrix and
-REGROUPED rows regrouped (families/q4_q8/grouped.py); IN_FILE types are read in the file's
+tiles of 16 at load (families/q4_q8/tiles.py, families/kquants/tiles.py), the last
+rows % 16 of a matrix (but the K-quants', kept as in the file) and REGROUPED rows
+regrouped (families/q4_q8/grouped.py); IN_FILE types are read in the file's
 own block layout, so for those packing is zero-copy. Either way the packed size is the file's, and a shard is any row range
 that starts on a multiple of row_group and holds whole tiles or ends the matrix.
 """
@@ -89,7 +90,7 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
     if out is not None and (out.dtype != np.uint8 or out.size < n or not out.flags.c_contiguous):
         raise ValueError(f"pack: out must be C-contiguous uint8 of at least {n} bytes, got {out.size} {out.dtype}")
     qtype = T(qtype)
-    if qtype in GROUPED:  # the other types are read as the file stores them
+    if qtype in GROUPED or qtype in TILED_KINDS:  # the other types are read as the file stores them
         dest = np.empty(n, np.uint8) if out is None else out
         pack_rows(qtype, flat, rows, cols, dest.reshape(-1))
         return dest
@@ -103,12 +104,13 @@ def pack(qtype: T, raw: np.ndarray, rows: int, cols: int, out: np.ndarray | None
 _FIELD_WORDS: dict[T, np.ndarray] = {
     qtype: np.array([w // 2 for w in fields] + [0] * (MAX_FIELDS - len(fields)), np.int64)
     for qtype, (fields, _) in GROUPED.items()}
+_NO_FIELDS = np.zeros(MAX_FIELDS, np.int64)
 
 
 def pack_rows(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) -> None:
-    """Write rows [0, rows) of file bytes `src` of a type of traits.GROUPED into `dst`
-    in the kernels' layout: for the tiled types tiles, then the last rows % 16
-    grouped; for the others all grouped. src and dst are flat uint8, either the same
+    """Write rows [0, rows) of file bytes `src` of a type of traits.GROUPED or TILED_KINDS
+    into `dst` in the kernels' layout: for the tiled types tiles, then the last rows % 16
+    grouped (Q4_K: as in the file); for the others all grouped. src and dst are flat uint8, either the same
     array or not overlapping."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     n = rows * (cols // bs) * ts  # even: every block size is
@@ -116,5 +118,12 @@ def pack_rows(qtype: T, src: np.ndarray, rows: int, cols: int, dst: np.ndarray) 
         raise ValueError(f"pack: {rows} rows of {cols} {qtype.name} need {n} bytes, "
                          f"got {src.size} in and {dst.size} out")
     full = rows - rows % TILE if qtype in TILED_KINDS else 0
+    if qtype not in GROUPED:  # Q4_K: the last rows % 16 stay as the file has them
+        pack_tiles_and_groups(src[:n], dst[:n], full // TILE, 0, cols // bs, TILED_KINDS[qtype], ts // 2,
+                              _NO_FIELDS, False)
+        o = full * (cols // bs) * ts
+        if not np.may_share_memory(src, dst):
+            dst[o:n] = src[o:n]
+        return
     pack_tiles_and_groups(src[:n], dst[:n], full // TILE, rows - full, cols // bs, TILED_KINDS.get(qtype, -1),
                           ts // 2, _FIELD_WORDS[qtype], GROUPED[qtype][1])

@@ -34,6 +34,7 @@ from numallm.kernels.families import floats
 from numallm.kernels.families.iquants import blocks as iqb
 from numallm.kernels.families.iquants import rows as iq
 from numallm.kernels.families.kquants import rows as kq
+from numallm.kernels.families.kquants import tiles as kqt
 from numallm.kernels.families.q4_q8 import rows as q48
 from numallm.kernels.families.q4_q8 import tiles
 from numallm.kernels.simd.cpu import has_vnni256
@@ -98,6 +99,16 @@ def _kquant(qtype: T, sub_size: int, unpack: Callable[..., None], dot: Callable[
     return TypeTraits(qtype, IN_FILE, decode=decode, unpack=unpack, sub_size=sub_size, dot=dot)
 
 
+def _kquant_tiled(qtype: T, kind: int, five: bool) -> TypeTraits:
+    """Q4_K, Q5_K: tiles of 16 rows (families/kquants/tiles.py); a matrix's last rows % 16
+    stay in the file's layout and take the row kernel."""
+    return TypeTraits(
+        qtype, TILED,
+        unpack=lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q45_k(w, o, nb, q32, d, m, st, lane, five),
+        dot=lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1),
+        tiles=kqt.kq_tiles(five), tile_kind=kind, batch_invariant=True)
+
+
 def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub_size: int, off: int,
             q8_k: bool = True) -> TypeTraits:
     """The i-quants, TQ1_0, TQ2_0, MXFP4 (families/iquants/): in file layout, decoded by
@@ -151,12 +162,8 @@ TRAITS: tuple[TypeTraits, ...] = (
             lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q3_k(w, o, nb, q32, d, m, st, lane),
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q23_k(w, rb, nb, True, xq, xd, xs16, out, r0, r1),
             lambda qc, w, o, nb, y: kq.decode_q3_k(w, o, nb, y)),
-    _kquant(T.Q4_K, 32,
-            lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q45_k(w, o, nb, q32, d, m, st, lane, False),
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q45_k(w, rb, nb, False, xq, xd, xs, out, r0, r1)),
-    _kquant(T.Q5_K, 32,
-            lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q45_k(w, o, nb, q32, d, m, st, lane, True),
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q45_k(w, rb, nb, True, xq, xd, xs, out, r0, r1)),
+    _kquant_tiled(T.Q4_K, tiles.Q4_K_KIND, False),
+    _kquant_tiled(T.Q5_K, tiles.Q5_K_KIND, True),
     _kquant(T.Q6_K, 16,
             lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q6_k(w, o, nb, q32, d, m, st, lane),
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q6_k(w, rb, nb, xq, xd, xs16, out, r0, r1),

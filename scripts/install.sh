@@ -2,7 +2,9 @@
 # Install numallm and what it needs on a fresh Debian/Ubuntu machine.
 #   bash scripts/install.sh          the engine (libnuma1 from apt, numallm from pip)
 #   bash scripts/install.sh --test   also the test dependencies (with Debian's chromium and
-#                                    chromium-driver, for the web page's browser test)
+#                                    chromium-driver, for the web page's browser test) and
+#                                    numallm[cluster] (Ray: the --pipeline tests run a local cluster)
+#   bash scripts/install.sh --cluster   also numallm[cluster] (Ray), for --pipeline
 #   bash scripts/install.sh --llama-cpp   also llama-cpp-python (compiles llama.cpp, ~10 min;
 #                                    only for recording fixtures and --vs-llama-cpp benchmarks)
 #   bash scripts/install.sh --no-warm-up   without fetching the default model and compiling its
@@ -15,10 +17,11 @@ extras=""
 warm_up=1
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="${extras:+$extras,}test" ;;
+    --test) extras="${extras:+$extras,}test,cluster" ;;
+    --cluster) extras="${extras:+$extras,}cluster" ;;
     --llama-cpp) extras="${extras:+$extras,}llama-cpp" ;;
     --no-warm-up) warm_up=0 ;;
-    *) echo "install.sh: unknown option $arg (use --test, --llama-cpp, --no-warm-up)" >&2; exit 2 ;;
+    *) echo "install.sh: unknown option $arg (use --test, --cluster, --llama-cpp, --no-warm-up)" >&2; exit 2 ;;
   esac
 done
 

@@ -49,7 +49,7 @@ PUBLIC_PATHS = ("/health", *web.PATHS)
 
 @dataclass(frozen=True)
 class ServeConfig:
-    engine_kwargs: dict[str, Any]  # Engine(**engine_kwargs), n_slots included
+    engine_kwargs: dict[str, Any]  # open_engine(**engine_kwargs), n_slots included
     n_slots: int
     defaults: Defaults
     api_key: str | None = None
@@ -77,10 +77,10 @@ class ServerState:
         self._loader.start()
 
     def _load(self) -> None:
-        from numallm.engine.engine import Engine
+        from numallm.cluster import open_engine
 
         try:
-            engine = Engine(**self.config.engine_kwargs)
+            engine = open_engine(**self.config.engine_kwargs)
         except BaseException as e:
             self.error = e
             self._on_fatal()
@@ -122,6 +122,9 @@ def create_app(config: ServeConfig, on_fatal: Callable[[], None] = lambda: None)
         if state.engine is None or (state.scheduler is not None and state.scheduler.failure):
             failed = state.error or (state.scheduler is not None and state.scheduler.failure)
             return JSONResponse({"status": "error" if failed else "loading"}, status_code=503)
+        down = state.engine.down()
+        if down is not None:  # a pipeline stage restarting: back to ok once it is
+            return JSONResponse({"status": "error", "down": down}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def models(request: Request) -> Response:
@@ -265,7 +268,7 @@ async def _events(updates: asyncio.Queue[Update], shape: shapes.Completion, incl
         out = []
         for u in batch:
             first.saw(u)
-            if u.finish_reason in ("error", "cancelled"):
+            if u.finish_reason in ("error", "cancelled", "unavailable"):
                 yield "".join(out) + shapes.sse(_failed(u).body())
                 return
             text = calls.feed(u.text) if calls is not None and u.text else u.text
@@ -305,7 +308,7 @@ async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates:
                 return Response(status_code=499)  # nobody reads it; uvicorn drops it
             u = get.result()
             first.saw(u)
-            if u.finish_reason in ("error", "cancelled"):
+            if u.finish_reason in ("error", "cancelled", "unavailable"):
                 raise _failed(u)
             parts.append(u.text)
             if u.done:
@@ -323,6 +326,8 @@ async def _whole(request: Request, scheduler: BatchScheduler, job: Job, updates:
 def _failed(u: Update) -> ApiError:
     if u.finish_reason == "cancelled":
         return ApiError(503, "the server is shutting down")
+    if u.finish_reason == "unavailable":
+        return ApiError(503, f"generation failed: {u.error}")
     return ApiError(500, f"generation failed: {u.error}")
 
 

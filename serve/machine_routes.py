@@ -33,9 +33,11 @@ def routes(state: ServerState) -> list[Route]:
 
 
 def _topology(engine: Engine) -> dict[str, Any]:
-    return to_json(detect("/"), list(engine.placed.plan.workers))
+    # A pipeline's driver has no workers: its stages' are in the placement reports.
+    return to_json(detect("/"), list(engine.placed.plan.workers) if engine.placed is not None else [])
 
 
 def _placement(engine: Engine) -> dict[str, Any]:
-    return {"model": engine.path.name, "n_ctx": engine.n_ctx, "n_slots": engine.n_slots,
-            **engine.placed.page_report()}
+    reports = engine.page_reports()
+    where = reports[0] if len(reports) == 1 else {"stages": reports}
+    return {"model": engine.path.name, "n_ctx": engine.n_ctx, "n_slots": engine.n_slots, **where}

@@ -1,6 +1,6 @@
-"""Below the GEMM threshold, the multi-token kernels (for Q4_0, Q4_1 and Q8_0 the tile
-kernel of kernels/families/q4_q8/tiles.py by 8, 4, 2 and 1 tokens; fastdot_grouped.rows_q45_x2/_x4
-for Q5_0 and Q5_1; a rows_dot per token for the K-quants) give every token exactly the
+"""Below the GEMM threshold, the multi-token kernels (for Q4_0, Q4_1, Q8_0, Q4_K and Q5_K the tile
+kernels of kernels/families/q4_q8/tiles.py and kquants/tiles.py by 8, 4, 2 and 1 tokens;
+rows_q45_x2/_x4 for Q5_0 and Q5_1; a rows_dot per token for the other K-quants) give every token exactly the
 single-token matvec's output, and for the tiled types so does every batch size: the
 server promises a request's greedy output is the same alone or beside others, and a
 prompt's logits do not depend on how it was cut into chunks."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm import kernels as K
 from test_kernels import make_weight
@@ -35,14 +36,14 @@ def test_matmul_is_bit_identical_to_per_token_matvec(qtype: T) -> None:
             np.testing.assert_array_equal(out, expected, err_msg=f"n={n} rows {r0}..{r1}")
 
 
-@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q8_0), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K), ids=lambda t: t.name)
 def test_tiled_types_give_the_same_bits_for_any_batch(qtype: T) -> None:
     """Batches of the GEMM's size and more (every token through the tile kernel, and
     every remainder after the passes of 8) give each token matvec's bits."""
     from numallm.kernels.jit import GEMM_MIN_TOKENS
 
     rng = np.random.default_rng(5)
-    rows, cols = 37, 19 * 32
+    rows, cols = 37, 19 * 32 if GGML_QUANT_SIZES[qtype][0] == 32 else 3 * 256
     w = K.pack(qtype, make_weight(qtype, rows, cols, seed=6), rows, cols)
     for n in (15, GEMM_MIN_TOKENS + 7):
         X = rng.standard_normal((n, cols)).astype(np.float32)

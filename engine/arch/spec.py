@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -74,6 +74,7 @@ class HParams(NamedTuple):
     n_expert_shared: int = 0  # shared experts every token runs besides its routed ones
     n_layer_dense_lead: int = 0  # the first this many layers have a dense FFN, the others experts
     n_layer_nextn: int = 0    # NextN (multi-token prediction) layers after the n_layer run: not run
+    layer0: int = 0         # a pipeline stage's first layer in the whole model (its layers are n_layer)
     # RoPE scaling as llama_context sets it up from rope.scaling.* (the defaults: none).
     rope_freq_scale: float = 1.0   # global layers' angles times this (1 / rope.scaling.factor)
     rope_ext_factor: float = 0.0   # YaRN's mix of the original angles: 1 with yarn, else 0
@@ -88,7 +89,7 @@ class HParams(NamedTuple):
 
 def moe_layer(hp: HParams, il: int) -> bool:
     """Whether layer il's FFN is a mixture of experts (the others are dense)."""
-    return hp.n_expert > 0 and il >= hp.n_layer_dense_lead
+    return hp.n_expert > 0 and hp.layer0 + il >= hp.n_layer_dense_lead
 
 
 def value_dim(hp: HParams) -> int:
@@ -98,7 +99,7 @@ def value_dim(hp: HParams) -> int:
 
 def sliding_window_layer(hp: HParams, il: int) -> bool:
     """Whether layer il attends within hp.sliding_window (with its own RoPE base)."""
-    return hp.swa_period > 0 and (il + 1) % hp.swa_period != 0
+    return hp.swa_period > 0 and (hp.layer0 + il + 1) % hp.swa_period != 0
 
 
 class Key(NamedTuple):
@@ -313,10 +314,22 @@ class ArchSpec:
     token_embd: str = TOKEN_EMBD
     output: str = OUTPUT  # token_embd doubles as the output projection when absent
     output_norm: str = OUTPUT_NORM
+    embeds: bool = True   # holds the token embeddings (false: a pipeline stage after the first)
+    outputs: bool = True  # holds the output norm and projection (false: a stage before the last)
 
     @property
     def name(self) -> str:
         return self.arch.name
+
+    def stage(self, first: int, last: int) -> ArchSpec:
+        """The part a pipeline stage holds: layers [first, last), the token embeddings if
+        first is 0, the output norm and projection if last is the last layer. Its
+        hparams.n_layer counts its own layers, numbered from 0 (layer0 is the first's)."""
+        hp = self.hparams
+        if not 0 <= first < last <= hp.n_layer:
+            raise ValueError(f"layers [{first}, {last}) are not a range of the model's {hp.n_layer}")
+        return replace(self, hparams=hp._replace(n_layer=last - first, layer0=hp.layer0 + first),
+                       embeds=self.embeds and first == 0, outputs=self.outputs and last == hp.n_layer)
 
     def matrix_names(self, layer: int) -> dict[LayerMatrix, str]:
         """Layer `layer`'s matrices by slot, in slot order: in a mixture-of-experts layer,
@@ -328,7 +341,7 @@ class ArchSpec:
             slots = {slot: kind for slot, kind in slots.items() if slot not in DENSE_FFN} | self.arch.expert_matrices
             if self.hparams.n_expert_shared > 0:
                 slots |= self.arch.shared_expert_matrices
-        return {slot: tensor_name(kind, layer) for slot, kind in sorted(slots.items())}
+        return {slot: tensor_name(kind, self.hparams.layer0 + layer) for slot, kind in sorted(slots.items())}
 
     def vector_names(self, layer: int) -> dict[LayerVector, str]:
         """Layer `layer`'s vectors the file must have, by slot."""
@@ -341,5 +354,6 @@ class ArchSpec:
     def _vectors(self, layer: int, every: Mapping[LayerVector, MODEL_TENSOR],
                  experts: Mapping[LayerVector, MODEL_TENSOR]) -> dict[LayerVector, str]:
         slots = {**every, **experts} if moe_layer(self.hparams, layer) else every
+        return {slot: vector_name(slot, kind, self.hparams.layer0 + layer) for slot, kind in sorted(slots.items())}
         return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(slots.items())
                 if self.hparams.q_lora_rank or slot != LayerVector.Q_A_NORM}

@@ -99,8 +99,8 @@ def matmul(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def
 
 @njit(nogil=True, cache=True)
 def matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyped-def]
-    """Q4_0, Q4_1, Q8_0, any number of tokens: the tile kernel, then each token alone
-    through the row kernel for a matrix's last rows % 16 (grouped)."""
+    """The tiled types, any number of tokens: the tile kernel, then each token alone
+    through the row kernel for a matrix's last rows % 16."""
     nb, rb = row_geometry(qcode, cols)
     xq, xd, xs, xs16 = quantize_rows_for(qcode, X)
     full = tiled_part(qcode, rows)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from llvmlite import ir
 from numallm.kernels.qcodes import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-from numallm.kernels.simd.i32x16 import V16I32, V64I8, _dpbusd16
+from numallm.kernels.simd.i32x16 import V16I32, V64I8, _dpbusd16, i32x16
 from numallm.kernels.simd.scalar import half_to_float
 from numallm.kernels.simd.vec import (
     I8,
@@ -38,6 +38,7 @@ from numallm.kernels.simd.vec import (
     _call,
     _is_bytes,
     _load_bytes,
+    _splat,
     f32x16,
 )
 from numba.core import types
@@ -209,3 +210,83 @@ def q3k_scales16(typingctx, w, p):  # type: ignore[no-untyped-def]
         q = builder.sub(builder.or_(low, builder.shl(high, ir.Constant(V16I32, [4] * 16))), ir.Constant(V16I32, [32] * 16))
         return builder.sitofp(q, V16F32)
     return f32x16(w, p), codegen
+
+
+# ---- the tiled layouts of Q4_K and Q5_K (kernels/families/kquants/tiles.py) ---------------------
+
+def _nibble_dot(context, builder, sig, args, hi: bool, fifth: bool):  # type: ignore[no-untyped-def]
+    """idot16_nib's and idot16_nib5's code: args are (acc, w, p, [qh, bit,] xq, xo, high)."""
+    a, wa, pv = args[:3]
+    xi = 5 if fifth else 3
+    xa, xov = args[xi], args[xi + 1]
+    raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
+    u = (builder.lshr(raw, ir.Constant(V64I8, [4] * 64)) if hi
+         else builder.and_(raw, ir.Constant(V64I8, [15] * 64)))
+    if fifth:
+        # Rotating each qword left by (4 - bit) mod 64 moves bit `bit` of every byte to
+        # its bit 4; the mask drops what came from the neighbours.
+        plane = builder.bitcast(_load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, args[3]), 64), V8I64)
+        amount = builder.and_(builder.sub(ir.Constant(I64, 68), _as_i64(builder, args[4])), ir.Constant(I64, 63))
+        rot = _call(builder, "llvm.fshl.v8i64", V8I64, [plane, plane, _splat(builder, amount, V8I64)])
+        u = builder.or_(u, builder.and_(builder.bitcast(rot, V64I8), ir.Constant(V64I8, [16] * 64)))
+    x4 = _load_bytes(context, builder, sig.args[xi], xa, _as_i64(builder, xov), 4)
+    s = builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
+    return _dpbusd16(builder, a, u, s)
+
+
+@intrinsic(prefer_literal=True)
+def idot16_nib(typingctx, acc, w, p, xq, xo, high):  # type: ignore[no-untyped-def]
+    """acc plus, for the 16 rows of a tile vector (lane i = 4 quant bytes of row i), the
+    dot of their low (or, with `high`, their high) nibbles with xq[xo:xo+4]."""
+    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(high, types.BooleanLiteral)):
+        return None
+    hi = high.literal_value
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _nibble_dot(context, builder, sig, args, hi, False)
+    return i32x16(i32x16, w, p, xq, xo, high), codegen
+
+
+@intrinsic(prefer_literal=True)
+def idot16_nib5(typingctx, acc, w, p, qh, bit, xq, xo, high):  # type: ignore[no-untyped-def]
+    """idot16_nib with a 5th bit (Q5_K): each quant gets bit `bit` of the same byte of
+    the 64-byte vector at w[qh] as its bit 4."""
+    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(high, types.BooleanLiteral)):
+        return None
+    hi = high.literal_value
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _nibble_dot(context, builder, sig, args, hi, True)
+    return i32x16(i32x16, w, p, qh, bit, xq, xo, high), codegen
+
+
+@intrinsic(prefer_literal=True)
+def q4k_tile_scales(typingctx, w, p, j, mins):  # type: ignore[no-untyped-def]
+    """Scale (or, with `mins`, min) j < 8 of the 16 rows of a Q4_K or Q5_K tile as
+    F32x16, from its three scale vectors at w[p] (vector v, lane i: row i's scale
+    bytes 4v..4v+3).
+    k_scale_min's fields, lane-wise: j < 4 byte j (min: j + 4), low 6 bits; j >= 4 the
+    low (min: high) nibble of byte j + 4 and the top 2 bits of byte j - 4 (min: j)."""
+    if not (_is_bytes(w) and isinstance(mins, types.BooleanLiteral)):
+        return None
+    is_min = mins.literal_value
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, jv = args[:3]
+        p64, j64 = _as_i64(builder, pv), _as_i64(builder, jv)
+
+        def word(v: int) -> ir.Value:
+            off = builder.add(p64, ir.Constant(I64, 64 * v))
+            return builder.bitcast(_load_bytes(context, builder, sig.args[0], wa, off, 64), V16I32)
+
+        own, s2 = word(1 if is_min else 0), word(2)
+        k8 = builder.trunc(builder.mul(builder.and_(j64, ir.Constant(I64, 3)), ir.Constant(I64, 8)), I32)
+        high = builder.icmp_unsigned(">=", j64, ir.Constant(I64, 4))
+        sel = builder.select  # j may be a runtime value (the kernel's group loop)
+        shift = builder.add(k8, sel(high, ir.Constant(I32, 4 if is_min else 0), ir.Constant(I32, 0)))
+        low = builder.and_(builder.lshr(sel(high, s2, own), _splat(builder, shift, V16I32)),
+                           _splat(builder, sel(high, ir.Constant(I32, 15), ir.Constant(I32, 63)), V16I32))
+        top = builder.and_(builder.lshr(own, _splat(builder, builder.add(k8, ir.Constant(I32, 2)), V16I32)),
+                           _splat(builder, sel(high, ir.Constant(I32, 0x30), ir.Constant(I32, 0)), V16I32))
+        return builder.uitofp(builder.or_(low, top), V16F32)
+    return f32x16(w, p, j, mins), codegen

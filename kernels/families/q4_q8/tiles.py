@@ -1,5 +1,6 @@
 """The tiled layout of Q4_0, Q4_1 and Q8_0 and its kernel: any number of tokens, the
-same bits for each token whatever the batch.
+same bits for each token whatever the batch. The packer and the tile pass serve the
+tiled K-quants too (kernels/families/kquants/tiles.py).
 
 Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
 grouped layout of kernels/families/q4_q8/grouped.py and its row kernels). A tile holds, for each block
@@ -43,7 +44,8 @@ TILE = 16
 # the 32 zmm registers; an AVX2 ymm holds half an accumulator.
 MAX_TOKENS = 8 if has_avx512() else 2
 Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
-_BLOCK_BYTES = (18, 20, 34)  # by kind
+Q4_K_KIND, Q5_K_KIND = 3, 4  # their kernel and decoder: kernels/families/kquants/tiles.py
+_BLOCK_BYTES = (18, 20, 34, 144, 176)  # by kind
 
 
 @njit(nogil=True, cache=True)
@@ -57,8 +59,12 @@ def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibble
             _pack_tiles_of(src, dst, tiles, nb, 18, 1)
         elif kind == Q4_1_KIND:
             _pack_tiles_of(src, dst, tiles, nb, 20, 2)
-        else:
+        elif kind == Q8_0_KIND:
             _pack_tiles_of(src, dst, tiles, nb, 34, 1)
+        elif kind == Q4_K_KIND:  # d and dmin, then 3 words of scales and 32 of quants
+            _pack_tiles_of(src, dst, tiles, nb, 144, 2)
+        else:  # Q5_K: d and dmin, then 3 words of scales, 8 of high bits and 32 of quants
+            _pack_tiles_of(src, dst, tiles, nb, 176, 2)
     if grouped:
         o = tiles * TILE * nb * 2 * tw
         pack_grouped_rows(src[o:].view(np.uint16), dst[o:].view(np.uint16), grouped, nb, tw, fields, nibbles)
@@ -131,19 +137,25 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
                 f5 = _block(f5, i5, dv, mv, xd, xs, k + 5 * nb, kind)
                 f6 = _block(f6, i6, dv, mv, xd, xs, k + 6 * nb, kind)
                 f7 = _block(f7, i7, dv, mv, xd, xs, k + 7 * nb, kind)
-        vstore16_at(dst, dr, dc, f0)
-        if ntok > 1:
-            vstore16_at(dst, dr + 1, dc, f1)
-        if ntok > 2:
-            vstore16_at(dst, dr + 2, dc, f2)
-            vstore16_at(dst, dr + 3, dc, f3)
-        if ntok > 4:
-            vstore16_at(dst, dr + 4, dc, f4)
-            vstore16_at(dst, dr + 5, dc, f5)
-            vstore16_at(dst, dr + 6, dc, f6)
-            vstore16_at(dst, dr + 7, dc, f7)
+        store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel
+
+
+@njit(inline="always", cache=True)
+def store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7):  # type: ignore[no-untyped-def]
+    """A tile kernel's first ntok accumulators into rows dr.. of dst at column dc."""
+    vstore16_at(dst, dr, dc, f0)
+    if ntok > 1:
+        vstore16_at(dst, dr + 1, dc, f1)
+    if ntok > 2:
+        vstore16_at(dst, dr + 2, dc, f2)
+        vstore16_at(dst, dr + 3, dc, f3)
+    if ntok > 4:
+        vstore16_at(dst, dr + 4, dc, f4)
+        vstore16_at(dst, dr + 5, dc, f5)
+        vstore16_at(dst, dr + 6, dc, f6)
+        vstore16_at(dst, dr + 7, dc, f7)
 
 
 @njit(inline="always", cache=True)
@@ -161,8 +173,13 @@ def tile_pass(kind: int) -> Callable[..., None]:
     """pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1): out[t, r] for every token t and
     the rows r of [r0, r1) below `full` (the tiled rows) of a matrix of this type kind
     (rows of rb bytes, nb blocks), from the flat xq, xd, xs of the tokens."""
-    k8, k4, k2, k1 = (tile_kernel(kind, n) for n in (8, 4, 2, 1))
-    wide = MAX_TOKENS
+    return tile_pass_of(tuple(tile_kernel(kind, n) for n in (8, 4, 2, 1)), MAX_TOKENS)
+
+
+def tile_pass_of(kernels: tuple[Callable[..., None], ...], wide: int) -> Callable[..., None]:
+    """tile_pass over the kernels of a tile for 8, 4, 2 and 1 tokens (tile_kernel's
+    signature), taking at most `wide` tokens a pass."""
+    k8, k4, k2, k1 = kernels
 
     @njit(nogil=True, cache=True)
     def pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
@@ -205,7 +222,11 @@ def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # 
 
 def tile_rows_impl(kind: int) -> Callable[..., None]:
     """tile_pass of this kind with the type code first (kernels/traits.py's `tiles`)."""
-    pass_ = tile_pass(kind)
+    return with_type_code(tile_pass(kind))
+
+
+def with_type_code(pass_: Callable[..., None]) -> Callable[..., None]:
+    """A tile pass taking the type code first, as the records' `tiles` do."""
 
     def impl(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
         pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1)
