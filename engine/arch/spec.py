@@ -354,6 +354,5 @@ class ArchSpec:
     def _vectors(self, layer: int, every: Mapping[LayerVector, MODEL_TENSOR],
                  experts: Mapping[LayerVector, MODEL_TENSOR]) -> dict[LayerVector, str]:
         slots = {**every, **experts} if moe_layer(self.hparams, layer) else every
-        return {slot: vector_name(slot, kind, self.hparams.layer0 + layer) for slot, kind in sorted(slots.items())}
-        return {slot: vector_name(slot, kind, layer) for slot, kind in sorted(slots.items())
+        return {slot: vector_name(slot, kind, self.hparams.layer0 + layer) for slot, kind in sorted(slots.items())
                 if self.hparams.q_lora_rank or slot != LayerVector.Q_A_NORM}
