@@ -29,9 +29,10 @@ N_GREEDY = 24
 RECOVER_S = 180  # Ray restarts the stage, which maps its layers and loads its compiled pass again
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
-    """One local Ray cluster of 2 CPUs for the session; its address, for servers to join."""
+    """One local Ray cluster of 2 CPUs for this file; its address, for servers to join.
+    Module-scoped: its daemons and object store are gone before the rest of the suite."""
     context = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield context.address_info["address"]
     ray.shutdown()
