@@ -37,7 +37,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType, RopeScalingType, TokenType, quants
 
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_store import cache_dir as numallm_cache_dir
@@ -48,9 +48,32 @@ Q = GGMLQuantizationType
 
 
 @dataclass(frozen=True)
+class LatentAttention:
+    """DeepSeek's multi-head latent attention (deepseek2): the shape's head_dim is a
+    query/key head (its nope part, then rope_dim rotated values), n_head_kv is 1."""
+
+    q_lora_rank: int   # 0: a plain attn_q (V2-Lite); else attn_q_a -> attn_q_a_norm -> attn_q_b
+    kv_lora_rank: int  # the latent per token, decompressed per head by attn_k_b and attn_v_b
+    rope_dim: int
+    v_head_dim: int
+
+
+@dataclass(frozen=True)
+class YaRN:
+    """RoPE scaling keys as llama.cpp's converter writes them from a yarn rope_scaling."""
+
+    factor: float
+    orig_ctx: int
+    log_mul: float = 0.0  # deepseek2's yarn_log_multiplier: 0.1 * mscale_all_dim
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """A model's architecture and hyperparameters; n_expert > 0 makes the FFN a
-    mixture of experts (llama.cpp's merged *_exps tensors, a router per layer)."""
+    mixture of experts (llama.cpp's merged *_exps tensors, a router per layer) after
+    n_dense_lead dense layers, with n_expert_shared shared experts beside them."""
 
     arch: str
     n_layer: int
@@ -67,6 +90,11 @@ class ModelShape:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int = 0
+    n_dense_lead: int = 0
+    n_expert_shared: int = 0
+    expert_weights_scale: float = 0.0  # written where > 0 (deepseek2's routed_scaling_factor)
+    mla: LatentAttention | None = None
+    yarn: YaRN | None = None
 
 
 SHAPES: dict[str, ModelShape] = {
@@ -77,6 +105,14 @@ SHAPES: dict[str, ModelShape] = {
     "qwen3moe-a3b": ModelShape("qwen3moe", n_layer=16, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128,
                                n_ff=6144, n_vocab=151936, n_ctx=40960, rope_base=1e6, rms_eps=1e-6,
                                qk_norm=True, n_expert=128, n_expert_used=8, n_ff_exp=768),
+    # DeepSeek-V2-Lite with 16 of its 27 layers (about 5.6 GB in Q4_K): its config's softmax
+    # routing without renormalisation, YaRN (factor 40, mscale_all_dim 0.707).
+    "deepseek2-lite": ModelShape("deepseek2", n_layer=16, n_embd=2048, n_head=16, n_head_kv=1, head_dim=192,
+                                 n_ff=10944, n_vocab=102400, n_ctx=163840, rms_eps=1e-6, n_expert=64,
+                                 n_expert_used=6, n_ff_exp=1408, n_dense_lead=1, n_expert_shared=2,
+                                 expert_weights_scale=1.0,
+                                 mla=LatentAttention(q_lora_rank=0, kv_lora_rank=512, rope_dim=64, v_head_dim=128),
+                                 yarn=YaRN(factor=40.0, orig_ctx=4096, log_mul=0.1 * 0.707)),
 }
 
 # The mixes a file can have: one type for every matrix (llama-quantize --pure), or
@@ -98,8 +134,13 @@ _FILE_TYPES = {"Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q
 # with a common sign every product gave the same direction for any input.
 _F16_FIELDS: dict[GGMLQuantizationType, tuple[int, tuple[int, float] | None]] = {
     Q.Q4_0: (0, None), Q.Q5_0: (0, None), Q.Q8_0: (0, None), Q.Q6_K: (208, None),
-    Q.Q4_1: (0, (2, -7.5)), Q.Q4_K: (0, (2, 7.5)), Q.Q5_K: (0, (2, 15.5)),
+    Q.Q4_1: (0, (2, -7.5)), Q.Q5_1: (0, (2, -15.5)), Q.Q4_K: (0, (2, 7.5)), Q.Q5_K: (0, (2, 15.5)),
 }
+
+# llama.cpp's quantizer gives a matrix whose rows do not split into a K-quant's blocks of
+# 256 a type of blocks of 32 (src/llama-quant.cpp, tensor_type_fallback): DeepSeek's
+# attn_k_b rows of 128 and expert ffn_down rows of 1408 among them.
+_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 
 
 def _set_scales(blocks: np.ndarray, qtype: GGMLQuantizationType, d: np.ndarray) -> None:
@@ -145,30 +186,61 @@ class _Tensor:
     quantized: bool         # a matrix in the file's mix; else F32 (norms, the MoE router)
 
 
-def _tensors(s: ModelShape) -> Iterator[_Tensor]:
-    """Every tensor of the shape's architecture, llama.cpp's names and order."""
-    yield _Tensor("token_embd.weight", (s.n_vocab, s.n_embd), True)
-    q_dim, kv_dim = s.n_head * s.head_dim, s.n_head_kv * s.head_dim
-    for il in range(s.n_layer):
-        b = f"blk.{il}"
-        yield _Tensor(f"{b}.attn_norm.weight", (s.n_embd,), False)
+def _attention(s: ModelShape, b: str) -> Iterator[_Tensor]:
+    """Layer b's attention: grouped-query, or DeepSeek's latent attention."""
+    q_dim = s.n_head * s.head_dim
+    if s.mla is None:
+        kv_dim = s.n_head_kv * s.head_dim
         yield _Tensor(f"{b}.attn_q.weight", (q_dim, s.n_embd), True)
         yield _Tensor(f"{b}.attn_k.weight", (kv_dim, s.n_embd), True)
         yield _Tensor(f"{b}.attn_v.weight", (kv_dim, s.n_embd), True)
         yield _Tensor(f"{b}.attn_output.weight", (s.n_embd, q_dim), True)
+        return
+    m = s.mla
+    if m.q_lora_rank:
+        yield _Tensor(f"{b}.attn_q_a.weight", (m.q_lora_rank, s.n_embd), True)
+        yield _Tensor(f"{b}.attn_q_a_norm.weight", (m.q_lora_rank,), False)
+        yield _Tensor(f"{b}.attn_q_b.weight", (q_dim, m.q_lora_rank), True)
+    else:
+        yield _Tensor(f"{b}.attn_q.weight", (q_dim, s.n_embd), True)
+    yield _Tensor(f"{b}.attn_kv_a_mqa.weight", (m.kv_lora_rank + m.rope_dim, s.n_embd), True)
+    yield _Tensor(f"{b}.attn_kv_a_norm.weight", (m.kv_lora_rank,), False)
+    # The converter's split of kv_b: k_b transposed per head (rows of the nope width), v_b not.
+    yield _Tensor(f"{b}.attn_k_b.weight", (s.n_head, m.kv_lora_rank, s.head_dim - m.rope_dim), True)
+    yield _Tensor(f"{b}.attn_v_b.weight", (s.n_head, m.v_head_dim, m.kv_lora_rank), True)
+    yield _Tensor(f"{b}.attn_output.weight", (s.n_embd, s.n_head * m.v_head_dim), True)
+
+
+def _ffn(s: ModelShape, b: str, il: int) -> Iterator[_Tensor]:
+    """Layer il's FFN: dense, or router, routed experts and the shared experts."""
+    if not s.n_expert or il < s.n_dense_lead:
+        yield _Tensor(f"{b}.ffn_gate.weight", (s.n_ff, s.n_embd), True)
+        yield _Tensor(f"{b}.ffn_up.weight", (s.n_ff, s.n_embd), True)
+        yield _Tensor(f"{b}.ffn_down.weight", (s.n_embd, s.n_ff), True)
+        return
+    yield _Tensor(f"{b}.ffn_gate_inp.weight", (s.n_expert, s.n_embd), False)
+    yield _Tensor(f"{b}.ffn_gate_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
+    yield _Tensor(f"{b}.ffn_up_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
+    yield _Tensor(f"{b}.ffn_down_exps.weight", (s.n_expert, s.n_embd, s.n_ff_exp), True)
+    if s.n_expert_shared:
+        n_sh = s.n_expert_shared * s.n_ff_exp
+        yield _Tensor(f"{b}.ffn_gate_shexp.weight", (n_sh, s.n_embd), True)
+        yield _Tensor(f"{b}.ffn_up_shexp.weight", (n_sh, s.n_embd), True)
+        yield _Tensor(f"{b}.ffn_down_shexp.weight", (s.n_embd, n_sh), True)
+
+
+def _tensors(s: ModelShape) -> Iterator[_Tensor]:
+    """Every tensor of the shape's architecture, llama.cpp's names and order."""
+    yield _Tensor("token_embd.weight", (s.n_vocab, s.n_embd), True)
+    for il in range(s.n_layer):
+        b = f"blk.{il}"
+        yield _Tensor(f"{b}.attn_norm.weight", (s.n_embd,), False)
+        yield from _attention(s, b)
         if s.qk_norm:
             yield _Tensor(f"{b}.attn_q_norm.weight", (s.head_dim,), False)
             yield _Tensor(f"{b}.attn_k_norm.weight", (s.head_dim,), False)
         yield _Tensor(f"{b}.ffn_norm.weight", (s.n_embd,), False)
-        if s.n_expert:
-            yield _Tensor(f"{b}.ffn_gate_inp.weight", (s.n_expert, s.n_embd), False)
-            yield _Tensor(f"{b}.ffn_gate_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
-            yield _Tensor(f"{b}.ffn_up_exps.weight", (s.n_expert, s.n_ff_exp, s.n_embd), True)
-            yield _Tensor(f"{b}.ffn_down_exps.weight", (s.n_expert, s.n_embd, s.n_ff_exp), True)
-        else:
-            yield _Tensor(f"{b}.ffn_gate.weight", (s.n_ff, s.n_embd), True)
-            yield _Tensor(f"{b}.ffn_up.weight", (s.n_ff, s.n_embd), True)
-            yield _Tensor(f"{b}.ffn_down.weight", (s.n_embd, s.n_ff), True)
+        yield from _ffn(s, b, il)
     yield _Tensor("output_norm.weight", (s.n_embd,), False)
     yield _Tensor("output.weight", (s.n_vocab, s.n_embd), True)
 
@@ -241,15 +313,39 @@ def _add_header(w: GGUFWriter, s: ModelShape, mix: str, vocab: Vocabulary, name:
     w.add_rope_freq_base(s.rope_base)
     w.add_layer_norm_rms_eps(s.rms_eps)
     w.add_vocab_size(s.n_vocab)
-    if s.head_dim * s.n_head == s.n_embd:
+    if s.mla is not None:
+        m = s.mla
+        # llama.cpp requires q_lora_rank unless the layer count is a real Lite model's: a cut needs it.
+        w.add_q_lora_rank(m.q_lora_rank)
+        w.add_kv_lora_rank(m.kv_lora_rank)
+        w.add_key_length(m.kv_lora_rank + m.rope_dim)  # the latent cache's, as the converter writes
+        w.add_value_length(m.kv_lora_rank)
+        w.add_key_length_mla(s.head_dim)
+        w.add_value_length_mla(m.v_head_dim)
+        w.add_rope_dimension_count(m.rope_dim)
+    elif s.head_dim * s.n_head == s.n_embd:
         w.add_rope_dimension_count(s.head_dim)
     else:
         w.add_key_length(s.head_dim)
         w.add_value_length(s.head_dim)
+    if s.yarn is not None:
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(s.yarn.factor)
+        w.add_rope_scaling_orig_ctx_len(s.yarn.orig_ctx)
+        w.add_rope_scaling_yarn_beta_fast(s.yarn.beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(s.yarn.beta_slow)
+        if s.yarn.log_mul:
+            w.add_rope_scaling_yarn_log_mul(s.yarn.log_mul)
     if s.n_expert:
         w.add_expert_count(s.n_expert)
         w.add_expert_used_count(s.n_expert_used)
         w.add_expert_feed_forward_length(s.n_ff_exp)
+    if s.n_dense_lead:
+        w.add_leading_dense_block_count(s.n_dense_lead)
+    if s.n_expert_shared or s.mla is not None:  # deepseek2 requires the key
+        w.add_expert_shared_count(s.n_expert_shared)
+    if s.expert_weights_scale:
+        w.add_expert_weights_scale(s.expert_weights_scale)
     w.add_file_type(_FILE_TYPES[mix])
     w.add_quantization_version(2)
     w.add_tokenizer_model(str(vocab.keys["tokenizer.ggml.model"]))
@@ -267,8 +363,11 @@ def _add_header(w: GGUFWriter, s: ModelShape, mix: str, vocab: Vocabulary, name:
             adders[key](value)
 
 
-def _tensor_type(name: str, s: ModelShape, mix: str) -> GGMLQuantizationType:
-    return q4_k_m_type(name, s.n_layer) if mix == "Q4_K_M" else SINGLE_TYPES[mix]
+def _tensor_type(t: _Tensor, s: ModelShape, mix: str) -> GGMLQuantizationType:
+    """The type of matrix t in a file of shape s and mix, with llama.cpp's fallback for rows
+    that do not split into the mix's blocks."""
+    qt = q4_k_m_type(t.name, s.n_layer) if mix == "Q4_K_M" else SINGLE_TYPES[mix]
+    return _FALLBACK.get(qt, qt) if t.shape[-1] % GGML_QUANT_SIZES[qt][0] else qt
 
 
 def tensor_bytes(s: ModelShape, mix: str) -> int:
@@ -276,7 +375,7 @@ def tensor_bytes(s: ModelShape, mix: str) -> int:
     total = 0
     for t in _tensors(s):
         if t.quantized:
-            bs, ts = GGML_QUANT_SIZES[_tensor_type(t.name, s, mix)]
+            bs, ts = GGML_QUANT_SIZES[_tensor_type(t, s, mix)]
             total += math.prod(t.shape) // bs * ts
         else:
             total += 4 * math.prod(t.shape)
@@ -292,7 +391,7 @@ def write_model(path: Path, s: ModelShape, mix: str) -> None:
     _add_header(w, s, mix, smollm2_vocabulary(s.n_vocab), f"random {s.arch} {s.n_layer} layers {mix}")
     for t in tensors:
         if t.quantized:
-            qt = _tensor_type(t.name, s, mix)
+            qt = _tensor_type(t, s, mix)
             bs, ts = GGML_QUANT_SIZES[qt]
             byte_shape = (*t.shape[:-1], t.shape[-1] // bs * ts)
             w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qt)
@@ -307,7 +406,7 @@ def write_model(path: Path, s: ModelShape, mix: str) -> None:
         if t.quantized:
             # Embedding rows of RMS 1, as large as what each layer adds: the input token
             # then shows in the logits (at 1/sqrt(n_embd) every token gave the same).
-            data = random_blocks(_tensor_type(t.name, s, mix), t.shape, rng, 1.0 if t.name == "token_embd.weight" else None)
+            data = random_blocks(_tensor_type(t, s, mix), t.shape, rng, 1.0 if t.name == "token_embd.weight" else None)
         else:
             data = _random_f32(t, rng)
         w.write_tensor_data(data)

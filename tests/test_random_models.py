@@ -14,6 +14,7 @@ from gguf import quants
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import random_models as rm  # noqa: E402
 
+from numallm.engine import arch  # noqa: E402
 from numallm.engine.gguf_file import read_gguf  # noqa: E402
 
 pytestmark = pytest.mark.model  # the vocabulary is SmolLM2's
@@ -22,6 +23,11 @@ TINY = rm.ModelShape("llama", n_layer=8, n_embd=256, n_head=2, n_head_kv=1, head
                      n_vocab=1000)
 TINY_MOE = rm.ModelShape("qwen3moe", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=128, n_ff=768,
                          n_vocab=1000, qk_norm=True, n_expert=4, n_expert_used=2, n_ff_exp=256)
+TINY_MLA = rm.ModelShape("deepseek2", n_layer=2, n_embd=256, n_head=2, n_head_kv=1, head_dim=192, n_ff=512,
+                         n_vocab=1000, n_expert=4, n_expert_used=2, n_ff_exp=256, n_dense_lead=1,
+                         n_expert_shared=2, expert_weights_scale=1.0,
+                         mla=rm.LatentAttention(q_lora_rank=0, kv_lora_rank=256, rope_dim=64, v_head_dim=128),
+                         yarn=rm.YaRN(factor=40.0, orig_ctx=4096, log_mul=0.0707))
 
 
 def test_q4_k_m_puts_llama_7b_attn_v_and_ffn_down_in_q6_k_where_llama_cpp_does() -> None:
@@ -79,6 +85,24 @@ def test_the_moe_shape_writes_expert_tensors_and_a_cut_vocabulary(tmp_path: Path
     assert gf.tensors["blk.1.ffn_down_exps.weight"].shape == (256, 256, 4)  # ggml order: cols, rows, experts
     assert gf.tensors["blk.1.ffn_gate_inp.weight"].qtype == Q.F32
     assert gf.tensors["blk.0.attn_q_norm.weight"].shape == (128,)
+
+
+def test_the_mla_shape_writes_deepseek2s_keys_split_kv_b_and_llama_cpps_fallback_types(tmp_path: Path) -> None:
+    path = tmp_path / "mla.gguf"
+    rm.write_model(path, TINY_MLA, "Q4_K")
+    gf = read_gguf(path)
+    hp = arch.describe(gf.metadata, str(path)).hparams  # numallm reads it as deepseek2
+    assert (hp.kv_lora_rank, hp.q_lora_rank, hp.head_dim, hp.n_rot, hp.head_dim_v) == (256, 0, 192, 64, 128)
+    assert (hp.n_layer_dense_lead, hp.n_expert_shared, hp.n_head_kv) == (1, 2, 1)
+    assert hp.rope_ext_factor == 1.0 and hp.rope_n_ctx_orig == 4096 and hp.rope_yarn_log_mul == pytest.approx(0.707)
+    t = gf.tensors
+    assert "blk.0.ffn_gate.weight" in t and "blk.0.ffn_gate_inp.weight" not in t
+    assert t["blk.1.ffn_gate_shexp.weight"].shape == (256, 512)  # ggml order: two shared experts of 256
+    assert t["blk.1.attn_kv_a_mqa.weight"].shape == (256, 256 + 64)
+    # k_b's rows (the nope width, 128) do not split into Q4_K's blocks of 256: Q5_0, as llama-quantize gives.
+    assert t["blk.0.attn_k_b.weight"].shape == (128, 256, 2) and t["blk.0.attn_k_b.weight"].qtype == Q.Q5_0
+    assert t["blk.0.attn_v_b.weight"].shape == (256, 128, 2) and t["blk.0.attn_v_b.weight"].qtype == Q.Q4_K
+    assert path.stat().st_size >= rm.tensor_bytes(TINY_MLA, "Q4_K")
 
 
 def test_ensure_model_writes_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
