@@ -1,7 +1,7 @@
 """The memory roofline of token generation: the t/s ceiling a read bandwidth implies.
 
-Generating one token reads every weight once (the output projection included; of a
-mixture of experts, only the experts it is routed to) and,
+Generating one token reads every weight the forward pass uses once (the output
+projection included; of a mixture of experts, only the experts it is routed to) and,
 in attention, the KV cache up to that position; nothing else of size. So at a read
 bandwidth B (bytes/s) a decode at position p takes at least
 (weight bytes per token + KV bytes read at p) / B, and tg N from an empty context
@@ -20,18 +20,26 @@ from numallm.engine.kv_cache import kv_widths
 
 
 def weight_bytes_per_token(gf: GGUFFile, spec: ArchSpec) -> int:
-    """Bytes of the model one decode step reads: every tensor, except that the token
-    embedding table contributes one row, unless it doubles as the output projection
-    (tied embeddings), in which case the projection reads all of it as well, and that of
-    a mixture of experts' tensors it reads the experts it routes to: used/count of them."""
+    """Bytes of the model one decode step reads: each layer's matrices and vectors the
+    forward pass uses (of a mixture of experts' expert tensors used/count, the experts
+    it routes to; the router, shared experts and attention whole), the output norm and
+    projection, and one row of the token embedding table, unless it doubles as the output
+    projection (tied embeddings), in which case all of it. Tensors the pass never reads
+    (glm4moe's NextN layers) count nothing."""
     hp = spec.hparams
+
+    def nbytes(name: str) -> int:
+        return gf.tensors[name].nbytes if name in gf.tensors else 0  # an optional vector may be absent
+
+    total = 0
+    for il in range(hp.n_layer):
+        for slot, name in spec.matrix_names(il).items():
+            total += nbytes(name) * hp.n_expert_used // hp.n_expert if slot in EXPERTS else nbytes(name)
+        vectors = {**spec.vector_names(il), **spec.optional_vector_names(il)}
+        total += sum(nbytes(name) for name in vectors.values())
     embd = gf.tensors[spec.token_embd]
-    total = sum(t.nbytes for t in gf.tensors.values())
-    tied = spec.output not in gf.tensors
-    experts = sum(gf.tensors[name].nbytes for il in range(hp.n_layer)
-                  for slot, name in spec.matrix_names(il).items() if slot in EXPERTS)
-    unread = experts - experts * hp.n_expert_used // hp.n_expert if hp.n_expert else 0
-    return total - unread - embd.nbytes + embd.row_bytes + (embd.nbytes if tied else 0)
+    output = embd.nbytes if spec.output not in gf.tensors else nbytes(spec.output)
+    return total + nbytes(spec.output_norm) + output + embd.row_bytes
 
 
 def kv_bytes_read(hp: HParams, kv_itemsize: int, pos: int) -> int:

@@ -216,3 +216,16 @@ def test_roofline_reads_the_routed_share_of_the_experts(fixture_model: Callable[
     embd_row = sizes["token_embd.weight"] // gf.tensors["token_embd.weight"].rows
     expected = sum(sizes.values()) - experts + experts // 4 + embd_row  # tied: the table read whole too
     assert weight_bytes_per_token(gf, describe(gf.metadata, str(path))) == expected
+
+
+def test_roofline_leaves_out_the_nextn_layer_and_reads_the_shared_expert_whole(
+        fixture_model: Callable[[str], Path]) -> None:
+    """tiny-glm4moe: 3 layers, then a NextN layer (blk.3) the forward pass skips; 2 of 8
+    experts routed, the router, shared expert and attention read whole, output untied."""
+    path = fixture_model("tiny-glm4moe")
+    gf = read_gguf(path)
+    read = {name: t.nbytes for name, t in gf.tensors.items() if not name.startswith("blk.3.")}
+    experts = sum(n for name, n in read.items() if name.endswith("_exps.weight"))
+    embd = gf.tensors["token_embd.weight"]
+    expected = sum(read.values()) - experts + experts // 4 - embd.nbytes + embd.row_bytes
+    assert weight_bytes_per_token(gf, describe(gf.metadata, str(path))) == expected
