@@ -11,8 +11,8 @@ For each shape and mix (benchmarks/random_models.py writes the file into
 tg t/s, their ratios (numallm / llama.cpp), and the fraction of the memory roofline
 each engine's tg reaches (bench/roofline.py; the ceiling is the same for both).
 
-A shape whose architecture numallm does not run yet (qwen3moe) gets "unsupported
-architecture" in numallm's columns, and llama.cpp is timed alone by the same protocol
+A shape whose architecture numallm does not run gets "unsupported architecture" in
+numallm's columns, and llama.cpp is timed alone by the same protocol
 as `numallm bench` (bench/runners.py: one warm-up, then R runs of pp P and tg N from an
 empty context); without llama-cpp-python the llama.cpp columns say "not installed".
 """
@@ -50,7 +50,7 @@ class Row:
     mix: str
     size: int                # bytes of the file
     threads: int
-    ours: dict[str, float]   # "pp", "tg", "tg_frac" -> value; absent: not measured
+    ours: dict[str, float]   # "pp", "tg", "tg_frac", "gbps" -> value; absent: not measured
     theirs: dict[str, float]
     note: str = ""           # why a side has no figures
 
@@ -76,6 +76,7 @@ def _figures(records: list[dict[str, Any]], engine: str, threads: int) -> dict[s
             else:
                 out["tg"] = r["avg_ts"]
                 out["tg_frac"] = r["roofline_frac"]
+                out["gbps"] = r["mem_gbps"]
     return out
 
 
@@ -143,7 +144,7 @@ def _frac(figs: dict[str, float], key: str = "tg_frac") -> str:
 def table(rows: list[Row], args: argparse.Namespace) -> str:
     pp, tg = f"pp{args.n_prompt}", f"tg{args.n_gen}"
     head = ["shape", "type", "size", "threads", f"numallm {pp}", f"llama.cpp {pp}", "ratio",
-            f"numallm {tg}", f"llama.cpp {tg}", "ratio", "roofline numallm", "roofline llama.cpp", "note"]
+            f"numallm {tg}", f"llama.cpp {tg}", "ratio", "roofline numallm", "roofline llama.cpp", "read GB/s", "note"]
     numeric = range(2, len(head) - 1)  # right-aligned: all but the names and the note
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join("---:" if i in numeric else "---" for i in range(len(head))) + "|"]
@@ -152,11 +153,12 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
         cells = [shape, r.mix, f"{r.size / 2**30:.2f} GiB" if r.size else "-", str(r.threads),
                  _ts(r.ours, "pp"), _ts(r.theirs, "pp"), _ratio(r, "pp"),
                  _ts(r.ours, "tg"), _ts(r.theirs, "tg"), _ratio(r, "tg"),
-                 _frac(r.ours), _frac(r.theirs), r.note]
+                 _frac(r.ours), _frac(r.theirs), _ts(r.ours, "gbps"), r.note]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"t/s: mean of {args.repetitions} runs after a warm-up; ratio: numallm / llama.cpp; roofline: "
-                 "fraction of the tg ceiling (read bandwidth / bytes a token reads) reached")
+                 "fraction of the tg ceiling (read bandwidth / bytes a token reads) reached; "
+                 "read GB/s: that bandwidth, measured in the run")
     lines.append(f"machine: {cpu_info() or 'unknown CPU'}, {os.cpu_count()} CPUs, "
                  f"load average (1 min) at the end {os.getloadavg()[0]:.1f}")
     return "\n".join(lines)
