@@ -89,6 +89,8 @@ def _check_key(gf: GGUFFile, name: str, key: Key) -> int | float | None:
         return value
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise _error(gf, f"key {name!r} should be a number, found {_describe(value)}")
+    if value == key.unset:
+        return value
     if not (math.isfinite(value) and key.lo < value <= key.hi):
         raise _error(gf, f"key {name!r} is {value!r}, outside the sane range ({key.lo}, {key.hi}]")
     return value

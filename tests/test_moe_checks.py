@@ -16,6 +16,7 @@ from synthetic_deepseek import write_tiny_glm4moe
 from test_cli import numallm, one_error_line
 
 from numallm.engine.arch import describe
+from numallm.engine.engine import Engine
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.model_checks import check_architecture
 from numallm.engine.weights import check_model
@@ -115,3 +116,23 @@ def test_leading_dense_layers_past_the_trunk_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     line = one_error_line(done)
     assert str(path) in line and "'glm4moe.leading_dense_block_count' is 4, more than the 3 layers" in line, line
+
+
+def test_a_weights_scale_of_zero_is_llama_cpps_unset(tmp_path: Path) -> None:
+    """llama.cpp reads expert_weights_scale 0.0 as not set (it scales by neither 0 nor 1):
+    the file is accepted and routes as with 1.0; a negative scale is still refused."""
+    logits = {}
+    for scale in (0.0, 1.0):
+        path = write_tiny_glm4moe(tmp_path / f"scale-{scale}.gguf", expert_weights_scale=scale)
+        gf = read_gguf(path)
+        check_architecture(gf)
+        assert describe(gf.metadata, gf.path).hparams.expert_weights_scale == scale
+        eng = Engine(path, ctx_size=64)
+        try:
+            logits[scale] = eng.logits(list(range(3, 40)))
+        finally:
+            eng.close()
+    np.testing.assert_array_equal(logits[0.0], logits[1.0])
+    gf = dataclasses.replace(gf, metadata={**gf.metadata, "glm4moe.expert_weights_scale": -1.0})
+    with pytest.raises(ModelFormatError, match="'glm4moe.expert_weights_scale' is -1.0, outside the sane range"):
+        check_architecture(gf)

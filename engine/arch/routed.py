@@ -26,7 +26,8 @@ ROUTED_EXPERT_KEYS = (
     Key(Keys.LLM.LEADING_DENSE_BLOCK_COUNT, int, 0, MAX_LAYERS, "n_layer_dense_lead", 0),
     Key(Keys.LLM.EXPERT_GATING_FUNC, int, 0, GATING_SIGMOID, "expert_gating"),  # none or 0: see gating()
     Key(Keys.LLM.EXPERT_WEIGHTS_NORM, bool, 0, 1, "expert_weights_norm", False),
-    Key(Keys.LLM.EXPERT_WEIGHTS_SCALE, float, 0.0, 1e6, "expert_weights_scale", 0.0),
+    # 0.0 is llama.cpp's "not set" (build_moe_ffn scales by neither 0 nor 1), as the default
+    Key(Keys.LLM.EXPERT_WEIGHTS_SCALE, float, 0.0, 1e6, "expert_weights_scale", 0.0, unset=0.0),
     Key(Keys.LLM.EXPERT_GROUP_COUNT, int, 0, MAX_EXPERTS, "n_expert_groups", 0),
     Key(Keys.LLM.EXPERT_GROUP_USED_COUNT, int, 0, MAX_EXPERTS, "n_group_used", 0),
     Key(Keys.LLM.NEXTN_PREDICT_LAYERS, int, 0, MAX_LAYERS, "n_layer_nextn", 0),

@@ -112,6 +112,7 @@ class Key(NamedTuple):
     field: str | None = None        # the HParams field it sets; None: checked only
     default: float | None = None    # when the file has none (None: required, or see _geometry_defaults)
     required: bool = False
+    unset: float | None = None      # a value that llama.cpp reads as "not set", taken whatever lo says
 
 
 # The keys every llama-family architecture names alike, integers first.
