@@ -108,8 +108,9 @@ class BenchRun:
         for model in g.models:
             path = resolve_model(model)
             gf = read_gguf(path)
-            spec = arch.describe(gf.metadata, str(path))
-            info = model_info(gf, path, weight_bytes_per_token(gf, spec))
+            held = arch.upgrade(gf)  # the file as the engine holds it (llama-bench's size is the file's)
+            spec = arch.describe(held.metadata, str(path))
+            info = model_info(gf, path, weight_bytes_per_token(held, spec))
             for numa in g.numa:
                 for load_mode in g.load_modes:
                     for threads in g.threads:

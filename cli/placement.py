@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
+    from numallm.engine.arch import upgrade
     from numallm.engine.dry_run import context_size, dry_run
     from numallm.engine.gguf_file import read_gguf
     from numallm.engine.model_load import DEFAULT_CTX
@@ -67,7 +68,7 @@ def _dry_run(args: argparse.Namespace) -> int:
         topo = dataclasses.replace(topo, nodes=tuple(
             dataclasses.replace(n, free_bytes=size if n.memory_bytes != 0 else n.free_bytes) for n in topo.nodes))
     workers = placed_workers(topo, args.numa, args.numa_node, args.threads, args.smt)
-    gf = read_gguf(resolve_model(args.model), header_only=True)
+    gf = upgrade(read_gguf(resolve_model(args.model), header_only=True))  # planned as the engine holds it
     report = dry_run(gf, topo, workers, numa=args.numa, numa_node=args.numa_node,
                      mirror_budget=opts["mirror_budget"], n_ctx=context_size(gf, args.ctx_size, DEFAULT_CTX),
                      kv_type=opts["kv_type"])

@@ -15,7 +15,8 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -98,6 +99,10 @@ class TensorInfo:
         return self.shape[0] // block * size
 
 
+# Rows [lo, hi) of a derived tensor (seen as 2-D), in the file's layout: flat uint8.
+DerivedRows = Callable[[int, int], np.ndarray]
+
+
 @dataclass(frozen=True)
 class GGUFFile:
     path: str
@@ -107,6 +112,10 @@ class GGUFFile:
     alignment: int
     data_offset: int
     file_size: int
+    # Tensors computed from the file's own at load (an architecture's upgrade of an older
+    # layout, engine/arch): each one's TensorInfo in `tensors` has an offset past
+    # file_size, where no file byte is, and this gives its bytes.
+    derived: Mapping[str, DerivedRows] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:

@@ -125,15 +125,15 @@ def _check_heads(gf: GGUFFile, arch: str, values: dict[str, Any]) -> int:
 
 
 def _check_mla_layout(gf: GGUFFile, arch: Architecture) -> None:
-    """A multi-head latent attention file with the split attn_k_b / attn_v_b (the _mla
-    head sizes say so, as llama.cpp's is_mla), not the older single attn_kv_b."""
+    """A multi-head latent attention file with the _mla head sizes (as llama.cpp's is_mla):
+    an older one with attn_kv_b instead has them once arch.upgrade has split it."""
     if not any(key.name == Keys.Attention.KV_LORA_RANK for key in arch.keys):
         return
     for key in (Keys.Attention.KEY_LENGTH_MLA, Keys.Attention.VALUE_LENGTH_MLA):
         if _name(key, arch.name) not in gf.metadata:
-            raise _error(gf, f"key {_name(key, arch.name)!r} is missing: an older conversion with one attn_kv_b "
-                             "per layer, which numallm does not run; convert the model again with a current "
-                             "llama.cpp convert_hf_to_gguf.py (it writes attn_k_b and attn_v_b)")
+            raise _error(gf, f"key {_name(key, arch.name)!r} is missing, and there is no attn_kv_b per layer to "
+                             "derive it from: convert the model again with a current llama.cpp "
+                             "convert_hf_to_gguf.py")
 
 
 def _check_mla(gf: GGUFFile, arch: str, values: dict[str, Any]) -> None:

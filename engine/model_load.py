@@ -56,7 +56,7 @@ def open_model(model: str | os.PathLike[str] | None, *, ctx_size: int | None = N
     ctx_size None or 0: min(the model's trained context, DEFAULT_CTX); layers (first,
     last): only those layers, as a pipeline stage (ArchSpec.stage)."""
     path = resolve_model(model)
-    gf = read_gguf(path)
+    gf = arch.upgrade(read_gguf(path))
     check_architecture(gf)
     spec = arch.describe(gf.metadata, str(path))
     if layers is not None:

@@ -16,6 +16,7 @@ import functools
 import mmap
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,7 +218,8 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
     resolve_load_mode)."""
     layout = check_model(gf, spec)
     mode = resolve_load_mode(load_mode, numa_copies)
-    in_place = mode in ("mmap", "mlock") and all(kernels.in_file_layout(t.qtype) for t in layout.all_mats)
+    in_place = mode in ("mmap", "mlock") and not gf.derived and all(
+        kernels.in_file_layout(t.qtype) for t in layout.all_mats)
     if in_place:
         image, base, maps, direct = _mapped_image(gf, layout.all_mats + layout.vec_list, mode)
     else:
@@ -278,10 +280,39 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     The rows are packed in pieces of about _PIECE_BYTES, each in place by the thread
     whose read completed it, at once, while they are in its cache, and where its NUMA
     binding put them (kernels.pack is compiled and releases the GIL: the threads pack
-    in parallel)."""
+    in parallel). Image bytes past the file's end hold derived tensors (GGUFFile.derived):
+    their rows in `ranges` are computed, then packed alike, on one thread that runs `setup`."""
     packed = sorted((t.offset - base, t) for t in layout.all_mats if not kernels.in_file_layout(t.qtype))
-    jobs = [ReadJob(base + lo, image[lo:hi], _pieces(lo, hi, packed)) for lo, hi in merge_ranges(ranges)]
-    return read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
+    end = gf.file_size - base
+    ranges = merge_ranges(ranges)
+    jobs = [ReadJob(base + lo, image[lo:hi], _pieces(lo, hi, packed))
+            for lo, hi in ((lo, min(hi, end)) for lo, hi in ranges) if lo < hi]
+    direct = read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
+    derived = [(max(lo, end), hi) for lo, hi in ranges if hi > end]
+    if derived:
+        with ThreadPoolExecutor(1, initializer=setup) as pool:  # bound as the readers are
+            pool.submit(_fill_derived, gf, layout, image, base, derived, packed).result()
+    return direct
+
+
+def _fill_derived(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, ranges: list[tuple[int, int]],
+                  packed: list[tuple[int, TensorInfo]]) -> None:
+    """Compute the derived tensors' rows in image `ranges` (whole rows, as a placement
+    range cuts a matrix) and pack them as fill_image packs what it reads."""
+    derived = [t for t in layout.all_mats if t.name in gf.derived]
+    for lo, hi in ranges:
+        for t in derived:
+            a, b = max(lo, t.offset - base), min(hi, t.offset - base + t.nbytes)
+            if a >= b:
+                continue
+            first, last = divmod(a - t.offset + base, t.row_bytes), divmod(b - t.offset + base, t.row_bytes)
+            if first[1] or last[1]:
+                raise NumallmError(f"bytes [{a}, {b}) of the image cut {t.name!r} inside a row: a placement "
+                                   "range must hold whole rows")
+            image[a:b] = gf.derived[t.name](first[0], last[0])
+        dest = image[lo:hi]
+        for p_lo, p_hi, pack in _pieces(lo, hi, packed):
+            pack(dest[p_lo:p_hi])
 
 
 def _pieces(lo: int, hi: int, packed: list[tuple[int, TensorInfo]]) -> list[Piece]:

@@ -40,10 +40,29 @@ def yarn(m: ModelWeights) -> Yarn | None:
     return Yarn(factor, n_ctx_orig, attn_factor)
 
 
+def head_sizes(m: ModelWeights) -> tuple[int, int]:
+    """(query/key head size, value head size): the _mla keys, or in a file from before them
+    (one attn_kv_b per layer) key_length and value_length, as llama.cpp's n_embd_head_k_mla()."""
+    if "attention.key_length_mla" in m.meta:
+        return int(m.meta["attention.key_length_mla"]), int(m.meta["attention.value_length_mla"])
+    return int(m.meta["attention.key_length"]), int(m.meta["attention.value_length"])
+
+
+def k_b_v_b(m: ModelWeights, blk: str) -> tuple[np.ndarray, np.ndarray]:
+    """attn_k_b [H, r, nope] and attn_v_b [H, v, r]; from a file's attn_kv_b [H * (nope + v), r]
+    as the converter splits it (each head's key rows, transposed, then its value rows)."""
+    if f"{blk}.attn_kv_b.weight" not in m.tensors:
+        return m.w(f"{blk}.attn_k_b"), m.w(f"{blk}.attn_v_b")
+    k_mla, v = head_sizes(m)
+    nope = k_mla - int(m.meta["rope.dimension_count"])
+    kv_b = m.w(f"{blk}.attn_kv_b").reshape(m.n_head, nope + v, -1)
+    return kv_b[:, :nope].transpose(0, 2, 1), kv_b[:, nope:]
+
+
 def kq_scale(m: ModelWeights) -> float:
     """deepseek2's attention scale: mscale^2 / sqrt(qk head size), mscale = the rope's
     magnitude (attn_factor_org) x (1 + 0.1 mscale_all_dim ln factor)."""
-    k_mla = int(m.meta["attention.key_length_mla"])
+    k_mla = head_sizes(m)[0]
     y = yarn(m)
     if y is None:
         return 1.0 / np.sqrt(k_mla)
@@ -61,7 +80,7 @@ def mla_parts(m: ModelWeights, blk: str, h: np.ndarray, positions: np.ndarray
                     m.w(f"{blk}.attn_q_b"))
     else:
         q = _linear(h, m.w(f"{blk}.attn_q"))
-    q = q.reshape(n_tok, m.n_head, int(m.meta["attention.key_length_mla"]))
+    q = q.reshape(n_tok, m.n_head, head_sizes(m)[0])
     kv = _linear(h, m.w(f"{blk}.attn_kv_a_mqa"))
     latent = rms_norm(kv[:, :r], m.w(f"{blk}.attn_kv_a_norm"), m.rms_eps)
     y = yarn(m)
@@ -73,7 +92,7 @@ def mla_parts(m: ModelWeights, blk: str, h: np.ndarray, positions: np.ndarray
 def mla_attention(m: ModelWeights, blk: str, h: np.ndarray, positions: np.ndarray, absorbed: bool) -> np.ndarray:
     """Causal MLA over h [T, n_embd] -> the heads' outputs [T, H * v_head_dim], before attn_output."""
     q_nope, q_pe, latent, k_pe = mla_parts(m, blk, h, positions)
-    k_b, v_b = m.w(f"{blk}.attn_k_b"), m.w(f"{blk}.attn_v_b")  # [H, r, nope], [H, v, r]
+    k_b, v_b = k_b_v_b(m, blk)  # [H, r, nope], [H, v, r]
     n_tok, scale = len(h), kq_scale(m)
     if absorbed:  # MQA on [latent, k_pe], the latent as V; v_b after
         q = np.concatenate([np.einsum("thn,hrn->thr", q_nope, k_b), q_pe], axis=-1)

@@ -7,7 +7,7 @@ deepseek2: multi-head latent attention. Q is attn_q (V2-Lite, q_lora_rank 0) or
 attn_q_a -> attn_q_a_norm -> attn_q_b (V3); attn_kv_a_mqa gives the kv_lora_rank latent
 (normed by attn_kv_a_norm) and the shared RoPE key part; the latent is decompressed per
 head by attn_k_b / attn_v_b (the split form newer files carry: llama.cpp loads only those
-when key_length_mla is set). head_count_kv is 1 (MLA is MQA on the latent), key_length
+when key_length_mla is set; `legacy` writes the older attn_kv_b instead). head_count_kv is 1 (MLA is MQA on the latent), key_length
 kv_lora_rank + rope dims, value_length kv_lora_rank. Leading dense layers, then experts
 plus a shared expert; V3 routes by sigmoid + exp_probs_b bias within expert groups and
 scales the weights; V2-Lite by softmax. YaRN RoPE scaling with yarn_log_multiplier as the
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,8 @@ def write_tiny_deepseek2(
     embd_type: GGMLQuantizationType = Q.Q8_0,
     rope_freq_base: float = 10000.0,
     rms_eps: float = 1e-6,
+    legacy: bool = False,
+    type_overrides: Mapping[str, GGMLQuantizationType] | None = None,
 ) -> Path:
     """Write a random deepseek2 GGUF and return its path.
 
@@ -115,12 +117,15 @@ def write_tiny_deepseek2(
     the real Lite models'. sigmoid False: softmax routing, no exp_probs_b and no
     expert_gating_func key (as V2 files, which llama.cpp reads as softmax).
     n_expert_groups 0 writes no group keys. yarn_factor 0 writes no RoPE scaling.
+    legacy: the layout of conversions before attn_k_b / attn_v_b: one attn_kv_b per layer
+    (the same weights), head_count_kv n_head, key_length and value_length the heads' sizes
+    and no _mla keys. type_overrides: a type per tensor kind, as synthetic's writers take.
     """
     if n_expert_groups and (n_expert % n_expert_groups or not 0 < n_group_used <= n_expert_groups):
         raise ValueError(f"n_expert={n_expert} must split into n_expert_groups={n_expert_groups} "
                          f"of which n_group_used={n_group_used} are kept")
     k_mla = qk_nope_head_dim + qk_rope_head_dim
-    s = Shape(n_layer, n_embd, n_head, 1, kv_lora_rank + qk_rope_head_dim, n_ff, n_vocab,
+    s = Shape(n_layer, n_embd, n_head, n_head if legacy else 1, kv_lora_rank + qk_rope_head_dim, n_ff, n_vocab,
               n_expert, n_expert_used, n_ff_exp)
     init = _Init(seed)
     tensors = {tensor_name(T.TOKEN_EMBD): init.matrix(n_vocab, n_embd, gain=2.0)}
@@ -132,13 +137,18 @@ def write_tiny_deepseek2(
                         tensor_name(T.ATTN_Q_B, i): init.matrix(n_head * k_mla, q_lora_rank)}
         else:
             tensors[tensor_name(T.ATTN_Q, i)] = init.matrix(n_head * k_mla, n_embd)
-        # attn_k_b is stored transposed ([n_head, kv_lora_rank, nope]): k_nope = latent @ k_b[h].
-        k_b = init.stack(n_head, qk_nope_head_dim, kv_lora_rank).transpose(0, 2, 1)
-        tensors |= {
-            tensor_name(T.ATTN_KV_A_MQA, i): init.matrix(kv_lora_rank + qk_rope_head_dim, n_embd),
-            tensor_name(T.ATTN_KV_A_NORM, i): init.norm(kv_lora_rank),
-            tensor_name(T.ATTN_K_B, i): np.ascontiguousarray(k_b),
-            tensor_name(T.ATTN_V_B, i): init.stack(n_head, v_head_dim, kv_lora_rank),
+        # Head h's key rows [nope, kv_lora_rank] and value rows [v, kv_lora_rank] of kv_b_proj
+        # (drawn in the order the fixtures' files were written in).
+        k_b = init.stack(n_head, qk_nope_head_dim, kv_lora_rank)
+        kv_a = {tensor_name(T.ATTN_KV_A_MQA, i): init.matrix(kv_lora_rank + qk_rope_head_dim, n_embd),
+                tensor_name(T.ATTN_KV_A_NORM, i): init.norm(kv_lora_rank)}
+        v_b = init.stack(n_head, v_head_dim, kv_lora_rank)
+        if legacy:  # kv_b_proj whole: each head's key rows, then its value rows
+            kv_b = {tensor_name(T.ATTN_KV_B, i): np.concatenate([k_b, v_b], axis=1).reshape(-1, kv_lora_rank)}
+        else:  # attn_k_b is stored transposed ([n_head, kv_lora_rank, nope]): k_nope = latent @ k_b[h].
+            kv_b = {tensor_name(T.ATTN_K_B, i): np.ascontiguousarray(k_b.transpose(0, 2, 1)),
+                    tensor_name(T.ATTN_V_B, i): v_b}
+        tensors |= kv_a | kv_b | {
             tensor_name(T.ATTN_OUT, i): init.matrix(n_embd, n_head * v_head_dim),
             tensor_name(T.FFN_NORM, i): init.norm(n_embd),
         }
@@ -155,10 +165,14 @@ def write_tiny_deepseek2(
         w.add_vocab_size(n_vocab)
         w.add_q_lora_rank(q_lora_rank)
         w.add_kv_lora_rank(kv_lora_rank)
-        w.add_key_length(kv_lora_rank + qk_rope_head_dim)
-        w.add_value_length(kv_lora_rank)
-        w.add_key_length_mla(k_mla)
-        w.add_value_length_mla(v_head_dim)
+        if legacy:  # the heads' sizes, as before the _mla keys
+            w.add_key_length(k_mla)
+            w.add_value_length(v_head_dim)
+        else:
+            w.add_key_length(kv_lora_rank + qk_rope_head_dim)
+            w.add_value_length(kv_lora_rank)
+            w.add_key_length_mla(k_mla)
+            w.add_value_length_mla(v_head_dim)
         w.add_expert_feed_forward_length(n_ff_exp)
         w.add_expert_shared_count(n_expert_shared)
         w.add_expert_weights_scale(expert_weights_scale)
@@ -178,7 +192,7 @@ def write_tiny_deepseek2(
         _add_vocab(w, vocab, "gpt2", "deepseek-v3", bos=0, eos=2, unk=None, pad=0, add_bos=True)
         w.add_chat_template(CHATML_TEMPLATE)
 
-    return _write(path, "deepseek2", s, tensors, weight_type, embd_type, None, keys)
+    return _write(path, "deepseek2", s, tensors, weight_type, embd_type, type_overrides, keys)
 
 
 def write_tiny_glm4moe(
@@ -272,5 +286,9 @@ DEEPSEEK_FIXTURE_MODELS: dict[str, Callable[[str | os.PathLike[str]], Path]] = {
     "tiny-deepseek-v2-lite": functools.partial(
         write_tiny_deepseek2, n_ctx=2048, q_lora_rank=0, sigmoid=False, n_expert=8, n_expert_groups=0,
         n_expert_used=2, expert_weights_norm=False, expert_weights_scale=1.0, mscale_all_dim=0.707),
+    # tiny-deepseek-v2-lite's weights in the layout of conversions before attn_k_b / attn_v_b
+    "tiny-deepseek-v2-legacy": functools.partial(
+        write_tiny_deepseek2, n_ctx=2048, q_lora_rank=0, sigmoid=False, n_expert=8, n_expert_groups=0,
+        n_expert_used=2, expert_weights_norm=False, expert_weights_scale=1.0, mscale_all_dim=0.707, legacy=True),
     "tiny-glm4moe": functools.partial(write_tiny_glm4moe, n_ctx=2048),
 }

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
 MODELS = sorted(FIXTURE_MODELS)
 EDGE_CASE_MODELS = ("tiny-llama-moe", "tiny-qwen3moe")  # with synthetic_arch.edge_case_router's exact ties
-MOE_MODELS = (*EDGE_CASE_MODELS, "tiny-deepseek-v2-lite", "tiny-deepseek-v3", "tiny-glm4moe")
+MOE_MODELS = (*EDGE_CASE_MODELS, "tiny-deepseek-v2-lite", "tiny-deepseek-v2-legacy", "tiny-deepseek-v3", "tiny-glm4moe")
 
 # What the oracle cannot share with llama.cpp: the 8-bit rounding of activations before
 # each quantized matmul (Q8_0, Q8_K) and its F16 KV cache. Measured max |diff| over the

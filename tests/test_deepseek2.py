@@ -1,8 +1,10 @@
 """deepseek2 in the engine: its multi-head latent attention against the reference
 (tests/reference_mla.py) on dense-FFN files of the V3 shape (low-rank queries, YaRN) and
 the V2-Lite shape (plain attn_q), through the latent KV cache past a 512-token batch;
-the cache's size as stated; inconsistent MLA sizes refused in one line; and the whole
-model against llama.cpp's recorded outputs on the tiny-deepseek-* fixtures."""
+the cache's size as stated; inconsistent MLA sizes refused in one line; the whole
+model against llama.cpp's recorded outputs on the tiny-deepseek-* fixtures; and files
+from before attn_k_b / attn_v_b, their attn_kv_b split at load: the split's bytes, its
+refusals, the same logits as the weights written split, and every placement."""
 
 from __future__ import annotations
 
@@ -22,11 +24,20 @@ from synthetic_deepseek import write_tiny_deepseek2
 from synthetic_fixtures import check_logits, load_fixture, logits_on, run_ids
 
 from numallm.bench.roofline import kv_bytes_read
+from numallm.engine.arch import describe, upgrade
+from numallm.engine.arch.slots import LayerMatrix
 from numallm.engine.engine import Engine
 from numallm.engine.gguf_file import read_gguf
 from numallm.engine.kv_cache import kv_bytes_per_token
 from numallm.engine.model_checks import check_architecture
+from numallm.engine.placing import place_model
+from numallm.engine.weights import check_model, fill_image
+from numallm.engine.weights import load_weights as load_model_weights
 from numallm.errors import ModelFormatError
+from numallm.numa import libnuma
+from numallm.numa.memory import Region
+from numallm.numa.topology import detect
+from numallm.numa.workers import plan_workers
 
 # Float32 weights and cache: the engine and the float64 reference differ only by float32 rounding.
 F32 = dict(weight_type=Q.F32, embd_type=Q.F32)
@@ -115,7 +126,7 @@ def _checked(path: Path, **changes: object) -> None:
     ({"deepseek2.rope.dimension_count": 48},
      "deepseek2.rope.dimension_count 48 should be even and less than deepseek2.attention.key_length_mla 48"),
     ({"deepseek2.attention.key_length_mla": None},
-     "key 'deepseek2.attention.key_length_mla' is missing: an older conversion with one attn_kv_b per layer"),
+     "key 'deepseek2.attention.key_length_mla' is missing, and there is no attn_kv_b per layer to derive it from"),
 ])
 def test_inconsistent_mla_sizes_are_refused_in_one_line(dense_mla: Callable[[str], Path],
                                                         changes: dict[str, object], message: str) -> None:
@@ -128,7 +139,9 @@ def test_inconsistent_mla_sizes_are_refused_in_one_line(dense_mla: Callable[[str
 # llama.cpp's outputs on the MoE fixtures (tests/synthetic_fixtures.py): DeepSeek-V3-like
 # (q_lora, YaRN, sigmoid + exp_probs_b in expert groups, shared expert, a dense first layer)
 # and V2-Lite-like (plain attn_q, softmax), on llama.cpp's routing.
-FIXTURES = ("tiny-deepseek-v3", "tiny-deepseek-v2-lite")
+# And a V2-Lite-like file from before attn_k_b / attn_v_b, on llama.cpp's non-absorbed path.
+LEGACY = "tiny-deepseek-v2-legacy"
+FIXTURES = ("tiny-deepseek-v3", "tiny-deepseek-v2-lite", LEGACY)
 
 
 @pytest.fixture(scope="module", params=FIXTURES)
@@ -142,13 +155,13 @@ def fixture_engine(request: pytest.FixtureRequest,
 def test_fixture_hyperparameters_are_llama_cpps(fixture_engine: tuple[str, Engine]) -> None:
     name, eng = fixture_engine
     hp = eng.hparams
-    lite = name.endswith("lite")
+    v3 = name.endswith("v3")  # (the legacy file's head sizes are its key_length and value_length)
     assert (hp.q_lora_rank, hp.kv_lora_rank, hp.head_dim, hp.head_dim_v, hp.n_rot, hp.n_head_kv) == \
-        (0 if lite else 32, R, 48, 32, N_ROT, 1)
+        (32 if v3 else 0, R, 48, 32, N_ROT, 1)
     assert (hp.rope_freq_scale, hp.rope_ext_factor, hp.rope_n_ctx_orig) == (0.25, 1.0, 512)
     # llama_context: 1 / (1 + 0.1 ln 4); deepseek2.cpp's kq_scale: mscale^2 / sqrt(48)
     assert hp.rope_attn_factor == pytest.approx(1 / (1 + 0.1 * np.log(4)))
-    mscale_all_dim = 0.707 if lite else 1.0
+    mscale_all_dim = 1.0 if v3 else 0.707
     assert hp.attn_scale == pytest.approx((1 + 0.1 * mscale_all_dim * np.log(4)) ** 2 / np.sqrt(48), rel=1e-6)
 
 
@@ -165,3 +178,111 @@ def test_fixture_prompt_batch_matches_token_by_token(fixture_engine: tuple[str, 
     one_by_one = np.stack([eng.eval_batch(np.array([t]), np.array([0]), np.array([p]), np.array([0]))[0]
                            for p, t in enumerate(ids)])
     np.testing.assert_allclose(one_by_one, batched, atol=2e-2)
+
+
+# Files from before attn_k_b / attn_v_b: one attn_kv_b per layer, split at load
+# (engine/arch/legacy_mla.py). The latent, key and value widths apart (64, 32 + 16, 16),
+# so that a split mixing them up shows.
+LEGACY_SIZES = dict(kv_lora_rank=64, v_head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def legacy_q8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A V2-Lite-like legacy file, Q8_0 (attn_kv_b too)."""
+    return write_tiny_deepseek2(tmp_path_factory.mktemp("legacy") / "legacy.gguf", q_lora_rank=0, **LEGACY_SIZES,
+                                legacy=True)
+
+
+def test_a_legacy_files_attn_kv_b_splits_as_the_converter_does(legacy_q8: Path) -> None:
+    path = legacy_q8
+    raw = read_gguf(path)
+    gf = upgrade(raw)
+    md = {k.removeprefix("deepseek2.attention."): v for k, v in gf.metadata.items()}
+    assert (md["key_length_mla"], md["value_length_mla"], md["key_length"], md["value_length"]) == (48, 16, 80, 64)
+    check_architecture(gf)
+    assert not any("attn_kv_b" in name for name in gf.tensors)
+    k_b, v_b = gf.tensors["blk.1.attn_k_b.weight"], gf.tensors["blk.1.attn_v_b.weight"]
+    # k_b dequantized to F16 (kv_b is Q8_0), v_b kept; both past the file's end
+    assert (k_b.qtype, k_b.shape, v_b.qtype, v_b.shape) == (Q.F16, (32, 64, 4), Q.Q8_0, (64, 16, 4))
+    assert min(k_b.offset, v_b.offset) >= raw.file_size
+    kv_b = load_weights(path).w("blk.1.attn_kv_b").reshape(4, 48, 64)  # gguf-py's dequantization: [head, row, r]
+    k_rows = gf.derived[k_b.name](0, 4 * 64)
+    np.testing.assert_array_equal(k_rows.view(np.float16).reshape(4, 64, 32),
+                                  kv_b[:, :32].transpose(0, 2, 1).astype(np.float16))
+    t = raw.tensors["blk.1.attn_kv_b.weight"]
+    file_rows = np.fromfile(path, np.uint8, count=t.nbytes, offset=t.offset).reshape(4, 48, t.row_bytes)
+    np.testing.assert_array_equal(gf.derived[v_b.name](0, 4 * 16).reshape(4, 16, -1), file_rows[:, 32:])
+    # heads alone, as placement cuts them: those heads' rows of the whole
+    assert np.array_equal(gf.derived[k_b.name](64, 192), k_rows[64 * k_b.row_bytes:192 * k_b.row_bytes])
+    assert np.array_equal(gf.derived[v_b.name](16, 48), file_rows[1:3, 32:].reshape(-1))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"deepseek2.attention.value_length": None},
+     "key 'deepseek2.attention.value_length' is missing, but splitting the file's attn_kv_b into attn_k_b and "
+     "attn_v_b needs it"),
+    ({"deepseek2.attention.value_length": 24},
+     "tensor 'blk.0.attn_kv_b.weight' has shape [64, 192], expected [64, 224] (n_head 4 x (key 32 + value 24) rows)"),
+    ({"deepseek2.rope.dimension_count": 48},
+     "deepseek2.rope.dimension_count 48 leaves no key dimension outside RoPE in deepseek2.attention.key_length 48"),
+])
+def test_a_legacy_file_whose_sizes_do_not_fit_its_attn_kv_b_is_refused_in_one_line(
+        legacy_q8: Path, changes: dict[str, object], message: str) -> None:
+    gf = read_gguf(legacy_q8)
+    md = {k: v for k, v in gf.metadata.items() if changes.get(k, 0) is not None}
+    md |= {k: v for k, v in changes.items() if v is not None}
+    with pytest.raises(ModelFormatError) as err:
+        upgrade(dataclasses.replace(gf, metadata=md))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_legacy_file_gives_the_logits_of_its_weights_split(tmp_path: Path) -> None:
+    """Float32 weights: the split keeps them as they are (k_b transposed), so the engine
+    runs the very same numbers as on the file written split; and both match the
+    reference's plain (non-absorbed, llama.cpp's path for these files) attention."""
+    ids = list(np.random.default_rng(3).integers(0, 320, 30))
+    logits = []
+    for legacy in (False, True):
+        path = write_tiny_deepseek2(tmp_path / f"{legacy}.gguf", **DENSE, **F32, **LEGACY_SIZES, legacy=legacy)
+        eng = Engine(path, ctx_size=64, kv_type="f32")
+        try:
+            logits.append(eng.logits(ids))
+        finally:
+            eng.close()
+    np.testing.assert_array_equal(logits[1], logits[0])
+    ref = reference_forward(load_weights(path), np.array(ids), None, None, absorbed=False)
+    assert np.abs(logits[1] - ref).max() < 1e-4
+
+
+@pytest.mark.skipif(not libnuma.available(), reason="libnuma is not usable here")
+def test_every_placement_of_a_legacy_file_holds_the_plain_loads_bytes(legacy_q8: Path) -> None:
+    """The derived tensors reach every placed buffer (mirror's copies, distribute's and
+    interleave's ranges), and heads of them filled alone equal the plain load's."""
+    path = legacy_q8
+    gf = upgrade(read_gguf(path))
+    spec = describe(gf.metadata, str(path))
+    plain = load_model_weights(gf, spec, "none")
+    topo = detect("/")
+    try:
+        for mode in ("mirror", "distribute", "interleave"):
+            placed = place_model(gf, spec, topo, plan_workers(topo), numa=mode, n_ctx=64)
+            try:
+                for key, ranges in placed.populated.items():
+                    assert all(np.array_equal(placed.wbufs[key][lo:hi], plain.buf[lo:hi]) for lo, hi in ranges)
+                assert {"k_b", "v_b"} <= {g["name"] for g in placed.page_report()["groups"]}
+            finally:
+                placed.close()
+        layout = check_model(gf, spec)
+        base, size = layout.read_span()
+        heads = [(t.offset - base + h * t.nbytes // 4, t.offset - base + (h + 1) * t.nbytes // 4)
+                 for (_, slot), t in layout.matrices if slot in (LayerMatrix.K_B, LayerMatrix.V_B) for h in (1, 2)]
+        region = Region(size, noreserve=True)
+        try:
+            fill_image(gf, layout, region.array, base, heads, direct=False)
+            assert all(np.array_equal(region.array[lo:hi], plain.buf[lo:hi]) for lo, hi in heads)
+            first = heads[0][0] - heads[0][1] + heads[0][0]  # k_b's head 0: never filled
+            assert not region.array[first:heads[0][0]].any()
+        finally:
+            region.close()
+    finally:
+        plain.close()

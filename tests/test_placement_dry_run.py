@@ -145,14 +145,16 @@ def test_deepseek_v3_q8_0_needs_distributing_on_two_512_gib_nodes(root: str,
     assert plan(header_only("deepseek-v3", Q.Q4_K), machine(root, 512 * GiB))["mode"] == "mirror"
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen3moe", "tiny-glm4moe", "tiny-deepseek-v3", "tiny-deepseek-v2-lite"])
+@pytest.mark.parametrize("name", ["tiny-qwen3moe", "tiny-glm4moe", "tiny-deepseek-v3", "tiny-deepseek-v2-lite",
+                                  "tiny-deepseek-v2-legacy"])
 def test_the_dry_run_plans_what_the_engine_places(fixture_model: Callable[[str], Path], name: str) -> None:
     """On a file the engine runs, the tensor table gives the decoder's matrices: the same
     bytes per group and per token, and the same row groups, as the engine's own tables
     (its names are the slots'); glm4moe: shared experts and a leading dense layer;
-    deepseek2: MLA's matrices, attn_k_b / attn_v_b cut between heads."""
+    deepseek2: MLA's matrices, attn_k_b / attn_v_b cut between heads (split from the
+    legacy file's attn_kv_b, as `numallm placement --dry-run` plans it)."""
     path = fixture_model(name)
-    gf = read_gguf(path)
+    gf = arch.upgrade(read_gguf(path, header_only=True))
     hp = arch.describe(gf.metadata, str(path)).hparams
     layout = check_model(gf, arch.describe(gf.metadata, str(path)))
     mats = forward_matrices(*matrix_tables(layout, hp.n_layer, layout.read_span()[0]), hp.n_expert_used)

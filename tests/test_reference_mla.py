@@ -11,7 +11,7 @@ import pytest
 from reference_forward import load_weights, reference_logits
 from reference_mla import forward, kq_scale, mla_attention, mla_parts
 
-MLA_MODELS = ("tiny-deepseek-v3", "tiny-deepseek-v2-lite")
+MLA_MODELS = ("tiny-deepseek-v3", "tiny-deepseek-v2-lite", "tiny-deepseek-v2-legacy")  # legacy: attn_kv_b
 
 
 @pytest.mark.parametrize("name", MLA_MODELS)

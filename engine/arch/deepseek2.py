@@ -7,8 +7,8 @@ rotates ("normal" adjacent pairs) and all heads share. llama.cpp's absorbed form
 run: attn_k_b folds into each head's query, the attention reads the latent itself as
 keys and values (the KV cache holds only latent and rotated key per token and layer:
 engine/kv_cache.py), and attn_v_b turns each head's result into its values. Files
-from before the split tensors (one attn_kv_b, no key_length_mla) are refused
-(model_checks). The attention scale carries YaRN's magnitude correction
+from before the split tensors (one attn_kv_b, no key_length_mla) are split at load
+(engine/arch/legacy_mla.py). The attention scale carries YaRN's magnitude correction
 (mscale^2 / sqrt(head_dim)); yarn_log_multiplier is read as llama.cpp reads it.
 The FFN is engine/arch/routed.py's: leading dense layers, then routed experts (softmax
 unless the file says otherwise) with the selection bias where the file has it, expert
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
+from numallm.engine.arch.legacy_mla import split_kv_b
 from numallm.engine.arch.routed import EXP_PROBS_B, ROUTED_EXPERT_KEYS, SHARED_EXPERT_MATRICES, gating
 from numallm.engine.arch.slots import LayerMatrix, LayerVector
 from numallm.engine.arch.spec import (
@@ -95,4 +96,5 @@ ARCH = Architecture(
     optional_expert_vectors=EXP_PROBS_B,  # llama.cpp: TENSOR_NOT_REQUIRED (V2 files have none)
     fixed=dict(n_head_kv=1),  # one latent for all heads (the file may say 1 or n_head)
     derived=_derived,
+    upgrade=split_kv_b,
 )

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, ExpertGatingFuncType, Keys
 from numallm.engine.arch.slots import BIASES, LayerMatrix, LayerVector
+from numallm.engine.gguf_file import GGUFFile
 from numallm.errors import ModelFormatError
 
 ACT_SILU = 0
@@ -255,6 +256,9 @@ class Architecture:
     # Keys (gguf.Keys templates) a file of a variant numallm does not run sets to non-zero
     # values, and what that variant is: refused in one line (model_checks).
     refused_keys: Mapping[str, str] = field(default_factory=dict)
+    # An older layout of the architecture's files, converted at load into the one it runs
+    # (arch.upgrade): the file itself where it is not one.
+    upgrade: Callable[[GGUFFile], GGUFFile] | None = None
 
     @property
     def name(self) -> str:
