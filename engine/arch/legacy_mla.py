@@ -31,6 +31,7 @@ from gguf.quants import dequantize
 from numallm.engine.arch.spec import tensor_name
 from numallm.engine.gguf_file import GGUFFile, TensorInfo, show_name
 from numallm.errors import ModelFormatError, UnsupportedError
+from numallm.numa.pages import align_up
 
 _KV_B = re.compile(r"blk\.(\d+)\.attn_kv_b\.weight")
 # Float types attn_k_b keeps, by the unsigned integer of their element's size (transposed as such).
@@ -47,7 +48,7 @@ def split_kv_b(gf: GGUFFile) -> GGUFFile:
     def name(key: str) -> str:
         return key.format(arch=gf.architecture)
 
-    kv_b = {n: t for n, t in gf.tensors.items() if _KV_B.fullmatch(n)}
+    kv_b = {n: int(m.group(1)) for n in gf.tensors if (m := _KV_B.fullmatch(n))}  # name: its layer
     if not kv_b or name(Keys.Attention.KEY_LENGTH_MLA) in md or name(Keys.Attention.VALUE_LENGTH_MLA) in md:
         return gf
     r, n_head, k, v, n_rot = (_size(gf, name(key)) for key in (
@@ -59,26 +60,21 @@ def split_kv_b(gf: GGUFFile) -> GGUFFile:
     tensors: dict[str, TensorInfo] = {}
     derived = dict(gf.derived)
     # Past the file and its tensors' data (a header-only file for a dry run ends before it)
-    offset = _align(max(gf.file_size, *(t.offset + t.nbytes for t in gf.tensors.values())), gf.alignment)
+    offset = align_up(max(gf.file_size, *(t.offset + t.nbytes for t in gf.tensors.values())), gf.alignment)
     for n, t in gf.tensors.items():
         if n not in kv_b:
             tensors[n] = t
             continue
         split = _Split(gf.path, t, n_head, k - n_rot, v)
         split.check()
-        layer = int(_KV_B.fullmatch(n).group(1))  # type: ignore[union-attr]  # kv_b's keys matched
         for info_at, rows, kind in ((split.k_b, split.k_rows, MODEL_TENSOR.ATTN_K_B),
                                     (split.v_b, split.v_rows, MODEL_TENSOR.ATTN_V_B)):
-            info = info_at(tensor_name(kind, layer), offset)
+            info = info_at(tensor_name(kind, kv_b[n]), offset)
             tensors[info.name], derived[info.name] = info, rows
-            offset = _align(offset + info.nbytes, gf.alignment)
+            offset = align_up(offset + info.nbytes, gf.alignment)
     md = {**md, name(Keys.Attention.KEY_LENGTH_MLA): k, name(Keys.Attention.VALUE_LENGTH_MLA): v,
           name(Keys.Attention.KEY_LENGTH): r + n_rot, name(Keys.Attention.VALUE_LENGTH): r}
     return replace(gf, metadata=md, tensors=tensors, derived=derived)
-
-
-def _align(x: int, a: int) -> int:
-    return (x + a - 1) // a * a
 
 
 def _size(gf: GGUFFile, key: str) -> int:
