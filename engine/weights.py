@@ -281,38 +281,49 @@ def fill_image(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, range
     whose read completed it, at once, while they are in its cache, and where its NUMA
     binding put them (kernels.pack is compiled and releases the GIL: the threads pack
     in parallel). Image bytes past the file's end hold derived tensors (GGUFFile.derived):
-    their rows in `ranges` are computed, then packed alike, on one thread that runs `setup`."""
+    their rows in `ranges` are computed, then packed alike, on a thread per CPU that runs `setup`."""
     packed = sorted((t.offset - base, t) for t in layout.all_mats if not kernels.in_file_layout(t.qtype))
     end = gf.file_size - base
     ranges = merge_ranges(ranges)
     jobs = [ReadJob(base + lo, image[lo:hi], _pieces(lo, hi, packed))
             for lo, hi in ((lo, min(hi, end)) for lo, hi in ranges) if lo < hi]
     direct = read_jobs(gf.path, jobs, direct=direct, setup=setup, desc=desc)
-    derived = [(max(lo, end), hi) for lo, hi in ranges if hi > end]
+    derived = _derived_parts(gf, layout, base, [(max(lo, end), hi) for lo, hi in ranges if hi > end])
     if derived:
-        with ThreadPoolExecutor(1, initializer=setup) as pool:  # bound as the readers are
-            pool.submit(_fill_derived, gf, layout, image, base, derived, packed).result()
+        threads = max(1, min(len(derived), len(os.sched_getaffinity(0))))
+        with ThreadPoolExecutor(threads, initializer=setup) as pool:  # bound as the readers are
+            for done in [pool.submit(_fill_derived, gf, image, part, packed) for part in derived]:
+                done.result()
     return direct
 
 
-def _fill_derived(gf: GGUFFile, layout: Layout, image: np.ndarray, base: int, ranges: list[tuple[int, int]],
-                  packed: list[tuple[int, TensorInfo]]) -> None:
-    """Compute the derived tensors' rows in image `ranges` (whole rows, as a placement
-    range cuts a matrix) and pack them as fill_image packs what it reads."""
-    derived = [t for t in layout.all_mats if t.name in gf.derived]
-    for lo, hi in ranges:
-        for t in derived:
+# A derived tensor's rows [first, last): image bytes [a, b)
+_DerivedPart = tuple[TensorInfo, int, int, int, int]
+
+
+def _derived_parts(gf: GGUFFile, layout: Layout, base: int, ranges: list[tuple[int, int]]) -> list[_DerivedPart]:
+    """The derived tensors' rows in image `ranges` (whole rows, as a placement range cuts a matrix)."""
+    parts = []
+    for t in (t for t in layout.all_mats if t.name in gf.derived):
+        for lo, hi in ranges:
             a, b = max(lo, t.offset - base), min(hi, t.offset - base + t.nbytes)
             if a >= b:
                 continue
-            first, last = divmod(a - t.offset + base, t.row_bytes), divmod(b - t.offset + base, t.row_bytes)
-            if first[1] or last[1]:
+            (first, cut_a), (last, cut_b) = (divmod(x - t.offset + base, t.row_bytes) for x in (a, b))
+            if cut_a or cut_b:
                 raise NumallmError(f"bytes [{a}, {b}) of the image cut {t.name!r} inside a row: a placement "
                                    "range must hold whole rows")
-            image[a:b] = gf.derived[t.name](first[0], last[0])
-        dest = image[lo:hi]
-        for p_lo, p_hi, pack in _pieces(lo, hi, packed):
-            pack(dest[p_lo:p_hi])
+            parts.append((t, first, last, a, b))
+    return parts
+
+
+def _fill_derived(gf: GGUFFile, image: np.ndarray, part: _DerivedPart, packed: list[tuple[int, TensorInfo]]) -> None:
+    """Compute a derived tensor's rows into the image and pack them as fill_image packs what it reads."""
+    t, first, last, a, b = part
+    dest = image[a:b]
+    dest[:] = gf.derived[t.name](first, last)
+    for lo, hi, pack in _pieces(a, b, packed):
+        pack(dest[lo:hi])
 
 
 def _pieces(lo: int, hi: int, packed: list[tuple[int, TensorInfo]]) -> list[Piece]:
