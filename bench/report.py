@@ -95,7 +95,8 @@ def table_row(rec: dict[str, Any], vs: bool) -> str:
     if vs:
         cells.append(f"{rec['speedup']:.2f}x" if rec.get("speedup") is not None else "")
     roof = rec.get("roofline_ts")
-    cells.append(f"{rec['roofline_frac']:.2f} of {roof:.0f}" if roof is not None else "")
+    # two significant digits: a tiny model's fraction can be 0.004 and must not print as 0.00
+    cells.append(f"{rec['roofline_frac']:.2g} of {roof:.0f}" if roof is not None else "")
     return _line(_columns(vs), cells)
 
 
