@@ -38,6 +38,7 @@ from numallm.engine.gc_pause import gc_paused
 from numallm.engine.gguf_file import GGUFFile
 from numallm.engine.kv_cache import kv_bytes_per_token
 from numallm.engine.model_load import load_model
+from numallm.engine.paths import Paths
 from numallm.engine.sampling import SamplingParams
 from numallm.engine.sequence import SequenceState
 from numallm.engine.tokenizer import Tokenizer
@@ -105,6 +106,7 @@ class Engine:
             self.numa = self.placed.plan.mode
             self.weights = self.placed.weights
             self._kernels = kernel_set(self.weights.qtypes)
+            self._paths = Paths.of(hp)
             self._model_args = plain(hp), plain(self.weights.tables)  # forward's, the same every call
             # Each worker gets its own node's weights and KV arrays, and the KV heads it writes there.
             writers = kv_writers(hp.n_head, hp.n_head_kv, [self.placed.key(s.worker) for s in plan])
@@ -207,7 +209,7 @@ class Engine:
                         activations: tuple[np.ndarray, ...]) -> None:
         hparams, tables = self._model_args
         forward(slot.worker, n_workers, self._bar, hparams, tables, plain(self._worker_memory[slot.worker]), batch,
-                logits, activations, self._kernels)
+                logits, activations, self._kernels, self._paths)
 
     def eval_batch(self, tokens: np.ndarray, slots: np.ndarray, positions: np.ndarray, logits_rows: np.ndarray,
                    routing: np.ndarray | None = None, states: np.ndarray | None = None,

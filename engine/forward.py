@@ -51,6 +51,7 @@ from numallm.engine.arch.spec import (
 )
 from numallm.engine.barrier import barrier_wait
 from numallm.engine.ggml_sort import STACK_ROWS, argsort_desc_into
+from numallm.engine.paths import step_if
 from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
@@ -202,7 +203,8 @@ def _kv_put(row, src):
         return put_f16
 
     def put_f32(row, src):
-        row[:] = src
+        for i in range(row.shape[0]):
+            row[i] = src[i]
     return put_f32
 
 
@@ -210,6 +212,17 @@ def _kv_put(row, src):
 def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
     """Convert float32 values to float16 bits (exposed for tests of the conversion)."""
     kv_put(out, src)
+
+
+@njit(nogil=True)
+def _copy_rows(dst, src, rows):
+    """dst[i] = src[rows[i]], element by element: an assignment of arrays would compile
+    the string formatting of Numba's shape error into the pass (a second or two)."""
+    if dst.shape[0] != rows.shape[0] or dst.shape[1] != src.shape[1]:
+        raise ValueError("_copy_rows: dst must be [len(rows), src columns]")
+    for i in range(rows.shape[0]):
+        for c in range(dst.shape[1]):
+            dst[i, c] = src[rows[i], c]
 
 
 @njit(nogil=True)
@@ -670,8 +683,13 @@ def _experts(worker, n_workers, bar, hp, lm, lv, vecs, il, wbuf, xn, s, routing,
     return d0, d1
 
 
+# Compiled only into the pass of a model that takes them (engine/paths.py).
+_mla_step = step_if("mla", _mla)
+_experts_step = step_if("moe", _experts, (0, 0))
+
+
 @njit(nogil=True, cache=True)
-def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, activations, ks):
+def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, activations, ks, paths):
     """One worker's part of running token t at position positions[t] of cache slot slots[t].
 
     The records come as plain() tuples: hparams an HParams, tables the WeightTables,
@@ -681,8 +699,9 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     of the attention heads, writes its KV heads of every token, and they meet at `bar`
     where a step needs everyone's output. A token may attend to tokens before it in the
     same call (a prompt) or to earlier calls (its slot's cache). logits[i] gets token
-    out_rows[i] (its final hidden state with batch.hidden). ks (kernels.kernel_set of the model's types) makes the compiled pass
-    hold only the kernels the model uses.
+    out_rows[i] (its final hidden state with batch.hidden). ks (kernels.kernel_set of the
+    model's types) and paths (engine.paths.Paths.of its hparams) make the compiled pass
+    hold only the kernels and the steps the model uses.
     """
     hp = HParams(*hparams)
     w = _weight_tables(tables)
@@ -698,7 +717,7 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     hd = hp.head_dim
     eps = np.float32(hp.rms_eps)
     if worker == 0 and b.states.shape[0] > 0:
-        x[:, :] = b.states
+        _copy_rows(x, b.states, np.arange(n))
     elif worker == 0:
         e = _entry(w.model, ModelMatrix.TOKEN_EMBD)
         get_rows_in(ks, e.qtype, wbuf[e.offset:e.offset + e.nbytes], e.rows, e.cols, tokens, x)
@@ -716,8 +735,8 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
         cos, sin = (cos_l, sin_l) if local else (cos_g, sin_g)
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.ATTN_NORM)), eps, xn)
         if hp.kv_lora_rank > 0:
-            _mla(worker, n_workers, bar, hp, w, il, wbuf, xn, s, kc, vc, kv_heads, slots, positions, cos, sin,
-                 qh0, qh1, ks)
+            _mla_step(paths, (worker, n_workers, bar, hp, w, il, wbuf, xn, s, kc, vc, kv_heads, slots, positions,
+                              cos, sin, qh0, qh1, ks))
         else:
             for m, bias, out in ((LayerMatrix.Q, LayerVector.Q_BIAS, q), (LayerMatrix.K, LayerVector.K_BIAS, k),
                                  (LayerMatrix.V, LayerVector.V_BIAS, v)):
@@ -766,7 +785,7 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
 
         _rmsnorm(x, _vec(vecs, lv, (il, LayerVector.FFN_NORM)), eps, xn)
         if lm.nbytes[il, LayerMatrix.ROUTER] > 0:
-            r0, r1 = _experts(worker, n_workers, bar, hp, lm, lv, vecs, il, wbuf, xn, s, b.routing, ks)
+            r0, r1 = _experts_step(paths, (worker, n_workers, bar, hp, lm, lv, vecs, il, wbuf, xn, s, b.routing, ks))
         else:
             _gated(lm, il, LayerMatrix.GATE, LayerMatrix.UP, hp.n_ff, hp.act, wbuf, xn, g, u, worker, n_workers, ks)
             barrier_wait(bar, n_workers)
@@ -782,14 +801,13 @@ def forward(worker, n_workers, bar, hparams, tables, memory, batch, logits, acti
     m = out_rows.shape[0]
     if b.residual:
         if worker == 0:
-            for i in range(m):
-                logits[i] = x[out_rows[i]]
+            _copy_rows(logits, x, out_rows)
         return
     xo = np.empty((m, d), np.float32)
     _rmsnorm(x[out_rows], _vec(vecs, w.model_vec, ModelVector.OUTPUT_NORM), eps, xo)
     if b.hidden:  # logits is [m, n_embd]: the states themselves
         if worker == 0:
-            logits[:, :] = xo
+            _copy_rows(logits, xo, np.arange(m))
         return
     e = _entry(w.model, ModelMatrix.OUTPUT)
     r0, r1 = _share(e, worker, n_workers)

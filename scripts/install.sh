@@ -27,7 +27,9 @@ done
 
 # libnuma is optional at run time (numallm falls back to sysfs), but placement needs it.
 apt_packages=""
-ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1' || apt_packages="libnuma1"
+# grep reads the whole list: under pipefail, grep -q quitting at the match could kill
+# ldconfig with SIGPIPE, fail the test and run apt-get for a library that is there.
+ldconfig -p 2>/dev/null | grep 'libnuma\.so\.1' >/dev/null || apt_packages="libnuma1"
 case ",$extras," in
   *,test,*)  # tests/test_serve_page.py drives the web page in headless Chromium
     [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || apt_packages="$apt_packages chromium chromium-driver" ;;

@@ -192,7 +192,7 @@ def tile_pass_of(kernels: tuple[Callable[..., None], ...], wide: int) -> Callabl
             # a whole tile goes straight into out (16 lanes a store); a tile cut by
             # [r0, r1) goes through res, then its rows in range
             whole = unit and lo == 0 and hi == TILE
-            t = 0
+            t = np.int64(0)  # not a literal 0: Numba would also compile k8 for one
             while n - t >= 8 and wide >= 8:
                 _tile(k8, 8, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi)
                 t += 8
@@ -210,14 +210,15 @@ def tile_pass_of(kernels: tuple[Callable[..., None], ...], wide: int) -> Callabl
 @njit(inline="always", cache=True)
 def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # type: ignore[no-untyped-def]
     """Tokens [t, t + nt) through the tile at column g0: straight into out when whole,
-    else into res and then its rows [lo, hi) into out."""
-    if whole:
-        kernel(w, p, nb, xq, xd, xs, t, out, t, g0)
-        return
-    kernel(w, p, nb, xq, xd, xs, t, res, 0, 0)
-    for j in range(nt):
-        for i in range(lo, hi):
-            out[t + j, g0 + i] = res[j, i]
+    else into res and then its rows [lo, hi) into out. One call, its destination chosen
+    before it: each kernel compiles for one signature (a call with constants compiles
+    another, for their literal types)."""
+    dst, dr, dc = (out, t, g0) if whole else (res, 0, 0)
+    kernel(w, p, nb, xq, xd, xs, t, dst, dr, dc)
+    if not whole:
+        for j in range(nt):
+            for i in range(lo, hi):
+                out[t + j, g0 + i] = res[j, i]
 
 
 def tile_rows_impl(kind: int) -> Callable[..., None]:
