@@ -55,7 +55,7 @@ case ",$extras," in
 esac
 "$python" -m pip install --disable-pip-version-check -q -e "$spec"
 
-# A model's first run compiles its forward pass for this CPU (Numba, 20-50 s of CPU) and
+# A model's first run compiles its forward pass for this CPU (Numba, 25-45 s of CPU) and
 # the default model is downloaded on first use: both happen here, once, so that the
 # first `numallm generate` starts in seconds. Both are cached: the model in
 # ~/.cache/numallm, the machine code beside the sources (Numba's __pycache__).
