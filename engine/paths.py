@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from numba.core import types
-from numba.core.imputils import lower_constant
-from numba.extending import NativeValue, models, overload, register_model, typeof_impl, unbox
+from numba.extending import overload
 
 from numallm.engine.arch.spec import HParams
+from numallm.kernels.jit import type_only
 
 
 @dataclass(frozen=True)
@@ -40,22 +40,7 @@ class PathsType(types.Dummy):
         super().__init__(name=f"Paths(moe={paths.moe}, mla={paths.mla})")
 
 
-register_model(PathsType)(models.OpaqueModel)
-
-
-@typeof_impl.register(Paths)
-def _typeof_paths(val, c):  # type: ignore[no-untyped-def]
-    return PathsType(val)
-
-
-@unbox(PathsType)
-def _unbox_paths(typ, obj, c):  # type: ignore[no-untyped-def]
-    return NativeValue(c.context.get_dummy_value())  # nothing at run time: the flags are in the type
-
-
-@lower_constant(PathsType)
-def _constant_paths(context, builder, ty, pyval):  # type: ignore[no-untyped-def]
-    return context.get_dummy_value()
+type_only(Paths, PathsType, PathsType)
 
 
 def step_if(flag: str, fn: Callable[..., object], skipped: object = None) -> Callable[..., object]:

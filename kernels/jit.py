@@ -32,7 +32,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numallm.kernels.drivers import gemm_float, gemm_int8
@@ -192,22 +192,17 @@ class KernelSetType(types.Dummy):
         super().__init__(name=f"KernelSet{codes}")
 
 
-register_model(KernelSetType)(models.OpaqueModel)
+def type_only(cls: type, dummy: type[types.Dummy], numba_type: Callable[[Any], types.Dummy]) -> None:
+    """Make Numba type an instance of cls as numba_type(instance), a `dummy` type that
+    holds what the instance says (KernelSet's codes, engine/paths.py's flags) and
+    nothing at run time."""
+    register_model(dummy)(models.OpaqueModel)
+    typeof_impl.register(cls)(lambda val, c: numba_type(val))
+    unbox(dummy)(lambda typ, obj, c: NativeValue(c.context.get_dummy_value()))
+    lower_constant(dummy)(lambda context, builder, ty, pyval: context.get_dummy_value())
 
 
-@typeof_impl.register(KernelSet)
-def _typeof_kernel_set(val, c):  # type: ignore[no-untyped-def]
-    return KernelSetType(val.codes)
-
-
-@unbox(KernelSetType)
-def _unbox_kernel_set(typ, obj, c):  # type: ignore[no-untyped-def]
-    return NativeValue(c.context.get_dummy_value())  # nothing at run time: the set is in the type
-
-
-@lower_constant(KernelSetType)
-def _constant_kernel_set(context, builder, ty, pyval):  # type: ignore[no-untyped-def]
-    return context.get_dummy_value()
+type_only(KernelSet, KernelSetType, lambda val: KernelSetType(val.codes))
 
 
 @cache
