@@ -23,8 +23,6 @@ from numallm.kernels.families.iquants.simd import (
     dot_grid4,
     dot_grid8,
     dot_lut4,
-    dot_tq1,
-    dot_tq2,
     izero,
     vimadd,
     vimadd2,
@@ -279,32 +277,3 @@ def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
 
 
 rows_iq1_m = _row_kernel(_iq1_m, 56)
-
-
-def _tq2_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
-    """TQ2_0: 8 ternary dots of 32 per super-block, one scale d * xd."""
-    isum = izero()
-    for h in range(2):
-        for s in range(4):
-            isum = vimadd(isum, dot_tq2(w, p + 32 * h, 2 * s, xq, 256 * b + 128 * h + 32 * s), 1)
-    return isum, load_f16(w, p + 64) * at(xd, 8 * b)
-
-
-rows_tq2_0 = _row_kernel(_tq2_0, 66)
-
-
-def _tq1_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
-    """TQ1_0: 8 base-3 digit dots of 32 per super-block, one scale d * xd."""
-    x = 256 * b
-    isum = dot_tq1(w, p, 0, xq, x)
-    isum = vimadd(isum, dot_tq1(w, p, 1, xq, x + 32), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 2, xq, x + 64), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 3, xq, x + 96), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 4, xq, x + 128), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 5, xq, x + 160), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 6, xq, x + 192), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 7, xq, x + 224), 1)
-    return isum, load_f16(w, p + 52) * at(xd, 8 * b)
-
-
-rows_tq1_0 = _row_kernel(_tq1_0, 54)
