@@ -33,6 +33,7 @@ from gguf import GGMLQuantizationType as T
 from numallm.kernels.families import floats
 from numallm.kernels.families.iquants import blocks as iqb
 from numallm.kernels.families.iquants import rows as iq
+from numallm.kernels.families.iquants import ternary as tq
 from numallm.kernels.families.kquants import rows as kq
 from numallm.kernels.families.kquants import tiles as kqt
 from numallm.kernels.families.q4_q8 import rows as q48
@@ -190,9 +191,9 @@ TRAITS: tuple[TypeTraits, ...] = (
     _iquant(T.IQ4_XS, iqb.unpack_iq4_xs,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1), 32, 128),
     _iquant(T.TQ1_0, iqb.unpack_tq1_0,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_tq1_0(w, rb, nb, xq, xd, out, r0, r1), 32, 1),
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq1_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
     _iquant(T.TQ2_0, iqb.unpack_tq2_0,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_tq2_0(w, rb, nb, xq, xd, out, r0, r1), 32, 1),
+            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq2_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
     _iquant(T.MXFP4, iqb.unpack_mxfp4,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1),
             32, 12, q8_k=False),

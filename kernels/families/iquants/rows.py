@@ -1,5 +1,6 @@
-"""Row dots of the i-quants, TQ1_0, TQ2_0 and MXFP4 (their records' `dot`): each decodes
-its blocks in vectors (simd.py) straight into int8 dot products with the activation,
+"""Row dots of the i-quants and MXFP4 (their records' `dot`; TQ1_0 and TQ2_0 are in
+ternary.py): each decodes its blocks in vectors (simd.py; grids.py for the 2- and
+3-bit grid types with AVX-512 VBMI) straight into int8 dot products with the activation,
 sums a super-block's sub-blocks in integers times their integer scales, and applies
 one float scale per block or super-block.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from numallm.kernels.families.iquants.blocks import _EIGHTH, _QUARTER, _u16, half_bits
+from numallm.kernels.families.iquants import grids
 from numallm.kernels.families.iquants.simd import (
     LUT_IQ4NL,
     LUT_MXFP4,
@@ -23,8 +25,6 @@ from numallm.kernels.families.iquants.simd import (
     dot_grid4,
     dot_grid8,
     dot_lut4,
-    dot_tq1,
-    dot_tq2,
     izero,
     vimadd,
     vimadd2,
@@ -130,7 +130,35 @@ def _iq2_xxs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
 
 
-rows_iq2_xxs = _row_kernel(_iq2_xxs, 66)
+# With AVX-512 VBMI a super-block goes through 64-byte vectors (grids.py) instead.
+
+def _iq2_xxs_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ2_XXS."""
+    return grids.sdot_iq2_xxs(w, p, xq, 256 * b), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+def _iq2_xs_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ2_XS."""
+    return grids.sdot_iq2_xs(w, p, xq, 256 * b), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+def _iq2_s_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ2_S."""
+    return grids.sdot_iq2_s(w, p, xq, 256 * b), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+def _iq3_xxs_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ3_XXS."""
+    return grids.sdot_iq3_xxs(w, p, xq, 256 * b), load_f16(w, p) * at(xd, 8 * b) * _QUARTER
+
+
+def _iq3_s_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ3_S."""
+    return grids.sdot_iq3_s(w, p, xq, 256 * b), load_f16(w, p) * at(xd, 8 * b)
+
+
+_VBMI = grids.has_vbmi()
+rows_iq2_xxs = _row_kernel(_iq2_xxs_vbmi if _VBMI else _iq2_xxs, 66)
 
 
 @njit(inline="always", cache=True)
@@ -174,8 +202,8 @@ def _iq2_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return _iq2_xs_or_s(w, p, b, xq, xd, True)
 
 
-_rows_iq2_xs = _row_kernel(_iq2_xs, 74)
-_rows_iq2_s = _row_kernel(_iq2_s, 82)
+_rows_iq2_xs = _row_kernel(_iq2_xs_vbmi if _VBMI else _iq2_xs, 74)
+_rows_iq2_s = _row_kernel(_iq2_s_vbmi if _VBMI else _iq2_s, 82)
 
 
 @njit(nogil=True, cache=True)
@@ -201,7 +229,7 @@ def _iq3_xxs(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return isum, load_f16(w, p) * at(xd, 8 * b) * _QUARTER
 
 
-rows_iq3_xxs = _row_kernel(_iq3_xxs, 98)
+rows_iq3_xxs = _row_kernel(_iq3_xxs_vbmi if _VBMI else _iq3_xxs, 98)
 
 
 @njit(inline="always", cache=True)
@@ -225,7 +253,7 @@ def _iq3_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return isum, load_f16(w, p) * at(xd, 8 * b)
 
 
-rows_iq3_s = _row_kernel(_iq3_s, 110)
+rows_iq3_s = _row_kernel(_iq3_s_vbmi if _VBMI else _iq3_s, 110)
 
 _DELTA_POS = np.uint32(0x01010101)  # four int8 +1
 _DELTA_NEG = np.uint32(0xFFFFFFFF)  # four int8 -1
@@ -279,32 +307,3 @@ def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
 
 
 rows_iq1_m = _row_kernel(_iq1_m, 56)
-
-
-def _tq2_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
-    """TQ2_0: 8 ternary dots of 32 per super-block, one scale d * xd."""
-    isum = izero()
-    for h in range(2):
-        for s in range(4):
-            isum = vimadd(isum, dot_tq2(w, p + 32 * h, 2 * s, xq, 256 * b + 128 * h + 32 * s), 1)
-    return isum, load_f16(w, p + 64) * at(xd, 8 * b)
-
-
-rows_tq2_0 = _row_kernel(_tq2_0, 66)
-
-
-def _tq1_0(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
-    """TQ1_0: 8 base-3 digit dots of 32 per super-block, one scale d * xd."""
-    x = 256 * b
-    isum = dot_tq1(w, p, 0, xq, x)
-    isum = vimadd(isum, dot_tq1(w, p, 1, xq, x + 32), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 2, xq, x + 64), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 3, xq, x + 96), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 4, xq, x + 128), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 5, xq, x + 160), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 6, xq, x + 192), 1)
-    isum = vimadd(isum, dot_tq1(w, p, 7, xq, x + 224), 1)
-    return isum, load_f16(w, p + 52) * at(xd, 8 * b)
-
-
-rows_tq1_0 = _row_kernel(_tq1_0, 54)

@@ -190,23 +190,6 @@ def dot_grid1(typingctx, g, i0, i1, i2, i3, deltas, xq, xo):  # type: ignore[no-
     return i32x8(g, i0, i1, i2, i3, deltas, xq, xo), codegen
 
 
-@intrinsic
-def dot_tq2(typingctx, w, p, shift, xq, xo):  # type: ignore[no-untyped-def]
-    """TQ2_0: ((w[p:p+32] >> shift) & 3) - 1, 32 ternary values, dotted with xq[xo:xo+32]."""
-    if not (_is_bytes(w) and _is_bytes(xq)):
-        return None
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        raw = _load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 32)
-        sh = args[2]
-        sh = builder.trunc(sh, ir.IntType(8)) if sh.type.width > 8 else sh
-        q = builder.and_(builder.lshr(raw, _splat(builder, sh, V32I8)), ir.Constant(V32I8, [3] * 32))
-        v = builder.sub(q, ir.Constant(V32I8, [1] * 32))
-        x = _load_bytes(context, builder, sig.args[3], args[3], _as_i64(builder, args[4]), 32)
-        return _dot_s8s8(builder, v, x)
-    return i32x8(w, p, shift, xq, xo), codegen
-
-
 @intrinsic(prefer_literal=True)
 def lut4_store(typingctx, w, p, q, qo, lut):  # type: ignore[no-untyped-def]
     """q[qo:qo+32] = table[nibble] of the 16 bytes at w[p], as dot_lut4 reads them."""
@@ -222,56 +205,3 @@ def lut4_store(typingctx, w, p, q, qo, lut):  # type: ignore[no-untyped-def]
                       builder.bitcast(ptr, V32I8.as_pointer()), align=1)
         return context.get_dummy_value()
     return types.none(w, p, q, qo, lut), codegen
-
-
-def _tq1_lanes(chunk: int) -> tuple[list[int], list[int]]:
-    """Chunk `chunk` (elements 32 chunk ..) of a TQ1_0 block: for each of its 32 elements,
-    the block byte holding it (0-51) and the power of 3 that brings its digit to the top."""
-    src, mult = [], []
-    for j in range(32):
-        e = 32 * chunk + j
-        if e < 160:
-            b, n = e % 32, e // 32
-        elif e < 240:
-            b, n = 32 + (e - 160) % 16, (e - 160) // 16
-        else:
-            b, n = 48 + (e - 240) % 4, (e - 240) // 4
-        src.append(b)
-        mult.append(3 ** n)
-    return src, mult
-
-
-@intrinsic(prefer_literal=True)
-def dot_tq1(typingctx, w, p, chunk, xq, xo):  # type: ignore[no-untyped-def]
-    """TQ1_0: the 32 ternary values of chunk `chunk` (a literal, 0-7) of the block at w[p]
-    (digit: top base-3 digit of byte * 3**n mod 256, as gguf-py's ((v * 3) >> 8) - 1)
-    dotted with xq[xo:xo+32]."""
-    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(chunk, types.IntegerLiteral)):
-        return None
-    src, mult = _tq1_lanes(chunk.literal_value)
-
-    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        wa, pv = args[0], _as_i64(builder, args[1])
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-
-        def load(off: int, n: int) -> ir.Value:
-            return _load_bytes(context, builder, sig.args[0], wa, builder.add(pv, ir.Constant(i64, off)), n)
-
-        lo, mid, top = load(0, 32), load(32, 16), load(48, 4)
-        mid32 = builder.shuffle_vector(mid, ir.Constant(mid.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(i32, 32), [min(i, 15) for i in range(32)]))
-        top32 = builder.shuffle_vector(top, ir.Constant(top.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(i32, 32), [min(i, 3) for i in range(32)]))
-        # lanes 0-31: lo, 32-63: mid (16 used), then top at 64-67 after a second shuffle
-        lm = builder.shuffle_vector(lo, mid32, ir.Constant(ir.VectorType(i32, 64), list(range(64))))
-        top64 = builder.shuffle_vector(top32, ir.Constant(top32.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(i32, 64), [min(i, 31) for i in range(64)]))
-        pick = [b if b < 48 else 64 + b - 48 for b in src]
-        allb = builder.shuffle_vector(lm, top64, ir.Constant(ir.VectorType(i32, 32), pick))
-        v16 = ir.VectorType(ir.IntType(16), 32)
-        m = builder.and_(builder.mul(builder.zext(allb, v16), ir.Constant(v16, mult)), ir.Constant(v16, [255] * 32))
-        digit = builder.lshr(builder.mul(m, ir.Constant(v16, [3] * 32)), ir.Constant(v16, [8] * 32))
-        v = builder.sub(builder.trunc(digit, V32I8), ir.Constant(V32I8, [1] * 32))
-        x = _load_bytes(context, builder, sig.args[3], args[3], _as_i64(builder, args[4]), 32)
-        return _dot_s8s8(builder, v, x)
-    return i32x8(w, p, chunk, xq, xo), codegen
