@@ -26,11 +26,11 @@ Layout of this package (docs/adding-a-type.md walks through adding a type):
 - jit.py, ops.py, formats.py: the entry points above.
 
 Design (issue 5):
-- Layout. Q4_0, Q4_1, Q8_0, Q4_K and Q5_K rows are interleaved at load by tiles of
-  16 rows; a matrix's last rows % 16 (but the K-quants', kept as in the file), and
-  Q5_0 and Q5_1 rows, are regrouped into groups of 8 blocks, whose scales convert and
-  scale 8 at a time; Q2_K, Q3_K, Q6_K, the i-quants and the float types are read as
-  the file stores them (zero-copy pack). Rows keep their size and place
+- Layout. Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K rows are interleaved at load by
+  tiles of 16 rows; a matrix's last rows % 16 (but the K-quants', kept as in the
+  file), and Q5_0 and Q5_1 rows, are regrouped into groups of 8 blocks, whose scales
+  convert and scale 8 at a time; Q2_K, Q3_K, the i-quants and the float types are
+  read as the file stores them (zero-copy pack). Rows keep their size and place
   by tiles, so packed_nbytes is the file's and row_group is where a shard may start.
   pack runs compiled, in place or into another buffer, without the GIL (the loader's
   reading threads pack what they read).

@@ -13,7 +13,7 @@ Numba literal:
           token (drivers/actq.py); None for the float types, whose x stays float32.
   dot2, dot4 (qc, w, rb, nb, xq, xd, xs, xs16, out, t0, r0, r1): 2 and 4 tokens at
           once, bit-identical to `dot` per token; None: `dot` once per token.
-  tiles   (qc, w, rb, nb, full, xq, xd, xs, out, r0, r1): every token through the
+  tiles   (qc, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1): every token through the
           rows in tiles (layout TILED), bit-identical whatever the batch.
 Plain values are the rest: layout (IN_FILE, REGROUPED, TILED), the grouped fields,
 the tile kind, whether a token gets the same bits in a batch of any size
@@ -107,7 +107,7 @@ def _kquant_tiled(qtype: T, kind: int, five: bool) -> TypeTraits:
         qtype, TILED,
         unpack=lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q45_k(w, o, nb, q32, d, m, st, lane, five),
         dot=lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1),
-        tiles=kqt.kq_tiles(five), tile_kind=kind, batch_invariant=True)
+        tiles=kqt.kq_tiles(int(qtype)), tile_kind=kind, batch_invariant=True)
 
 
 def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub_size: int, off: int,
@@ -165,10 +165,12 @@ TRAITS: tuple[TypeTraits, ...] = (
             lambda qc, w, o, nb, y: kq.decode_q3_k(w, o, nb, y)),
     _kquant_tiled(T.Q4_K, tiles.Q4_K_KIND, False),
     _kquant_tiled(T.Q5_K, tiles.Q5_K_KIND, True),
-    _kquant(T.Q6_K, 16,
-            lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q6_k(w, o, nb, q32, d, m, st, lane),
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q6_k(w, rb, nb, xq, xd, xs16, out, r0, r1),
-            lambda qc, w, o, nb, y: kq.decode_q6_k(w, o, nb, y)),
+    TypeTraits(T.Q6_K, TILED,  # a matrix's last rows % 16 stay in the file's layout
+               decode=lambda qc, w, o, nb, y: kq.decode_q6_k(w, o, nb, y),
+               unpack=lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q6_k(w, o, nb, q32, d, m, st, lane),
+               sub_size=16,
+               dot=lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q6_k(w, rb, nb, xq, xd, xs16, out, r0, r1),
+               tiles=kqt.kq_tiles(int(T.Q6_K)), tile_kind=tiles.Q6_K_KIND, batch_invariant=True),
     _iquant(T.IQ1_S, iqb.unpack_iq1_s,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq1_s(w, rb, nb, xq, xd, out, r0, r1), 32, 9),
     _iquant(T.IQ1_M, iqb.unpack_iq1_m,

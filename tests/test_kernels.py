@@ -211,11 +211,11 @@ def test_parallel_threads_on_disjoint_rows_match_one_thread() -> None:
 
 def test_pack_keeps_sizes_and_shards_by_rows() -> None:
     for qtype in ALL_TYPES:
-        assert K.row_group(qtype) == (16 if qtype in (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K) else 1)
+        assert K.row_group(qtype) == (16 if qtype in (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K) else 1)
         assert K.packed_nbytes(qtype, 10, 512) == make_weight(qtype, 10, 512).nbytes
     # File-layout types pack with zero copy; grouped ones fill `out`.
-    raw = make_weight(T.Q6_K, 3, 256)
-    assert np.shares_memory(K.pack(T.Q6_K, raw, 3, 256), raw)
+    raw = make_weight(T.Q3_K, 3, 256)
+    assert np.shares_memory(K.pack(T.Q3_K, raw, 3, 256), raw)
     # A shard packed from rows [lo, rows) alone computes what those rows of the whole do:
     # any row for a grouped type, a tile's first row for a tiled one.
     for qtype, rows, lo in ((T.Q5_0, 10, 4), (T.Q8_0, 37, 16)):

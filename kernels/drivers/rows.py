@@ -59,7 +59,7 @@ rows_dot2 = by_type("rows_dot2", {t.code: t.dot2 or _rows_dot_each2 for t in _UN
 rows_dot4 = by_type("rows_dot4", {t.code: t.dot4 or _rows_dot_each4 for t in _UNTILED})
 
 
-def _no_tiles(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+def _no_tiles(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
     raise ValueError("tile_rows: this type has no tiled layout")
 
 
@@ -74,7 +74,7 @@ def matvec(qcode, w, rows, cols, x, out, r0, r1):  # type: ignore[no-untyped-def
     xq, xd, xs, xs16 = quantized_x_for(qcode, x)
     full = tiled_part(qcode, rows)
     if full > r0:
-        tile_rows(qcode, w, rb, nb, full, xq, xd, xs, out[np.newaxis], r0, r1)
+        tile_rows(qcode, w, rb, nb, full, xq, xd, xs, xs16, out[np.newaxis], r0, r1)
     rows_dot(qcode, w, rb, nb, xq, xd, xs, xs16, out, max(r0, full), r1)
 
 
@@ -105,7 +105,8 @@ def matmul_tiled(qcode, w, rows, cols, X, out, r0, r1):  # type: ignore[no-untyp
     xq, xd, xs, xs16 = quantize_rows_for(qcode, X)
     full = tiled_part(qcode, rows)
     if full > r0:
-        tile_rows(qcode, w, rb, nb, full, xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), out, r0, r1)
+        tile_rows(qcode, w, rb, nb, full, xq.reshape(-1), xd.reshape(-1), xs.reshape(-1), xs16.reshape(-1), out,
+                  r0, r1)
     if r1 > full:  # rows that no tile holds (a view per token costs a reference count)
         for t in range(X.shape[0]):
             rows_dot(qcode, w, rb, nb, xq[t], xd[t], xs[t], xs16[t], out[t], max(r0, full), r1)

@@ -1,7 +1,7 @@
 """The K-quants Q2_K-Q6_K in the file's block layout: SIMD row dots, the int8 GEMM's
-unpackers and the decoders whose reference does not compute d * q + m. Q2_K, Q3_K and
-Q6_K are read so throughout; of Q4_K and Q5_K only a matrix's last rows % 16 are, the
-others being tiled at load (kquants/tiles.py).
+unpackers and the decoders whose reference does not compute d * q + m. Q2_K and Q3_K
+are read so throughout; of Q4_K, Q5_K and Q6_K only a matrix's last rows % 16 are,
+the others being tiled at load (kquants/tiles.py).
 
 `rows_<type>(w, rb, nb, ..., xq, xd, xs, xs16, out, r0, r1)` sets out[r] for r in
 [r0, r1) to the dot product of row r (the `nb` blocks at byte r * rb of w) with x

@@ -212,23 +212,24 @@ def q3k_scales16(typingctx, w, p):  # type: ignore[no-untyped-def]
     return f32x16(w, p), codegen
 
 
-# ---- the tiled layouts of Q4_K and Q5_K (kernels/families/kquants/tiles.py) ---------------------
+# ---- the tiled layouts of Q4_K, Q5_K and Q6_K (kernels/families/kquants/tiles.py) -----------------------
 
-def _nibble_dot(context, builder, sig, args, hi: bool, fifth: bool):  # type: ignore[no-untyped-def]
-    """idot16_nib's and idot16_nib5's code: args are (acc, w, p, [qh, bit,] xq, xo, high)."""
+def _nibble_dot(context, builder, sig, args, hi: bool, hmask: int):  # type: ignore[no-untyped-def]
+    """idot16_nib's and idot16_nibh's code: args are (acc, w, p, [qh, bit,] xq, xo, ...);
+    hmask (0: none) the high bits' mask at bit 4 onwards."""
     a, wa, pv = args[:3]
-    xi = 5 if fifth else 3
+    xi = 5 if hmask else 3
     xa, xov = args[xi], args[xi + 1]
     raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
     u = (builder.lshr(raw, ir.Constant(V64I8, [4] * 64)) if hi
          else builder.and_(raw, ir.Constant(V64I8, [15] * 64)))
-    if fifth:
+    if hmask:
         # Rotating each qword left by (4 - bit) mod 64 moves bit `bit` of every byte to
-        # its bit 4; the mask drops what came from the neighbours.
+        # its bit 4 (and the next ones along); the mask drops what came from the neighbours.
         plane = builder.bitcast(_load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, args[3]), 64), V8I64)
         amount = builder.and_(builder.sub(ir.Constant(I64, 68), _as_i64(builder, args[4])), ir.Constant(I64, 63))
         rot = _call(builder, "llvm.fshl.v8i64", V8I64, [plane, plane, _splat(builder, amount, V8I64)])
-        u = builder.or_(u, builder.and_(builder.bitcast(rot, V64I8), ir.Constant(V64I8, [16] * 64)))
+        u = builder.or_(u, builder.and_(builder.bitcast(rot, V64I8), ir.Constant(V64I8, [hmask] * 64)))
     x4 = _load_bytes(context, builder, sig.args[xi], xa, _as_i64(builder, xov), 4)
     s = builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
     return _dpbusd16(builder, a, u, s)
@@ -243,28 +244,47 @@ def idot16_nib(typingctx, acc, w, p, xq, xo, high):  # type: ignore[no-untyped-d
     hi = high.literal_value
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _nibble_dot(context, builder, sig, args, hi, False)
+        return _nibble_dot(context, builder, sig, args, hi, 0)
     return i32x16(i32x16, w, p, xq, xo, high), codegen
 
 
 @intrinsic(prefer_literal=True)
-def idot16_nib5(typingctx, acc, w, p, qh, bit, xq, xo, high):  # type: ignore[no-untyped-def]
-    """idot16_nib with a 5th bit (Q5_K): each quant gets bit `bit` of the same byte of
-    the 64-byte vector at w[qh] as its bit 4."""
-    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(high, types.BooleanLiteral)):
+def idot16_nibh(typingctx, acc, w, p, qh, bit, xq, xo, high, nbits):  # type: ignore[no-untyped-def]
+    """idot16_nib with high bits: bits bit..bit + nbits - 1 of the same byte of the
+    64-byte vector at w[qh] become the quant's bits 4.. (Q5_K: 1 bit, Q6_K: 2)."""
+    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(high, types.BooleanLiteral)
+            and isinstance(nbits, types.IntegerLiteral) and nbits.literal_value in (1, 2)):
         return None
-    hi = high.literal_value
+    hi, hmask = high.literal_value, 0x10 if nbits.literal_value == 1 else 0x30
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _nibble_dot(context, builder, sig, args, hi, True)
-    return i32x16(i32x16, w, p, qh, bit, xq, xo, high), codegen
+        return _nibble_dot(context, builder, sig, args, hi, hmask)
+    return i32x16(i32x16, w, p, qh, bit, xq, xo, high, nbits), codegen
+
+
+@intrinsic
+def q6k_tile_scales(typingctx, w, p, j):  # type: ignore[no-untyped-def]
+    """The int8 scale j < 16 of the 16 rows of a Q6_K tile as F32x16, from its four scale
+    vectors at w[p] (vector v, lane i: row i's scales 4v..4v+3)."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        j64 = _as_i64(builder, args[2])
+        off = builder.add(_as_i64(builder, args[1]), builder.mul(builder.lshr(j64, ir.Constant(I64, 2)),
+                                                                 ir.Constant(I64, 64)))
+        word = builder.bitcast(_load_bytes(context, builder, sig.args[0], args[0], off, 64), V16I32)
+        up = builder.trunc(builder.sub(ir.Constant(I64, 24), builder.mul(builder.and_(j64, ir.Constant(I64, 3)),
+                                                                        ir.Constant(I64, 8))), I32)
+        v = builder.ashr(builder.shl(word, _splat(builder, up, V16I32)), ir.Constant(V16I32, [24] * 16))
+        return builder.sitofp(v, V16F32)
+    return f32x16(w, p, j), codegen
 
 
 @intrinsic(prefer_literal=True)
 def q4k_tile_scales(typingctx, w, p, j, mins):  # type: ignore[no-untyped-def]
-    """Scale (or, with `mins`, min) j < 8 of the 16 rows of a Q4_K or Q5_K tile as
-    F32x16, from its three scale vectors at w[p] (vector v, lane i: row i's scale
-    bytes 4v..4v+3).
+    """Scale (or, with `mins`, min) j < 8 of the 16 rows of a Q4_K or Q5_K tile as F32x16, from
+    its three scale vectors at w[p] (vector v, lane i: row i's scale bytes 4v..4v+3).
     k_scale_min's fields, lane-wise: j < 4 byte j (min: j + 4), low 6 bits; j >= 4 the
     low (min: high) nibble of byte j + 4 and the top 2 bits of byte j - 4 (min: j)."""
     if not (_is_bytes(w) and isinstance(mins, types.BooleanLiteral)):
@@ -282,7 +302,7 @@ def q4k_tile_scales(typingctx, w, p, j, mins):  # type: ignore[no-untyped-def]
         own, s2 = word(1 if is_min else 0), word(2)
         k8 = builder.trunc(builder.mul(builder.and_(j64, ir.Constant(I64, 3)), ir.Constant(I64, 8)), I32)
         high = builder.icmp_unsigned(">=", j64, ir.Constant(I64, 4))
-        sel = builder.select  # j may be a runtime value (the kernel's group loop)
+        sel = builder.select  # j is a constant where the kernel unrolls: these fold away
         shift = builder.add(k8, sel(high, ir.Constant(I32, 4 if is_min else 0), ir.Constant(I32, 0)))
         low = builder.and_(builder.lshr(sel(high, s2, own), _splat(builder, shift, V16I32)),
                            _splat(builder, sel(high, ir.Constant(I32, 15), ir.Constant(I32, 63)), V16I32))

@@ -1,29 +1,30 @@
-"""The tiled layouts of Q4_K and Q5_K and their kernel: rows in vector lanes, as Q4_0's
-tiles (kernels/families/q4_q8/tiles.py), whose packer, tile pass and tail handling they
-share.
+"""The tiled layouts of Q4_K, Q5_K and Q6_K and their kernels: rows in vector lanes, as
+Q4_0's tiles (kernels/families/q4_q8/tiles.py), whose packer, tile pass and tail handling
+they share.
 
 Layout. A matrix's rows go by tiles of 16 (its last rows % 16 stay in the file's
-layout and take the row kernel of kquants/rows.py). A tile holds, for each
-super-block in turn, the super-block of its 16 rows as
+layout and take the row kernels of kquants/rows.py). A tile holds, for each
+super-block in turn, the super-block of its 16 rows as its float16 fields for the 16
+rows (Q4_K, Q5_K: d then dmin; Q6_K: d), then vectors of 64 bytes whose byte 4i + j
+is byte 4v + j of the rest of row i's super-block (vector v): Q4_K the 12 scale
+bytes and 128 quant bytes, Q5_K the scales, 32 bytes of 5th bits and the quants;
+Q6_K's 128 bytes of low bits, 64 of high bits and 16 scales likewise, but its vectors
+in the order the kernel first reads them (q4_q8/tiles.q6k_vector), so a tile streams
+in address order. The tile keeps its rows' bytes, so rows keep their size and place
+by tiles.
 
-    [d x 16 float16] [dmin x 16 float16] [vectors of 64 bytes]
-
-where byte 4i + j of vector v is byte 4v + j of the rest of row i's super-block: the
-12 scale bytes (3 vectors), Q5_K's 32 bytes of 5th bits (8), the 128 quant bytes
-(32). The tile keeps its rows' bytes, so rows keep their size and place by tiles.
-
-Kernel. Quant vector 8g + v holds, in lane i, row i's quants 4v..4v + 3 of group g
-of 64 elements: low nibbles elements 64g + 4v + j (sub-block 2g), high nibbles
-64g + 32 + 4v + j (sub-block 2g + 1), Q5_K's 5th bits in bits 2g, 2g + 1 of the same
-bytes of qh vector v. One vpdpbusd per nibble plane and token adds their products
-with the token's 4 activations (broadcast) into 16 int32 lanes, one per row. After a
-group's 8 vectors each sub-block is converted and scaled once for the 16 rows
-(d * scale * xd), the mins applied through the activation's block sums, with the 16
-rows' scales decoded lane-wise from the scale vectors (q4k_tile_scales). A row
-kernel instead spends a permute, a conversion and an FMA per 64 elements of each row
-and decodes each row's scales alone. Tokens go through a tile 8, 4, 2 and 1 at a
-time (two int32 accumulators per token); each keeps its own accumulators and steps,
-so a token gets the same bits in a batch of any size.
+Kernels. A quant vector holds 4 consecutive quants of every row of the tile; one
+vpdpbusd per nibble plane and token adds their products with the token's 4
+activations (broadcast) into 16 int32 lanes, one per row, of the sub-block's
+accumulator (Q5_K and Q6_K first or in their high bits from the same bytes of a
+high-bit vector, rotated into place). After a sub-block's vectors its accumulator is
+converted and scaled once for the 16 rows (d * scale * xd), the mins (Q4_K, Q5_K) or
+Q6_K's offset of 32 applied through the activation's block sums, with the 16 rows'
+scales decoded lane-wise from the scale vectors. A row kernel instead spends a
+permute, a conversion and an FMA per 64 elements of each row and decodes each row's
+scales alone. Tokens go through a tile 8, 4, 2 and 1 at a time (two int32
+accumulators per token); each keeps its own accumulators and steps, so a token gets
+the same bits in a batch of any size.
 """
 
 from __future__ import annotations
@@ -33,82 +34,151 @@ from functools import cache
 
 import numpy as np
 from numallm.kernels.families.kquants.rows import k_scale_min
-from numallm.kernels.families.kquants.simd import idot16_nib, idot16_nib5, q4k_tile_scales
-from numallm.kernels.families.q4_q8.tiles import MAX_TOKENS, TILE, store_tokens, tile_pass_of, with_type_code
+from numallm.kernels.families.kquants.simd import idot16_nib, idot16_nibh, q4k_tile_scales, q6k_tile_scales
+from numallm.kernels.families.q4_q8.tiles import MAX_TOKENS, TILE, q6k_vector, store_tokens, tile_pass_of, with_type_code
+from numallm.kernels.qcodes import Q4_K, Q5_K, Q6_K
 from numallm.kernels.simd.i32x16 import izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16
-from numallm.kernels.simd.vec import vfma16, vload_f16x16, vmul16, vzero16
+from numallm.kernels.simd.vec import vfma16, vload_f16x16, vmul16, vscale16, vzero16
 from numba import njit
 
-QH5 = 256  # where Q5_K's qh vectors start in a tile's super-block (after d, dmin, scales)
+TS = {Q4_K: 144, Q5_K: 176, Q6_K: 210}  # bytes per super-block and row
+# Where the vectors start in a tile's super-block: Q4_K, Q5_K after d and dmin the 3
+# scale vectors (at 64), Q5_K's 8 of qh (QH5), the 32 of quants (Q4_K at 256, Q5_K
+# at 768); Q6_K after d its 52 vectors in the order the kernel reads them (q6k_vector).
+QH5 = 256
+WIDE = MAX_TOKENS
 
 
-def kq_tiles(five: bool) -> Callable[..., None]:
-    """The tile pass of Q4_K (Q5_K: five) with the type code first (traits' `tiles`);
-    without AVX-512 at most 2 tokens a pass (tile_pass_of never calls the wider
-    kernels, for which narrower ones stand in)."""
-    return with_type_code(tile_pass_of(tuple(kq_tile_kernel(min(n, MAX_TOKENS), five) for n in (8, 4, 2, 1)),
-                                       MAX_TOKENS))
+def kq_tiles(kind: int) -> Callable[..., None]:
+    """The tile pass of Q4_K, Q5_K or Q6_K (a GGML code) with the type code first
+    (traits' `tiles`); Q6_K's kernel takes the activation's sums per 16 (xs16) where
+    the others take them per 32. Without AVX-512 at most 2 tokens a pass (tile_pass_of
+    never calls the wider kernels, for which narrower ones stand in)."""
+    kernels = tuple(kq_tile_kernel(min(n, WIDE), kind) for n in (8, 4, 2, 1))
+    return with_type_code(tile_pass_of(kernels, WIDE), kind == Q6_K)
 
 
 @cache
-def kq_tile_kernel(ntok: int, five: bool) -> Callable[..., None]:
+def kq_tile_kernel(ntok: int, kind: int) -> Callable[..., None]:
     """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
-    Q4_K (Q5_K: five) tile at byte p of w (nb super-blocks) dotted with token t0 + j,
-    j < ntok, from the flat xq, xd, xs of actq.quantize_rows (token t's blocks of 32
-    start at 8 nb t)."""
-    ts = 176 if five else 144
-    quants = 768 if five else 256  # where the quant vectors start (Q5_K: after 8 of qh)
-    dots = _dots5 if five else _dots4
+    tile of type `kind` at byte p of w (nb super-blocks) dotted with token t0 + j,
+    j < ntok, from the flat xq, xd and xs (Q6_K: xs16) of actq.quantize_rows (token
+    t's blocks of 32 start at 8 nb t). The super-block goes by groups of vectors that
+    make one sub-block of the low nibbles and one of the high ones (_layout)."""
+    ts = TS[kind]
+    groups, per = (8, 4) if kind == Q6_K else (4, 8)
+    sums = 16 if kind == Q6_K else 8  # activation sums per super-block and token
+    layout, scales = (_layout6, _scales6) if kind == Q6_K else (_layout45, _scales45)
+    dots = _dots4 if kind == Q4_K else (_dots5 if kind == Q5_K else _dots6)
 
     @njit(nogil=True, cache=True)
     def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
         f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = vzero16()
-        step, bstep = 256 * nb, 8 * nb  # xq bytes and blocks of 32 from one token to the next
+        step, dstep, sstep = 256 * nb, 8 * nb, sums * nb  # from one token to the next
         for b in range(nb):
             c = p + TILE * ts * b
-            dv = vload_f16x16(w, c)
-            mv = vload_f16x16(w, c + 32)
             x = 256 * (t0 * nb + b)
-            for g in range(4):
-                dlo = vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g, False))
-                dhi = vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g + 1, False))
-                mlo = vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g, True))
-                mhi = vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g + 1, True))
+            for g in range(groups):
+                dlo, dhi, alo, ahi = scales(w, c, g)
                 l0 = h0 = l1 = h1 = l2 = h2 = l3 = h3 = izero16()
                 l4 = h4 = l5 = h5 = l6 = h6 = l7 = h7 = izero16()
-                q = c + quants + 512 * g
-                xo = x + 64 * g
-                for v in range(8):
-                    qv = q + 64 * v
-                    hp = c + QH5 + 64 * v
-                    xv = xo + 4 * v
-                    l0, h0 = dots(l0, h0, w, qv, hp, 2 * g, xq, xv)
+                for v in range(per):
+                    qv, hp, bit, xv = layout(kind, c, x, g, v)
+                    l0, h0 = dots(l0, h0, w, qv, hp, bit, xq, xv)
                     if ntok > 1:
-                        l1, h1 = dots(l1, h1, w, qv, hp, 2 * g, xq, xv + step)
+                        l1, h1 = dots(l1, h1, w, qv, hp, bit, xq, xv + step)
                     if ntok > 2:
-                        l2, h2 = dots(l2, h2, w, qv, hp, 2 * g, xq, xv + 2 * step)
-                        l3, h3 = dots(l3, h3, w, qv, hp, 2 * g, xq, xv + 3 * step)
+                        l2, h2 = dots(l2, h2, w, qv, hp, bit, xq, xv + 2 * step)
+                        l3, h3 = dots(l3, h3, w, qv, hp, bit, xq, xv + 3 * step)
                     if ntok > 4:
-                        l4, h4 = dots(l4, h4, w, qv, hp, 2 * g, xq, xv + 4 * step)
-                        l5, h5 = dots(l5, h5, w, qv, hp, 2 * g, xq, xv + 5 * step)
-                        l6, h6 = dots(l6, h6, w, qv, hp, 2 * g, xq, xv + 6 * step)
-                        l7, h7 = dots(l7, h7, w, qv, hp, 2 * g, xq, xv + 7 * step)
-                k = xo >> 5  # the token's block of 32 of sub-block 2g
-                f0 = _group(f0, l0, h0, dlo, dhi, mlo, mhi, xd, xs, k)
+                        l4, h4 = dots(l4, h4, w, qv, hp, bit, xq, xv + 4 * step)
+                        l5, h5 = dots(l5, h5, w, qv, hp, bit, xq, xv + 5 * step)
+                        l6, h6 = dots(l6, h6, w, qv, hp, bit, xq, xv + 6 * step)
+                        l7, h7 = dots(l7, h7, w, qv, hp, bit, xq, xv + 7 * step)
+                kd, kdh, ks, ksh = _blocks(kind, x, g)
+                f0 = _group(f0, l0, h0, dlo, dhi, alo, ahi, xd, xs, kd, kdh, ks, ksh)
                 if ntok > 1:
-                    f1 = _group(f1, l1, h1, dlo, dhi, mlo, mhi, xd, xs, k + bstep)
+                    f1 = _group(f1, l1, h1, dlo, dhi, alo, ahi, xd, xs, kd + dstep, kdh + dstep, ks + sstep, ksh + sstep)
                 if ntok > 2:
-                    f2 = _group(f2, l2, h2, dlo, dhi, mlo, mhi, xd, xs, k + 2 * bstep)
-                    f3 = _group(f3, l3, h3, dlo, dhi, mlo, mhi, xd, xs, k + 3 * bstep)
+                    f2 = _group(f2, l2, h2, dlo, dhi, alo, ahi, xd, xs, kd + 2 * dstep, kdh + 2 * dstep,
+                                ks + 2 * sstep, ksh + 2 * sstep)
+                    f3 = _group(f3, l3, h3, dlo, dhi, alo, ahi, xd, xs, kd + 3 * dstep, kdh + 3 * dstep,
+                                ks + 3 * sstep, ksh + 3 * sstep)
                 if ntok > 4:
-                    f4 = _group(f4, l4, h4, dlo, dhi, mlo, mhi, xd, xs, k + 4 * bstep)
-                    f5 = _group(f5, l5, h5, dlo, dhi, mlo, mhi, xd, xs, k + 5 * bstep)
-                    f6 = _group(f6, l6, h6, dlo, dhi, mlo, mhi, xd, xs, k + 6 * bstep)
-                    f7 = _group(f7, l7, h7, dlo, dhi, mlo, mhi, xd, xs, k + 7 * bstep)
+                    f4 = _group(f4, l4, h4, dlo, dhi, alo, ahi, xd, xs, kd + 4 * dstep, kdh + 4 * dstep,
+                                ks + 4 * sstep, ksh + 4 * sstep)
+                    f5 = _group(f5, l5, h5, dlo, dhi, alo, ahi, xd, xs, kd + 5 * dstep, kdh + 5 * dstep,
+                                ks + 5 * sstep, ksh + 5 * sstep)
+                    f6 = _group(f6, l6, h6, dlo, dhi, alo, ahi, xd, xs, kd + 6 * dstep, kdh + 6 * dstep,
+                                ks + 6 * sstep, ksh + 6 * sstep)
+                    f7 = _group(f7, l7, h7, dlo, dhi, alo, ahi, xd, xs, kd + 7 * dstep, kdh + 7 * dstep,
+                                ks + 7 * sstep, ksh + 7 * sstep)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel
+
+
+@njit(inline="always", cache=True)
+def _layout45(kind, c, x, g, v):  # type: ignore[no-untyped-def]
+    """Q4_K, Q5_K: vector v of group g (elements 64g..64g + 63) is quant vector 8g + v:
+    lane i row i's quants 64g + 4v.. (low nibbles) and 64g + 32 + 4v.. (high); Q5_K's
+    5th bits are bits 2g and 2g + 1 of qh vector v. (quant vector, qh vector, bit,
+    the low nibbles' first activation)."""
+    quants = 768 if kind == Q5_K else 256
+    return c + quants + 64 * (8 * g + v), c + QH5 + 64 * v, 2 * g, x + 64 * g + 4 * v
+
+
+@njit(inline="always", cache=True)
+def _layout6(kind, c, x, g, v):  # type: ignore[no-untyped-def]
+    """Q6_K: element 128h + 32s + l of a row is ql[64h + 32 (s % 2) + l] >> 4 (s // 2)
+    plus bits 2s, 2s + 1 of qh[32h + l] as bits 4-5, scale 8h + 2s + l // 16. Group
+    g = (h, s0, quarter) takes the ql vectors of l in [16 quarter, 16 quarter + 16):
+    s = s0 in their low nibbles, s0 + 2 in their high ones, one sub-block of 16 each."""
+    h, s0, qt = _part6(g)
+    return (c + 32 + 64 * q6k_vector(16 * h + 8 * s0 + 4 * qt + v), c + 32 + 64 * q6k_vector(32 + 8 * h + 4 * qt + v),
+            2 * s0,
+            x + 128 * h + 32 * s0 + 16 * qt + 4 * v)
+
+
+@njit(inline="always", cache=True)
+def _part6(g):  # type: ignore[no-untyped-def]
+    """Q6_K group g's (h, s0, quarter), in the layout's order: s0 fastest, so the qh
+    vectors read with s0 = 0 are in L1 for s0 = 1."""
+    return g >> 2, g & 1, (g >> 1) & 1
+
+
+@njit(inline="always", cache=True)
+def _blocks(kind, x, g):  # type: ignore[no-untyped-def]
+    """The token's activation blocks of group g's two sub-blocks: xd's (per 32), and the
+    sums' (per 32; Q6_K: per 16)."""
+    if kind == Q6_K:
+        h, s0, qt = _part6(g)
+        k = (x >> 5) + 4 * h + s0
+        k16 = (x >> 4) + 8 * h + 2 * s0 + qt
+        return k, k + 2, k16, k16 + 4
+    k = (x >> 5) + 2 * g
+    return k, k + 1, k, k + 1
+
+
+@njit(inline="always", cache=True)
+def _scales45(w, c, g):  # type: ignore[no-untyped-def]
+    """Q4_K, Q5_K: d * scale of sub-blocks 2g and 2g + 1 of the 16 rows, and -dmin * min."""
+    dv = vload_f16x16(w, c)
+    mv = vscale16(vload_f16x16(w, c + 32), np.float32(-1.0))
+    return (vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g, False)), vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g + 1, False)),
+            vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g, True)), vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g + 1, True)))
+
+
+@njit(inline="always", cache=True)
+def _scales6(w, c, g):  # type: ignore[no-untyped-def]
+    """Q6_K: d * scale of group g's two sub-blocks, and -32 times that (the offset)."""
+    dv = vload_f16x16(w, c)
+    h, s0, qt = _part6(g)
+    j = 2 * s0 + qt  # scale 8h + j of vector 2h, scale 8h + j + 4 of vector 2h + 1
+    dlo = vmul16(dv, q6k_tile_scales(w, c + 32 + 64 * q6k_vector(48 + 2 * h), j))
+    dhi = vmul16(dv, q6k_tile_scales(w, c + 32 + 64 * q6k_vector(49 + 2 * h), j))
+    return dlo, dhi, vscale16(dlo, np.float32(-32.0)), vscale16(dhi, np.float32(-32.0))
 
 
 @njit(inline="always", cache=True)
@@ -120,18 +190,45 @@ def _dots4(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
 @njit(inline="always", cache=True)
 def _dots5(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
     """The same for Q5_K, bits `bit` and bit + 1 of the qh vector at hp their 5th bits."""
-    return (idot16_nib5(lo, w, qv, hp, bit, xq, xv, False),
-            idot16_nib5(hi, w, qv, hp, bit + 1, xq, xv + 32, True))
+    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 1),
+            idot16_nibh(hi, w, qv, hp, bit + 1, xq, xv + 32, True, 1))
 
 
 @njit(inline="always", cache=True)
-def _group(f, lo, hi, dlo, dhi, mlo, mhi, xd, xs, k):  # type: ignore[no-untyped-def]
-    """f plus a group's two sub-blocks: their integer dots scaled by d * scale * xd,
-    minus dmin * min times the activation's block sums."""
-    f = vfmai16(f, lo, dlo, at(xd, k))
-    f = vfmai16(f, hi, dhi, at(xd, k + 1))
-    f = vfma16(f, mlo, -at(xs, k))
-    return vfma16(f, mhi, -at(xs, k + 1))
+def _dots6(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
+    """A Q6_K ql vector's low nibbles (qh bits `bit`, bit + 1 as bits 4-5) and high
+    nibbles (bits bit + 4, bit + 5: s two further) dotted into lo and hi, as q + 32."""
+    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 2),
+            idot16_nibh(hi, w, qv, hp, bit + 4, xq, xv + 64, True, 2))
+
+
+@njit(inline="always", cache=True)
+def _group(f, lo, hi, dlo, dhi, alo, ahi, xd, xs, kd, kdh, ks, ksh):  # type: ignore[no-untyped-def]
+    """f plus a group's two sub-blocks: their integer dots scaled by d * scale * xd, and
+    alo, ahi (the mins, or Q6_K's offset) times the activation's sums."""
+    f = vfmai16(f, lo, dlo, at(xd, kd))
+    f = vfmai16(f, hi, dhi, at(xd, kdh))
+    f = vfma16(f, alo, at(xs, ks))
+    return vfma16(f, ahi, at(xs, ksh))
+
+
+@njit(nogil=True, cache=True)
+def decode_tiled_q6k(w, p, i, nb, y):  # type: ignore[no-untyped-def]
+    """Row i of the Q6_K tile at byte p as float32 into y, as kquants/rows.decode_q6_k."""
+    for b in range(nb):
+        c = p + TILE * 210 * b
+        d = load_f16(w, c + 2 * i)
+        for e in range(256):
+            h, r = e >> 7, e & 127
+            s, l = r >> 5, r & 31
+            lb = 64 * h + 32 * (s & 1) + l  # ql byte
+            ql = (at(w, c + 32 + 64 * q6k_vector(lb >> 2) + 4 * i + (lb & 3)) >> (4 * (s >> 1))) & 15
+            hb = 32 * h + l  # qh byte
+            qh = (at(w, c + 32 + 64 * q6k_vector(32 + (hb >> 2)) + 4 * i + (hb & 3)) >> (2 * s)) & 3
+            q = np.int32(ql | (qh << 4)) - 32
+            k = e >> 4  # scale byte
+            sc = np.int32(np.int8(at(w, c + 32 + 64 * q6k_vector(48 + (k >> 2)) + 4 * i + (k & 3))))
+            y[256 * b + e] = d * np.float32(sc * q)
 
 
 @njit(nogil=True, cache=True)

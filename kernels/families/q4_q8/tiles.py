@@ -44,8 +44,8 @@ TILE = 16
 # the 32 zmm registers; an AVX2 ymm holds half an accumulator.
 MAX_TOKENS = 8 if has_avx512() else 2
 Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
-Q4_K_KIND, Q5_K_KIND = 3, 4  # their kernel and decoder: kernels/families/kquants/tiles.py
-_BLOCK_BYTES = (18, 20, 34, 144, 176)  # by kind
+Q4_K_KIND, Q5_K_KIND, Q6_K_KIND = 3, 4, 5  # their kernels and decoder: kernels/families/kquants/tiles.py
+_BLOCK_BYTES = (18, 20, 34, 144, 176, 210)  # by kind
 
 
 @njit(nogil=True, cache=True)
@@ -56,24 +56,29 @@ def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibble
     constants, so LLVM unrolls the moves of a block."""
     if tiles:
         if kind == Q4_0_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 18, 1)
+            _pack_tiles_of(src, dst, tiles, nb, 18, 1, 0)
         elif kind == Q4_1_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 20, 2)
+            _pack_tiles_of(src, dst, tiles, nb, 20, 2, 0)
         elif kind == Q8_0_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 34, 1)
+            _pack_tiles_of(src, dst, tiles, nb, 34, 1, 0)
         elif kind == Q4_K_KIND:  # d and dmin, then 3 words of scales and 32 of quants
-            _pack_tiles_of(src, dst, tiles, nb, 144, 2)
-        else:  # Q5_K: d and dmin, then 3 words of scales, 8 of high bits and 32 of quants
-            _pack_tiles_of(src, dst, tiles, nb, 176, 2)
+            _pack_tiles_of(src, dst, tiles, nb, 144, 2, 0)
+        elif kind == Q5_K_KIND:  # d and dmin, then 3 words of scales, 8 of high bits and 32 of quants
+            _pack_tiles_of(src, dst, tiles, nb, 176, 2, 0)
+        else:  # Q6_K: d (the block's last 2 bytes), then its 52 words in the kernel's order (q6k_vector)
+            _pack_tiles_of(src, dst, tiles, nb, 210, 1, 208)
     if grouped:
         o = tiles * TILE * nb * 2 * tw
         pack_grouped_rows(src[o:].view(np.uint16), dst[o:].view(np.uint16), grouped, nb, tw, fields, nibbles)
 
 
 @njit(inline="always", cache=True)
-def _pack_tiles_of(src, dst, tiles, nb, ts, fields):  # type: ignore[no-untyped-def]
-    """_pack_tiles for blocks of ts bytes that start with `fields` float16 scales."""
+def _pack_tiles_of(src, dst, tiles, nb, ts, fields, at_byte):  # type: ignore[no-untyped-def]
+    """_pack_tiles for blocks of ts bytes with `fields` float16 scales at byte at_byte:
+    the block's start, or its end (Q6_K, whose words go in q6k_vector's order); the
+    rest of the block is 4-byte words."""
     words = (ts - 2 * fields) // 4
+    first = 2 * fields if at_byte == 0 else 0  # where the words start
     rb = nb * ts
     scratch = np.empty(TILE * rb, np.uint8)
     for g in range(tiles):
@@ -85,9 +90,29 @@ def _pack_tiles_of(src, dst, tiles, nb, ts, fields):  # type: ignore[no-untyped-
             for i in range(TILE):
                 s = i * rb + ts * b
                 for f in range(fields):
-                    move2(dst, o + 32 * f + 2 * i, scratch, s + 2 * f)
+                    move2(dst, o + 32 * f + 2 * i, scratch, s + at_byte + 2 * f)
                 for v in range(words):
-                    move4(dst, o + 32 * fields + 64 * v + 4 * i, scratch, s + 2 * fields + 4 * v)
+                    to = q6k_vector(v) if at_byte else v
+                    move4(dst, o + 32 * fields + 64 * to + 4 * i, scratch, s + first + 4 * v)
+
+
+@njit(inline="always", cache=True)
+def q6k_vector(u):  # type: ignore[no-untyped-def]
+    """Where word u of a Q6_K block (ql words 0-31, qh 32-47, scales 48-51) goes in its
+    tile's super-block: the vector after d, in the order the kernel
+    (kernels/families/kquants/tiles.py) first reads them, so the lines of a tile are
+    touched in address order (read out of order, two streams per 3360 bytes, they
+    streamed from memory at a third of the rate: benchmarks/README.md, round eight).
+    Half h (elements 128h..) is 26 vectors: scale vectors 2h and 2h + 1, then for
+    qt = 0, 1 (l in [16 qt, 16 qt + 16)) the ql vectors of s0 = 0 each followed by the
+    qh vector they share with s0 = 1, then the ql vectors of s0 = 1."""
+    if u < 32:
+        h, s0, qt, v = u >> 4, (u >> 3) & 1, (u >> 2) & 1, u & 3
+        return 26 * h + 2 + 12 * qt + (8 + v if s0 else 2 * v)
+    if u < 48:
+        h, qt, v = (u - 32) >> 3, ((u - 32) >> 2) & 1, u & 3
+        return 26 * h + 3 + 12 * qt + 2 * v
+    return 26 * ((u - 48) >> 1) + (u & 1)
 
 
 @cache
@@ -226,10 +251,15 @@ def tile_rows_impl(kind: int) -> Callable[..., None]:
     return with_type_code(tile_pass(kind))
 
 
-def with_type_code(pass_: Callable[..., None]) -> Callable[..., None]:
-    """A tile pass taking the type code first, as the records' `tiles` do."""
+def with_type_code(pass_: Callable[..., None], sums16: bool = False) -> Callable[..., None]:
+    """A tile pass taking the type code first and the activation's sums per 32 and per
+    16, as the records' `tiles` do; it gets those per 16 with sums16 (Q6_K)."""
+    if sums16:
+        def impl16(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+            pass_(w, rb, nb, full, xq, xd, xs16, out, r0, r1)
+        return impl16
 
-    def impl(q, w, rb, nb, full, xq, xd, xs, out, r0, r1):  # type: ignore[no-untyped-def]
+    def impl(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
         pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1)
     return impl
 
