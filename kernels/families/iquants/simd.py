@@ -96,6 +96,19 @@ LUT_BIAS = Q8_BIAS
 _TILE_TABLES = {k: [(v + LUT_BIAS + 128) % 256 - 128 for v in t] for k, t in _TABLES.items()}
 
 
+def _nibble_values(builder: ir.IRBuilder, raw: ir.Value, table: list[int]) -> tuple[ir.Value, ir.Value]:
+    """table[low nibble], table[high nibble] of the <64 x i8> raw."""
+    if "avx512vbmi" in target_features():
+        # vpermb reads 6 index bits: a table of 64 repeating the 16 needs no mask, and
+        # the high nibbles come by a 16-bit shift (bits 4-5 from the next byte are don't-cares)
+        t64 = ir.Constant(V64I8, table * 4)
+        v32i16 = ir.VectorType(ir.IntType(16), 32)
+        hi = builder.bitcast(builder.lshr(builder.bitcast(raw, v32i16), ir.Constant(v32i16, [4] * 32)), V64I8)
+        return tuple(_call(builder, "llvm.x86.avx512.permvar.qi.512", V64I8, [t64, idx]) for idx in (raw, hi))
+    return (_lookup16(builder, builder.and_(raw, ir.Constant(V64I8, [15] * 64)), table),
+            _lookup16(builder, builder.lshr(raw, ir.Constant(V64I8, [4] * 64)), table))
+
+
 @intrinsic(prefer_literal=True)
 def idot16_lut(typingctx, acc, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
     """acc plus, for the 16 rows of a nibble vector of a tile (lane i = 4 bytes of row
@@ -112,11 +125,9 @@ def idot16_lut(typingctx, acc, w, p, xq, xo, lut):  # type: ignore[no-untyped-de
         a, wa, pv, xa, xov = args[:5]
         raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
         xh = builder.add(_as_i64(builder, xov), ir.Constant(ir.IntType(64), 16))
-        for nib, xoff in ((builder.and_(raw, ir.Constant(V64I8, [15] * 64)), xov),
-                          (builder.lshr(raw, ir.Constant(V64I8, [4] * 64)), xh)):
-            v = _lookup16(builder, nib, table)
+        for nib, xoff in zip(_nibble_values(builder, raw, table), (xov, xh)):
             x = _broadcast4(context, builder, sig.args[3], xa, xoff)
-            a = _dpbusd16(builder, a, v, x) if LUT_BIAS else builder.add(a, _by_halves(builder, v, x, _dot_s8s8))
+            a = _dpbusd16(builder, a, nib, x) if LUT_BIAS else builder.add(a, _by_halves(builder, nib, x, _dot_s8s8))
         return a
     return i32x16(i32x16, w, p, xq, xo, lut), codegen
 

@@ -1,15 +1,19 @@
-"""The tiled layout of Q4_0, Q4_1 and Q8_0 and its kernel: any number of tokens, the
-same bits for each token whatever the batch. The packer and the tile pass serve the
-tiled K-quants too (kernels/families/kquants/tiles.py).
+"""The tiled layout of Q4_0, Q4_1, Q8_0, IQ4_NL and MXFP4 and its kernel: any number of
+tokens, the same bits for each token whatever the batch. The packer and the tile pass
+serve the tiled K-quants and IQ4_XS too (kernels/families/kquants/tiles.py,
+kernels/families/iquants/tiles.py).
 
 Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
-grouped layout of kernels/families/q4_q8/grouped.py and its row kernels). A tile holds, for each block
-b in turn, the block of its 16 rows as
+grouped layout of kernels/families/q4_q8/grouped.py and its row kernels; IQ4_NL's and
+MXFP4's stay as in the file, for the row dots of iquants/rows.py). A tile holds, for
+each block b in turn, the block of its 16 rows as
 
-    [d x 16 float16] [m x 16 float16: Q4_1] [vectors of 64 bytes: 4 (Q4_0, Q4_1) or 8 (Q8_0)]
+    [d x 16 float16 | MXFP4: e x 16 bytes] [m x 16 float16: Q4_1]
+    [vectors of 64 bytes: 4 (Q4_0, Q4_1, IQ4_NL, MXFP4) or 8 (Q8_0)]
 
-where byte 4i + j of vector v is byte 4v + j of row i's quants in the file: for Q4,
-low nibbles elements 4v..4v+3 and high nibbles 4v+16..4v+19. The tile keeps the 16
+where byte 4i + j of vector v is byte 4v + j of row i's quants in the file: for the
+4-bit types, low nibbles elements 4v..4v+3 and high nibbles 4v+16..4v+19 (IQ4_NL and
+MXFP4 look them up in their table, iquants/simd.idot16_lut). The tile keeps the 16
 rows' bytes (16 blocks of ts bytes per block), so rows keep their size and place
 by tiles: a shard or a read that starts on a tile and holds whole tiles (or ends
 the matrix) is packed and multiplied on its own.
@@ -36,7 +40,7 @@ from numallm.kernels.families.iquants.simd import LUT_BIAS, LUT_IQ4NL, LUT_MXFP4
 from numallm.kernels.families.iquants.tables import E8M0_HALF, KVALUES_IQ4NL, KVALUES_MXFP4
 from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
 from numallm.kernels.simd.cpu import has_avx512
-from numallm.kernels.simd.i32x16 import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
+from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
 from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
 from numba import njit
@@ -149,7 +153,10 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
             q = c + quants
             for v in range(vectors):
                 xo = 32 * (x0 + b) + 4 * v
-                i0 = idot(i0, w, q + 64 * v, xq, xo)
+                if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
+                    i1 = idot(i1, w, q + 64 * v, xq, xo)
+                else:
+                    i0 = idot(i0, w, q + 64 * v, xq, xo)
                 if ntok > 1:
                     i1 = idot(i1, w, q + 64 * v, xq, xo + 32 * nb)
                 if ntok > 2:
@@ -161,6 +168,8 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
                     i6 = idot(i6, w, q + 64 * v, xq, xo + 192 * nb)
                     i7 = idot(i7, w, q + 64 * v, xq, xo + 224 * nb)
             k = x0 + b
+            if ntok == 1:
+                i0 = iadd16(i0, i1)
             f0 = scale_block(f0, i0, dv, mv, xd, xs, k, offset)
             if ntok > 1:
                 f1 = scale_block(f1, i1, dv, mv, xd, xs, k + nb, offset)
