@@ -38,7 +38,7 @@ from numallm.kernels.families.q4_q8.tiles import (
     tile_pass_of,
     with_type_code,
 )
-from numallm.kernels.simd.i32x16 import izero16
+from numallm.kernels.simd.i32x16 import iadd16, izero16
 from numallm.kernels.simd.scalar import at, load_f16
 from numallm.kernels.simd.vec import vload_f16x16, vmul16, vscale16, vzero16
 from numba import njit
@@ -79,7 +79,10 @@ def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
                 for v in range(4):
                     qv = q + 64 * v
                     xv = xo + 4 * v
-                    i0 = idot16_lut(i0, w, qv, xq, xv, LUT_IQ4NL)
+                    if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
+                        i1 = idot16_lut(i1, w, qv, xq, xv, LUT_IQ4NL)
+                    else:
+                        i0 = idot16_lut(i0, w, qv, xq, xv, LUT_IQ4NL)
                     if ntok > 1:
                         i1 = idot16_lut(i1, w, qv, xq, xv + step, LUT_IQ4NL)
                     if ntok > 2:
@@ -90,6 +93,8 @@ def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
                         i5 = idot16_lut(i5, w, qv, xq, xv + 5 * step, LUT_IQ4NL)
                         i6 = idot16_lut(i6, w, qv, xq, xv + 6 * step, LUT_IQ4NL)
                         i7 = idot16_lut(i7, w, qv, xq, xv + 7 * step, LUT_IQ4NL)
+                if ntok == 1:
+                    i0 = iadd16(i0, i1)
                 k = xo >> 5  # the token's block of 32 of sub-block ib
                 f0 = scale_block(f0, i0, dl, ml, xd, xs, k, _OFFSET)
                 if ntok > 1:
