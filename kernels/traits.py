@@ -25,7 +25,7 @@ it alike; else blocks of 32, drivers/actq.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES
@@ -34,6 +34,7 @@ from numallm.kernels.families import floats
 from numallm.kernels.families.iquants import blocks as iqb
 from numallm.kernels.families.iquants import rows as iq
 from numallm.kernels.families.iquants import ternary as tq
+from numallm.kernels.families.iquants import tiles as iqt
 from numallm.kernels.families.kquants import rows as kq
 from numallm.kernels.families.kquants import tiles as kqt
 from numallm.kernels.families.q4_q8 import rows as q48
@@ -127,6 +128,13 @@ def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub
         sub_size=sub_size, dot=dot, q8_k=q8_k)
 
 
+def _iquant_tiled(t: TypeTraits, kind: int, pass_: Callable[..., None]) -> TypeTraits:
+    """IQ4_NL, MXFP4, IQ4_XS: tiles of 16 rows (families/q4_q8/tiles.py, IQ4_XS's
+    families/iquants/tiles.py); a matrix's last rows % 16 stay in the file's layout and
+    take the row dots."""
+    return replace(t, layout=TILED, tiles=pass_, tile_kind=kind, batch_invariant=True)
+
+
 TRAITS: tuple[TypeTraits, ...] = (
     _float(T.F32, floats.decode_f32),
     _float(T.F16, floats.decode_f16),
@@ -187,18 +195,22 @@ TRAITS: tuple[TypeTraits, ...] = (
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq3_xxs(w, rb, nb, xq, xd, out, r0, r1), 32, 62),
     _iquant(T.IQ3_S, iqb.unpack_iq3_s,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq3_s(w, rb, nb, xq, xd, out, r0, r1), 32, 15),
-    _iquant(T.IQ4_NL, iqb.unpack_iq4_nl,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_nl(w, rb, nb, False, xq, xd, out, r0, r1),
-            32, 128, q8_k=False),
-    _iquant(T.IQ4_XS, iqb.unpack_iq4_xs,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1), 32, 128),
+    _iquant_tiled(_iquant(T.IQ4_NL, iqb.unpack_iq4_nl,
+                          lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
+                          iq.rows_iq4_nl(w, rb, nb, False, xq, xd, out, r0, r1), 32, 128, q8_k=False),
+                  tiles.IQ4_NL_KIND, tiles.tile_rows_impl(tiles.IQ4_NL_KIND)),
+    _iquant_tiled(_iquant(T.IQ4_XS, iqb.unpack_iq4_xs,
+                          lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
+                          iq.rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1), 32, 128),
+                  tiles.IQ4_XS_KIND, iqt.iq4xs_tiles()),
     _iquant(T.TQ1_0, iqb.unpack_tq1_0,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq1_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
     _iquant(T.TQ2_0, iqb.unpack_tq2_0,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq2_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
-    _iquant(T.MXFP4, iqb.unpack_mxfp4,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1),
-            32, 12, q8_k=False),
+    _iquant_tiled(_iquant(T.MXFP4, iqb.unpack_mxfp4,
+                          lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
+                          iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1), 32, 12, q8_k=False),
+                  tiles.MXFP4_KIND, tiles.tile_rows_impl(tiles.MXFP4_KIND)),
 )
 
 BY_TYPE: dict[T, TypeTraits] = {t.qtype: t for t in TRAITS}

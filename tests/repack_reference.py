@@ -12,6 +12,10 @@ from numallm.kernels.families.q4_q8.tiles import TILE
 from numallm.kernels.traits import GROUPED
 from numallm.kernels.traits import TILED_KINDS as KINDS
 
+# The scale fields (bytes each) before the quant words of the tiled types that are not
+# grouped: their last rows % 16 stay as the file has them.
+TILE_FIELDS = {T.Q4_K: (2, 2), T.Q5_K: (2, 2), T.IQ4_NL: (2,), T.MXFP4: (1,), T.IQ4_XS: (2, 2)}
+
 
 def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.ndarray:
     """[rows, k, G, block bytes] -> [rows, k, G * block bytes] in the grouped layout."""
@@ -32,26 +36,30 @@ def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.n
 
 def reference_pack(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Rows [0, rows) of file bytes `raw` in the kernels' layout, as a new flat uint8
-    array: tiles of 16 rows for the tiled types, then the rest grouped."""
+    array: tiles of 16 rows for the tiled types, then the rest grouped (or as in the
+    file)."""
     full = rows // TILE * TILE if qtype in KINDS else 0
     rb = cols // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1]
     flat = raw.reshape(-1)
     parts = []
     if full:
         parts.append(_tiled(qtype, flat[:full * rb], full, cols))
-    if rows > full:
+    if rows > full and qtype in GROUPED:
         parts.append(_grouped(qtype, flat[full * rb:rows * rb], rows - full, cols))
+    elif rows > full:
+        parts.append(flat[full * rb:rows * rb])
     return np.concatenate(parts)
 
 
 def _tiled(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Whole tiles: per tile and block, the 16 rows' scale fields, then their quants by
     4-byte words, word-major."""
-    fields = GROUPED[qtype][0]
+    fields = GROUPED[qtype][0] if qtype in GROUPED else TILE_FIELDS[qtype]
     bs, ts = GGML_QUANT_SIZES[qtype]
     blocks = raw.reshape(rows // TILE, TILE, cols // bs, ts).transpose(0, 2, 1, 3)  # [tile, block, row, bytes]
     a = sum(fields)
-    parts = [blocks[..., f:f + 2].reshape(*blocks.shape[:2], -1) for f in range(0, a, 2)]
+    width = fields[0]  # every field of a type is as wide: 2 (float16) or MXFP4's 1
+    parts = [blocks[..., f:f + width].reshape(*blocks.shape[:2], -1) for f in range(0, a, width)]
     words = blocks[..., a:].reshape(*blocks.shape[:3], -1, 4).transpose(0, 1, 3, 2, 4)
     parts.append(words.reshape(*blocks.shape[:2], -1))
     return np.concatenate(parts, axis=-1).reshape(-1)

@@ -30,9 +30,9 @@ def _cases(qtype: T, rows: int, cols: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("qtype", sorted(RANDOM_BLOCK_TYPES), ids=lambda t: t.name)
 def test_edge_blocks_decode_bit_exact(qtype: T) -> None:
     bs = GGML_QUANT_SIZES[qtype][0]
-    rows, cols = 5, 2 * bs
+    rows, cols = 21, 2 * bs  # a tile of 16 rows for the tiled types, then 5 in file layout
     get_rows = jit.kernels_for(int(qtype)).get_rows  # this type's kernels only
-    ids = np.array([4, 0, 2, 2, 1, 3])
+    ids = np.array([4, 0, 2, 2, 1, 3, 15, 16, 20])
     for raw in _cases(qtype, rows, cols):
         ref = quants.dequantize(raw, qtype).reshape(rows, cols)
         out = np.full((len(ids), cols), np.nan, np.float32)

@@ -1,5 +1,6 @@
-"""Below the GEMM threshold, the multi-token kernels (for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K the tile
-kernels of kernels/families/q4_q8/tiles.py and kquants/tiles.py by 8, 4, 2 and 1 tokens;
+"""Below the GEMM threshold, the multi-token kernels (for Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K,
+IQ4_NL, IQ4_XS and MXFP4 the tile kernels of kernels/families/q4_q8/tiles.py, kquants/tiles.py
+and iquants/tiles.py by 8, 4, 2 and 1 tokens;
 rows_q45_x2/_x4 for Q5_0 and Q5_1; a rows_dot per token for the other K-quants) give every token exactly the
 single-token matvec's output, and for the tiled types so does every batch size: the
 server promises a request's greedy output is the same alone or beside others, and a
@@ -16,7 +17,7 @@ from test_kernels import make_weight
 
 
 @pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K,
-                                   T.Q6_K), ids=lambda t: t.name)
+                                   T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4), ids=lambda t: t.name)
 def test_matmul_is_bit_identical_to_per_token_matvec(qtype: T) -> None:
     """1-9 tokens: no group of 4, one or two groups and every remainder (a pair, a
     single, both). 19 blocks of 32 per row are two full groups of 8 and a tail of 3 (the
@@ -36,7 +37,8 @@ def test_matmul_is_bit_identical_to_per_token_matvec(qtype: T) -> None:
             np.testing.assert_array_equal(out, expected, err_msg=f"n={n} rows {r0}..{r1}")
 
 
-@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
+                                   T.MXFP4), ids=lambda t: t.name)
 def test_tiled_types_give_the_same_bits_for_any_batch(qtype: T) -> None:
     """Batches of the GEMM's size and more (every token through the tile kernel, and
     every remainder after the passes of 8) give each token matvec's bits."""

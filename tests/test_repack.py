@@ -15,7 +15,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm import kernels
 from numallm.engine.gguf_file import read_gguf
-from numallm.kernels.traits import GROUPED
+from numallm.kernels.traits import GROUPED, TILED_KINDS
 from repack_reference import reference_pack
 
 # Block counts per row: a short group of every length, one and two full groups, each
@@ -28,7 +28,7 @@ def _random_rows(qtype: T, rows: int, cols: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
 
 
-@pytest.mark.parametrize("qtype", sorted(GROUPED), ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", sorted(set(GROUPED) | set(TILED_KINDS)), ids=lambda q: q.name)
 def test_pack_matches_reference_on_random_blocks(qtype: T) -> None:
     bs = GGML_QUANT_SIZES[qtype][0]
     for nb, rows in itertools.product(BLOCKS_PER_ROW, (3, 35)):  # 35: two tiles and 3 grouped rows

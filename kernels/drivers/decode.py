@@ -5,7 +5,8 @@ offset `o` of the uint8 buffer `w` into y[0 : nb * block_size], bit for bit what
 gguf.quants (ggml's reference dequantizers) computes; the tests compare. The types
 whose reference is d * q + m per sub-block have none and go through
 drivers/unpack.py (the int8 GEMM's form of a row) in decode_affine. Rows in tiles
-are decoded by families/q4_q8/tiles.py (the K-quants' by families/kquants/tiles.py).
+are decoded by families/q4_q8/tiles.py (the K-quants' by families/kquants/tiles.py,
+IQ4_XS's by families/iquants/tiles.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numallm.kernels.drivers.by_type import by_type
 from numallm.kernels.drivers.unpack import unpack_row
+from numallm.kernels.families.iquants.tiles import decode_tiled_iq4xs
 from numallm.kernels.families.kquants.tiles import decode_tiled_kq, decode_tiled_q6k
-from numallm.kernels.families.q4_q8.tiles import Q4_K_KIND, Q5_K_KIND, Q6_K_KIND, TILE, decode_tiled
+from numallm.kernels.families.q4_q8.tiles import IQ4_XS_KIND, Q4_K_KIND, Q5_K_KIND, Q6_K_KIND, TILE, decode_tiled
 from numallm.kernels.traits import TRAITS, geometry, row_geometry, sub_size, tile_kind, tiled_part
 from numba import njit
 
@@ -52,8 +54,10 @@ def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
             raise IndexError("get_rows: row id out of range")
         if r < full and tile_kind(qcode) == Q6_K_KIND:
             decode_tiled_q6k(w, (r - r % TILE) * rb, r % TILE, nb, out[i])
-        elif r < full and tile_kind(qcode) >= Q4_K_KIND:
+        elif r < full and (tile_kind(qcode) == Q4_K_KIND or tile_kind(qcode) == Q5_K_KIND):
             decode_tiled_kq(tile_kind(qcode) == Q5_K_KIND, w, (r - r % TILE) * rb, r % TILE, nb, out[i])
+        elif r < full and tile_kind(qcode) == IQ4_XS_KIND:
+            decode_tiled_iq4xs(w, (r - r % TILE) * rb, r % TILE, nb, out[i])
         elif r < full:
             decode_tiled(tile_kind(qcode), w, (r - r % TILE) * rb, r % TILE, nb, out[i])
         else:

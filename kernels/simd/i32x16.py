@@ -89,6 +89,14 @@ def izero16(typingctx):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def iadd16(typingctx, a, b):  # type: ignore[no-untyped-def]
+    """a + b, lane by lane, for I32x16 a and b."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.add(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
 def idot16(typingctx, acc, tile, p, xq, xo):  # type: ignore[no-untyped-def]
     """acc[i] + sum_{j<4} tile[p + 4i + j] * xq[xo + j] for the 16 lanes i (unchecked)."""
     if not (_is_bytes(tile) and _is_bytes(xq)):

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numallm.kernels.families.iquants.tables import KVALUES_IQ4NL, KVALUES_MXFP4
-from numallm.kernels.simd.cpu import has_avx2
+from numallm.kernels.simd.cpu import has_avx2, target_features
+from numallm.kernels.simd.i32x16 import Q8_BIAS, V16I32, V64I8, _broadcast4, _by_halves, _dpbusd16, i32x16
 from numallm.kernels.simd.vec import (
+    I8,
+    I32,
     V8I32,
+    V16F32,
     V32I8,
     _as_i64,
     _call,
@@ -22,6 +26,7 @@ from numallm.kernels.simd.vec import (
     _load_bytes,
     _nibbles16,
     _splat,
+    f32x16,
     i32x8,
 )
 from numba.core import types
@@ -33,14 +38,24 @@ _TABLES = {LUT_IQ4NL: [int(v) for v in KVALUES_IQ4NL], LUT_MXFP4: [int(v) for v 
 
 
 def _lookup16(builder: ir.IRBuilder, idx: ir.Value, table: list[int]) -> ir.Value:
-    """<32 x i8> table[idx] for idx <32 x i8> in 0..15."""
-    if has_avx2():  # vpshufb looks up within each 16-byte lane: the table in both
+    """<n x i8> table[idx] for idx <n x i8> in 0..15, n 32 or 64."""
+    n = idx.type.count
+    vty = ir.VectorType(I8, n)
+    # vpshufb looks up within each 16-byte lane: the table in every lane
+    if n == 64 and "avx512bw" in target_features():
+        return _call(builder, "llvm.x86.avx512.pshuf.b.512", vty, [ir.Constant(vty, table * 4), idx])
+    if n == 64 and has_avx2():
+        undef = ir.Constant(vty, ir.Undefined)
+        halves = [_lookup16(builder, builder.shuffle_vector(idx, undef, ir.Constant(
+            ir.VectorType(I32, 32), list(range(32 * h, 32 * h + 32)))), table) for h in range(2)]
+        return builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(I32, 64), list(range(64))))
+    if has_avx2():
         return _call(builder, "llvm.x86.avx2.pshuf.b", V32I8, [ir.Constant(V32I8, table * 2), idx])
-    res = ir.Constant(V32I8, None)
+    res = ir.Constant(vty, None)
     for k, v in enumerate(table):
         if v:
-            hit = builder.icmp_unsigned("==", idx, ir.Constant(V32I8, [k] * 32))
-            res = builder.select(hit, ir.Constant(V32I8, [v] * 32), res)
+            hit = builder.icmp_unsigned("==", idx, ir.Constant(vty, [k] * n))
+            res = builder.select(hit, ir.Constant(vty, [v] * n), res)
     return res
 
 
@@ -71,6 +86,92 @@ def dot_lut4(typingctx, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
         s = _load_bytes(context, builder, sig.args[2], xa, _as_i64(builder, xov), 32)
         return _dot_s8s8(builder, _lut_values(context, builder, sig.args[0], wa, pv, table), s)
     return i32x8(w, p, xq, xo, lut), codegen
+
+
+# The tiled kernels' tables (idot16_lut): with 512-bit VNNI the values plus LUT_BIAS, as
+# unsigned bytes for vpdpbusd (the kernel takes LUT_BIAS times the activation's block
+# sums back off); otherwise signed, through vec._dot_s8s8 (vpmaddubsw would saturate
+# the pairs of unsigned values up to 255).
+LUT_BIAS = Q8_BIAS
+_TILE_TABLES = {k: [(v + LUT_BIAS + 128) % 256 - 128 for v in t] for k, t in _TABLES.items()}
+
+
+def _nibble_values(builder: ir.IRBuilder, raw: ir.Value, table: list[int]) -> tuple[ir.Value, ir.Value]:
+    """table[low nibble], table[high nibble] of the <64 x i8> raw."""
+    if "avx512vbmi" in target_features():
+        # vpermb reads 6 index bits: a table of 64 repeating the 16 needs no mask, and
+        # the high nibbles come by a 16-bit shift (bits 4-5 from the next byte are don't-cares)
+        t64 = ir.Constant(V64I8, table * 4)
+        v32i16 = ir.VectorType(ir.IntType(16), 32)
+        hi = builder.bitcast(builder.lshr(builder.bitcast(raw, v32i16), ir.Constant(v32i16, [4] * 32)), V64I8)
+        return tuple(_call(builder, "llvm.x86.avx512.permvar.qi.512", V64I8, [t64, idx]) for idx in (raw, hi))
+    return (_lookup16(builder, builder.and_(raw, ir.Constant(V64I8, [15] * 64)), table),
+            _lookup16(builder, builder.lshr(raw, ir.Constant(V64I8, [4] * 64)), table))
+
+
+@intrinsic(prefer_literal=True)
+def idot16_lut(typingctx, acc, w, p, xq, xo, lut):  # type: ignore[no-untyped-def]
+    """acc plus, for the 16 rows of a nibble vector of a tile (lane i = 4 bytes of row
+    i: low nibbles elements c..c+3, high nibbles c+16..c+19, as Q4_0's tiles), the dot of
+    their table values (lut: LUT_IQ4NL, LUT_MXFP4; plus LUT_BIAS) with xq[xo:xo+4] and
+    xq[xo+16:xo+20]."""
+    if not (_is_bytes(w) and _is_bytes(xq) and isinstance(lut, types.IntegerLiteral)):
+        return None
+    table = _TILE_TABLES.get(lut.literal_value)
+    if table is None:
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, wa, pv, xa, xov = args[:5]
+        raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
+        xh = builder.add(_as_i64(builder, xov), ir.Constant(ir.IntType(64), 16))
+        for nib, xoff in zip(_nibble_values(builder, raw, table), (xov, xh)):
+            x = _broadcast4(context, builder, sig.args[3], xa, xoff)
+            a = _dpbusd16(builder, a, nib, x) if LUT_BIAS else builder.add(a, _by_halves(builder, nib, x, _dot_s8s8))
+        return a
+    return i32x16(i32x16, w, p, xq, xo, lut), codegen
+
+
+@intrinsic
+def vload_e8m0x16(typingctx, w, p):  # type: ignore[no-untyped-def]
+    """The 16 E8M0 exponent bytes at w[p] as F32x16, each ggml_e8m0_to_fp32_half
+    (tables.E8M0_HALF): 2**(e - 128), a subnormal for e < 2."""
+    if not _is_bytes(w):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        e = builder.zext(_load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 16), V16I32)
+        normal = builder.shl(builder.sub(e, ir.Constant(V16I32, [1] * 16)), ir.Constant(V16I32, [23] * 16))
+        tiny = builder.shl(ir.Constant(V16I32, [0x200000] * 16), e)
+        bits = builder.select(builder.icmp_unsigned("<", e, ir.Constant(V16I32, [2] * 16)), tiny, normal)
+        return builder.bitcast(bits, V16F32)
+    return f32x16(w, p), codegen
+
+
+@intrinsic
+def iq4xs_tile_scales(typingctx, w, p, ib):  # type: ignore[no-untyped-def]
+    """Sub-block ib's scale (6 bits minus 32) of the 16 rows of an IQ4_XS tile as
+    F32x16, from the rows' scales_h (16 uint16 at w[p]) and scales_l (a vector at
+    w[p + 32], lane i: row i's 4 bytes, nibble ib)."""
+    if not (_is_bytes(w) and isinstance(ib, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        wa, pv, ibv = args
+        p64 = _as_i64(builder, pv)
+        sh = builder.zext(builder.bitcast(_load_bytes(context, builder, sig.args[0], wa, p64, 32),
+                                          ir.VectorType(ir.IntType(16), 16)), V16I32)
+        sl = builder.bitcast(_load_bytes(context, builder, sig.args[0], wa,
+                                         builder.add(p64, ir.Constant(ir.IntType(64), 32)), 64), V16I32)
+        i = builder.trunc(ibv, I32) if ibv.type.width > 32 else builder.zext(ibv, I32)
+        lo = builder.and_(builder.lshr(sl, _splat(builder, builder.shl(i, ir.Constant(I32, 2)), V16I32)),
+                          ir.Constant(V16I32, [15] * 16))
+        hi = builder.and_(builder.lshr(sh, _splat(builder, builder.shl(i, ir.Constant(I32, 1)), V16I32)),
+                          ir.Constant(V16I32, [3] * 16))
+        ls = builder.sub(builder.or_(lo, builder.shl(hi, ir.Constant(V16I32, [4] * 16))),
+                         ir.Constant(V16I32, [32] * 16))
+        return builder.sitofp(ls, V16F32)
+    return f32x16(w, p, ib), codegen
 
 
 @intrinsic

@@ -1,15 +1,19 @@
-"""The tiled layout of Q4_0, Q4_1 and Q8_0 and its kernel: any number of tokens, the
-same bits for each token whatever the batch. The packer and the tile pass serve the
-tiled K-quants too (kernels/families/kquants/tiles.py).
+"""The tiled layout of Q4_0, Q4_1, Q8_0, IQ4_NL and MXFP4 and its kernel: any number of
+tokens, the same bits for each token whatever the batch. The packer and the tile pass
+serve the tiled K-quants and IQ4_XS too (kernels/families/kquants/tiles.py,
+kernels/families/iquants/tiles.py).
 
 Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
-grouped layout of kernels/families/q4_q8/grouped.py and its row kernels). A tile holds, for each block
-b in turn, the block of its 16 rows as
+grouped layout of kernels/families/q4_q8/grouped.py and its row kernels; IQ4_NL's and
+MXFP4's stay as in the file, for the row dots of iquants/rows.py). A tile holds, for
+each block b in turn, the block of its 16 rows as
 
-    [d x 16 float16] [m x 16 float16: Q4_1] [vectors of 64 bytes: 4 (Q4_0, Q4_1) or 8 (Q8_0)]
+    [d x 16 float16 | MXFP4: e x 16 bytes] [m x 16 float16: Q4_1]
+    [vectors of 64 bytes: 4 (Q4_0, Q4_1, IQ4_NL, MXFP4) or 8 (Q8_0)]
 
-where byte 4i + j of vector v is byte 4v + j of row i's quants in the file: for Q4,
-low nibbles elements 4v..4v+3 and high nibbles 4v+16..4v+19. The tile keeps the 16
+where byte 4i + j of vector v is byte 4v + j of row i's quants in the file: for the
+4-bit types, low nibbles elements 4v..4v+3 and high nibbles 4v+16..4v+19 (IQ4_NL and
+MXFP4 look them up in their table, iquants/simd.idot16_lut). The tile keeps the 16
 rows' bytes (16 blocks of ts bytes per block), so rows keep their size and place
 by tiles: a shard or a read that starts on a tile and holds whole tiles (or ends
 the matrix) is packed and multiplied on its own.
@@ -32,9 +36,11 @@ from functools import cache
 from typing import Callable
 
 import numpy as np
+from numallm.kernels.families.iquants.simd import LUT_BIAS, LUT_IQ4NL, LUT_MXFP4, idot16_lut, vload_e8m0x16
+from numallm.kernels.families.iquants.tables import E8M0_HALF, KVALUES_IQ4NL, KVALUES_MXFP4
 from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
 from numallm.kernels.simd.cpu import has_avx512
-from numallm.kernels.simd.i32x16 import Q8_BIAS, idot16_q4, idot16_q8, izero16, vfmai16
+from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
 from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
 from numba import njit
@@ -45,7 +51,10 @@ TILE = 16
 MAX_TOKENS = 8 if has_avx512() else 2
 Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
 Q4_K_KIND, Q5_K_KIND, Q6_K_KIND = 3, 4, 5  # their kernels and decoder: kernels/families/kquants/tiles.py
-_BLOCK_BYTES = (18, 20, 34, 144, 176, 210)  # by kind
+IQ4_NL_KIND, MXFP4_KIND = 6, 7  # Q4_0's tiles with a table lookup (MXFP4: an E8M0 byte for d)
+IQ4_XS_KIND = 8  # its kernel and decoder: kernels/families/iquants/tiles.py
+_BLOCK_BYTES = (18, 20, 34, 144, 176, 210, 18, 17, 136)  # by kind
+_LUT_KINDS = {IQ4_NL_KIND: LUT_IQ4NL, MXFP4_KIND: LUT_MXFP4}
 
 
 @njit(nogil=True, cache=True)
@@ -56,44 +65,56 @@ def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibble
     constants, so LLVM unrolls the moves of a block."""
     if tiles:
         if kind == Q4_0_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 18, 1, 0)
+            _pack_tiles_of(src, dst, tiles, nb, 18, 1, 2, 0)
         elif kind == Q4_1_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 20, 2, 0)
+            _pack_tiles_of(src, dst, tiles, nb, 20, 2, 2, 0)
         elif kind == Q8_0_KIND:
-            _pack_tiles_of(src, dst, tiles, nb, 34, 1, 0)
+            _pack_tiles_of(src, dst, tiles, nb, 34, 1, 2, 0)
         elif kind == Q4_K_KIND:  # d and dmin, then 3 words of scales and 32 of quants
-            _pack_tiles_of(src, dst, tiles, nb, 144, 2, 0)
+            _pack_tiles_of(src, dst, tiles, nb, 144, 2, 2, 0)
         elif kind == Q5_K_KIND:  # d and dmin, then 3 words of scales, 8 of high bits and 32 of quants
-            _pack_tiles_of(src, dst, tiles, nb, 176, 2, 0)
-        else:  # Q6_K: d (the block's last 2 bytes), then its 52 words in the kernel's order (q6k_vector)
-            _pack_tiles_of(src, dst, tiles, nb, 210, 1, 208)
+            _pack_tiles_of(src, dst, tiles, nb, 176, 2, 2, 0)
+        elif kind == Q6_K_KIND:  # d (the block's last 2 bytes), then its 52 words in the kernel's order (q6k_vector)
+            _pack_tiles_of(src, dst, tiles, nb, 210, 1, 2, 208)
+        elif kind == IQ4_NL_KIND:
+            _pack_tiles_of(src, dst, tiles, nb, 18, 1, 2, 0)
+        elif kind == MXFP4_KIND:  # a one-byte exponent, then 4 words of quants
+            _pack_tiles_of(src, dst, tiles, nb, 17, 1, 1, 0)
+        else:  # IQ4_XS: d and scales_h, then a word of scales_l and 32 of quants
+            _pack_tiles_of(src, dst, tiles, nb, 136, 2, 2, 0)
     if grouped:
         o = tiles * TILE * nb * 2 * tw
         pack_grouped_rows(src[o:].view(np.uint16), dst[o:].view(np.uint16), grouped, nb, tw, fields, nibbles)
 
 
 @njit(inline="always", cache=True)
-def _pack_tiles_of(src, dst, tiles, nb, ts, fields, at_byte):  # type: ignore[no-untyped-def]
-    """_pack_tiles for blocks of ts bytes with `fields` float16 scales at byte at_byte:
-    the block's start, or its end (Q6_K, whose words go in q6k_vector's order); the
-    rest of the block is 4-byte words."""
-    words = (ts - 2 * fields) // 4
-    first = 2 * fields if at_byte == 0 else 0  # where the words start
+def _pack_tiles_of(src, dst, tiles, nb, ts, fields, fw, at_byte):  # type: ignore[no-untyped-def]
+    """_pack_tiles for blocks of ts bytes with `fields` scales of fw bytes (2: float16;
+    1: MXFP4's exponent) at byte at_byte: the block's start, or its end (Q6_K, whose
+    words go in q6k_vector's order); the rest of the block is 4-byte words."""
+    words = (ts - fw * fields) // 4
+    first = fw * fields if at_byte == 0 else 0  # where the words start
     rb = nb * ts
-    scratch = np.empty(TILE * rb, np.uint8)
+    n = TILE * rb  # a tile fills the bytes it came from; 16 rb is a multiple of 16
+    scratch = np.empty(n, np.uint8)
     for g in range(tiles):
         base = g * TILE * rb
-        for k in range(0, TILE * rb, 32):  # a tile fills the bytes it came from (16 rb: 32 | it)
+        for k in range(0, n - n % 32, 32):
             move32(scratch, k, src, base + k)
+        for k in range(n - n % 32, n):
+            scratch[k] = src[base + k]
         for b in range(nb):
             o = base + TILE * ts * b
             for i in range(TILE):
                 s = i * rb + ts * b
                 for f in range(fields):
-                    move2(dst, o + 32 * f + 2 * i, scratch, s + at_byte + 2 * f)
+                    if fw == 2:
+                        move2(dst, o + 32 * f + 2 * i, scratch, s + at_byte + 2 * f)
+                    else:
+                        dst[o + TILE * f + i] = scratch[s + at_byte + f]
                 for v in range(words):
                     to = q6k_vector(v) if at_byte else v
-                    move4(dst, o + 32 * fields + 64 * to + 4 * i, scratch, s + first + 4 * v)
+                    move4(dst, o + TILE * fw * fields + 64 * to + 4 * i, scratch, s + first + 4 * v)
 
 
 @njit(inline="always", cache=True)
@@ -115,6 +136,19 @@ def q6k_vector(u):  # type: ignore[no-untyped-def]
     return 26 * ((u - 48) >> 1) + (u & 1)
 
 
+@njit(inline="always", cache=True)
+def _idot_iq4nl(acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    return idot16_lut(acc, w, p, xq, xo, LUT_IQ4NL)
+
+
+@njit(inline="always", cache=True)
+def _idot_mxfp4(acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    return idot16_lut(acc, w, p, xq, xo, LUT_MXFP4)
+
+
+_LUT_DOTS = {IQ4_NL_KIND: _idot_iq4nl, MXFP4_KIND: _idot_mxfp4}
+
+
 @cache
 def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     """The kernel of one tile for `ntok` tokens (1 <= ntok <= MAX_TOKENS) of a type kind:
@@ -123,9 +157,13 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     actq.quantize_rows (token t's blocks start at block t * nb). dst's rows must be
     contiguous."""
     ts = _BLOCK_BYTES[kind]
-    quants = 64 if kind == Q4_1_KIND else 32  # byte of a block's quants in its tile chunk
-    bias = np.float32(-8.0 if kind == Q4_0_KIND else -Q8_BIAS)
-    idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (idot16_q4, 4)  # 64-byte vectors a block
+    # byte of a block's quants in its tile chunk
+    quants = 64 if kind == Q4_1_KIND else (16 if kind == MXFP4_KIND else 32)
+    # the quants are dotted as q + bias, taken back off through the activation's block sums
+    bias = np.float32(-8.0 if kind == Q4_0_KIND else (-LUT_BIAS if kind in _LUT_KINDS else -Q8_BIAS))
+    offset = kind == Q4_1_KIND or bias != 0
+    idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (_LUT_DOTS.get(kind, idot16_q4), 4)  # 64-byte vectors a block
+    e8m0 = kind == MXFP4_KIND
 
     @njit(nogil=True, cache=True)
     def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
@@ -133,13 +171,16 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
         x0 = t0 * nb
         for b in range(nb):
             c = p + TILE * ts * b
-            dv = vload_f16x16(w, c)
+            dv = vload_e8m0x16(w, c) if e8m0 else vload_f16x16(w, c)
             mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, bias)
             i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
             q = c + quants
             for v in range(vectors):
                 xo = 32 * (x0 + b) + 4 * v
-                i0 = idot(i0, w, q + 64 * v, xq, xo)
+                if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
+                    i1 = idot(i1, w, q + 64 * v, xq, xo)
+                else:
+                    i0 = idot(i0, w, q + 64 * v, xq, xo)
                 if ntok > 1:
                     i1 = idot(i1, w, q + 64 * v, xq, xo + 32 * nb)
                 if ntok > 2:
@@ -151,17 +192,19 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
                     i6 = idot(i6, w, q + 64 * v, xq, xo + 192 * nb)
                     i7 = idot(i7, w, q + 64 * v, xq, xo + 224 * nb)
             k = x0 + b
-            f0 = _block(f0, i0, dv, mv, xd, xs, k, kind)
+            if ntok == 1:
+                i0 = iadd16(i0, i1)
+            f0 = scale_block(f0, i0, dv, mv, xd, xs, k, offset)
             if ntok > 1:
-                f1 = _block(f1, i1, dv, mv, xd, xs, k + nb, kind)
+                f1 = scale_block(f1, i1, dv, mv, xd, xs, k + nb, offset)
             if ntok > 2:
-                f2 = _block(f2, i2, dv, mv, xd, xs, k + 2 * nb, kind)
-                f3 = _block(f3, i3, dv, mv, xd, xs, k + 3 * nb, kind)
+                f2 = scale_block(f2, i2, dv, mv, xd, xs, k + 2 * nb, offset)
+                f3 = scale_block(f3, i3, dv, mv, xd, xs, k + 3 * nb, offset)
             if ntok > 4:
-                f4 = _block(f4, i4, dv, mv, xd, xs, k + 4 * nb, kind)
-                f5 = _block(f5, i5, dv, mv, xd, xs, k + 5 * nb, kind)
-                f6 = _block(f6, i6, dv, mv, xd, xs, k + 6 * nb, kind)
-                f7 = _block(f7, i7, dv, mv, xd, xs, k + 7 * nb, kind)
+                f4 = scale_block(f4, i4, dv, mv, xd, xs, k + 4 * nb, offset)
+                f5 = scale_block(f5, i5, dv, mv, xd, xs, k + 5 * nb, offset)
+                f6 = scale_block(f6, i6, dv, mv, xd, xs, k + 6 * nb, offset)
+                f7 = scale_block(f7, i7, dv, mv, xd, xs, k + 7 * nb, offset)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel
@@ -184,11 +227,12 @@ def store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7):  # type: ig
 
 
 @njit(inline="always", cache=True)
-def _block(f, i, dv, mv, xd, xs, k, kind):  # type: ignore[no-untyped-def]
+def scale_block(f, i, dv, mv, xd, xs, k, offset):  # type: ignore[no-untyped-def]
     """f + float(i) * d * xd[k] + m * xs[k]: one block's integer dots scaled, its offset
-    or min applied through the activation's block sum (none for Q8_0 without a bias)."""
+    or min applied through the activation's block sum (where `offset`: none for the
+    signed quants dotted without a bias)."""
     f = vfmai16(f, i, dv, at(xd, k))
-    if kind != Q8_0_KIND or Q8_BIAS:
+    if offset:
         f = vfma16(f, mv, at(xs, k))
     return f
 
@@ -268,10 +312,11 @@ def with_type_code(pass_: Callable[..., None], sums16: bool = False) -> Callable
 def decode_tiled(kind, w, p, i, nb, y):  # type: ignore[no-untyped-def]
     """Row i of the tile at byte p as float32 into y, as ggml's dequantizers compute it."""
     ts = TILE * _BLOCK_BYTES[kind]
-    quants = 64 if kind == Q4_1_KIND else 32
+    quants = 64 if kind == Q4_1_KIND else (16 if kind == MXFP4_KIND else 32)
+    table = KVALUES_MXFP4 if kind == MXFP4_KIND else KVALUES_IQ4NL
     for b in range(nb):
         c = p + ts * b
-        d = load_f16(w, c + 2 * i)
+        d = E8M0_HALF[at(w, c + i)] if kind == MXFP4_KIND else load_f16(w, c + 2 * i)
         m = load_f16(w, c + 32 + 2 * i) if kind == Q4_1_KIND else np.float32(0.0)
         for v in range(8 if kind == Q8_0_KIND else 4):
             for j in range(4):
@@ -282,6 +327,9 @@ def decode_tiled(kind, w, p, i, nb, y):  # type: ignore[no-untyped-def]
                 elif kind == Q4_1_KIND:
                     y[e] = d * np.float32(byte & 15) + m
                     y[e + 16] = d * np.float32(byte >> 4) + m
+                elif kind == IQ4_NL_KIND or kind == MXFP4_KIND:
+                    y[e] = d * np.float32(table[byte & 15])
+                    y[e + 16] = d * np.float32(table[byte >> 4])
                 else:
                     y[e] = d * np.float32(np.int32(byte & 15) - 8)
                     y[e + 16] = d * np.float32(np.int32(byte >> 4) - 8)
