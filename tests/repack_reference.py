@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from numallm.kernels.families.q4_q8.grouped import GROUP
-from numallm.kernels.families.q4_q8.tiles import TILE
+from numallm.kernels.families.q4_q8.tiles import TILE, q6k_vector
 from numallm.kernels.traits import GROUPED
 from numallm.kernels.traits import TILED_KINDS as KINDS
 
@@ -54,9 +54,13 @@ def reference_pack(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarra
 def _tiled(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Whole tiles: per tile and block, the 16 rows' scale fields, then their quants by
     4-byte words, word-major."""
-    fields = GROUPED[qtype][0] if qtype in GROUPED else TILE_FIELDS[qtype]
     bs, ts = GGML_QUANT_SIZES[qtype]
     blocks = raw.reshape(rows // TILE, TILE, cols // bs, ts).transpose(0, 2, 1, 3)  # [tile, block, row, bytes]
+    if qtype == T.Q6_K:  # d (the block's last 2 bytes) first, then its 52 words in the kernel's read order
+        order = np.argsort([q6k_vector.py_func(v) for v in range(52)])
+        blocks = np.concatenate([blocks[..., 208:], blocks[..., :208].reshape(*blocks.shape[:3], 52, 4)[..., order, :]
+                                 .reshape(*blocks.shape[:3], 208)], axis=-1)
+    fields = (2,) if qtype == T.Q6_K else GROUPED[qtype][0] if qtype in GROUPED else TILE_FIELDS[qtype]
     a = sum(fields)
     width = fields[0]  # every field of a type is as wide: 2 (float16) or MXFP4's 1
     parts = [blocks[..., f:f + width].reshape(*blocks.shape[:2], -1) for f in range(0, a, width)]
