@@ -101,6 +101,9 @@ SHAPES: dict[str, ModelShape] = {
     # Llama 2 7B.
     "llama-7b": ModelShape("llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, head_dim=128,
                            n_ff=11008, n_vocab=32000),
+    # Qwen3-8B, whole (4.6 GB in Q4_0): the dense qwen3 beside llama-7b.
+    "qwen3-8b": ModelShape("qwen3", n_layer=36, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128,
+                           n_ff=12288, n_vocab=151936, n_ctx=40960, rope_base=1e6, rms_eps=1e-6, qk_norm=True),
     # Qwen3-30B-A3B with 16 of its 48 layers (about 6 GB in Q4_K, for a 24 GiB machine).
     "qwen3moe-a3b": ModelShape("qwen3moe", n_layer=16, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128,
                                n_ff=6144, n_vocab=151936, n_ctx=40960, rope_base=1e6, rms_eps=1e-6,

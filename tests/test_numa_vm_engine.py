@@ -7,6 +7,10 @@ node: every mode degrades to it; this also compiles the kernels into the cache t
 guests load from, see tests/vm_harness.py), then in a 2-node and a 4-node VM booted at
 once. The tests judge those observations against what each mode promises (issue 7),
 computing the expected rows and KV heads per node from the work split themselves.
+The same boots run test_placement_moe_vm.py's tiny mixture of experts under mirror,
+distribute, interleave and the budgeted mirror (issue 19): the greedy tokens and logits
+of every mode equal to the single-node ones, and no weight byte read from another node
+where the experts are mirrored or split.
 About 2 minutes with a warm cache, 4 when the kernels must be compiled first, on two
 busy cores; most of a guest's time is starting Python and Numba under emulation.
 """
@@ -19,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numallm.numa.placement import tensor_group
 from numallm.numa.split import part
 from synthetic import write_tiny_llama
+from test_placement_moe_vm import EXPERT_GROUPS, budget_for_all_but_the_experts, group_bytes, write_moe
 import vm_harness
 from vm_harness import PYTHON, Machine, Outcome, guest_code, portable_env, run_here_and_in_vms, vm_available, workdir
 
@@ -28,6 +34,10 @@ pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(not vm_available(), reason="the NUMA VM (../shared/numa-vm) is absent")]
 
 MODES = ("mirror", "distribute", "interleave", "isolate", "none")
+# The mixture of experts (test_placement_moe_vm.py's) under these and "budget": --numa
+# mirror --mirror-budget with room for all but the experts. Not auto: with room for a
+# copy on every node, as here, it mirrors (test_placement_vm.py checks that).
+MOE_MODES = ("mirror", "distribute", "interleave")
 # 4 CPUs each: 2 workers per node on 2 nodes, 1 per node on 4 (one worker per core).
 MACHINES = {
     "2 nodes": Machine(nodes=2, sockets=2, cores=2, distance=21),
@@ -37,32 +47,40 @@ PAGE = 4096
 N_TOKENS = 8
 each_machine = pytest.mark.parametrize("machine", list(MACHINES))
 
-# Runs here and in each guest. MODEL, MODES and N_TOKENS are prepended; save_result
-# comes from vm_harness. The greedy loop runs the engine's batch API one token at a
-# time (as generate does) so that the token ids and their logits can be compared.
+# Runs here and in each guest. MODEL, MODES, MOE_MODEL, MOE_RUNS and N_TOKENS are
+# prepended; save_result comes from vm_harness. The greedy loop runs the engine's batch
+# API one token at a time (as generate does) so that the token ids and their logits can
+# be compared.
 OBSERVE = """
 import numpy as np
 from numallm.engine import Engine
 from numallm.kernels.simd.cpu import simd_path
 from numallm.kernels.numba_cache import compiled_sources_digest
+
+def observe(model, runs):
+    out = {}
+    for name, options in runs.items():
+        with Engine(model, **options) as e:
+            ids = e.tokenize("hello world")
+            logits = e.eval_batch(ids, np.zeros(len(ids)), np.arange(len(ids)), [len(ids) - 1])[0]
+            rows = []
+            for _ in range(N_TOKENS):
+                rows.append(logits.tolist())
+                ids.append(int(np.argmax(logits)))
+                logits = e.eval_batch(ids[-1:], [0], [len(ids) - 1], [0])[0]
+            placed = e.placed
+            plan = placed.plan
+            out[name] = {
+                "ids": ids, "logits": rows, "report": placed.page_report(), "homes": list(plan.homes),
+                "nodes": list(plan.nodes), "n_head": e.hparams.n_head, "n_head_kv": e.hparams.n_head_kv,
+                "matrices": [{"name": m.name, "rows": m.rows, "row_bytes": m.row_bytes, "row_group": m.row_group,
+                              "matmul": m.matmul, "lookup": m.lookup} for m in plan.matrices],
+            }
+    return out
+
 out = {"simd_path": simd_path(), "sources_digest": compiled_sources_digest()}
-for mode in MODES:
-    with Engine(MODEL, numa=mode) as e:
-        ids = e.tokenize("hello world")
-        logits = e.eval_batch(ids, np.zeros(len(ids)), np.arange(len(ids)), [len(ids) - 1])[0]
-        rows = []
-        for _ in range(N_TOKENS):
-            rows.append(logits.tolist())
-            ids.append(int(np.argmax(logits)))
-            logits = e.eval_batch(ids[-1:], [0], [len(ids) - 1], [0])[0]
-        placed = e.placed
-        plan = placed.plan
-        out[mode] = {
-            "ids": ids, "logits": rows, "report": placed.page_report(), "homes": list(plan.homes),
-            "nodes": list(plan.nodes), "n_head": e.hparams.n_head, "n_head_kv": e.hparams.n_head_kv,
-            "matrices": [{"name": m.name, "rows": m.rows, "row_bytes": m.row_bytes, "row_group": m.row_group,
-                          "matmul": m.matmul, "lookup": m.lookup} for m in plan.matrices],
-        }
+out.update(observe(MODEL, {mode: {"numa": mode} for mode in MODES}))
+out["moe"] = observe(MOE_MODEL, MOE_RUNS)
 save_result(out)
 """
 
@@ -70,11 +88,15 @@ save_result(out)
 @pytest.fixture(scope="module")
 def runs() -> dict[str, Outcome]:
     """The observations here and in each VM (one boot per machine)."""
-    with workdir() as folder:  # the guests read the model from the checkout (their /tmp is their own)
+    with workdir() as folder:  # the guests read the models from the checkout (their /tmp is their own)
         # Matrices of several pages each, so that interleave's page-by-page spread shows in
         # each worker's rows; still milliseconds per token.
         model = write_tiny_llama(folder / "tiny.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
-        script = f"MODEL = {str(model)!r}\nMODES = {MODES!r}\nN_TOKENS = {N_TOKENS}\n" + OBSERVE
+        moe = write_moe(folder / "moe.gguf")
+        moe_runs = {**{m: {"numa": m} for m in MOE_MODES},
+                    "budget": {"numa": "mirror", "mirror_budget": budget_for_all_but_the_experts(group_bytes(moe))}}
+        script = (f"MODEL = {str(model)!r}\nMODES = {MODES!r}\nMOE_MODEL = {str(moe)!r}\nMOE_RUNS = {moe_runs!r}\n"
+                  f"N_TOKENS = {N_TOKENS}\n" + OBSERVE)
         here, vms = run_here_and_in_vms(script, list(MACHINES.values()), imports=["numallm.engine.engine"])
     return {"here": here, **dict(zip(MACHINES, vms))}
 
@@ -109,6 +131,26 @@ def test_greedy_tokens_are_the_single_node_tokens_in_every_mode(runs: dict[str, 
         np.testing.assert_array_equal(obs["logits"], single["logits"])
 
 
+def _distributed_rows(m: dict[str, Any], homes: list[int], nodes: list[int]) -> dict[int, set[int]]:
+    """The rows of matrix m each node holds when distributed: those its workers compute
+    (forward.py's split), and a looked-up matrix (the token embeddings) whole on worker 0's."""
+    want: dict[int, set[int]] = {n: set() for n in nodes}
+    for w, home in enumerate(homes):
+        if m["matmul"]:
+            want[home].update(range(*part(m["rows"], m["row_group"], w, len(homes))))
+    if m["lookup"]:
+        want[homes[0]] = set(range(m["rows"]))
+    return want
+
+
+def _rows_by_node(report: dict[str, Any], m: dict[str, Any], nodes: list[int]) -> dict[int, set[int]]:
+    got: dict[int, set[int]] = {n: set() for n in nodes}
+    for e in report["extents"]:
+        if e["matrix"] == m["name"]:
+            got[e["planned_node"]].update(range(e["row_lo"], e["row_hi"]))
+    return got
+
+
 @each_machine
 def test_every_shard_and_copy_is_on_its_node(runs: dict[str, Outcome], machine: str) -> None:
     seen = _observed(runs, machine)
@@ -128,17 +170,7 @@ def test_every_shard_and_copy_is_on_its_node(runs: dict[str, Outcome], machine: 
     homes = dist["homes"]
     assert sorted(set(homes)) == nodes
     for m in dist["matrices"]:
-        want: dict[int, set[int]] = {n: set() for n in nodes}
-        for w, home in enumerate(homes):
-            if m["matmul"]:
-                want[home].update(range(*part(m["rows"], m["row_group"], w, len(homes))))
-        if m["lookup"]:
-            want[homes[0]] = set(range(m["rows"]))
-        got: dict[int, set[int]] = {n: set() for n in nodes}
-        for e in dist["report"]["extents"]:
-            if e["matrix"] == m["name"]:
-                got[e["planned_node"]].update(range(e["row_lo"], e["row_hi"]))
-        assert got == want, m["name"]
+        assert _rows_by_node(dist["report"], m, nodes) == _distributed_rows(m, homes, nodes), m["name"]
     # one copy: every row once, plus the embedding rows other nodes compute as the output,
     # plus at most a page at each end of a shard (a page shared by two nodes' rows is on both)
     matrix_bytes = sum(m["rows"] * m["row_bytes"] for m in dist["matrices"])
@@ -193,6 +225,52 @@ def test_locality_figures(runs: dict[str, Outcome], machine: str) -> None:
     t = seen["interleave"]["report"]["per_token"]
     remote = t["matmul_remote_bytes"] / (t["matmul_local_bytes"] + t["matmul_remote_bytes"])
     assert remote == pytest.approx((n - 1) / n, abs=0.05)
+
+
+MOE_MODE_OF = {**{m: m for m in MOE_MODES}, "budget": "partial-mirror"}
+
+
+@each_machine
+def test_moe_greedy_tokens_are_the_single_node_tokens_in_every_mode(runs: dict[str, Outcome], machine: str) -> None:
+    here, seen = runs["here"].check()["moe"], _observed(runs, machine)["moe"]
+    single = here["mirror"]  # one node here: every mode degrades to it
+    assert len(single["ids"]) > N_TOKENS
+    assert {name: obs["report"]["mode"] for name, obs in seen.items()} == MOE_MODE_OF
+    for obs in [*here.values(), *seen.values()]:
+        assert obs["ids"] == single["ids"]
+        # bit for bit, as the dense model: each row of an expert is computed whole by one
+        # worker, which then sums those columns of the k experts' outputs in the token's
+        # order of choice (forward.py's _experts), however many workers there are
+        np.testing.assert_array_equal(obs["logits"], single["logits"])
+
+
+@each_machine
+@pytest.mark.parametrize("name", ["mirror", "distribute", "budget"])
+def test_moe_weights_are_read_with_no_remote_byte(runs: dict[str, Outcome], machine: str, name: str) -> None:
+    """mirror: every group whole on every node; distribute: each node's workers' rows of
+    every expert (and attention, router, output); budget: attention, router and output
+    mirrored, the experts distributed. The pages, read back, are where planned."""
+    obs = _observed(runs, machine)["moe"][name]
+    rep, nodes, homes = obs["report"], _nodes(machine), obs["homes"]
+    assert obs["nodes"] == nodes and sorted(set(homes)) == nodes
+    for e in rep["extents"]:
+        assert e["missing_bytes"] == 0 and e["bytes_by_node"] == {str(e["planned_node"]): e["bytes"]}, e
+    groups = {g["name"]: g for g in rep["groups"]}
+    assert set(EXPERT_GROUPS) < set(groups)
+    sizes: dict[str, int] = {}
+    for m in obs["matrices"]:
+        g = tensor_group(m["name"])
+        sizes[g] = sizes.get(g, 0) + m["rows"] * m["row_bytes"]
+        mirrored = name == "mirror" or (name == "budget" and g not in EXPERT_GROUPS)
+        want = {n: set(range(m["rows"])) for n in nodes} if mirrored else _distributed_rows(m, homes, nodes)
+        assert _rows_by_node(rep, m, nodes) == want, m["name"]
+    for g, nbytes in sizes.items():
+        if name == "budget":
+            assert groups[g]["placement"] == ("distribute" if g in EXPERT_GROUPS else "mirror"), groups[g]
+        if name == "mirror" or (name == "budget" and g not in EXPERT_GROUPS):
+            assert groups[g]["bytes_by_node"] == {str(n): nbytes for n in nodes}, g
+    pt = rep["per_token"]
+    assert pt["remote_bytes"] == 0 and pt["matmul_local_bytes"] > 0
 
 
 def test_a_guest_that_would_compile_stops_at_once() -> None:

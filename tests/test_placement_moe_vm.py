@@ -33,25 +33,40 @@ pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(not NUMA_VM.exists(), reason=f"the NUMA VM script {NUMA_VM} is absent")]
 
 
+def write_moe(path: Path) -> Path:
+    """The tiny qwen3moe both VM files place: Q4_K (read in the file's layout: nothing to
+    compile for placing it), experts of 256 rows of 144 bytes, so a node's slice of one
+    spans several pages on 2 nodes and two on 4."""
+    return write_tiny_qwen(path, "qwen3moe", n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                           n_ff_exp=256, n_expert=N_EXPERT, weight_type=Q.Q4_K, embd_type=Q.Q4_K)
+
+
+def group_bytes(model: Path) -> dict[str, int]:
+    """Bytes of each tensor group in the file."""
+    sizes: dict[str, int] = {}
+    for t in read_gguf(model).tensors.values():
+        if len(t.shape) >= 2:
+            group = GROUP_OF[t.name.split(".")[-2]]
+            sizes[group] = sizes.get(group, 0) + t.nbytes
+    return sizes
+
+
+def budget_for_all_but_the_experts(sizes: dict[str, int]) -> int:
+    return sum(b for g, b in sizes.items() if g not in EXPERT_GROUPS)
+
+
 @pytest.fixture(scope="module")
 def guest() -> tuple[dict[str, int], dict[str, Any]]:
-    """(bytes of each tensor group in the file, what the probe saw), from one boot. The
-    model: Q4_K (read in the file's layout: nothing to compile in the guest), experts of
-    256 rows of 144 bytes, so a node's slice of one spans several pages."""
+    """(bytes of each tensor group in the file, what the probe saw), from one boot."""
     workdir = Path(tempfile.mkdtemp(prefix=".numa-vm-", dir=REPO))  # the guest's /tmp is its own
     try:
-        model = write_tiny_qwen(workdir / "moe.gguf", "qwen3moe", n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
-                                n_ff_exp=256, n_expert=N_EXPERT, weight_type=Q.Q4_K, embd_type=Q.Q4_K)
-        sizes: dict[str, int] = {}
-        for t in read_gguf(model).tensors.values():
-            if len(t.shape) >= 2:
-                group = GROUP_OF[t.name.split(".")[-2]]
-                sizes[group] = sizes.get(group, 0) + t.nbytes
-        budget = sum(b for g, b in sizes.items() if g not in EXPERT_GROUPS)  # all but the experts
+        model = write_moe(workdir / "moe.gguf")
+        sizes = group_bytes(model)
         returncode, output = run_in_vm(
             [*SHAPE.args(), "--mem", "2048M"],
             ["env", f"NUMBA_CACHE_DIR={GUEST_NUMBA_CACHE}", PYTHON, str(PROBE.resolve()),
-             str(workdir / "probe.json"), str(model), str(N_CTX), "--budget", str(budget)], timeout=540)
+             str(workdir / "probe.json"), str(model), str(N_CTX), "--budget", str(budget_for_all_but_the_experts(sizes))],
+            timeout=540)
         assert returncode == 0, f"probe failed in the VM (exit {returncode}):\n{output[-4000:]}"
         return sizes, json.loads((workdir / "probe.json").read_text())
     finally:
