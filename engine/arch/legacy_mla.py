@@ -37,6 +37,8 @@ _KV_B = re.compile(r"blk\.(\d+)\.attn_kv_b\.weight")
 # Float types attn_k_b keeps, by the unsigned integer of their element's size (transposed as such).
 _FLOATS = {GGMLQuantizationType.F32: np.uint32, GGMLQuantizationType.F16: np.uint16,
            GGMLQuantizationType.BF16: np.uint16}
+# What every refusal of an older file says to do
+_RECONVERT = "; convert the model again with a current llama.cpp convert_hf_to_gguf.py (it writes the split tensors)"
 
 
 def split_kv_b(gf: GGUFFile) -> GGUFFile:
@@ -56,7 +58,8 @@ def split_kv_b(gf: GGUFFile) -> GGUFFile:
         Keys.Attention.VALUE_LENGTH, Keys.Rope.DIMENSION_COUNT))
     if n_rot >= k:
         raise ModelFormatError(f"{gf.path}: {name(Keys.Rope.DIMENSION_COUNT)} {n_rot} leaves no key dimension "
-                               f"outside RoPE in {name(Keys.Attention.KEY_LENGTH)} {k}: the file is inconsistent")
+                               f"outside RoPE in {name(Keys.Attention.KEY_LENGTH)} {k}: the file is inconsistent"
+                               f"{_RECONVERT}")
     tensors: dict[str, TensorInfo] = {}
     derived = dict(gf.derived)
     # Past the file and its tensors' data (a header-only file for a dry run ends before it)
@@ -82,7 +85,7 @@ def _size(gf: GGUFFile, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         found = "missing" if value is None else f"{value!r}"
         raise ModelFormatError(f"{gf.path}: key {key!r} is {found}, but splitting the file's attn_kv_b "
-                               "into attn_k_b and attn_v_b needs it as a positive integer")
+                               "into attn_k_b and attn_v_b needs it as a positive integer" + _RECONVERT)
     return value
 
 
@@ -105,13 +108,12 @@ class _Split:
         if t.shape != (r, self.n_head * (self.nope + self.v)):
             raise ModelFormatError(f"{self.path}: tensor {show_name(t.name)} has shape {list(t.shape)}, expected "
                                    f"[{r}, {self.n_head * (self.nope + self.v)}] (n_head {self.n_head} x (key "
-                                   f"{self.nope} + value {self.v}) rows) for this model's hyperparameters")
+                                   f"{self.nope} + value {self.v}) rows) for this model's hyperparameters{_RECONVERT}")
         try:
             dequantize(np.zeros((1, t.row_bytes), np.uint8), t.qtype)
         except NotImplementedError:
             raise UnsupportedError(f"{self.path}: tensor {show_name(t.name)} is {t.qtype.name}, which numallm "
-                                   "cannot split into attn_k_b and attn_v_b; convert the model again with a "
-                                   "current llama.cpp convert_hf_to_gguf.py (it writes them)") from None
+                                   "cannot split into attn_k_b and attn_v_b" + _RECONVERT) from None
 
     def k_b(self, name: str, offset: int) -> TensorInfo:
         block, size = GGML_QUANT_SIZES[self.k_type]
