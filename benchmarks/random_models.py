@@ -121,24 +121,35 @@ SHAPES: dict[str, ModelShape] = {
 # The mixes a file can have: one type for every matrix (llama-quantize --pure), or
 # llama.cpp's Q4_K_M (see q4_k_m_type).
 SINGLE_TYPES = {"Q4_0": Q.Q4_0, "Q4_1": Q.Q4_1, "Q5_0": Q.Q5_0, "Q8_0": Q.Q8_0,
-                "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K}
+                "Q4_K": Q.Q4_K, "Q5_K": Q.Q5_K, "Q6_K": Q.Q6_K,
+                # the 1-3-bit grid types and the ternary ones (issue 21); llama.cpp writes no
+                # pure file of these (it keeps some matrices wider), the benchmark wants one type.
+                **{t: Q[t] for t in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                                     "TQ1_0", "TQ2_0")}}
 MIXES = (*SINGLE_TYPES, "Q4_K_M")
 _FILE_TYPES = {"Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
                "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
                # ggml has no file type for a pure K-quant: the nearest names.
                "Q4_K": LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": LlamaFileType.MOSTLY_Q5_K_S,
-               "Q6_K": LlamaFileType.MOSTLY_Q6_K, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
+               "Q6_K": LlamaFileType.MOSTLY_Q6_K, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
+               **{t: LlamaFileType[f"MOSTLY_{t}"] for t in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+                                                            "IQ3_XXS", "IQ3_S", "TQ1_0", "TQ2_0")}}
 
 # Each block's fp16 scale fields (ggml's block structs): the byte offset of d (Q6_K keeps
 # it last), and of the min where the type has one, with the min's value as a multiple
 # of d that centres random quants on 0 (Q4_1: x = d q + m, q 0..15; the K-quants:
 # x = d sc q - dmin mn, sc and mn alike random, q 0..15 or 0..31). The other types'
-# quants are centred by the format. Weights of mean 0 keep the token in the output:
+# quants are centred by the format (the grid types by their sign bits; TQ2_0's digit 3,
+# +2, leaves its random values a mean of d / 2: harmless for speed). Weights of mean 0 keep the token in the output:
 # with a common sign every product gave the same direction for any input.
 _F16_FIELDS: dict[GGMLQuantizationType, tuple[int, tuple[int, float] | None]] = {
     Q.Q4_0: (0, None), Q.Q5_0: (0, None), Q.Q8_0: (0, None), Q.Q6_K: (208, None),
     Q.Q4_1: (0, (2, -7.5)), Q.Q5_1: (0, (2, -15.5)), Q.Q4_K: (0, (2, 7.5)), Q.Q5_K: (0, (2, 15.5)),
+    **{t: (0, None) for t in (Q.IQ1_S, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S)},
+    Q.TQ1_0: (52, None), Q.TQ2_0: (64, None),
 }
+# IQ1_M has no d field: its fp16 bits are the top nibbles of the 4 uint16 scales at byte 48.
+_IQ1M_SCALES = 48
 
 # llama.cpp's quantizer gives a matrix whose rows do not split into a K-quant's blocks of
 # 256 a type of blocks of 32 (src/llama-quant.cpp, tensor_type_fallback): DeepSeek's
@@ -148,8 +159,15 @@ _FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 
 def _set_scales(blocks: np.ndarray, qtype: GGMLQuantizationType, d: np.ndarray) -> None:
     """Write d (one per block) and the min it implies into blocks [n, block bytes]."""
-    d_off, min_field = _F16_FIELDS[qtype]
     n = blocks.shape[0]
+    if qtype == Q.IQ1_M:
+        bits = d.astype(np.float16).view(np.uint16).astype(np.uint16)
+        scales = blocks[:, _IQ1M_SCALES:_IQ1M_SCALES + 8].copy().view(np.uint16) & np.uint16(0x0FFF)
+        for k in range(4):
+            scales[:, k] |= ((bits >> np.uint16(4 * k)) & np.uint16(15)) << np.uint16(12)
+        blocks[:, _IQ1M_SCALES:_IQ1M_SCALES + 8] = scales.view(np.uint8)
+        return
+    d_off, min_field = _F16_FIELDS[qtype]
     blocks[:, d_off:d_off + 2] = d.astype(np.float16).view(np.uint8).reshape(n, 2)
     if min_field is not None:
         off, factor = min_field
