@@ -274,7 +274,14 @@ def _iq1_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return isum, load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
 
 
-rows_iq1_s = _row_kernel(_iq1_s, 50)
+def _iq1_s_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ1_S."""
+    return grids.sdot_iq1_s(w, p, xq, 256 * b, _IQ1S_GRID8), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+
+
+# The grid's rows times 8, for the VBMI path's gathers (values 8 g + delta).
+_IQ1S_GRID8 = np.ascontiguousarray(IQ1S_GRID.reshape(-1) * np.int8(8))
+rows_iq1_s = _row_kernel(_iq1_s_vbmi if _VBMI else _iq1_s, 50)
 
 
 @njit(inline="always", cache=True)
@@ -285,11 +292,18 @@ def _iq1m_group(w, p, g):  # type: ignore[no-untyped-def]
             np.uint32(255) if hn & np.uint32(8) else np.uint32(1))
 
 
-def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
-    """IQ1_M: as IQ1_S with a delta per 8 elements and a 3-bit scale per 16."""
+@njit(inline="always", cache=True)
+def _iq1m_scale(w, p, b, xd):  # type: ignore[no-untyped-def]
+    """d (its float16 bits the top nibbles of the 4 scale words) * xd / 8 of an IQ1_M block."""
     s0, s1, s2, s3 = _u16(w, p + 48), _u16(w, p + 50), _u16(w, p + 52), _u16(w, p + 54)
     dbits = ((s0 >> np.uint32(12)) | ((s1 >> np.uint32(8)) & np.uint32(0xF0))
              | ((s2 >> np.uint32(4)) & np.uint32(0xF00)) | (s3 & np.uint32(0xF000)))
+    return half_bits(dbits) * at(xd, 8 * b) * _EIGHTH
+
+
+def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ1_M: as IQ1_S with a delta per 8 elements and a 3-bit scale per 16."""
+    s0, s1, s2, s3 = _u16(w, p + 48), _u16(w, p + 50), _u16(w, p + 52), _u16(w, p + 54)
     isum = izero()
     for ib in range(8):
         g0, e0 = _iq1m_group(w, p, 4 * ib)
@@ -303,7 +317,12 @@ def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
         sh = np.uint32(6 * (ib % 2))
         isum = vimadd2(isum, v, np.int32(2 * ((s >> sh) & np.uint32(7)) + 1),
                        np.int32(2 * ((s >> (sh + np.uint32(3))) & np.uint32(7)) + 1))
-    return isum, half_bits(dbits) * at(xd, 8 * b) * _EIGHTH
+    return isum, _iq1m_scale(w, p, b, xd)
 
 
-rows_iq1_m = _row_kernel(_iq1_m, 56)
+def _iq1_m_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
+    """IQ1_M."""
+    return grids.sdot_iq1_m(w, p, xq, 256 * b, _IQ1S_GRID8), _iq1m_scale(w, p, b, xd)
+
+
+rows_iq1_m = _row_kernel(_iq1_m_vbmi if _VBMI else _iq1_m, 56)
