@@ -1,5 +1,5 @@
-"""Super-block dots of the 2- and 3-bit grid types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS,
-IQ3_S) with AVX-512 VBMI (Zen 4, Ice Lake and later), as LLVM IR: a super-block's
+"""Super-block dots of the grid types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S; IQ1_S
+and IQ1_M at the end) with AVX-512 VBMI (Zen 4, Ice Lake and later), as LLVM IR: a super-block's
 indices, signs and sub-block scales are taken apart by byte permutes and bit-field
 selects on 64-byte vectors, where rows.py (the AVX2 and generic paths) does it index
 by index in scalar code, as llama.cpp's AVX2 kernels do.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from llvmlite import ir
 from numallm.kernels.families.iquants.tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS
 from numallm.kernels.simd.cpu import target_features
-from numallm.kernels.simd.vec import I8, I32, I64, _as_i64, _call, _is_bytes, _load_bytes, _splat, i32x8
+from numallm.kernels.simd.vec import I8, I32, I64, _as_i64, _call, _is_bytes, _load_bytes, i32x8
 from numba.extending import intrinsic
 
 V64I8 = ir.VectorType(I8, 64)
@@ -258,19 +258,21 @@ sdot_iq3_s = _sdot("sdot_iq3_s", _plan_iq3_s)
 
 
 # IQ1_S and IQ1_M: a 2048-row grid of {-1, 0, 1}, too large for code tables (16
-# vpermi2b per table and 15 selects), so its rows are gathered: one vpgatherqq of 8
-# rows per 64 elements from the grid times 8 (rows.IQ1S_GRID8). Each element's value
-# 8 g + delta (delta +-1 per 8 elements) is odd, never 0: its magnitude goes into
-# vpdpbusd and its sign, a vpmovb2m, onto the activation.
+# vpermi2b per table and 15 selects), so its rows are loaded, 32 scalar loads per
+# super-block from a table of the values 8 g + delta (delta +-1 per 8 elements, its sign
+# the index's bit 11: 4096 rows, rows._IQ1S_GRID8). Each value is odd, never 0: its
+# magnitude goes into vpdpbusd and its sign (vpmovb2m) onto the activation. The loads
+# are half of the time; vpgatherqq and rows stored to the stack and reloaded as
+# vectors were no faster (benchmarks/README.md, round ten).
 
-def _gather_rows(builder: ir.IRBuilder, base: ir.Value, idx: ir.Value, k: int) -> ir.Value:
-    """<64 x i8>: the 8-byte rows idx[8k .. 8k+7] (<32 x i16>) of the table at base."""
-    lanes = builder.zext(_pick(builder, idx, idx, list(range(8 * k, 8 * k + 8))), V8I64)
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, I64), V8I64), builder.shl(lanes, ir.Constant(V8I64, [3] * 8)))
-    ptrs = builder.inttoptr(addr, ir.VectorType(I64.as_pointer(), 8))
-    rows = _call(builder, "llvm.masked.gather.v8i64.v8p0i64", V8I64,
-                 [ptrs, ir.Constant(I32, 8), ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8),
-                  ir.Constant(V8I64, None)])
+def _grid_rows(builder: ir.IRBuilder, base: ir.Value, idx: ir.Value, k: int) -> ir.Value:
+    """<64 x i8>: the 8-byte rows idx[8k .. 8k+7] (<32 x i16>) of the table at base, by
+    scalar loads (each index a vpextrw)."""
+    table = builder.bitcast(base, I64.as_pointer())
+    rows = ir.Constant(V8I64, None)
+    for j in range(8):
+        i = builder.zext(builder.extract_element(idx, ir.Constant(I32, 8 * k + j)), I64)
+        rows = builder.insert_element(rows, builder.load(builder.gep(table, [i]), align=1), ir.Constant(I32, j))
     return builder.bitcast(rows, V64I8)
 
 
@@ -282,9 +284,9 @@ def _shr16(builder: ir.IRBuilder, v: ir.Value, counts: list[int], mask: int) -> 
 
 def _sdot1(name: str, plan):  # type: ignore[no-untyped-def]
     """An intrinsic f(w, p, xq, xo, g8) -> I32x8 as _sdot's for IQ1_S / IQ1_M, g8 the
-    grid times 8 (bytes); plan(builder, load) -> (idx, delta, scale): the 32 grid
-    indices (<32 x i16>), each group's delta (<32 x i8>, +-1) and scale(k), the
-    I32x16 of integer scales of the k-th 64 elements' vpdpbusd lanes."""
+    rows 8 g + delta (bytes, 4096 rows of 8); plan(builder, load) -> (idx, scale): the
+    32 row indices (<32 x i16>, the delta's sign as bit 11) and scale(k), the I32x16
+    of integer scales of the k-th 64 elements' vpdpbusd lanes."""
     def typer(typingctx, w, p, xq, xo, g8):  # type: ignore[no-untyped-def]
         if not (_is_bytes(w) and _is_bytes(xq) and _is_bytes(g8)):
             return None
@@ -295,11 +297,11 @@ def _sdot1(name: str, plan):  # type: ignore[no-untyped-def]
             def load(off: int, n: int) -> ir.Value:
                 return _load_bytes(context, builder, sig.args[0], wa, builder.add(_as_i64(builder, pv), ir.Constant(I64, off)), n)
 
-            idx, delta, scale = plan(builder, load)
+            idx, scale = plan(builder, load)
             base = builder.bitcast(context.make_array(sig.args[4])(context, builder, ga).data, I8.as_pointer())
             acc = ir.Constant(V16I32, None)
             for k in range(4):
-                v = builder.add(_gather_rows(builder, base, idx, k), _pick(builder, delta, delta, [8 * k + j // 8 for j in range(64)]))
+                v = _grid_rows(builder, base, idx, k)
                 neg = builder.icmp_signed("<", v, ir.Constant(V64I8, None))
                 mag = builder.select(neg, builder.sub(ir.Constant(V64I8, None), v), v)
                 x = _load_bytes(context, builder, sig.args[2], xa, builder.add(_as_i64(builder, xov), ir.Constant(I64, 64 * k)), 64)
@@ -322,35 +324,32 @@ def _odd16(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
 
 def _plan_iq1_s(builder, load):  # type: ignore[no-untyped-def]
     # 32 low index bytes at 2, then per sub-block a uint16: 4 x 3 high index bits, the
-    # 3-bit scale ls at bit 12, the delta's sign at bit 15.
+    # 3-bit scale ls at bit 12, the delta's sign at bit 15 (row bit 11).
     i16 = ir.IntType(16)
     low = builder.zext(load(2, 32), ir.VectorType(i16, 32))
     qh = builder.bitcast(load(34, 16), ir.VectorType(i16, 8))
     per_group = _pick(builder, qh, qh, [g // 4 for g in range(32)])
-    idx = builder.or_(low, builder.shl(_shr16(builder, per_group, [3 * (g % 4) for g in range(32)], 7),
-                                       ir.Constant(ir.VectorType(i16, 32), [8] * 32)))
-    sign = _shr16(builder, per_group, [15] * 32, 1)
-    delta = builder.trunc(builder.sub(ir.Constant(sign.type, [1] * 32), builder.shl(sign, ir.Constant(sign.type, [1] * 32))),
-                          ir.VectorType(I8, 32))
+    high = builder.or_(_shr16(builder, per_group, [3 * (g % 4) for g in range(32)], 7),
+                       builder.and_(builder.lshr(per_group, ir.Constant(per_group.type, [12] * 32)),
+                                    ir.Constant(per_group.type, [8] * 32)))
+    idx = builder.or_(low, builder.shl(high, ir.Constant(ir.VectorType(i16, 32), [8] * 32)))
     scale = _odd16(builder, _shr16(builder, _pick(builder, qh, qh, [min(i, 7) for i in range(32)]), [12] * 32, 7))
-    return idx, delta, lambda k: _pick(builder, scale, scale, [2 * k + lane // 8 for lane in range(16)])
+    return idx, lambda k: _pick(builder, scale, scale, [2 * k + lane // 8 for lane in range(16)])
 
 
 def _plan_iq1_m(builder, load):  # type: ignore[no-untyped-def]
     # 32 low index bytes at 0; a nibble per group at 32 (3 high index bits, the delta's
-    # sign at bit 3); 4 uint16 at 48 of 4 x 3-bit scales per 16 elements (and d's bits).
+    # sign at bit 3: the row's bits 8-11 as they are); 4 uint16 at 48 of 4 x 3-bit
+    # scales per 16 elements (and d's bits).
     i16 = ir.IntType(16)
     low = builder.zext(load(0, 32), ir.VectorType(i16, 32))
     qh = builder.zext(load(32, 16), ir.VectorType(i16, 16))
     nib = _shr16(builder, _pick(builder, qh, qh, [g // 2 for g in range(32)]), [4 * (g % 2) for g in range(32)], 15)
-    idx = builder.or_(low, builder.shl(builder.and_(nib, ir.Constant(nib.type, [7] * 32)), ir.Constant(nib.type, [8] * 32)))
-    sign = _shr16(builder, nib, [3] * 32, 1)
-    delta = builder.trunc(builder.sub(ir.Constant(sign.type, [1] * 32), builder.shl(sign, ir.Constant(sign.type, [1] * 32))),
-                          ir.VectorType(I8, 32))
+    idx = builder.or_(low, builder.shl(nib, ir.Constant(nib.type, [8] * 32)))
     sc = builder.bitcast(load(48, 8), ir.VectorType(i16, 4))
     scale = _odd16(builder, _shr16(builder, _pick(builder, sc, sc, [min(m, 15) // 4 for m in range(32)]),
                                    [3 * (m % 4) for m in range(32)], 7))
-    return idx, delta, lambda k: _pick(builder, scale, scale, [4 * k + lane // 4 for lane in range(16)])
+    return idx, lambda k: _pick(builder, scale, scale, [4 * k + lane // 4 for lane in range(16)])
 
 
 sdot_iq1_s = _sdot1("sdot_iq1_s", _plan_iq1_s)

@@ -279,8 +279,9 @@ def _iq1_s_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     return grids.sdot_iq1_s(w, p, xq, 256 * b, _IQ1S_GRID8), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
 
 
-# The grid's rows times 8, for the VBMI path's gathers (values 8 g + delta).
-_IQ1S_GRID8 = np.ascontiguousarray(IQ1S_GRID.reshape(-1) * np.int8(8))
+# The VBMI path's rows 8 g + delta: delta +1 in rows 0-2047, -1 in rows 2048-4095.
+_IQ1S_GRID8 = np.ascontiguousarray(np.concatenate([IQ1S_GRID * np.int8(8) + np.int8(1),
+                                                   IQ1S_GRID * np.int8(8) - np.int8(1)]).reshape(-1))
 rows_iq1_s = _row_kernel(_iq1_s_vbmi if _VBMI else _iq1_s, 50)
 
 
