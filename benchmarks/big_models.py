@@ -3,6 +3,8 @@
     python3 benchmarks/big_models.py                                  # every shape and mix
     python3 benchmarks/big_models.py --shapes llama-7b --mixes Q4_0,Q4_K -p 128 -n 64 -t 2
     python3 benchmarks/big_models.py --layers 2 -r 1                  # a quick check of the set-up
+    python3 benchmarks/big_models.py --shapes llama-7b --mixes IQ2_XXS,IQ3_XXS,IQ1_S --layers 4 -p 0 -n 16 -t 1,2
+                                                                      # the grid i-quants (issue 21)
 
 For each shape and mix (benchmarks/random_models.py writes the file into
 ~/.cache/numallm/bench-models/ the first time: 4-11 GB each at full size) this runs
