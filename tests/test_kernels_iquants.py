@@ -1,6 +1,6 @@
 """The i-quants, TQ1_0, TQ2_0 and MXFP4 beyond tests/test_kernels.py (which runs their
 matvec, matmul and unpacked form with the other types): decoding bit for bit as
-gguf-py on edge-case blocks, and llama.cpp's q8_K activations.
+gguf-py and matvec on edge-case blocks, and llama.cpp's q8_K activations.
 
 Edge cases: every byte 0xFF (the last grid entries, all signs set, the largest
 sub-scales), every byte 0, zero block scales under random quants, and the largest
@@ -17,6 +17,7 @@ from iq_blocks import RANDOM_BLOCK_TYPES, random_blocks
 from numallm import kernels as K
 from numallm.kernels import jit
 from numallm.kernels.drivers.actq import quantize_x_k
+from test_kernels import error_bound
 
 
 def _cases(qtype: T, rows: int, cols: int) -> list[np.ndarray]:
@@ -38,6 +39,20 @@ def test_edge_blocks_decode_bit_exact(qtype: T) -> None:
         out = np.full((len(ids), cols), np.nan, np.float32)
         get_rows(K.pack(qtype, raw, rows, cols), rows, cols, ids, out)
         assert np.array_equal(out.view(np.uint32), ref[ids].view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", sorted(RANDOM_BLOCK_TYPES), ids=lambda t: t.name)
+def test_edge_blocks_matvec(qtype: T) -> None:
+    """matvec (the grid types' AVX-512 VBMI super-block dots on such a CPU) on the edge
+    blocks: the last grid rows, every sign and delta bit, zero and extreme scales."""
+    bs = GGML_QUANT_SIZES[qtype][0]
+    rows, cols = 21, 2 * bs
+    x = np.random.default_rng(5).standard_normal(cols).astype(np.float32)
+    for raw in _cases(qtype, rows, cols):
+        W = quants.dequantize(raw, qtype).reshape(rows, cols).astype(np.float64)
+        out = np.full(rows, np.nan, np.float32)
+        K.matvec(qtype, K.pack(qtype, raw, rows, cols), rows, cols, x, out, 0, rows)
+        assert np.all(np.abs(out - W @ x) <= error_bound(qtype, W, x))
 
 
 def test_q8_k_is_llama_cpps() -> None:
