@@ -41,7 +41,7 @@ def test_q4_k_m_puts_llama_7b_attn_v_and_ffn_down_in_q6_k_where_llama_cpp_does()
     assert rm.q4_k_m_type("token_embd.weight", 32) == Q.Q4_K
 
 
-@pytest.mark.parametrize("mix", ["Q4_0", "Q8_0", "Q6_K", "Q4_K_M"])
+@pytest.mark.parametrize("mix", ["Q4_0", "Q8_0", "Q6_K", "Q4_K_M", "IQ2_XXS", "IQ1_M"])
 def test_a_written_file_has_the_shape_types_and_sane_values(tmp_path: Path, mix: str) -> None:
     path = tmp_path / "m.gguf"
     rm.write_model(path, TINY, mix)
