@@ -260,7 +260,7 @@ sdot_iq3_s = _sdot("sdot_iq3_s", _plan_iq3_s)
 # IQ1_S and IQ1_M: a 2048-row grid of {-1, 0, 1}, too large for code tables (16
 # vpermi2b per table and 15 selects), so its rows are loaded, 32 scalar loads per
 # super-block from a table of the values 8 g + delta (delta +-1 per 8 elements, its sign
-# the index's bit 11: 4096 rows, rows._IQ1S_GRID8). Each value is odd, never 0: its
+# the index's bit 11: 4096 rows, rows._IQ1S_VALUES). Each value is odd, never 0: its
 # magnitude goes into vpdpbusd and its sign (vpmovb2m) onto the activation. The loads
 # are half of the time; vpgatherqq and rows stored to the stack and reloaded as
 # vectors were no faster (benchmarks/README.md, round ten).

@@ -1,6 +1,6 @@
 """Row dots of the i-quants and MXFP4 (their records' `dot`; TQ1_0 and TQ2_0 are in
-ternary.py): each decodes its blocks in vectors (simd.py; grids.py for the 2- and
-3-bit grid types with AVX-512 VBMI) straight into int8 dot products with the activation,
+ternary.py): each decodes its blocks in vectors (simd.py; grids.py for the grid
+types with AVX-512 VBMI) straight into int8 dot products with the activation,
 sums a super-block's sub-blocks in integers times their integer scales, and applies
 one float scale per block or super-block.
 
@@ -276,11 +276,11 @@ def _iq1_s(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
 
 def _iq1_s_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ1_S."""
-    return grids.sdot_iq1_s(w, p, xq, 256 * b, _IQ1S_GRID8), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
+    return grids.sdot_iq1_s(w, p, xq, 256 * b, _IQ1S_VALUES), load_f16(w, p) * at(xd, 8 * b) * _EIGHTH
 
 
 # The VBMI path's rows 8 g + delta: delta +1 in rows 0-2047, -1 in rows 2048-4095.
-_IQ1S_GRID8 = np.ascontiguousarray(np.concatenate([IQ1S_GRID * np.int8(8) + np.int8(1),
+_IQ1S_VALUES = np.ascontiguousarray(np.concatenate([IQ1S_GRID * np.int8(8) + np.int8(1),
                                                    IQ1S_GRID * np.int8(8) - np.int8(1)]).reshape(-1))
 rows_iq1_s = _row_kernel(_iq1_s_vbmi if _VBMI else _iq1_s, 50)
 
@@ -323,7 +323,7 @@ def _iq1_m(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
 
 def _iq1_m_vbmi(w, p, b, xq, xd):  # type: ignore[no-untyped-def]
     """IQ1_M."""
-    return grids.sdot_iq1_m(w, p, xq, 256 * b, _IQ1S_GRID8), _iq1m_scale(w, p, b, xd)
+    return grids.sdot_iq1_m(w, p, xq, 256 * b, _IQ1S_VALUES), _iq1m_scale(w, p, b, xd)
 
 
 rows_iq1_m = _row_kernel(_iq1_m_vbmi if _VBMI else _iq1_m, 56)
