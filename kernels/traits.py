@@ -108,7 +108,7 @@ def _kquant_tiled(qtype: T, kind: int, five: bool) -> TypeTraits:
         qtype, TILED,
         unpack=lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q45_k(w, o, nb, q32, d, m, st, lane, five),
         dot=lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q45_k(w, rb, nb, five, xq, xd, xs, out, r0, r1),
-        tiles=kqt.kq_tiles(int(qtype)), tile_kind=kind, batch_invariant=True)
+        tiles=kqt.kq_tiles(int(qtype)), tile_kind=kind, batch_invariant=True, q8_k=True)
 
 
 def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub_size: int, off: int,
@@ -178,7 +178,7 @@ TRAITS: tuple[TypeTraits, ...] = (
                unpack=lambda qc, w, o, nb, q32, d, m, st, lane: kq.unpack_q6_k(w, o, nb, q32, d, m, st, lane),
                sub_size=16,
                dot=lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: kq.rows_q6_k(w, rb, nb, xq, xd, xs16, out, r0, r1),
-               tiles=kqt.kq_tiles(int(T.Q6_K)), tile_kind=tiles.Q6_K_KIND, batch_invariant=True),
+               tiles=kqt.kq_tiles(int(T.Q6_K)), tile_kind=tiles.Q6_K_KIND, batch_invariant=True, q8_k=True),
     _iquant(T.IQ1_S, iqb.unpack_iq1_s,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: iq.rows_iq1_s(w, rb, nb, xq, xd, out, r0, r1), 32, 9),
     _iquant(T.IQ1_M, iqb.unpack_iq1_m,

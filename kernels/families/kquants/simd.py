@@ -264,7 +264,7 @@ def idot16_nibh(typingctx, acc, w, p, qh, bit, xq, xo, high, nbits):  # type: ig
 
 @intrinsic
 def q6k_tile_scales(typingctx, w, p, j):  # type: ignore[no-untyped-def]
-    """The int8 scale j < 16 of the 16 rows of a Q6_K tile as F32x16, from its four scale
+    """The int8 scale j < 16 of the 16 rows of a Q6_K tile as I32x16, from its four scale
     vectors at w[p] (vector v, lane i: row i's scales 4v..4v+3)."""
     if not _is_bytes(w):
         return None
@@ -276,14 +276,13 @@ def q6k_tile_scales(typingctx, w, p, j):  # type: ignore[no-untyped-def]
         word = builder.bitcast(_load_bytes(context, builder, sig.args[0], args[0], off, 64), V16I32)
         up = builder.trunc(builder.sub(ir.Constant(I64, 24), builder.mul(builder.and_(j64, ir.Constant(I64, 3)),
                                                                         ir.Constant(I64, 8))), I32)
-        v = builder.ashr(builder.shl(word, _splat(builder, up, V16I32)), ir.Constant(V16I32, [24] * 16))
-        return builder.sitofp(v, V16F32)
-    return f32x16(w, p, j), codegen
+        return builder.ashr(builder.shl(word, _splat(builder, up, V16I32)), ir.Constant(V16I32, [24] * 16))
+    return i32x16(w, p, j), codegen
 
 
 @intrinsic(prefer_literal=True)
 def q4k_tile_scales(typingctx, w, p, j, mins):  # type: ignore[no-untyped-def]
-    """Scale (or, with `mins`, min) j < 8 of the 16 rows of a Q4_K or Q5_K tile as F32x16, from
+    """Scale (or, with `mins`, min) j < 8 of the 16 rows of a Q4_K or Q5_K tile as I32x16, from
     its three scale vectors at w[p] (vector v, lane i: row i's scale bytes 4v..4v+3).
     k_scale_min's fields, lane-wise: j < 4 byte j (min: j + 4), low 6 bits; j >= 4 the
     low (min: high) nibble of byte j + 4 and the top 2 bits of byte j - 4 (min: j)."""
@@ -308,5 +307,36 @@ def q4k_tile_scales(typingctx, w, p, j, mins):  # type: ignore[no-untyped-def]
                            _splat(builder, sel(high, ir.Constant(I32, 15), ir.Constant(I32, 63)), V16I32))
         top = builder.and_(builder.lshr(own, _splat(builder, builder.add(k8, ir.Constant(I32, 2)), V16I32)),
                            _splat(builder, sel(high, ir.Constant(I32, 0x30), ir.Constant(I32, 0)), V16I32))
-        return builder.uitofp(builder.or_(low, top), V16F32)
-    return f32x16(w, p, j, mins), codegen
+        return builder.or_(low, top)
+    return i32x16(w, p, j, mins), codegen
+
+
+@intrinsic
+def iscaled16(typingctx, acc, a, sa, b, sb):  # type: ignore[no-untyped-def]
+    """acc + a * sa + b * sb, lane by lane, for I32x16s: two sub-blocks' integer dots
+    times their scales (vpmulld: no float work per sub-block)."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        acc, a, sa, b, sb = args
+        return builder.add(acc, builder.add(builder.mul(a, sa), builder.mul(b, sb)))
+    return i32x16(i32x16, i32x16, i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
+def isplat16(typingctx, a, k):  # type: ignore[no-untyped-def]
+    """An I32x16 of the int32 a[k] (unchecked)."""
+    if not (isinstance(a, types.Array) and a.dtype == types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        v = builder.load(builder.gep(arr.data, [_as_i64(builder, args[1])]))
+        return _splat(builder, v, V16I32)
+    return i32x16(a, k), codegen
+
+
+@intrinsic
+def vfloat16(typingctx, a):  # type: ignore[no-untyped-def]
+    """An I32x16 as F32x16."""
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return builder.sitofp(args[0], V16F32)
+    return f32x16(i32x16), codegen

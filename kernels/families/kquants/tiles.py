@@ -17,14 +17,20 @@ Kernels. A quant vector holds 4 consecutive quants of every row of the tile; one
 vpdpbusd per nibble plane and token adds their products with the token's 4
 activations (broadcast) into 16 int32 lanes, one per row, of the sub-block's
 accumulator (Q5_K and Q6_K first or in their high bits from the same bytes of a
-high-bit vector, rotated into place). After a sub-block's vectors its accumulator is
-converted and scaled once for the 16 rows (d * scale * xd), the mins (Q4_K, Q5_K) or
-Q6_K's offset of 32 applied through the activation's block sums, with the 16 rows'
-scales decoded lane-wise from the scale vectors. A row kernel instead spends a
-permute, a conversion and an FMA per 64 elements of each row and decodes each row's
-scales alone. Tokens go through a tile 8, 4, 2 and 1 at a time (two int32
-accumulators per token); each keeps its own accumulators and steps, so a token gets
-the same bits in a batch of any size.
+high-bit vector, rotated into place). The activation is q8_K (one xd per 256, as
+llama.cpp pairs these types), so a super-block needs one float step per token: after
+a group's vectors its two accumulators are multiplied by their sub-blocks' 6-bit
+(Q6_K: int8) scales, decoded lane-wise for the 16 rows, into one int32 sum
+(vpmulld), which is converted and scaled by d * xd once per super-block; the mins
+(Q4_K, Q5_K) come in then through the activation's sums per 32, and Q6_K's offset of
+32 by starting each sub-block's accumulator at -32 times its activations' sum
+(offset_sums). On Zen 4 the FMAs, multiplies and rotates share the two pipes of
+vpdpbusd, so these per-sub-block float steps cost as much as a quarter of the dots
+(benchmarks/README.md, round ten). A row kernel instead spends a permute, a
+conversion and an FMA per 64 elements of each row and decodes each row's scales
+alone. Tokens go through a tile 8, 4, 2 and 1 at a time (two int32 accumulators and
+a super-block sum per token); each keeps its own accumulators and steps, so a token
+gets the same bits in a batch of any size.
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ from functools import cache
 
 import numpy as np
 from numallm.kernels.families.kquants.rows import k_scale_min
-from numallm.kernels.families.kquants.simd import idot16_nib, idot16_nibh, q4k_tile_scales, q6k_tile_scales
+from numallm.kernels.families.kquants.simd import (
+    idot16_nib,
+    idot16_nibh,
+    iscaled16,
+    isplat16,
+    q4k_tile_scales,
+    q6k_tile_scales,
+    vfloat16,
+)
 from numallm.kernels.families.q4_q8.tiles import MAX_TOKENS, TILE, q6k_vector, store_tokens, tile_pass_of, with_type_code
 from numallm.kernels.qcodes import Q4_K, Q5_K, Q6_K
 from numallm.kernels.simd.i32x16 import izero16, vfmai16
@@ -52,37 +66,73 @@ WIDE = MAX_TOKENS
 
 def kq_tiles(kind: int) -> Callable[..., None]:
     """The tile pass of Q4_K, Q5_K or Q6_K (a GGML code) with the type code first
-    (traits' `tiles`); Q6_K's kernel takes the activation's sums per 16 (xs16) where
-    the others take them per 32. Without AVX-512 at most 2 tokens a pass (tile_pass_of
+    (traits' `tiles`); Q6_K's kernel takes offset_sums(xq) where the others take the
+    activation's sums per 32. Without AVX-512 at most 2 tokens a pass (tile_pass_of
     never calls the wider kernels, for which narrower ones stand in)."""
     kernels = tuple(kq_tile_kernel(min(n, WIDE), kind) for n in (8, 4, 2, 1))
-    return with_type_code(tile_pass_of(kernels, WIDE), kind == Q6_K)
+    pass_ = tile_pass_of(kernels, WIDE)
+    if kind != Q6_K:
+        return with_type_code(pass_)
+
+    def impl6(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+        pass_(w, rb, nb, full, xq, xd, offset_sums(xq), out, r0, r1)
+    return impl6
+
+
+@njit(nogil=True, cache=True)
+def offset_sums(xq):  # type: ignore[no-untyped-def]
+    """-32 times the sum of each 16 activation quants of the flat xq, as int32: Q6_K's
+    offset, where its kernel starts a sub-block's integer dot (one pass over xq for
+    every tile of a call)."""
+    n = xq.shape[0] // 16
+    ys = np.empty(n, np.int32)
+    for k in range(n):
+        t = np.int32(0)
+        for i in range(16):
+            t += np.int32(xq[16 * k + i])
+        ys[k] = -32 * t
+    return ys
 
 
 @cache
 def kq_tile_kernel(ntok: int, kind: int) -> Callable[..., None]:
     """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
     tile of type `kind` at byte p of w (nb super-blocks) dotted with token t0 + j,
-    j < ntok, from the flat xq, xd and xs (Q6_K: xs16) of actq.quantize_rows (token
-    t's blocks of 32 start at 8 nb t). The super-block goes by groups of vectors that
-    make one sub-block of the low nibbles and one of the high ones (_layout)."""
+    j < ntok, from the flat xq, xd and xs (Q6_K: offset_sums) of the activation
+    quantized as q8_K (one xd per 256; token t's blocks of 32 start at 8 nb t). The
+    super-block goes by groups of vectors that make one sub-block of the low nibbles and
+    one of the high ones (_layout); each group's two integer dots are multiplied by
+    their scales into one int32 sum per super-block (at most 2**27 in size), converted
+    and scaled by d * xd once."""
     ts = TS[kind]
-    groups, per = (8, 4) if kind == Q6_K else (4, 8)
-    sums = 16 if kind == Q6_K else 8  # activation sums per super-block and token
-    layout, scales = (_layout6, _scales6) if kind == Q6_K else (_layout45, _scales45)
+    six = kind == Q6_K
+    groups, per = (8, 4) if six else (4, 8)
+    layout, scales, start, close = (_layout6, _scales6, _start6, _close6) if six else (_layout45, _scales45, _start45,
+                                                                                       _close45)
     dots = _dots4 if kind == Q4_K else (_dots5 if kind == Q5_K else _dots6)
 
     @njit(nogil=True, cache=True)
     def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
         f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = vzero16()
-        step, dstep, sstep = 256 * nb, 8 * nb, sums * nb  # from one token to the next
+        step = 256 * nb  # from one token to the next
         for b in range(nb):
             c = p + TILE * ts * b
             x = 256 * (t0 * nb + b)
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = izero16()
             for g in range(groups):
-                dlo, dhi, alo, ahi = scales(w, c, g)
-                l0 = h0 = l1 = h1 = l2 = h2 = l3 = h3 = izero16()
-                l4 = h4 = l5 = h5 = l6 = h6 = l7 = h7 = izero16()
+                slo, shi = scales(w, c, g)
+                l1 = h1 = l2 = h2 = l3 = h3 = l4 = h4 = l5 = h5 = l6 = h6 = l7 = h7 = izero16()
+                l0, h0 = start(xs, x, g)
+                if ntok > 1:
+                    l1, h1 = start(xs, x + step, g)
+                if ntok > 2:
+                    l2, h2 = start(xs, x + 2 * step, g)
+                    l3, h3 = start(xs, x + 3 * step, g)
+                if ntok > 4:
+                    l4, h4 = start(xs, x + 4 * step, g)
+                    l5, h5 = start(xs, x + 5 * step, g)
+                    l6, h6 = start(xs, x + 6 * step, g)
+                    l7, h7 = start(xs, x + 7 * step, g)
                 for v in range(per):
                     qv, hp, bit, xv = layout(kind, c, x, g, v)
                     l0, h0 = dots(l0, h0, w, qv, hp, bit, xq, xv)
@@ -96,24 +146,25 @@ def kq_tile_kernel(ntok: int, kind: int) -> Callable[..., None]:
                         l5, h5 = dots(l5, h5, w, qv, hp, bit, xq, xv + 5 * step)
                         l6, h6 = dots(l6, h6, w, qv, hp, bit, xq, xv + 6 * step)
                         l7, h7 = dots(l7, h7, w, qv, hp, bit, xq, xv + 7 * step)
-                kd, kdh, ks, ksh = _blocks(kind, x, g)
-                f0 = _group(f0, l0, h0, dlo, dhi, alo, ahi, xd, xs, kd, kdh, ks, ksh)
-                if ntok > 1:
-                    f1 = _group(f1, l1, h1, dlo, dhi, alo, ahi, xd, xs, kd + dstep, kdh + dstep, ks + sstep, ksh + sstep)
-                if ntok > 2:
-                    f2 = _group(f2, l2, h2, dlo, dhi, alo, ahi, xd, xs, kd + 2 * dstep, kdh + 2 * dstep,
-                                ks + 2 * sstep, ksh + 2 * sstep)
-                    f3 = _group(f3, l3, h3, dlo, dhi, alo, ahi, xd, xs, kd + 3 * dstep, kdh + 3 * dstep,
-                                ks + 3 * sstep, ksh + 3 * sstep)
-                if ntok > 4:
-                    f4 = _group(f4, l4, h4, dlo, dhi, alo, ahi, xd, xs, kd + 4 * dstep, kdh + 4 * dstep,
-                                ks + 4 * sstep, ksh + 4 * sstep)
-                    f5 = _group(f5, l5, h5, dlo, dhi, alo, ahi, xd, xs, kd + 5 * dstep, kdh + 5 * dstep,
-                                ks + 5 * sstep, ksh + 5 * sstep)
-                    f6 = _group(f6, l6, h6, dlo, dhi, alo, ahi, xd, xs, kd + 6 * dstep, kdh + 6 * dstep,
-                                ks + 6 * sstep, ksh + 6 * sstep)
-                    f7 = _group(f7, l7, h7, dlo, dhi, alo, ahi, xd, xs, kd + 7 * dstep, kdh + 7 * dstep,
-                                ks + 7 * sstep, ksh + 7 * sstep)
+                s0 = iscaled16(s0, l0, slo, h0, shi)  # unused tokens' sums: dead code
+                s1 = iscaled16(s1, l1, slo, h1, shi)
+                s2 = iscaled16(s2, l2, slo, h2, shi)
+                s3 = iscaled16(s3, l3, slo, h3, shi)
+                s4 = iscaled16(s4, l4, slo, h4, shi)
+                s5 = iscaled16(s5, l5, slo, h5, shi)
+                s6 = iscaled16(s6, l6, slo, h6, shi)
+                s7 = iscaled16(s7, l7, slo, h7, shi)
+            f0 = close(f0, s0, w, c, xd, xs, x)
+            if ntok > 1:
+                f1 = close(f1, s1, w, c, xd, xs, x + step)
+            if ntok > 2:
+                f2 = close(f2, s2, w, c, xd, xs, x + 2 * step)
+                f3 = close(f3, s3, w, c, xd, xs, x + 3 * step)
+            if ntok > 4:
+                f4 = close(f4, s4, w, c, xd, xs, x + 4 * step)
+                f5 = close(f5, s5, w, c, xd, xs, x + 5 * step)
+                f6 = close(f6, s6, w, c, xd, xs, x + 6 * step)
+                f7 = close(f7, s7, w, c, xd, xs, x + 7 * step)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel
@@ -136,9 +187,10 @@ def _layout6(kind, c, x, g, v):  # type: ignore[no-untyped-def]
     g = (h, s0, quarter) takes the ql vectors of l in [16 quarter, 16 quarter + 16):
     s = s0 in their low nibbles, s0 + 2 in their high ones, one sub-block of 16 each."""
     h, s0, qt = _part6(g)
-    return (c + 32 + 64 * q6k_vector(16 * h + 8 * s0 + 4 * qt + v), c + 32 + 64 * q6k_vector(32 + 8 * h + 4 * qt + v),
-            2 * s0,
-            x + 128 * h + 32 * s0 + 16 * qt + 4 * v)
+    # q6k_vector(16h + 8s0 + 4qt + v) and q6k_vector(32 + 8h + 4qt + v) written out:
+    # affine in v, so the compiler steps the addresses instead of recomputing them
+    first = c + 32 + 64 * (26 * h + 2 + 12 * qt)
+    return first + 64 * ((2 - s0) * v + 8 * s0), first + 64 * (1 + 2 * v), 2 * s0, x + 128 * h + 32 * s0 + 16 * qt + 4 * v
 
 
 @njit(inline="always", cache=True)
@@ -149,36 +201,52 @@ def _part6(g):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", cache=True)
-def _blocks(kind, x, g):  # type: ignore[no-untyped-def]
-    """The token's activation blocks of group g's two sub-blocks: xd's (per 32), and the
-    sums' (per 32; Q6_K: per 16)."""
-    if kind == Q6_K:
-        h, s0, qt = _part6(g)
-        k = (x >> 5) + 4 * h + s0
-        k16 = (x >> 4) + 8 * h + 2 * s0 + qt
-        return k, k + 2, k16, k16 + 4
-    k = (x >> 5) + 2 * g
-    return k, k + 1, k, k + 1
-
-
-@njit(inline="always", cache=True)
 def _scales45(w, c, g):  # type: ignore[no-untyped-def]
-    """Q4_K, Q5_K: d * scale of sub-blocks 2g and 2g + 1 of the 16 rows, and -dmin * min."""
-    dv = vload_f16x16(w, c)
-    mv = vscale16(vload_f16x16(w, c + 32), np.float32(-1.0))
-    return (vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g, False)), vmul16(dv, q4k_tile_scales(w, c + 64, 2 * g + 1, False)),
-            vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g, True)), vmul16(mv, q4k_tile_scales(w, c + 64, 2 * g + 1, True)))
+    """Q4_K, Q5_K: the scales of sub-blocks 2g and 2g + 1 of the 16 rows."""
+    return q4k_tile_scales(w, c + 64, 2 * g, False), q4k_tile_scales(w, c + 64, 2 * g + 1, False)
 
 
 @njit(inline="always", cache=True)
 def _scales6(w, c, g):  # type: ignore[no-untyped-def]
-    """Q6_K: d * scale of group g's two sub-blocks, and -32 times that (the offset)."""
-    dv = vload_f16x16(w, c)
+    """Q6_K: the scales of group g's two sub-blocks."""
     h, s0, qt = _part6(g)
     j = 2 * s0 + qt  # scale 8h + j of vector 2h, scale 8h + j + 4 of vector 2h + 1
-    dlo = vmul16(dv, q6k_tile_scales(w, c + 32 + 64 * q6k_vector(48 + 2 * h), j))
-    dhi = vmul16(dv, q6k_tile_scales(w, c + 32 + 64 * q6k_vector(49 + 2 * h), j))
-    return dlo, dhi, vscale16(dlo, np.float32(-32.0)), vscale16(dhi, np.float32(-32.0))
+    return (q6k_tile_scales(w, c + 32 + 64 * q6k_vector(48 + 2 * h), j),
+            q6k_tile_scales(w, c + 32 + 64 * q6k_vector(49 + 2 * h), j))
+
+
+@njit(inline="always", cache=True)
+def _start45(xs, x, g):  # type: ignore[no-untyped-def]
+    """Q4_K, Q5_K: a group's integer dots start at 0 (the mins come in at close)."""
+    return izero16(), izero16()
+
+
+@njit(inline="always", cache=True)
+def _start6(xs, x, g):  # type: ignore[no-untyped-def]
+    """Q6_K: a group's two dots start at -32 times their activations' sum (offset_sums
+    ys, per 16), so they come out as the dots of q - 32."""
+    h, s0, qt = _part6(g)
+    k = (x >> 4) + 8 * h + 2 * s0 + qt
+    return isplat16(xs, k), isplat16(xs, k + 4)
+
+
+@njit(inline="always", cache=True)
+def _close45(f, s, w, c, xd, xs, x):  # type: ignore[no-untyped-def]
+    """Q4_K, Q5_K: f plus a super-block's scaled integer sum times d * xd, and its mins
+    times -dmin and the activation's sums per 32 (the decoding is the same for every
+    token: the compiler does it once)."""
+    k = x >> 5
+    f = vfmai16(f, s, vload_f16x16(w, c), at(xd, k))
+    mv = vscale16(vload_f16x16(w, c + 32), np.float32(-1.0))
+    for j in range(8):
+        f = vfma16(f, vmul16(mv, vfloat16(q4k_tile_scales(w, c + 64, j, True))), at(xs, k + j))
+    return f
+
+
+@njit(inline="always", cache=True)
+def _close6(f, s, w, c, xd, xs, x):  # type: ignore[no-untyped-def]
+    """Q6_K: f plus a super-block's integer sum (offset included) times d * xd."""
+    return vfmai16(f, s, vload_f16x16(w, c), at(xd, x >> 5))
 
 
 @njit(inline="always", cache=True)
@@ -197,19 +265,9 @@ def _dots5(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
 @njit(inline="always", cache=True)
 def _dots6(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
     """A Q6_K ql vector's low nibbles (qh bits `bit`, bit + 1 as bits 4-5) and high
-    nibbles (bits bit + 4, bit + 5: s two further) dotted into lo and hi, as q + 32."""
+    nibbles (bits bit + 4, bit + 5: s two further) dotted into lo and hi."""
     return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 2),
             idot16_nibh(hi, w, qv, hp, bit + 4, xq, xv + 64, True, 2))
-
-
-@njit(inline="always", cache=True)
-def _group(f, lo, hi, dlo, dhi, alo, ahi, xd, xs, kd, kdh, ks, ksh):  # type: ignore[no-untyped-def]
-    """f plus a group's two sub-blocks: their integer dots scaled by d * scale * xd, and
-    alo, ahi (the mins, or Q6_K's offset) times the activation's sums."""
-    f = vfmai16(f, lo, dlo, at(xd, kd))
-    f = vfmai16(f, hi, dhi, at(xd, kdh))
-    f = vfma16(f, alo, at(xs, ks))
-    return vfma16(f, ahi, at(xs, ksh))
 
 
 @njit(nogil=True, cache=True)

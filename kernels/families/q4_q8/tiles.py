@@ -295,14 +295,9 @@ def tile_rows_impl(kind: int) -> Callable[..., None]:
     return with_type_code(tile_pass(kind))
 
 
-def with_type_code(pass_: Callable[..., None], sums16: bool = False) -> Callable[..., None]:
+def with_type_code(pass_: Callable[..., None]) -> Callable[..., None]:
     """A tile pass taking the type code first and the activation's sums per 32 and per
-    16, as the records' `tiles` do; it gets those per 16 with sums16 (Q6_K)."""
-    if sums16:
-        def impl16(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
-            pass_(w, rb, nb, full, xq, xd, xs16, out, r0, r1)
-        return impl16
-
+    16, as the records' `tiles` do (it passes on those per 32)."""
     def impl(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
         pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1)
     return impl
