@@ -221,15 +221,19 @@ def _nibble_dot(context, builder, sig, args, hi: bool, hmask: int):  # type: ign
     xi = 5 if hmask else 3
     xa, xov = args[xi], args[xi + 1]
     raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
-    u = (builder.lshr(raw, ir.Constant(V64I8, [4] * 64)) if hi
-         else builder.and_(raw, ir.Constant(V64I8, [15] * 64)))
+    # Shifts of qwords and masks only: on Zen 4 a byte shift (vgf2p8affineqb, LLVM's
+    # choice for it) and a rotate each take a cycle of vpdpbusd's pipes, these do not.
+    if hi:
+        raw = builder.bitcast(builder.lshr(builder.bitcast(raw, V8I64), ir.Constant(V8I64, [4] * 8)), V64I8)
+    u = builder.and_(raw, ir.Constant(V64I8, [15] * 64))
     if hmask:
-        # Rotating each qword left by (4 - bit) mod 64 moves bit `bit` of every byte to
-        # its bit 4 (and the next ones along); the mask drops what came from the neighbours.
+        # Shifting each qword right by `bit`, then left by 4, moves bit `bit` of every
+        # byte to its bit 4 (and the next ones along); the mask drops what came from
+        # the neighbours.
         plane = builder.bitcast(_load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, args[3]), 64), V8I64)
-        amount = builder.and_(builder.sub(ir.Constant(I64, 68), _as_i64(builder, args[4])), ir.Constant(I64, 63))
-        rot = _call(builder, "llvm.fshl.v8i64", V8I64, [plane, plane, _splat(builder, amount, V8I64)])
-        u = builder.or_(u, builder.and_(builder.bitcast(rot, V64I8), ir.Constant(V64I8, [hmask] * 64)))
+        down = builder.lshr(plane, _splat(builder, _as_i64(builder, args[4]), V8I64))
+        up = builder.shl(down, ir.Constant(V8I64, [4] * 8))
+        u = builder.or_(u, builder.and_(builder.bitcast(up, V64I8), ir.Constant(V64I8, [hmask] * 64)))
     x4 = _load_bytes(context, builder, sig.args[xi], xa, _as_i64(builder, xov), 4)
     s = builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
     return _dpbusd16(builder, a, u, s)
