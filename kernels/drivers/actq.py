@@ -7,8 +7,8 @@ elements, xs16, for the K-quants whose scales cover 16 elements. The rounding
 error is at most d/2 per element, which gives the SIMD kernels a relative L2 error of
 about 5e-3 against float64; tests/test_kernels.py bounds it.
 
-The types whose ggml vec_dot_type is Q8_K (the i-quants but IQ4_NL, TQ1_0, TQ2_0;
-their records' q8_k) get llama.cpp's q8_K instead: one scale per 256 elements
+The types whose ggml vec_dot_type is Q8_K (Q4_K, Q5_K, Q6_K, the i-quants but IQ4_NL,
+TQ1_0, TQ2_0; their records' q8_k) get llama.cpp's q8_K instead: one scale per 256 elements
 (quantize_x_k), in the same arrays, so every kernel reads both kinds alike;
 quantized_x_for and quantize_rows_for pick by the type.
 """
