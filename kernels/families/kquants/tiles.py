@@ -107,8 +107,10 @@ def kq_tile_kernel(ntok: int, kind: int) -> Callable[..., None]:
     ts = TS[kind]
     six = kind == Q6_K
     groups, per = (8, 4) if six else (4, 8)
-    layout, scales, start, close = (_layout6, _scales6, _start6, _close6) if six else (_layout45, _scales45, _start45,
-                                                                                       _close45)
+    if six:
+        layout, scales, start, close = _layout6, _scales6, _start6, _close6
+    else:
+        layout, scales, start, close = _layout45, _scales45, _start45, _close45
     dots = _dots4 if kind == Q4_K else (_dots5 if kind == Q5_K else _dots6)
 
     @njit(nogil=True, cache=True)
@@ -190,7 +192,8 @@ def _layout6(kind, c, x, g, v):  # type: ignore[no-untyped-def]
     # q6k_vector(16h + 8s0 + 4qt + v) and q6k_vector(32 + 8h + 4qt + v) written out:
     # affine in v, so the compiler steps the addresses instead of recomputing them
     first = c + 32 + 64 * (26 * h + 2 + 12 * qt)
-    return first + 64 * ((2 - s0) * v + 8 * s0), first + 64 * (1 + 2 * v), 2 * s0, x + 128 * h + 32 * s0 + 16 * qt + 4 * v
+    return (first + 64 * ((2 - s0) * v + 8 * s0), first + 64 * (1 + 2 * v), 2 * s0,
+            x + 128 * h + 32 * s0 + 16 * qt + 4 * v)
 
 
 @njit(inline="always", cache=True)
