@@ -89,6 +89,30 @@ def izero16(typingctx):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
+def ifill16(typingctx, s):  # type: ignore[no-untyped-def]
+    """An I32x16 with every lane the int32 s (a broadcast; from memory, one load)."""
+    if not (isinstance(s, types.Integer) and s.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return _splat(builder, args[0], V16I32)
+    return i32x16(s), codegen
+
+
+@intrinsic
+def isum32(typingctx, xq, o):  # type: ignore[no-untyped-def]
+    """The sum of the 32 int8 xq[o:o+32] as an int32 (unchecked)."""
+    if not (_is_bytes(xq) and isinstance(o, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        v16 = ir.VectorType(ir.IntType(16), 32)
+        x = builder.sext(_load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 32), v16)
+        return builder.sext(_call(builder, "llvm.vector.reduce.add.v32i16", ir.IntType(16), [x]), I32)
+    return types.int32(xq, o), codegen
+
+
+@intrinsic
 def iadd16(typingctx, a, b):  # type: ignore[no-untyped-def]
     """a + b, lane by lane, for I32x16 a and b."""
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]

@@ -16,9 +16,9 @@ nibbles 4v + 16 + j, as Q4_0's).
 
 Kernel. Per sub-block, one table lookup (vpshufb) and one vpdpbusd per nibble plane
 and token, with the token's 4 activations broadcast, into 16 int32 lanes, one per
-row; then the sub-block is converted and scaled once for the 16 rows (d times the
-sub-block's 6-bit scale, decoded lane-wise), the table's bias taken off through the
-activation's block sums. Tokens go through a tile 8, 4, 2 and 1 at a time, each
+row, each token's accumulators starting at the table's bias times the token's block
+sum (bias_sums); then the sub-block is converted and scaled once for the 16 rows (d
+times the sub-block's 6-bit scale, decoded lane-wise). Tokens go through a tile 8, 4, 2 and 1 at a time, each
 with its own accumulators and steps, so a token gets the same bits in any batch.
 """
 
@@ -28,39 +28,42 @@ from collections.abc import Callable
 from functools import cache
 
 import numpy as np
-from numallm.kernels.families.iquants.simd import LUT_BIAS, LUT_IQ4NL, idot16_lut, iq4xs_tile_scales
+from numallm.kernels.families.iquants.simd import LUT_IQ4NL, idot16_lut, iq4xs_tile_scales
 from numallm.kernels.families.iquants.tables import KVALUES_IQ4NL
 from numallm.kernels.families.q4_q8.tiles import (
+    IQ4_XS_KIND,
     MAX_TOKENS,
     TILE,
+    block_bias,
     scale_block,
+    start_block,
     store_tokens,
     tile_pass_of,
     with_type_code,
 )
 from numallm.kernels.simd.i32x16 import iadd16, izero16
 from numallm.kernels.simd.scalar import at, load_f16
-from numallm.kernels.simd.vec import vload_f16x16, vmul16, vscale16, vzero16
+from numallm.kernels.simd.vec import vload_f16x16, vmul16, vzero16
 from numba import njit
 
 _TS = 136  # bytes of a super-block
 _SCALES, _QUANTS = 32, 128  # where scales_h and the quant vectors start in a tile's super-block
-_BIAS = np.float32(-LUT_BIAS)
-_OFFSET = LUT_BIAS != 0
+_start = start_block(IQ4_XS_KIND)
 
 
 def iq4xs_tiles() -> Callable[..., None]:
     """The tile pass of IQ4_XS with the type code first (traits' `tiles`); without
     AVX-512 at most 2 tokens a pass."""
     return with_type_code(tile_pass_of(tuple(iq4xs_tile_kernel(min(n, MAX_TOKENS)) for n in (8, 4, 2, 1)),
-                                       MAX_TOKENS))
+                                       MAX_TOKENS), bias=block_bias(IQ4_XS_KIND))
 
 
 @cache
 def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
     """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
     IQ4_XS tile at byte p of w (nb super-blocks) dotted with token t0 + j, j < ntok,
-    from the flat xq, xd, xs of actq (q8_K; token t's blocks of 32 start at 8 nb t)."""
+    from the flat xq, xd of actq (q8_K; token t's blocks of 32 start at 8 nb t) and
+    xs, their bias_sums."""
 
     @njit(nogil=True, cache=True)
     def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
@@ -72,10 +75,21 @@ def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
             x = 256 * (t0 * nb + b)
             for ib in range(8):
                 dl = vmul16(dv, iq4xs_tile_scales(w, c + _SCALES, ib))
-                ml = vscale16(dl, _BIAS)
-                i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
                 q = c + _QUANTS + 256 * ib
                 xo = x + 32 * ib
+                k = xo >> 5  # the token's block of 32 of sub-block ib
+                i0 = _start(xs, k)
+                i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+                if ntok > 1:
+                    i1 = _start(xs, k + bstep)
+                if ntok > 2:
+                    i2 = _start(xs, k + 2 * bstep)
+                    i3 = _start(xs, k + 3 * bstep)
+                if ntok > 4:
+                    i4 = _start(xs, k + 4 * bstep)
+                    i5 = _start(xs, k + 5 * bstep)
+                    i6 = _start(xs, k + 6 * bstep)
+                    i7 = _start(xs, k + 7 * bstep)
                 for v in range(4):
                     qv = q + 64 * v
                     xv = xo + 4 * v
@@ -95,18 +109,17 @@ def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
                         i7 = idot16_lut(i7, w, qv, xq, xv + 7 * step, LUT_IQ4NL)
                 if ntok == 1:
                     i0 = iadd16(i0, i1)
-                k = xo >> 5  # the token's block of 32 of sub-block ib
-                f0 = scale_block(f0, i0, dl, ml, xd, xs, k, _OFFSET)
+                f0 = scale_block(f0, i0, dl, dl, xd, xs, k, False)
                 if ntok > 1:
-                    f1 = scale_block(f1, i1, dl, ml, xd, xs, k + bstep, _OFFSET)
+                    f1 = scale_block(f1, i1, dl, dl, xd, xs, k + bstep, False)
                 if ntok > 2:
-                    f2 = scale_block(f2, i2, dl, ml, xd, xs, k + 2 * bstep, _OFFSET)
-                    f3 = scale_block(f3, i3, dl, ml, xd, xs, k + 3 * bstep, _OFFSET)
+                    f2 = scale_block(f2, i2, dl, dl, xd, xs, k + 2 * bstep, False)
+                    f3 = scale_block(f3, i3, dl, dl, xd, xs, k + 3 * bstep, False)
                 if ntok > 4:
-                    f4 = scale_block(f4, i4, dl, ml, xd, xs, k + 4 * bstep, _OFFSET)
-                    f5 = scale_block(f5, i5, dl, ml, xd, xs, k + 5 * bstep, _OFFSET)
-                    f6 = scale_block(f6, i6, dl, ml, xd, xs, k + 6 * bstep, _OFFSET)
-                    f7 = scale_block(f7, i7, dl, ml, xd, xs, k + 7 * bstep, _OFFSET)
+                    f4 = scale_block(f4, i4, dl, dl, xd, xs, k + 4 * bstep, False)
+                    f5 = scale_block(f5, i5, dl, dl, xd, xs, k + 5 * bstep, False)
+                    f6 = scale_block(f6, i6, dl, dl, xd, xs, k + 6 * bstep, False)
+                    f7 = scale_block(f7, i7, dl, dl, xd, xs, k + 7 * bstep, False)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel

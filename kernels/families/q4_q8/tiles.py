@@ -20,7 +20,13 @@ the matrix) is packed and multiplied on its own.
 
 Kernel. One 64-byte load gives 4 quants of all 16 rows; one vpdpbusd adds their dot
 with one token's 4 activations, broadcast, into 16 int32 lanes (simd/i32x16), and the
-rows' 16 scales are applied with three vector ops per block per token. A row kernel
+rows' 16 scales are applied with three vector ops per block per token (convert, times
+d, times the token's scale). The quants are dotted as unsigned q + bias (Q4_0: the
+nibble is q + 8; IQ4_NL, MXFP4 and Q8_0 with VNNI: + 128), the bias taken back off in
+integers: a block's accumulators start at -bias times the token's sum of the block's
+int8 activations (bias_sums, once per call) rather than at 0 with a float multiply-add
+per block and token after (a tenth of the 8-token pass: benchmarks/README.md, round
+ten). Q4_1's min still goes through the float sums. A row kernel
 (kernels/families/q4_q8/rows.py) spends about five times as many instructions per row
 and token, converting and scaling every block's partial sums per row. Tokens go
 through a tile 8, 4, 2 and 1 at a time (each weight vector loaded and unpacked once
@@ -40,9 +46,9 @@ from numallm.kernels.families.iquants.simd import LUT_BIAS, LUT_IQ4NL, LUT_MXFP4
 from numallm.kernels.families.iquants.tables import E8M0_HALF, KVALUES_IQ4NL, KVALUES_MXFP4
 from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
 from numallm.kernels.simd.cpu import has_avx512
-from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, izero16, vfmai16
+from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, ifill16, isum32, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
-from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
+from numallm.kernels.simd.vec import vfma16, vload_f16x16, vstore16_at, vzero16
 from numba import njit
 
 TILE = 16
@@ -159,9 +165,8 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     ts = _BLOCK_BYTES[kind]
     # byte of a block's quants in its tile chunk
     quants = 64 if kind == Q4_1_KIND else (16 if kind == MXFP4_KIND else 32)
-    # the quants are dotted as q + bias, taken back off through the activation's block sums
-    bias = np.float32(-8.0 if kind == Q4_0_KIND else (-LUT_BIAS if kind in _LUT_KINDS else -Q8_BIAS))
-    offset = kind == Q4_1_KIND or bias != 0
+    offset = kind == Q4_1_KIND  # its min, through the activation's float block sums xs
+    start = start_block(kind)  # the other kinds' xs: bias_sums
     idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (_LUT_DOTS.get(kind, idot16_q4), 4)  # 64-byte vectors a block
     e8m0 = kind == MXFP4_KIND
 
@@ -172,8 +177,20 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
         for b in range(nb):
             c = p + TILE * ts * b
             dv = vload_e8m0x16(w, c) if e8m0 else vload_f16x16(w, c)
-            mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, bias)
-            i0 = i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+            mv = vload_f16x16(w, c + 32) if offset else dv
+            k = x0 + b
+            i0 = start(xs, k)
+            i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+            if ntok > 1:
+                i1 = start(xs, k + nb)
+            if ntok > 2:
+                i2 = start(xs, k + 2 * nb)
+                i3 = start(xs, k + 3 * nb)
+            if ntok > 4:
+                i4 = start(xs, k + 4 * nb)
+                i5 = start(xs, k + 5 * nb)
+                i6 = start(xs, k + 6 * nb)
+                i7 = start(xs, k + 7 * nb)
             q = c + quants
             for v in range(vectors):
                 xo = 32 * (x0 + b) + 4 * v
@@ -191,7 +208,6 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
                     i5 = idot(i5, w, q + 64 * v, xq, xo + 160 * nb)
                     i6 = idot(i6, w, q + 64 * v, xq, xo + 192 * nb)
                     i7 = idot(i7, w, q + 64 * v, xq, xo + 224 * nb)
-            k = x0 + b
             if ntok == 1:
                 i0 = iadd16(i0, i1)
             f0 = scale_block(f0, i0, dv, mv, xd, xs, k, offset)
@@ -226,11 +242,48 @@ def store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7):  # type: ig
         vstore16_at(dst, dr + 7, dc, f7)
 
 
+def block_bias(kind: int) -> int:
+    """The bias the tile kernel of a type kind adds to its quants to dot them as
+    unsigned bytes (Q4_0: 8; IQ4_NL, MXFP4, IQ4_XS: LUT_BIAS; Q8_0: Q8_BIAS); 0 for
+    none (Q4_1, whose min takes the float sums, and the K-quants)."""
+    if kind == Q4_0_KIND:
+        return 8
+    if kind in _LUT_KINDS or kind == IQ4_XS_KIND:
+        return LUT_BIAS
+    return Q8_BIAS if kind == Q8_0_KIND else 0
+
+
+@njit(nogil=True, cache=True)
+def bias_sums(xq, bias):  # type: ignore[no-untyped-def]
+    """-bias times the sum of each block of 32 of the int8 activations xq, as int32:
+    where a bias-dotting kernel's accumulator of that block starts."""
+    sums = np.empty(xq.size // 32, np.int32)
+    for k in range(sums.size):
+        sums[k] = np.int32(-bias) * isum32(xq, 32 * k)
+    return sums
+
+
+@njit(inline="always", cache=True)
+def _start_at(xs, k):  # type: ignore[no-untyped-def]
+    return ifill16(at(xs, k))
+
+
+@njit(inline="always", cache=True)
+def _start_zero(xs, k):  # type: ignore[no-untyped-def]
+    return izero16()
+
+
+def start_block(kind: int) -> Callable[..., object]:
+    """start(xs, k): the int32 accumulators of block k at their start: its bias_sums
+    (xs) where the kind dots with a bias, else zeros."""
+    return _start_at if block_bias(kind) else _start_zero
+
+
 @njit(inline="always", cache=True)
 def scale_block(f, i, dv, mv, xd, xs, k, offset):  # type: ignore[no-untyped-def]
-    """f + float(i) * d * xd[k] + m * xs[k]: one block's integer dots scaled, its offset
-    or min applied through the activation's block sum (where `offset`: none for the
-    signed quants dotted without a bias)."""
+    """f + float(i) * d * xd[k] + m * xs[k]: one block's integer dots scaled, Q4_1's min
+    applied through the activation's block sum where `offset` (the biases are taken off
+    in integers: bias_sums)."""
     f = vfmai16(f, i, dv, at(xd, k))
     if offset:
         f = vfma16(f, mv, at(xs, k))
@@ -292,12 +345,18 @@ def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # 
 
 def tile_rows_impl(kind: int) -> Callable[..., None]:
     """tile_pass of this kind with the type code first (kernels/traits.py's `tiles`)."""
-    return with_type_code(tile_pass(kind))
+    return with_type_code(tile_pass(kind), bias=block_bias(kind))
 
 
-def with_type_code(pass_: Callable[..., None]) -> Callable[..., None]:
+def with_type_code(pass_: Callable[..., None], bias: int = 0) -> Callable[..., None]:
     """A tile pass taking the type code first and the activation's sums per 32 and per
-    16, as the records' `tiles` do (it passes on those per 32)."""
+    16, as the records' `tiles` do (it passes on those per 32, or with a bias the
+    activation's bias_sums instead)."""
+    if bias:
+        def impl_bias(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
+            pass_(w, rb, nb, full, xq, xd, bias_sums(xq, bias), out, r0, r1)
+        return impl_bias
+
     def impl(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
         pass_(w, rb, nb, full, xq, xd, xs, out, r0, r1)
     return impl
