@@ -129,9 +129,9 @@ def _iquant(qtype: T, unpack: Callable[..., None], dot: Callable[..., None], sub
 
 
 def _iquant_tiled(t: TypeTraits, kind: int, pass_: Callable[..., None]) -> TypeTraits:
-    """IQ4_NL, MXFP4, IQ4_XS: tiles of 16 rows (families/q4_q8/tiles.py, IQ4_XS's
-    families/iquants/tiles.py); a matrix's last rows % 16 stay in the file's layout and
-    take the row dots."""
+    """IQ4_NL, MXFP4, IQ4_XS, TQ2_0: tiles of 16 rows (families/q4_q8/tiles.py, IQ4_XS's
+    families/iquants/tiles.py, TQ2_0's families/iquants/ternary.py); a matrix's last
+    rows % 16 stay in the file's layout and take the row dots."""
     return replace(t, layout=TILED, tiles=pass_, tile_kind=kind, batch_invariant=True)
 
 
@@ -205,8 +205,10 @@ TRAITS: tuple[TypeTraits, ...] = (
                   tiles.IQ4_XS_KIND, iqt.iq4xs_tiles()),
     _iquant(T.TQ1_0, iqb.unpack_tq1_0,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq1_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
-    _iquant(T.TQ2_0, iqb.unpack_tq2_0,
-            lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq2_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
+    _iquant_tiled(_iquant(T.TQ2_0, iqb.unpack_tq2_0,
+                          lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
+                          tq.rows_tq2_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
+                  tiles.TQ2_0_KIND, tq.tq2_tiles()),
     _iquant_tiled(_iquant(T.MXFP4, iqb.unpack_mxfp4,
                           lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
                           iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1), 32, 12, q8_k=False),

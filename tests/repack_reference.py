@@ -14,7 +14,7 @@ from numallm.kernels.traits import TILED_KINDS as KINDS
 
 # The scale fields (bytes each) before the quant words of the tiled types that are not
 # grouped: their last rows % 16 stay as the file has them.
-TILE_FIELDS = {T.Q4_K: (2, 2), T.Q5_K: (2, 2), T.IQ4_NL: (2,), T.MXFP4: (1,), T.IQ4_XS: (2, 2)}
+TILE_FIELDS = {T.Q4_K: (2, 2), T.Q5_K: (2, 2), T.IQ4_NL: (2,), T.MXFP4: (1,), T.IQ4_XS: (2, 2), T.TQ2_0: (2,)}
 
 
 def _regroup(blocks: np.ndarray, fields: tuple[int, ...], nibbles: bool) -> np.ndarray:
@@ -56,6 +56,8 @@ def _tiled(qtype: T, raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
     4-byte words, word-major."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     blocks = raw.reshape(rows // TILE, TILE, cols // bs, ts).transpose(0, 2, 1, 3)  # [tile, block, row, bytes]
+    if qtype == T.TQ2_0:  # d (the block's last 2 bytes) first
+        blocks = np.concatenate([blocks[..., 64:], blocks[..., :64]], axis=-1)
     if qtype == T.Q6_K:  # d (the block's last 2 bytes) first, then its 52 words in the kernel's read order
         order = np.argsort([q6k_vector.py_func(v) for v in range(52)])
         blocks = np.concatenate([blocks[..., 208:], blocks[..., :208].reshape(*blocks.shape[:3], 52, 4)[..., order, :]

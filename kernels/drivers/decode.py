@@ -14,9 +14,18 @@ from __future__ import annotations
 import numpy as np
 from numallm.kernels.drivers.by_type import by_type
 from numallm.kernels.drivers.unpack import unpack_row
+from numallm.kernels.families.iquants.ternary import decode_tiled_tq2
 from numallm.kernels.families.iquants.tiles import decode_tiled_iq4xs
 from numallm.kernels.families.kquants.tiles import decode_tiled_kq, decode_tiled_q6k
-from numallm.kernels.families.q4_q8.tiles import IQ4_XS_KIND, Q4_K_KIND, Q5_K_KIND, Q6_K_KIND, TILE, decode_tiled
+from numallm.kernels.families.q4_q8.tiles import (
+    IQ4_XS_KIND,
+    Q4_K_KIND,
+    Q5_K_KIND,
+    Q6_K_KIND,
+    TILE,
+    TQ2_0_KIND,
+    decode_tiled,
+)
 from numallm.kernels.traits import TRAITS, geometry, row_geometry, sub_size, tile_kind, tiled_part
 from numba import njit
 
@@ -58,6 +67,8 @@ def get_rows(qcode, w, rows, cols, ids, out):  # type: ignore[no-untyped-def]
             decode_tiled_kq(tile_kind(qcode) == Q5_K_KIND, w, (r - r % TILE) * rb, r % TILE, nb, out[i])
         elif r < full and tile_kind(qcode) == IQ4_XS_KIND:
             decode_tiled_iq4xs(w, (r - r % TILE) * rb, r % TILE, nb, out[i])
+        elif r < full and tile_kind(qcode) == TQ2_0_KIND:
+            decode_tiled_tq2(w, (r - r % TILE) * rb, r % TILE, nb, out[i])
         elif r < full:
             decode_tiled(tile_kind(qcode), w, (r - r % TILE) * rb, r % TILE, nb, out[i])
         else:

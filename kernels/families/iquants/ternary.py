@@ -10,15 +10,56 @@ u_{n+1}, sum(digit x) = (3 sum(u_n x) - sum(u_{n+1} x)) / 256 exactly: with VNNI
 plain LLVM) two dots of bytes we have anyway (u_{n+1} is the next digit's u) replace
 the digit extraction. vpmaddubsw (AVX2 without VNNI) would saturate on u up to 255,
 so that path extracts the digits (in 16-bit lanes).
+
+TQ2_0's matrices go by tiles of 16 rows, as Q4_0's (kernels/families/q4_q8/tiles.py,
+whose packer and tile pass they take; a matrix's last rows % 16 stay in the file's
+layout and take the row dot). A tile holds, for each super-block in turn,
+
+    [d x 16 float16] [16 vectors of 64 bytes]
+
+where byte 4i + j of vector v is byte 4v + j of row i's quants: its 4 planes of 2 bits
+(bits 2s) are elements 128 (v // 8) + 32 s + 4 (v % 8) + j. Per vector and token, four
+vpdpbusd of a plane of the 16 rows (unpacked once for all the pass's tokens) with the
+token's 4 activations broadcast; the + 1 comes off in integers (the accumulators start
+at minus the token's sum over the super-block, bias_sums) and a super-block is scaled
+once: 64 vpdpbusd to one convert and two float ops, where the unpacking int8 GEMM
+(drivers/gemm_int8.py) spent three float ops per 8 and unpacked each tile per call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
+
 import numpy as np
 from llvmlite import ir
+from numallm.kernels.families.q4_q8.tiles import (
+    MAX_TOKENS,
+    TILE,
+    TQ2_0_KIND,
+    block_bias,
+    store_tokens,
+    tile_pass_of,
+    with_type_code,
+)
 from numallm.kernels.simd.cpu import has_avx2, has_vnni256
+from numallm.kernels.simd.i32x16 import V64I8, _broadcast4, _dpbusd16, i32x16, iadd16, ifill16, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16
-from numallm.kernels.simd.vec import V8I32, V32I8, _as_i64, _call, _dot_u8s8, _is_bytes, _load_bytes, i32x8, vfma, vhsum, vzero
+from numallm.kernels.simd.vec import (
+    V8I32,
+    V32I8,
+    _as_i64,
+    _call,
+    _dot_u8s8,
+    _is_bytes,
+    _load_bytes,
+    i32x8,
+    vfma,
+    vhsum,
+    vload_f16x16,
+    vzero,
+    vzero16,
+)
 from numba import njit
 from numba.extending import intrinsic, register_jitable
 
@@ -156,3 +197,116 @@ def _tq1_0(w, p, xq, xo):  # type: ignore[no-untyped-def]
 
 rows_tq2_0 = _tq_rows(_tq2_0, 66, 64, np.float32(1))
 rows_tq1_0 = _tq_rows(_tq1_0, 54, 52, TQ1_UNIT)
+
+
+@intrinsic
+def idot16_tq2(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+    """acc plus, for the 16 rows of a vector of a TQ2_0 tile (lane i = 4 bytes of row i,
+    plane s = bits 2s), the dot of plane s with xq[xo + 32 s: xo + 32 s + 4], s < 4."""
+    if not (_is_bytes(w) and _is_bytes(xq)):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        a, wa, pv, xa, xov = args
+        raw = _load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, pv), 64)
+        i64 = ir.IntType(64)
+        for s in range(4):
+            u = builder.and_(builder.lshr(raw, ir.Constant(V64I8, [2 * s] * 64)), ir.Constant(V64I8, [3] * 64))
+            x = _broadcast4(context, builder, sig.args[3], xa, builder.add(_as_i64(builder, xov), ir.Constant(i64, 32 * s)))
+            a = _dpbusd16(builder, a, u, x)
+        return a
+    return i32x16(i32x16, w, p, xq, xo), codegen
+
+
+_TQ2_TS = 66  # bytes of a super-block
+
+
+def tq2_tiles() -> Callable[..., None]:
+    """The tile pass of TQ2_0 with the type code first (traits' `tiles`); without
+    AVX-512 at most 2 tokens a pass."""
+    return with_type_code(tile_pass_of(tuple(tq2_tile_kernel(min(n, MAX_TOKENS)) for n in (8, 4, 2, 1)),
+                                       MAX_TOKENS), bias=block_bias(TQ2_0_KIND))
+
+
+@register_jitable(inline="always")
+def _start256(xs, k):  # type: ignore[no-untyped-def]
+    """A super-block's accumulators at their start: the sum of its 8 bias_sums."""
+    s = at(xs, k) + at(xs, k + 1) + at(xs, k + 2) + at(xs, k + 3)
+    return ifill16(np.int32(s + at(xs, k + 4) + at(xs, k + 5) + at(xs, k + 6) + at(xs, k + 7)))
+
+
+@cache
+def tq2_tile_kernel(ntok: int) -> Callable[..., None]:
+    """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
+    TQ2_0 tile at byte p of w (nb super-blocks) dotted with token t0 + j, j < ntok,
+    from the flat xq, xd of actq (q8_K; token t's blocks of 32 start at 8 nb t) and
+    xs, their bias_sums."""
+
+    @njit(nogil=True, cache=True)
+    def kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc):  # type: ignore[no-untyped-def]
+        f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = vzero16()
+        step, bstep = 256 * nb, 8 * nb  # xq bytes and blocks of 32 from one token to the next
+        for b in range(nb):
+            c = p + TILE * _TQ2_TS * b
+            dv = vload_f16x16(w, c)
+            x = 256 * (t0 * nb + b)
+            k = x >> 5
+            i0 = _start256(xs, k)
+            i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+            if ntok > 1:
+                i1 = _start256(xs, k + bstep)
+            if ntok > 2:
+                i2 = _start256(xs, k + 2 * bstep)
+                i3 = _start256(xs, k + 3 * bstep)
+            if ntok > 4:
+                i4 = _start256(xs, k + 4 * bstep)
+                i5 = _start256(xs, k + 5 * bstep)
+                i6 = _start256(xs, k + 6 * bstep)
+                i7 = _start256(xs, k + 7 * bstep)
+            for v in range(16):
+                qv = c + 2 * TILE + 64 * v
+                xv = x + 128 * (v >> 3) + 4 * (v & 7)
+                if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
+                    i1 = idot16_tq2(i1, w, qv, xq, xv)
+                else:
+                    i0 = idot16_tq2(i0, w, qv, xq, xv)
+                if ntok > 1:
+                    i1 = idot16_tq2(i1, w, qv, xq, xv + step)
+                if ntok > 2:
+                    i2 = idot16_tq2(i2, w, qv, xq, xv + 2 * step)
+                    i3 = idot16_tq2(i3, w, qv, xq, xv + 3 * step)
+                if ntok > 4:
+                    i4 = idot16_tq2(i4, w, qv, xq, xv + 4 * step)
+                    i5 = idot16_tq2(i5, w, qv, xq, xv + 5 * step)
+                    i6 = idot16_tq2(i6, w, qv, xq, xv + 6 * step)
+                    i7 = idot16_tq2(i7, w, qv, xq, xv + 7 * step)
+            if ntok == 1:
+                i0 = iadd16(i0, i1)
+            f0 = vfmai16(f0, i0, dv, at(xd, k))
+            if ntok > 1:
+                f1 = vfmai16(f1, i1, dv, at(xd, k + bstep))
+            if ntok > 2:
+                f2 = vfmai16(f2, i2, dv, at(xd, k + 2 * bstep))
+                f3 = vfmai16(f3, i3, dv, at(xd, k + 3 * bstep))
+            if ntok > 4:
+                f4 = vfmai16(f4, i4, dv, at(xd, k + 4 * bstep))
+                f5 = vfmai16(f5, i5, dv, at(xd, k + 5 * bstep))
+                f6 = vfmai16(f6, i6, dv, at(xd, k + 6 * bstep))
+                f7 = vfmai16(f7, i7, dv, at(xd, k + 7 * bstep))
+        store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
+
+    return kernel
+
+
+@njit(nogil=True, cache=True)
+def decode_tiled_tq2(w, p, i, nb, y):  # type: ignore[no-untyped-def]
+    """Row i of the TQ2_0 tile at byte p as float32 into y, as ggml's dequantizer
+    computes it: d * (q - 1)."""
+    for b in range(nb):
+        c = p + TILE * _TQ2_TS * b
+        d = load_f16(w, c + 2 * i)
+        for v in range(16):
+            for j in range(4):
+                byte = np.int32(at(w, c + 2 * TILE + 64 * v + 4 * i + j))
+                for s in range(4):
+                    y[256 * b + 128 * (v >> 3) + 32 * s + 4 * (v & 7) + j] = d * np.float32(((byte >> (2 * s)) & 3) - 1)

@@ -1,7 +1,7 @@
 """The tiled layout of Q4_0, Q4_1, Q8_0, IQ4_NL and MXFP4 and its kernel: any number of
 tokens, the same bits for each token whatever the batch. The packer and the tile pass
-serve the tiled K-quants and IQ4_XS too (kernels/families/kquants/tiles.py,
-kernels/families/iquants/tiles.py).
+serve the tiled K-quants, IQ4_XS and TQ2_0 too (kernels/families/kquants/tiles.py,
+kernels/families/iquants/tiles.py, kernels/families/iquants/ternary.py).
 
 Layout. A matrix's rows go by tiles of TILE = 16 (its last rows % 16 rows keep the
 grouped layout of kernels/families/q4_q8/grouped.py and its row kernels; IQ4_NL's and
@@ -59,7 +59,8 @@ Q4_0_KIND, Q4_1_KIND, Q8_0_KIND = 0, 1, 2
 Q4_K_KIND, Q5_K_KIND, Q6_K_KIND = 3, 4, 5  # their kernels and decoder: kernels/families/kquants/tiles.py
 IQ4_NL_KIND, MXFP4_KIND = 6, 7  # Q4_0's tiles with a table lookup (MXFP4: an E8M0 byte for d)
 IQ4_XS_KIND = 8  # its kernel and decoder: kernels/families/iquants/tiles.py
-_BLOCK_BYTES = (18, 20, 34, 144, 176, 210, 18, 17, 136)  # by kind
+TQ2_0_KIND = 9  # its kernel and decoder: kernels/families/iquants/ternary.py
+_BLOCK_BYTES = (18, 20, 34, 144, 176, 210, 18, 17, 136, 66)  # by kind
 _LUT_KINDS = {IQ4_NL_KIND: LUT_IQ4NL, MXFP4_KIND: LUT_MXFP4}
 
 
@@ -82,11 +83,13 @@ def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibble
             _pack_tiles_of(src, dst, tiles, nb, 176, 2, 2, 0)
         elif kind == Q6_K_KIND:  # d (the block's last 2 bytes), then its 52 words in the kernel's order (q6k_vector)
             _pack_tiles_of(src, dst, tiles, nb, 210, 1, 2, 208)
+        elif kind == TQ2_0_KIND:  # d (the block's last 2 bytes), then its 16 words
+            _pack_tiles_of(src, dst, tiles, nb, 66, 1, 2, 64)
         elif kind == IQ4_NL_KIND:
             _pack_tiles_of(src, dst, tiles, nb, 18, 1, 2, 0)
         elif kind == MXFP4_KIND:  # a one-byte exponent, then 4 words of quants
             _pack_tiles_of(src, dst, tiles, nb, 17, 1, 1, 0)
-        else:  # IQ4_XS: d and scales_h, then a word of scales_l and 32 of quants
+        elif kind == IQ4_XS_KIND:  # d and scales_h, then a word of scales_l and 32 of quants
             _pack_tiles_of(src, dst, tiles, nb, 136, 2, 2, 0)
     if grouped:
         o = tiles * TILE * nb * 2 * tw
@@ -96,8 +99,8 @@ def pack_tiles_and_groups(src, dst, tiles, grouped, nb, kind, tw, fields, nibble
 @njit(inline="always", cache=True)
 def _pack_tiles_of(src, dst, tiles, nb, ts, fields, fw, at_byte):  # type: ignore[no-untyped-def]
     """_pack_tiles for blocks of ts bytes with `fields` scales of fw bytes (2: float16;
-    1: MXFP4's exponent) at byte at_byte: the block's start, or its end (Q6_K, whose
-    words go in q6k_vector's order); the rest of the block is 4-byte words."""
+    1: MXFP4's exponent) at byte at_byte: the block's start, or its end (TQ2_0, and
+    Q6_K, whose words go in q6k_vector's order); the rest of the block is 4-byte words."""
     words = (ts - fw * fields) // 4
     first = fw * fields if at_byte == 0 else 0  # where the words start
     rb = nb * ts
@@ -119,7 +122,7 @@ def _pack_tiles_of(src, dst, tiles, nb, ts, fields, fw, at_byte):  # type: ignor
                     else:
                         dst[o + TILE * f + i] = scratch[s + at_byte + f]
                 for v in range(words):
-                    to = q6k_vector(v) if at_byte else v
+                    to = q6k_vector(v) if ts == 210 else v  # Q6_K's read order
                     move4(dst, o + TILE * fw * fields + 64 * to + 4 * i, scratch, s + first + 4 * v)
 
 
@@ -244,10 +247,12 @@ def store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7):  # type: ig
 
 def block_bias(kind: int) -> int:
     """The bias the tile kernel of a type kind adds to its quants to dot them as
-    unsigned bytes (Q4_0: 8; IQ4_NL, MXFP4, IQ4_XS: LUT_BIAS; Q8_0: Q8_BIAS); 0 for
-    none (Q4_1, whose min takes the float sums, and the K-quants)."""
+    unsigned bytes (Q4_0: 8; TQ2_0: 1; IQ4_NL, MXFP4, IQ4_XS: LUT_BIAS; Q8_0: Q8_BIAS);
+    0 for none (Q4_1, whose min takes the float sums, and the K-quants)."""
     if kind == Q4_0_KIND:
         return 8
+    if kind == TQ2_0_KIND:
+        return 1
     if kind in _LUT_KINDS or kind == IQ4_XS_KIND:
         return LUT_BIAS
     return Q8_BIAS if kind == Q8_0_KIND else 0
