@@ -26,18 +26,19 @@ Layout of this package (docs/adding-a-type.md walks through adding a type):
 - jit.py, ops.py, formats.py: the entry points above.
 
 Design (issue 5):
-- Layout. Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and Q6_K rows are interleaved at load by
-  tiles of 16 rows; a matrix's last rows % 16 (but the K-quants', kept as in the
-  file), and Q5_0 and Q5_1 rows, are regrouped into groups of 8 blocks, whose scales
-  convert and scale 8 at a time; Q2_K, Q3_K, the i-quants and the float types are
-  read as the file stores them (zero-copy pack). Rows keep their size and place
+- Layout. Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4 and TQ2_0 rows
+  are interleaved at load by tiles of 16 rows; a matrix's last rows % 16 of Q4_0,
+  Q4_1 and Q8_0, and Q5_0 and Q5_1 rows, are regrouped into groups of 8 blocks, whose
+  scales convert and scale 8 at a time; Q2_K, Q3_K, the other i-quants, TQ1_0, the
+  float types and the other tiled types' last rows % 16 are read as the file stores
+  them (zero-copy pack). Rows keep their size and place
   by tiles, so packed_nbytes is the file's and row_group is where a shard may start.
   pack runs compiled, in place or into another buffer, without the GIL (the loader's
   reading threads pack what they read).
-- Tiled types. One kernel per family (families/q4_q8/tiles.py, families/kquants/tiles.py)
-  multiplies a tile by 8, 4, 2 or 1 tokens at a time, each token in its own
-  accumulators: any batch, decode or prefill, gives each token the
-  bits it gets alone.
+- Tiled types. One kernel per family (families/q4_q8/tiles.py, families/kquants/tiles.py,
+  families/iquants/tiles.py and ternary.py) multiplies a tile by 8, 4, 2 or 1 tokens
+  at a time, each token in its own accumulators: any batch, decode or prefill, gives
+  each token the bits it gets alone.
 - matvec quantizes x to int8 blocks of 32 (llama.cpp's q8_0/q8_1, drivers/actq.py)
   and runs integer dot products as LLVM vector IR (vpdpbusd with VNNI,
   vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is that of

@@ -211,7 +211,7 @@ def test_parallel_threads_on_disjoint_rows_match_one_thread() -> None:
 
 def test_pack_keeps_sizes_and_shards_by_rows() -> None:
     for qtype in ALL_TYPES:
-        tiled = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4)
+        tiled = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.TQ2_0)
         assert K.row_group(qtype) == (16 if qtype in tiled else 1)
         assert K.packed_nbytes(qtype, 10, 512) == make_weight(qtype, 10, 512).nbytes
     # File-layout types pack with zero copy; grouped ones fill `out`.
