@@ -22,11 +22,11 @@ Kernel. One 64-byte load gives 4 quants of all 16 rows; one vpdpbusd adds their 
 with one token's 4 activations, broadcast, into 16 int32 lanes (simd/i32x16), and the
 rows' 16 scales are applied with three vector ops per block per token (convert, times
 d, times the token's scale). The quants are dotted as unsigned q + bias (Q4_0: the
-nibble is q + 8; IQ4_NL, MXFP4 and Q8_0 with VNNI: + 128), the bias taken back off in
+nibble is q + 8; IQ4_NL and MXFP4 with VNNI: + 128), the bias taken back off in
 integers: a block's accumulators start at -bias times the token's sum of the block's
 int8 activations (bias_sums, once per call) rather than at 0 with a float multiply-add
 per block and token after (a tenth of the 8-token pass: benchmarks/README.md, round
-ten). Q4_1's min still goes through the float sums. A row kernel
+ten). Q4_1's min and Q8_0's + 128 still go through the float sums. A row kernel
 (kernels/families/q4_q8/rows.py) spends about five times as many instructions per row
 and token, converting and scaling every block's partial sums per row. Tokens go
 through a tile 8, 4, 2 and 1 at a time (each weight vector loaded and unpacked once
@@ -48,7 +48,7 @@ from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
 from numallm.kernels.simd.cpu import has_avx512
 from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, ifill16, isum32, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
-from numallm.kernels.simd.vec import vfma16, vload_f16x16, vstore16_at, vzero16
+from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
 from numba import njit
 
 TILE = 16
@@ -168,8 +168,10 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     ts = _BLOCK_BYTES[kind]
     # byte of a block's quants in its tile chunk
     quants = 64 if kind == Q4_1_KIND else (16 if kind == MXFP4_KIND else 32)
-    offset = kind == Q4_1_KIND  # its min, through the activation's float block sums xs
-    start = start_block(kind)  # the other kinds' xs: bias_sums
+    # Q4_1's min and Q8_0's bias go through the activation's float block sums xs, the
+    # other kinds' bias through bias_sums (xs for them)
+    offset = kind == Q4_1_KIND or (kind == Q8_0_KIND and Q8_BIAS != 0)
+    start = start_block(kind)
     idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (_LUT_DOTS.get(kind, idot16_q4), 4)  # 64-byte vectors a block
     e8m0 = kind == MXFP4_KIND
 
@@ -180,7 +182,7 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
         for b in range(nb):
             c = p + TILE * ts * b
             dv = vload_e8m0x16(w, c) if e8m0 else vload_f16x16(w, c)
-            mv = vload_f16x16(w, c + 32) if offset else dv
+            mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, np.float32(-Q8_BIAS))
             k = x0 + b
             i0 = start(xs, k)
             i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
@@ -247,15 +249,15 @@ def store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7):  # type: ig
 
 def block_bias(kind: int) -> int:
     """The bias the tile kernel of a type kind adds to its quants to dot them as
-    unsigned bytes (Q4_0: 8; TQ2_0: 1; IQ4_NL, MXFP4, IQ4_XS: LUT_BIAS; Q8_0: Q8_BIAS);
-    0 for none (Q4_1, whose min takes the float sums, and the K-quants)."""
+    unsigned bytes and takes off in integers (Q4_0: 8; TQ2_0: 1; IQ4_NL, MXFP4, IQ4_XS:
+    LUT_BIAS); 0 for none: Q4_1, whose min takes the float sums, the K-quants, and
+    Q8_0, whose Q8_BIAS takes them too (in integers its one-token pass ran 10% slower
+    from L3, benchmarks/README.md, round ten)."""
     if kind == Q4_0_KIND:
         return 8
     if kind == TQ2_0_KIND:
         return 1
-    if kind in _LUT_KINDS or kind == IQ4_XS_KIND:
-        return LUT_BIAS
-    return Q8_BIAS if kind == Q8_0_KIND else 0
+    return LUT_BIAS if kind in _LUT_KINDS or kind == IQ4_XS_KIND else 0
 
 
 @njit(nogil=True, cache=True)
@@ -287,8 +289,8 @@ def start_block(kind: int) -> Callable[..., object]:
 @njit(inline="always", cache=True)
 def scale_block(f, i, dv, mv, xd, xs, k, offset):  # type: ignore[no-untyped-def]
     """f + float(i) * d * xd[k] + m * xs[k]: one block's integer dots scaled, Q4_1's min
-    applied through the activation's block sum where `offset` (the biases are taken off
-    in integers: bias_sums)."""
+    or Q8_0's bias applied through the activation's block sum where `offset` (the
+    other biases are taken off in integers: bias_sums)."""
     f = vfmai16(f, i, dv, at(xd, k))
     if offset:
         f = vfma16(f, mv, at(xs, k))
