@@ -202,13 +202,13 @@ TRAITS: tuple[TypeTraits, ...] = (
     _iquant_tiled(_iquant(T.IQ4_XS, iqb.unpack_iq4_xs,
                           lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
                           iq.rows_iq4_xs(w, rb, nb, xq, xd, out, r0, r1), 32, 128),
-                  tiles.IQ4_XS_KIND, iqt.iq4xs_tiles()),
+                  tiles.IQ4_XS_KIND, tiles.tile_rows_of(iqt.iq4xs_tile_kernel, tiles.IQ4_XS_KIND)),
     _iquant(T.TQ1_0, iqb.unpack_tq1_0,
             lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1: tq.rows_tq1_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
     _iquant_tiled(_iquant(T.TQ2_0, iqb.unpack_tq2_0,
                           lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
                           tq.rows_tq2_0(w, rb, nb, xq, xd, xs, out, r0, r1), 32, 1),
-                  tiles.TQ2_0_KIND, tq.tq2_tiles()),
+                  tiles.TQ2_0_KIND, tiles.tile_rows_of(tq.tq2_tile_kernel, tiles.TQ2_0_KIND)),
     _iquant_tiled(_iquant(T.MXFP4, iqb.unpack_mxfp4,
                           lambda q, w, rb, nb, xq, xd, xs, xs16, out, r0, r1:
                           iq.rows_iq4_nl(w, rb, nb, True, xq, xd, out, r0, r1), 32, 12, q8_k=False),

@@ -33,15 +33,7 @@ from functools import cache
 
 import numpy as np
 from llvmlite import ir
-from numallm.kernels.families.q4_q8.tiles import (
-    MAX_TOKENS,
-    TILE,
-    TQ2_0_KIND,
-    block_bias,
-    store_tokens,
-    tile_pass_of,
-    with_type_code,
-)
+from numallm.kernels.families.q4_q8.tiles import TILE, store_tokens
 from numallm.kernels.simd.cpu import has_avx2, has_vnni256
 from numallm.kernels.simd.i32x16 import V64I8, _broadcast4, _dpbusd16, i32x16, iadd16, ifill16, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16
@@ -219,13 +211,6 @@ def idot16_tq2(typingctx, acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
 
 
 _TQ2_TS = 66  # bytes of a super-block
-
-
-def tq2_tiles() -> Callable[..., None]:
-    """The tile pass of TQ2_0 with the type code first (traits' `tiles`); without
-    AVX-512 at most 2 tokens a pass."""
-    return with_type_code(tile_pass_of(tuple(tq2_tile_kernel(min(n, MAX_TOKENS)) for n in (8, 4, 2, 1)),
-                                       MAX_TOKENS), bias=block_bias(TQ2_0_KIND))
 
 
 @register_jitable(inline="always")

@@ -32,14 +32,10 @@ from numallm.kernels.families.iquants.simd import LUT_IQ4NL, idot16_lut, iq4xs_t
 from numallm.kernels.families.iquants.tables import KVALUES_IQ4NL
 from numallm.kernels.families.q4_q8.tiles import (
     IQ4_XS_KIND,
-    MAX_TOKENS,
     TILE,
-    block_bias,
     scale_block,
     start_block,
     store_tokens,
-    tile_pass_of,
-    with_type_code,
 )
 from numallm.kernels.simd.i32x16 import iadd16, izero16
 from numallm.kernels.simd.scalar import at, load_f16
@@ -49,13 +45,6 @@ from numba import njit
 _TS = 136  # bytes of a super-block
 _SCALES, _QUANTS = 32, 128  # where scales_h and the quant vectors start in a tile's super-block
 _start = start_block(IQ4_XS_KIND)
-
-
-def iq4xs_tiles() -> Callable[..., None]:
-    """The tile pass of IQ4_XS with the type code first (traits' `tiles`); without
-    AVX-512 at most 2 tokens a pass."""
-    return with_type_code(tile_pass_of(tuple(iq4xs_tile_kernel(min(n, MAX_TOKENS)) for n in (8, 4, 2, 1)),
-                                       MAX_TOKENS), bias=block_bias(IQ4_XS_KIND))
 
 
 @cache

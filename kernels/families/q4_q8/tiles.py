@@ -25,7 +25,7 @@ d, times the token's scale). The quants are dotted as unsigned q + bias (Q4_0: t
 nibble is q + 8; IQ4_NL and MXFP4 with VNNI: + 128), the bias taken back off in
 integers: a block's accumulators start at -bias times the token's sum of the block's
 int8 activations (bias_sums, once per call) rather than at 0 with a float multiply-add
-per block and token after (a tenth of the 8-token pass: benchmarks/README.md, round
+per block and token after (7-10% of the pass's time: benchmarks/README.md, round
 ten). Q4_1's min and Q8_0's + 128 still go through the float sums. A row kernel
 (kernels/families/q4_q8/rows.py) spends about five times as many instructions per row
 and token, converting and scaling every block's partial sums per row. Tokens go
@@ -122,7 +122,7 @@ def _pack_tiles_of(src, dst, tiles, nb, ts, fields, fw, at_byte):  # type: ignor
                     else:
                         dst[o + TILE * f + i] = scratch[s + at_byte + f]
                 for v in range(words):
-                    to = q6k_vector(v) if ts == 210 else v  # Q6_K's read order
+                    to = q6k_vector(v) if ts == _BLOCK_BYTES[Q6_K_KIND] else v
                     move4(dst, o + TILE * fw * fields + 64 * to + 4 * i, scratch, s + first + 4 * v)
 
 
@@ -353,6 +353,14 @@ def _tile(kernel, nt, w, p, nb, xq, xd, xs, t, out, res, whole, g0, lo, hi):  # 
 def tile_rows_impl(kind: int) -> Callable[..., None]:
     """tile_pass of this kind with the type code first (kernels/traits.py's `tiles`)."""
     return with_type_code(tile_pass(kind), bias=block_bias(kind))
+
+
+def tile_rows_of(kernel_for: Callable[[int], Callable[..., None]], kind: int) -> Callable[..., None]:
+    """The tile pass over kernel_for(ntok) (tile_kernel's signature) of a kind with a
+    family module of its own (IQ4_XS, TQ2_0), with the type code first; without
+    AVX-512 at most 2 tokens a pass."""
+    kernels = tuple(kernel_for(min(n, MAX_TOKENS)) for n in (8, 4, 2, 1))
+    return with_type_code(tile_pass_of(kernels, MAX_TOKENS), bias=block_bias(kind))
 
 
 def with_type_code(pass_: Callable[..., None], bias: int = 0) -> Callable[..., None]:
