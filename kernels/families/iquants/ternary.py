@@ -33,9 +33,9 @@ from functools import cache
 
 import numpy as np
 from llvmlite import ir
-from numallm.kernels.families.q4_q8.tiles import TILE, store_tokens
+from numallm.kernels.families.q4_q8.tiles import TILE, dot_tokens, scale_tokens, start_tokens, store_tokens
 from numallm.kernels.simd.cpu import has_avx2, has_vnni256
-from numallm.kernels.simd.i32x16 import V64I8, _broadcast4, _dpbusd16, i32x16, iadd16, ifill16, izero16, vfmai16
+from numallm.kernels.simd.i32x16 import V64I8, _broadcast4, _dpbusd16, i32x16, ifill16
 from numallm.kernels.simd.scalar import at, load_f16
 from numallm.kernels.simd.vec import (
     V8I32,
@@ -220,6 +220,10 @@ def _start256(xs, k):  # type: ignore[no-untyped-def]
     return ifill16(np.int32(s + at(xs, k + 4) + at(xs, k + 5) + at(xs, k + 6) + at(xs, k + 7)))
 
 
+_starts = start_tokens(_start256)
+_dots = dot_tokens(idot16_tq2)
+
+
 @cache
 def tq2_tile_kernel(ntok: int) -> Callable[..., None]:
     """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
@@ -236,48 +240,12 @@ def tq2_tile_kernel(ntok: int) -> Callable[..., None]:
             dv = vload_f16x16(w, c)
             x = 256 * (t0 * nb + b)
             k = x >> 5
-            i0 = _start256(xs, k)
-            i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
-            if ntok > 1:
-                i1 = _start256(xs, k + bstep)
-            if ntok > 2:
-                i2 = _start256(xs, k + 2 * bstep)
-                i3 = _start256(xs, k + 3 * bstep)
-            if ntok > 4:
-                i4 = _start256(xs, k + 4 * bstep)
-                i5 = _start256(xs, k + 5 * bstep)
-                i6 = _start256(xs, k + 6 * bstep)
-                i7 = _start256(xs, k + 7 * bstep)
+            i0, i1, i2, i3, i4, i5, i6, i7 = _starts(xs, k, bstep, ntok)
             for v in range(16):
-                qv = c + 2 * TILE + 64 * v
-                xv = x + 128 * (v >> 3) + 4 * (v & 7)
-                if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
-                    i1 = idot16_tq2(i1, w, qv, xq, xv)
-                else:
-                    i0 = idot16_tq2(i0, w, qv, xq, xv)
-                if ntok > 1:
-                    i1 = idot16_tq2(i1, w, qv, xq, xv + step)
-                if ntok > 2:
-                    i2 = idot16_tq2(i2, w, qv, xq, xv + 2 * step)
-                    i3 = idot16_tq2(i3, w, qv, xq, xv + 3 * step)
-                if ntok > 4:
-                    i4 = idot16_tq2(i4, w, qv, xq, xv + 4 * step)
-                    i5 = idot16_tq2(i5, w, qv, xq, xv + 5 * step)
-                    i6 = idot16_tq2(i6, w, qv, xq, xv + 6 * step)
-                    i7 = idot16_tq2(i7, w, qv, xq, xv + 7 * step)
-            if ntok == 1:
-                i0 = iadd16(i0, i1)
-            f0 = vfmai16(f0, i0, dv, at(xd, k))
-            if ntok > 1:
-                f1 = vfmai16(f1, i1, dv, at(xd, k + bstep))
-            if ntok > 2:
-                f2 = vfmai16(f2, i2, dv, at(xd, k + 2 * bstep))
-                f3 = vfmai16(f3, i3, dv, at(xd, k + 3 * bstep))
-            if ntok > 4:
-                f4 = vfmai16(f4, i4, dv, at(xd, k + 4 * bstep))
-                f5 = vfmai16(f5, i5, dv, at(xd, k + 5 * bstep))
-                f6 = vfmai16(f6, i6, dv, at(xd, k + 6 * bstep))
-                f7 = vfmai16(f7, i7, dv, at(xd, k + 7 * bstep))
+                i0, i1, i2, i3, i4, i5, i6, i7 = _dots(i0, i1, i2, i3, i4, i5, i6, i7, ntok, v, w, c + 2 * TILE + 64 * v,
+                                                       xq, x + 128 * (v >> 3) + 4 * (v & 7), step)
+            f0, f1, f2, f3, f4, f5, f6, f7 = scale_tokens(f0, f1, f2, f3, f4, f5, f6, f7, i0, i1, i2, i3, i4, i5, i6, i7,
+                                                          ntok, dv, dv, xd, xs, k, bstep, False)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel

@@ -28,23 +28,26 @@ from collections.abc import Callable
 from functools import cache
 
 import numpy as np
-from numallm.kernels.families.iquants.simd import LUT_IQ4NL, idot16_lut, iq4xs_tile_scales
+from numallm.kernels.families.iquants.simd import iq4xs_tile_scales
 from numallm.kernels.families.iquants.tables import KVALUES_IQ4NL
 from numallm.kernels.families.q4_q8.tiles import (
     IQ4_XS_KIND,
     TILE,
-    scale_block,
+    dot_tokens,
+    idot_iq4nl,
+    scale_tokens,
     start_block,
+    start_tokens,
     store_tokens,
 )
-from numallm.kernels.simd.i32x16 import iadd16, izero16
 from numallm.kernels.simd.scalar import at, load_f16
 from numallm.kernels.simd.vec import vload_f16x16, vmul16, vzero16
 from numba import njit
 
 _TS = 136  # bytes of a super-block
 _SCALES, _QUANTS = 32, 128  # where scales_h and the quant vectors start in a tile's super-block
-_start = start_block(IQ4_XS_KIND)
+_starts = start_tokens(start_block(IQ4_XS_KIND))
+_dots = dot_tokens(idot_iq4nl)
 
 
 @cache
@@ -67,48 +70,13 @@ def iq4xs_tile_kernel(ntok: int) -> Callable[..., None]:
                 q = c + _QUANTS + 256 * ib
                 xo = x + 32 * ib
                 k = xo >> 5  # the token's block of 32 of sub-block ib
-                i0 = _start(xs, k)
-                i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
-                if ntok > 1:
-                    i1 = _start(xs, k + bstep)
-                if ntok > 2:
-                    i2 = _start(xs, k + 2 * bstep)
-                    i3 = _start(xs, k + 3 * bstep)
-                if ntok > 4:
-                    i4 = _start(xs, k + 4 * bstep)
-                    i5 = _start(xs, k + 5 * bstep)
-                    i6 = _start(xs, k + 6 * bstep)
-                    i7 = _start(xs, k + 7 * bstep)
+                i0, i1, i2, i3, i4, i5, i6, i7 = _starts(xs, k, bstep, ntok)
                 for v in range(4):
-                    qv = q + 64 * v
-                    xv = xo + 4 * v
-                    if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
-                        i1 = idot16_lut(i1, w, qv, xq, xv, LUT_IQ4NL)
-                    else:
-                        i0 = idot16_lut(i0, w, qv, xq, xv, LUT_IQ4NL)
-                    if ntok > 1:
-                        i1 = idot16_lut(i1, w, qv, xq, xv + step, LUT_IQ4NL)
-                    if ntok > 2:
-                        i2 = idot16_lut(i2, w, qv, xq, xv + 2 * step, LUT_IQ4NL)
-                        i3 = idot16_lut(i3, w, qv, xq, xv + 3 * step, LUT_IQ4NL)
-                    if ntok > 4:
-                        i4 = idot16_lut(i4, w, qv, xq, xv + 4 * step, LUT_IQ4NL)
-                        i5 = idot16_lut(i5, w, qv, xq, xv + 5 * step, LUT_IQ4NL)
-                        i6 = idot16_lut(i6, w, qv, xq, xv + 6 * step, LUT_IQ4NL)
-                        i7 = idot16_lut(i7, w, qv, xq, xv + 7 * step, LUT_IQ4NL)
-                if ntok == 1:
-                    i0 = iadd16(i0, i1)
-                f0 = scale_block(f0, i0, dl, dl, xd, xs, k, False)
-                if ntok > 1:
-                    f1 = scale_block(f1, i1, dl, dl, xd, xs, k + bstep, False)
-                if ntok > 2:
-                    f2 = scale_block(f2, i2, dl, dl, xd, xs, k + 2 * bstep, False)
-                    f3 = scale_block(f3, i3, dl, dl, xd, xs, k + 3 * bstep, False)
-                if ntok > 4:
-                    f4 = scale_block(f4, i4, dl, dl, xd, xs, k + 4 * bstep, False)
-                    f5 = scale_block(f5, i5, dl, dl, xd, xs, k + 5 * bstep, False)
-                    f6 = scale_block(f6, i6, dl, dl, xd, xs, k + 6 * bstep, False)
-                    f7 = scale_block(f7, i7, dl, dl, xd, xs, k + 7 * bstep, False)
+                    i0, i1, i2, i3, i4, i5, i6, i7 = _dots(i0, i1, i2, i3, i4, i5, i6, i7, ntok, v, w, q + 64 * v, xq,
+                                                           xo + 4 * v, step)
+                f0, f1, f2, f3, f4, f5, f6, f7 = scale_tokens(f0, f1, f2, f3, f4, f5, f6, f7,
+                                                              i0, i1, i2, i3, i4, i5, i6, i7,
+                                                              ntok, dl, dl, xd, xs, k, bstep, False)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel

@@ -146,7 +146,7 @@ def q6k_vector(u):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", cache=True)
-def _idot_iq4nl(acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
+def idot_iq4nl(acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
     return idot16_lut(acc, w, p, xq, xo, LUT_IQ4NL)
 
 
@@ -155,7 +155,7 @@ def _idot_mxfp4(acc, w, p, xq, xo):  # type: ignore[no-untyped-def]
     return idot16_lut(acc, w, p, xq, xo, LUT_MXFP4)
 
 
-_LUT_DOTS = {IQ4_NL_KIND: _idot_iq4nl, MXFP4_KIND: _idot_mxfp4}
+_LUT_DOTS = {IQ4_NL_KIND: idot_iq4nl, MXFP4_KIND: _idot_mxfp4}
 
 
 @cache
@@ -171,8 +171,9 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
     # Q4_1's min and Q8_0's bias go through the activation's float block sums xs, the
     # other kinds' bias through bias_sums (xs for them)
     offset = kind == Q4_1_KIND or (kind == Q8_0_KIND and Q8_BIAS != 0)
-    start = start_block(kind)
+    starts = start_tokens(start_block(kind))
     idot, vectors = (idot16_q8, 8) if kind == Q8_0_KIND else (_LUT_DOTS.get(kind, idot16_q4), 4)  # 64-byte vectors a block
+    dots = dot_tokens(idot)
     e8m0 = kind == MXFP4_KIND
 
     @njit(nogil=True, cache=True)
@@ -184,48 +185,13 @@ def tile_kernel(kind: int, ntok: int) -> Callable[..., None]:
             dv = vload_e8m0x16(w, c) if e8m0 else vload_f16x16(w, c)
             mv = vload_f16x16(w, c + 32) if kind == Q4_1_KIND else vscale16(dv, np.float32(-Q8_BIAS))
             k = x0 + b
-            i0 = start(xs, k)
-            i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
-            if ntok > 1:
-                i1 = start(xs, k + nb)
-            if ntok > 2:
-                i2 = start(xs, k + 2 * nb)
-                i3 = start(xs, k + 3 * nb)
-            if ntok > 4:
-                i4 = start(xs, k + 4 * nb)
-                i5 = start(xs, k + 5 * nb)
-                i6 = start(xs, k + 6 * nb)
-                i7 = start(xs, k + 7 * nb)
+            i0, i1, i2, i3, i4, i5, i6, i7 = starts(xs, k, nb, ntok)
             q = c + quants
             for v in range(vectors):
-                xo = 32 * (x0 + b) + 4 * v
-                if ntok == 1 and v % 2:  # one token: two dependency chains, joined below
-                    i1 = idot(i1, w, q + 64 * v, xq, xo)
-                else:
-                    i0 = idot(i0, w, q + 64 * v, xq, xo)
-                if ntok > 1:
-                    i1 = idot(i1, w, q + 64 * v, xq, xo + 32 * nb)
-                if ntok > 2:
-                    i2 = idot(i2, w, q + 64 * v, xq, xo + 64 * nb)
-                    i3 = idot(i3, w, q + 64 * v, xq, xo + 96 * nb)
-                if ntok > 4:
-                    i4 = idot(i4, w, q + 64 * v, xq, xo + 128 * nb)
-                    i5 = idot(i5, w, q + 64 * v, xq, xo + 160 * nb)
-                    i6 = idot(i6, w, q + 64 * v, xq, xo + 192 * nb)
-                    i7 = idot(i7, w, q + 64 * v, xq, xo + 224 * nb)
-            if ntok == 1:
-                i0 = iadd16(i0, i1)
-            f0 = scale_block(f0, i0, dv, mv, xd, xs, k, offset)
-            if ntok > 1:
-                f1 = scale_block(f1, i1, dv, mv, xd, xs, k + nb, offset)
-            if ntok > 2:
-                f2 = scale_block(f2, i2, dv, mv, xd, xs, k + 2 * nb, offset)
-                f3 = scale_block(f3, i3, dv, mv, xd, xs, k + 3 * nb, offset)
-            if ntok > 4:
-                f4 = scale_block(f4, i4, dv, mv, xd, xs, k + 4 * nb, offset)
-                f5 = scale_block(f5, i5, dv, mv, xd, xs, k + 5 * nb, offset)
-                f6 = scale_block(f6, i6, dv, mv, xd, xs, k + 6 * nb, offset)
-                f7 = scale_block(f7, i7, dv, mv, xd, xs, k + 7 * nb, offset)
+                i0, i1, i2, i3, i4, i5, i6, i7 = dots(i0, i1, i2, i3, i4, i5, i6, i7, ntok, v, w, q + 64 * v, xq,
+                                                      32 * (x0 + b) + 4 * v, 32 * nb)
+            f0, f1, f2, f3, f4, f5, f6, f7 = scale_tokens(f0, f1, f2, f3, f4, f5, f6, f7, i0, i1, i2, i3, i4, i5, i6, i7,
+                                                          ntok, dv, mv, xd, xs, k, nb, offset)
         store_tokens(dst, dr, dc, ntok, f0, f1, f2, f3, f4, f5, f6, f7)
 
     return kernel
@@ -295,6 +261,79 @@ def scale_block(f, i, dv, mv, xd, xs, k, offset):  # type: ignore[no-untyped-def
     if offset:
         f = vfma16(f, mv, at(xs, k))
     return f
+
+
+@cache
+def start_tokens(start: Callable[..., object]) -> Callable[..., object]:
+    """starts(xs, k, kstep, ntok): the int32 accumulators of up to MAX_TOKENS tokens'
+    block (token j's block k + j kstep) at their start, start(xs, block); zeros past ntok."""
+
+    @njit(inline="always", cache=True)
+    def starts(xs, k, kstep, ntok):  # type: ignore[no-untyped-def]
+        i0 = start(xs, k)
+        i1 = i2 = i3 = i4 = i5 = i6 = i7 = izero16()
+        if ntok > 1:
+            i1 = start(xs, k + kstep)
+        if ntok > 2:
+            i2 = start(xs, k + 2 * kstep)
+            i3 = start(xs, k + 3 * kstep)
+        if ntok > 4:
+            i4 = start(xs, k + 4 * kstep)
+            i5 = start(xs, k + 5 * kstep)
+            i6 = start(xs, k + 6 * kstep)
+            i7 = start(xs, k + 7 * kstep)
+        return i0, i1, i2, i3, i4, i5, i6, i7
+
+    return starts
+
+
+@cache
+def dot_tokens(idot: Callable[..., object]) -> Callable[..., object]:
+    """dots(i0..i7, ntok, v, w, qv, xq, xv, step): the tile vector at byte qv of w dotted
+    by idot(acc, w, qv, xq, xo) into each of ntok tokens' accumulators (token j's
+    activations at xv + j step). One token alone runs two dependency chains, i0 for
+    the even vectors v and i1 for the odd ones (scale_tokens joins them)."""
+
+    @njit(inline="always", cache=True)
+    def dots(i0, i1, i2, i3, i4, i5, i6, i7, ntok, v, w, qv, xq, xv, step):  # type: ignore[no-untyped-def]
+        if ntok == 1 and v % 2:
+            i1 = idot(i1, w, qv, xq, xv)
+        else:
+            i0 = idot(i0, w, qv, xq, xv)
+        if ntok > 1:
+            i1 = idot(i1, w, qv, xq, xv + step)
+        if ntok > 2:
+            i2 = idot(i2, w, qv, xq, xv + 2 * step)
+            i3 = idot(i3, w, qv, xq, xv + 3 * step)
+        if ntok > 4:
+            i4 = idot(i4, w, qv, xq, xv + 4 * step)
+            i5 = idot(i5, w, qv, xq, xv + 5 * step)
+            i6 = idot(i6, w, qv, xq, xv + 6 * step)
+            i7 = idot(i7, w, qv, xq, xv + 7 * step)
+        return i0, i1, i2, i3, i4, i5, i6, i7
+
+    return dots
+
+
+@njit(inline="always", cache=True)
+def scale_tokens(f0, f1, f2, f3, f4, f5, f6, f7, i0, i1, i2, i3, i4, i5, i6, i7,  # type: ignore[no-untyped-def]
+                 ntok, dv, mv, xd, xs, k, kstep, offset):
+    """Each of ntok tokens' block of integer dots scaled into its float accumulator
+    (scale_block; token j's block k + j kstep), one token's two chains joined first."""
+    if ntok == 1:
+        i0 = iadd16(i0, i1)
+    f0 = scale_block(f0, i0, dv, mv, xd, xs, k, offset)
+    if ntok > 1:
+        f1 = scale_block(f1, i1, dv, mv, xd, xs, k + kstep, offset)
+    if ntok > 2:
+        f2 = scale_block(f2, i2, dv, mv, xd, xs, k + 2 * kstep, offset)
+        f3 = scale_block(f3, i3, dv, mv, xd, xs, k + 3 * kstep, offset)
+    if ntok > 4:
+        f4 = scale_block(f4, i4, dv, mv, xd, xs, k + 4 * kstep, offset)
+        f5 = scale_block(f5, i5, dv, mv, xd, xs, k + 5 * kstep, offset)
+        f6 = scale_block(f6, i6, dv, mv, xd, xs, k + 6 * kstep, offset)
+        f7 = scale_block(f7, i7, dv, mv, xd, xs, k + 7 * kstep, offset)
+    return f0, f1, f2, f3, f4, f5, f6, f7
 
 
 @cache
