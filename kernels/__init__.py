@@ -43,8 +43,9 @@ Design (issue 5):
   and runs integer dot products as LLVM vector IR (vpdpbusd with VNNI,
   vpmaddubsw/vpmaddwd with AVX2, plain LLVM vectors elsewhere). Its error is that of
   quantizing x: relative L2 about 5e-3 against float64, bounded per row in
-  tests/test_kernels.py. F32/F16/BF16 keep x in float32. The types llama.cpp pairs
-  with q8_K (the i-quants but IQ4_NL, TQ1_0, TQ2_0) get q8_K: a scale per 256.
+  tests/test_kernels.py. F32/F16/BF16 keep x in float32. Q4_K, Q5_K, Q6_K, TQ1_0,
+  TQ2_0 and the i-quants but IQ4_NL get q8_K, a scale per 256, as llama.cpp pairs
+  them (its vec_dot_type; Q2_K and Q3_K, which it pairs so too, keep q8_0 here).
 - i-quants, TQ, MXFP4 (families/iquants/): read in file layout; the row dots gather
   grid rows into vectors and put the signs on the activation (IQ1-IQ3), look nibbles
   up by vpshufb (IQ4_NL, IQ4_XS, MXFP4), or expand ternary digits in vectors (TQ);
