@@ -27,8 +27,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from numallm.engine.arch.slots import (
     LayerMatrix,
@@ -52,7 +51,18 @@ from numallm.engine.arch.spec import (
 from numallm.engine.barrier import barrier_wait
 from numallm.engine.ggml_sort import STACK_ROWS, argsort_desc_into
 from numallm.engine.paths import step_if
-from numallm.kernels import exp_shifted, get_rows_in, matmul_in, matvec_in, rows_axpy, rows_dot, silu_mul
+from numallm.kernels import (
+    exp_shifted,
+    get_rows_in,
+    kv_put,
+    matmul_in,
+    matvec_in,
+    rows_axpy,
+    rows_axpy_x4,
+    rows_dot,
+    rows_dot_x4,
+    silu_mul,
+)
 from numallm.numa import split
 from numallm.numa.split import part_jit as part
 
@@ -158,60 +168,6 @@ def _weight_tables(t):
 
 
 _sliding_window_layer = njit(nogil=True)(sliding_window_layer)
-
-
-@njit(nogil=True)
-def _f32_bits_to_f16(bits: int) -> int:
-    # Round to nearest even, as numpy's astype(float16) and ggml's conversion do.
-    sign = (bits >> 16) & 0x8000
-    exp = (bits >> 23) & 0xFF
-    mant = bits & 0x7FFFFF
-    if exp == 0xFF:
-        return sign | 0x7C00 | (0x200 if mant != 0 else 0)
-    e = exp - 112  # rebias 127 -> 15
-    if e >= 31:
-        return sign | 0x7C00
-    if e <= 0:
-        if e < -10:
-            return sign
-        mant |= 0x800000
-        shift = 14 - e
-        half = mant >> shift
-        rem = mant & ((1 << shift) - 1)
-        halfway = 1 << (shift - 1)
-        if rem > halfway or (rem == halfway and (half & 1) != 0):
-            half += 1
-        return sign | half
-    half = (e << 10) | (mant >> 13)
-    rem = mant & 0x1FFF
-    if rem > 0x1000 or (rem == 0x1000 and (half & 1) != 0):
-        half += 1  # a carry into the exponent is the correct rounding (up to inf)
-    return sign | half
-
-
-def kv_put(row, src):  # pragma: no cover - replaced by the overload in compiled code
-    raise NotImplementedError
-
-
-@overload(kv_put)
-def _kv_put(row, src):
-    if row.dtype == types.uint16:
-        def put_f16(row, src):
-            bits = src.view(np.uint32)
-            for i in range(row.shape[0]):
-                row[i] = _f32_bits_to_f16(np.int64(bits[i]))
-        return put_f16
-
-    def put_f32(row, src):
-        for i in range(row.shape[0]):
-            row[i] = src[i]
-    return put_f32
-
-
-@njit(nogil=True, cache=True)
-def f32_to_f16_bits(src: np.ndarray, out: np.ndarray) -> None:
-    """Convert float32 values to float16 bits (exposed for tests of the conversion)."""
-    kv_put(out, src)
 
 
 @njit(nogil=True)
@@ -340,38 +296,68 @@ def _rope_head(h, n_rot, neox, cos, sin, t):
 
 @njit(nogil=True)
 def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
-    """Causal attention of query heads [h0, h1) of every token over its slot's cache."""
+    """Causal attention of query heads [h0, h1) of every token over its slot's cache;
+    four tokens of one slot and window start at a time where the head dimension allows
+    (kvrow's _x4 functions: the same bits as one at a time)."""
     n = q.shape[0]
     hd = hp.head_dim
     group = hp.n_head // hp.n_head_kv
-    scores = np.empty(positions.max() + 1, np.float32)
+    stride = positions.max() + 1
+    scores = np.empty(4 * stride, np.float32)
     # Private copies, and the caches flat (rows_dot's addressing): no view per head
     # of arrays every worker shares, whose reference counts they would contend for.
-    qh = np.empty(hd, np.float32)
-    acc = np.empty(hd, np.float32)
+    q4 = np.empty(4 * hd, np.float32)
+    acc = np.empty(4 * hd, np.float32)
+    ends = np.empty(4, np.int64)
     kf = kc.reshape(-1)
     vf = vc.reshape(-1)
     _, n_layer, n_kv, n_ctx, _ = kc.shape
     scale = np.float32(hp.attn_scale)
-    for t in range(n):
-        p = positions[t]
-        start = 0
-        if window > 0 and p - window + 1 > 0:
-            start = p - window + 1
+    t = 0
+    while t < n:
+        start = _window_start(positions[t], window)
+        m = 1
+        if hd % 64 == 0 and t + 4 <= n:
+            m = 4
+            for k in range(1, 4):
+                if slots[t + k] != slots[t] or _window_start(positions[t + k], window) != start:
+                    m = 1
+        for k in range(m):
+            ends[k] = positions[t + k] + 1
         for h in range(h0, h1):
             base = ((slots[t] * n_layer + il) * n_kv + h // group) * n_ctx * hd
-            for i in range(hd):
-                qh[i] = q[t, h * hd + i]
-            rows_dot(qh, kf, base, start, p + 1, scale, scores)
-            mx = np.float32(-np.inf)
-            for j in range(start, p + 1):
-                if scores[j] > mx:
-                    mx = scores[j]
-            total = exp_shifted(scores, start, p + 1, mx)
+            for k in range(m):
+                for i in range(hd):
+                    q4[k * hd + i] = q[t + k, h * hd + i]
+            common = ends[0]
+            if m == 4:
+                common = min(min(ends[0], ends[1]), min(ends[2], ends[3]))
+                rows_dot_x4(q4, kf, base, start, common, scale, scores, stride)
+            for k in range(m):
+                sk = scores[k * stride:(k + 1) * stride]
+                rows_dot(q4[k * hd:(k + 1) * hd], kf, base, common if m == 4 else start, ends[k], scale, sk)
+                mx = np.float32(-np.inf)
+                for j in range(start, ends[k]):
+                    if sk[j] > mx:
+                        mx = sk[j]
+                inv = np.float32(1.0 / exp_shifted(sk, start, ends[k], mx))
+                for j in range(start, ends[k]):  # the weights rows_axpy would scale by inv
+                    sk[j] *= inv
             acc[:] = 0.0
-            rows_axpy(acc, scores, np.float32(1.0 / total), vf, base, start, p + 1)
-            for i in range(hd):
-                out[t, h * hd + i] = acc[i]
+            if m == 4:
+                rows_axpy_x4(acc, scores, stride, vf, base, start, ends)
+            else:
+                rows_axpy(acc[:hd], scores, np.float32(1.0), vf, base, start, ends[0])
+            for k in range(m):
+                for i in range(hd):
+                    out[t + k, h * hd + i] = acc[k * hd + i]
+        t += m
+
+
+@njit(nogil=True)
+def _window_start(p, window):
+    """The first position a query at position p attends to (window 0: all)."""
+    return p - window + 1 if window > 0 and p - window + 1 > 0 else 0
 
 
 @njit(nogil=True)

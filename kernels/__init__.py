@@ -71,7 +71,7 @@ numba_cache.install()  # before any kernel module defines a cached function
 
 from numallm.kernels.bandwidth import memory_read_bandwidth, run_pinned
 from numallm.kernels.dense.expf import exp_shifted, silu_mul
-from numallm.kernels.dense.kvrow import rows_axpy, rows_dot
+from numallm.kernels.dense.kvrow import kv_put, rows_axpy, rows_axpy_x4, rows_dot, rows_dot_x4
 from numallm.kernels.formats import (
     SUPPORTED_TYPES,
     check_type,
@@ -96,7 +96,7 @@ from numallm.kernels.traits import batch_invariant
 
 __all__ = [
     "SUPPORTED_TYPES", "KernelSet", "TypeKernels", "batch_invariant", "check_type", "dequantize", "exp_shifted",
-    "get_rows", "get_rows_in", "in_file_layout", "kernel_set", "kernels_for", "matmul", "matmul_in", "matvec",
-    "matvec_in", "memory_read_bandwidth", "pack", "packed_nbytes", "row_group", "rows_axpy", "rows_dot", "run_pinned",
-    "same_path", "silu_mul", "simd_path", "warmup",
+    "get_rows", "get_rows_in", "in_file_layout", "kernel_set", "kernels_for", "kv_put", "matmul", "matmul_in", "matvec",
+    "matvec_in", "memory_read_bandwidth", "pack", "packed_nbytes", "row_group", "rows_axpy", "rows_axpy_x4", "rows_dot",
+    "rows_dot_x4", "run_pinned", "same_path", "silu_mul", "simd_path", "warmup",
 ]
