@@ -4,9 +4,13 @@ the bits back (kernels/dense/kvrow.py) must give numpy's float32 of every bit pa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 
+from numallm.engine import forward
+from numallm.kernels.dense import kvrow
 from numallm.kernels.dense.kvrow import f32_to_f16_bits, rows_axpy, rows_dot
 
 
@@ -64,3 +68,59 @@ def test_rows_dot_and_axpy_of_f16_and_f32_rows(d: int) -> None:
         rows_axpy(acc, w, np.float32(2.0), flat, 3 * d, 2, 7)
         want = 1.0 + (2.0 * w[2:7, None].astype(np.float64) * rows[2:7].astype(np.float64)).sum(0)
         np.testing.assert_allclose(acc, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_type", [np.uint16, np.float32])
+def test_four_queries_at_a_time_give_each_query_its_own_bits(cache_type: type) -> None:
+    """rows_dot_x4 and rows_axpy_x4 (a prompt's tokens four at a time) against rows_dot
+    and rows_axpy of each query: equal bits, also where the four end at different rows."""
+    rng = np.random.default_rng(2)
+    d, n_rows, stride = 128, 23, 25
+    rows = rng.standard_normal((n_rows, d)).astype(np.float16)
+    block = rows.view(np.uint16) if cache_type == np.uint16 else rows.astype(np.float32)
+    flat = np.concatenate([np.zeros(2 * d, block.dtype), block.reshape(-1)])  # rows from element 2 * d
+    q4 = rng.standard_normal(4 * d).astype(np.float32)
+    start, ends = 3, np.array([20, 23, 17, 22], np.int64)
+    out4 = np.zeros(4 * stride, np.float32)
+    kvrow.rows_dot_x4(q4, flat, 2 * d, start, int(ends.min()), np.float32(0.25), out4, stride)
+    w = rng.random(4 * stride).astype(np.float32)
+    acc4 = np.zeros(4 * d, np.float32)
+    kvrow.rows_axpy_x4(acc4, w, stride, flat, 2 * d, start, ends)
+    for k in range(4):
+        one = np.zeros(stride, np.float32)
+        rows_dot(q4[k * d:(k + 1) * d], flat, 2 * d, start, int(ends.min()), np.float32(0.25), one)
+        np.testing.assert_array_equal(out4[k * stride:(k + 1) * stride], one)
+        acc = np.zeros(d, np.float32)
+        rows_axpy(acc, w[k * stride:(k + 1) * stride], np.float32(1.0), flat, 2 * d, start, int(ends[k]))
+        np.testing.assert_array_equal(acc4[k * d:(k + 1) * d], acc)
+
+
+class _Heads(NamedTuple):
+    """The fields of HParams that attention reads."""
+
+    head_dim: int
+    n_head: int
+    n_head_kv: int
+    attn_scale: float
+
+
+@pytest.mark.parametrize(("head_dim", "n_head_kv", "window"), [(128, 4, 0), (64, 2, 5), (80, 1, 0)])
+def test_attention_of_a_batch_is_each_token_alone(head_dim: int, n_head_kv: int, window: int) -> None:
+    """The forward pass's attention of tokens of two slots, out of order, some in fours:
+    every token's output has the bits it gets alone (a decode step)."""
+    hp = _Heads(head_dim, 4, n_head_kv, 0.088)
+    rng = np.random.default_rng(3)
+    shape = (2, 2, n_head_kv, 48, head_dim)
+    kc, vc = (rng.standard_normal(shape).astype(np.float16).view(np.uint16) for _ in range(2))
+    n = 23
+    q = rng.standard_normal((n, hp.n_head * head_dim)).astype(np.float32)
+    slots = np.array([0] * 9 + [1] * 6 + [0] * 8, np.int32)
+    positions = np.concatenate([np.arange(9), np.arange(10, 16), np.arange(20, 28)]).astype(np.int32)
+    positions[[3, 4]] = positions[[4, 3]]
+    out = np.zeros_like(q)
+    forward._attention(q, kc, vc, slots, positions, 1, hp, window, out, 0, hp.n_head)
+    one = np.zeros((1, q.shape[1]), np.float32)
+    for t in range(n):
+        forward._attention(q[t:t + 1].copy(), kc, vc, slots[t:t + 1].copy(), positions[t:t + 1].copy(), 1, hp,
+                           window, one, 0, hp.n_head)
+        np.testing.assert_array_equal(out[t], one[0])
