@@ -99,17 +99,19 @@ def ifill16(typingctx, s):  # type: ignore[no-untyped-def]
     return i32x16(s), codegen
 
 
-@intrinsic
-def isum32(typingctx, xq, o):  # type: ignore[no-untyped-def]
-    """The sum of the 32 int8 xq[o:o+32] as an int32 (unchecked)."""
-    if not (_is_bytes(xq) and isinstance(o, types.Integer)):
+@intrinsic(prefer_literal=True)
+def isum(typingctx, xq, o, n):  # type: ignore[no-untyped-def]
+    """The sum of the n (a constant, 16 or 32) int8 xq[o:o+n] as an int32 (unchecked)."""
+    if not (_is_bytes(xq) and isinstance(o, types.Integer) and isinstance(n, types.IntegerLiteral)
+            and n.literal_value in (16, 32)):
         return None
+    m = n.literal_value
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        v16 = ir.VectorType(ir.IntType(16), 32)
-        x = builder.sext(_load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), 32), v16)
-        return builder.sext(_call(builder, "llvm.vector.reduce.add.v32i16", ir.IntType(16), [x]), I32)
-    return types.int32(xq, o), codegen
+        v16 = ir.VectorType(ir.IntType(16), m)
+        x = builder.sext(_load_bytes(context, builder, sig.args[0], args[0], _as_i64(builder, args[1]), m), v16)
+        return builder.sext(_call(builder, f"llvm.vector.reduce.add.v{m}i16", ir.IntType(16), [x]), I32)
+    return types.int32(xq, o, n), codegen
 
 
 @intrinsic

@@ -214,9 +214,10 @@ def q3k_scales16(typingctx, w, p):  # type: ignore[no-untyped-def]
 
 # ---- the tiled layouts of Q4_K, Q5_K and Q6_K (kernels/families/kquants/tiles.py) -----------------------
 
-def _nibble_dot(context, builder, sig, args, hi: bool, hmask: int):  # type: ignore[no-untyped-def]
+def _nibble_dot(context, builder, sig, args, hi: bool, hmask: int, gap: int):  # type: ignore[no-untyped-def]
     """idot16_nib's and idot16_nibh's code: args are (acc, w, p, [qh, bit,] xq, xo, ...);
-    hmask (0: none) the high bits' mask at bit 4 onwards."""
+    hmask (0: none) the high bits' mask at bit 4 onwards, gap how far above `bit` the
+    high nibbles' high bits lie."""
     a, wa, pv = args[:3]
     xi = 5 if hmask else 3
     xa, xov = args[xi], args[xi + 1]
@@ -227,12 +228,18 @@ def _nibble_dot(context, builder, sig, args, hi: bool, hmask: int):  # type: ign
         raw = builder.bitcast(builder.lshr(builder.bitcast(raw, V8I64), ir.Constant(V8I64, [4] * 8)), V64I8)
     u = builder.and_(raw, ir.Constant(V64I8, [15] * 64))
     if hmask:
-        # Shifting each qword right by `bit`, then left by 4, moves bit `bit` of every
-        # byte to its bit 4 (and the next ones along); the mask drops what came from
-        # the neighbours.
+        # Shifting each qword right by `bit`, then by a constant to bit 4 (left by 4 for
+        # the low nibbles, by 4 - gap for the high ones), moves bit `bit` (bit + gap) of
+        # every byte to its bit 4 (and the next ones along); the mask drops what came
+        # from the neighbours. The variable shift is the same for both nibbles of a
+        # vector: LLVM does it once.
         plane = builder.bitcast(_load_bytes(context, builder, sig.args[1], wa, _as_i64(builder, args[3]), 64), V8I64)
-        down = builder.lshr(plane, _splat(builder, _as_i64(builder, args[4]), V8I64))
-        up = builder.shl(down, ir.Constant(V8I64, [4] * 8))
+        up = builder.lshr(plane, _splat(builder, _as_i64(builder, args[4]), V8I64))
+        k = 4 - gap if hi else 4
+        if k > 0:
+            up = builder.shl(up, ir.Constant(V8I64, [k] * 8))
+        elif k < 0:
+            up = builder.lshr(up, ir.Constant(V8I64, [-k] * 8))
         u = builder.or_(u, builder.and_(builder.bitcast(up, V64I8), ir.Constant(V64I8, [hmask] * 64)))
     x4 = _load_bytes(context, builder, sig.args[xi], xa, _as_i64(builder, xov), 4)
     s = builder.bitcast(_splat(builder, builder.bitcast(x4, I32), V16I32), V64I8)
@@ -248,22 +255,24 @@ def idot16_nib(typingctx, acc, w, p, xq, xo, high):  # type: ignore[no-untyped-d
     hi = high.literal_value
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _nibble_dot(context, builder, sig, args, hi, 0)
+        return _nibble_dot(context, builder, sig, args, hi, 0, 0)
     return i32x16(i32x16, w, p, xq, xo, high), codegen
 
 
 @intrinsic(prefer_literal=True)
-def idot16_nibh(typingctx, acc, w, p, qh, bit, xq, xo, high, nbits):  # type: ignore[no-untyped-def]
-    """idot16_nib with high bits: bits bit..bit + nbits - 1 of the same byte of the
-    64-byte vector at w[qh] become the quant's bits 4.. (Q5_K: 1 bit, Q6_K: 2)."""
+def idot16_nibh(typingctx, acc, w, p, qh, bit, xq, xo, high, nbits, gap):  # type: ignore[no-untyped-def]
+    """idot16_nib with high bits: bits bit..bit + nbits - 1 (with `high`, bit + gap..)
+    of the same byte of the 64-byte vector at w[qh] become the quant's bits 4.. (Q5_K:
+    1 bit, Q6_K: 2); gap < 8 - nbits, a constant."""
     if not (_is_bytes(w) and _is_bytes(xq) and isinstance(high, types.BooleanLiteral)
-            and isinstance(nbits, types.IntegerLiteral) and nbits.literal_value in (1, 2)):
+            and isinstance(nbits, types.IntegerLiteral) and nbits.literal_value in (1, 2)
+            and isinstance(gap, types.IntegerLiteral) and 0 <= gap.literal_value <= 8 - nbits.literal_value):
         return None
-    hi, hmask = high.literal_value, 0x10 if nbits.literal_value == 1 else 0x30
+    hi, hmask, shift = high.literal_value, 0x10 if nbits.literal_value == 1 else 0x30, gap.literal_value
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        return _nibble_dot(context, builder, sig, args, hi, hmask)
-    return i32x16(i32x16, w, p, qh, bit, xq, xo, high, nbits), codegen
+        return _nibble_dot(context, builder, sig, args, hi, hmask, shift)
+    return i32x16(i32x16, w, p, qh, bit, xq, xo, high, nbits, gap), codegen
 
 
 @intrinsic

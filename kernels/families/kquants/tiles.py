@@ -17,16 +17,17 @@ Kernels. A quant vector holds 4 consecutive quants of every row of the tile; one
 vpdpbusd per nibble plane and token adds their products with the token's 4
 activations (broadcast) into 16 int32 lanes, one per row, of the sub-block's
 accumulator (Q5_K and Q6_K first or in their high bits from the same bytes of a
-high-bit vector, rotated into place). The activation is q8_K (one xd per 256, as
-llama.cpp pairs these types), so a super-block needs one float step per token: after
-a group's vectors its two accumulators are multiplied by their sub-blocks' 6-bit
-(Q6_K: int8) scales, decoded lane-wise for the 16 rows, into one int32 sum
-(vpmulld), which is converted and scaled by d * xd once per super-block; the mins
-(Q4_K, Q5_K) come in then through the activation's sums per 32, and Q6_K's offset of
-32 by starting each sub-block's accumulator at -32 times its activations' sum
-(offset_sums). On Zen 4 the FMAs, multiplies and rotates share the two pipes of
-vpdpbusd, so these per-sub-block float steps cost as much as a quarter of the dots
-(benchmarks/README.md, round ten). A row kernel instead spends a permute, a
+high-bit vector, shifted into place: one variable shift serves both nibbles). The
+activation is q8_K (one xd per 256, as llama.cpp pairs these types), so a super-block
+needs one float step per token: after a group's vectors its two accumulators are
+multiplied by their sub-blocks' 6-bit (Q6_K: int8) scales, decoded lane-wise for the
+16 rows, into one int32 sum (vpmulld), which is converted and scaled by d * xd once
+per super-block; the mins (Q4_K, Q5_K) come in then through the activation's sums per
+32, and Q6_K's offset of 32 by starting each sub-block's accumulator at -32 times its
+activations' sum (q4_q8/tiles.bias_sums per 16). On Zen 4 every per-token vector op
+beside the dots (a multiply and an add alike) takes about one cycle of vpdpbusd's
+pipes, so these per-sub-block steps cost Q6_K half as much as its dots
+(benchmarks/README.md, rounds ten and eleven). A row kernel instead spends a permute, a
 conversion and an FMA per 64 elements of each row and decodes each row's scales
 alone. Tokens go through a tile 8, 4, 2 and 1 at a time (two int32 accumulators and
 a super-block sum per token); each keeps its own accumulators and steps, so a token
@@ -66,39 +67,20 @@ WIDE = MAX_TOKENS
 
 def kq_tiles(kind: int) -> Callable[..., None]:
     """The tile pass of Q4_K, Q5_K or Q6_K (a GGML code) with the type code first
-    (traits' `tiles`); Q6_K's kernel takes offset_sums(xq) where the others take the
-    activation's sums per 32. Without AVX-512 at most 2 tokens a pass (tile_pass_of
-    never calls the wider kernels, for which narrower ones stand in)."""
+    (traits' `tiles`); Q6_K's kernel takes -32 times the activation's sums per 16 (its
+    offset, bias_sums) where the others take its sums per 32. Without AVX-512 at most 2
+    tokens a pass (tile_pass_of never calls the wider kernels, for which narrower ones
+    stand in)."""
     kernels = tuple(kq_tile_kernel(min(n, WIDE), kind) for n in (8, 4, 2, 1))
     pass_ = tile_pass_of(kernels, WIDE)
-    if kind != Q6_K:
-        return with_type_code(pass_)
-
-    def impl6(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
-        pass_(w, rb, nb, full, xq, xd, offset_sums(xq), out, r0, r1)
-    return impl6
-
-
-@njit(nogil=True, cache=True)
-def offset_sums(xq):  # type: ignore[no-untyped-def]
-    """-32 times the sum of each 16 activation quants of the flat xq, as int32: Q6_K's
-    offset, where its kernel starts a sub-block's integer dot (one pass over xq for
-    every tile of a call)."""
-    n = xq.shape[0] // 16
-    ys = np.empty(n, np.int32)
-    for k in range(n):
-        t = np.int32(0)
-        for i in range(16):
-            t += np.int32(xq[16 * k + i])
-        ys[k] = -32 * t
-    return ys
+    return with_type_code(pass_, bias=32, per=16) if kind == Q6_K else with_type_code(pass_)
 
 
 @cache
 def kq_tile_kernel(ntok: int, kind: int) -> Callable[..., None]:
     """kernel(w, p, nb, xq, xd, xs, t0, dst, dr, dc): dst[dr + j, dc + i] = row i of the
     tile of type `kind` at byte p of w (nb super-blocks) dotted with token t0 + j,
-    j < ntok, from the flat xq, xd and xs (Q6_K: offset_sums) of the activation
+    j < ntok, from the flat xq, xd and xs (Q6_K: bias_sums per 16) of the activation
     quantized as q8_K (one xd per 256; token t's blocks of 32 start at 8 nb t). The
     super-block goes by groups of vectors that make one sub-block of the low nibbles and
     one of the high ones (_layout); each group's two integer dots are multiplied by
@@ -226,8 +208,8 @@ def _start45(xs, x, g):  # type: ignore[no-untyped-def]
 
 @njit(inline="always", cache=True)
 def _start6(xs, x, g):  # type: ignore[no-untyped-def]
-    """Q6_K: a group's two dots start at -32 times their activations' sum (offset_sums
-    ys, per 16), so they come out as the dots of q - 32."""
+    """Q6_K: a group's two dots start at -32 times their activations' sum (bias_sums
+    per 16), so they come out as the dots of q - 32."""
     h, s0, qt = _part6(g)
     k = (x >> 4) + 8 * h + 2 * s0 + qt
     return isplat16(xs, k), isplat16(xs, k + 4)
@@ -261,16 +243,16 @@ def _dots4(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
 @njit(inline="always", cache=True)
 def _dots5(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
     """The same for Q5_K, bits `bit` and bit + 1 of the qh vector at hp their 5th bits."""
-    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 1),
-            idot16_nibh(hi, w, qv, hp, bit + 1, xq, xv + 32, True, 1))
+    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 1, 1),
+            idot16_nibh(hi, w, qv, hp, bit, xq, xv + 32, True, 1, 1))
 
 
 @njit(inline="always", cache=True)
 def _dots6(lo, hi, w, qv, hp, bit, xq, xv):  # type: ignore[no-untyped-def]
     """A Q6_K ql vector's low nibbles (qh bits `bit`, bit + 1 as bits 4-5) and high
     nibbles (bits bit + 4, bit + 5: s two further) dotted into lo and hi."""
-    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 2),
-            idot16_nibh(hi, w, qv, hp, bit + 4, xq, xv + 64, True, 2))
+    return (idot16_nibh(lo, w, qv, hp, bit, xq, xv, False, 2, 4),
+            idot16_nibh(hi, w, qv, hp, bit, xq, xv + 64, True, 2, 4))
 
 
 @njit(nogil=True, cache=True)

@@ -46,7 +46,7 @@ from numallm.kernels.families.iquants.simd import LUT_BIAS, LUT_IQ4NL, LUT_MXFP4
 from numallm.kernels.families.iquants.tables import E8M0_HALF, KVALUES_IQ4NL, KVALUES_MXFP4
 from numallm.kernels.families.q4_q8.grouped import pack_grouped_rows
 from numallm.kernels.simd.cpu import has_avx512
-from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, ifill16, isum32, izero16, vfmai16
+from numallm.kernels.simd.i32x16 import Q8_BIAS, iadd16, idot16_q4, idot16_q8, ifill16, isum, izero16, vfmai16
 from numallm.kernels.simd.scalar import at, load_f16, move2, move4, move32
 from numallm.kernels.simd.vec import vfma16, vload_f16x16, vscale16, vstore16_at, vzero16
 from numba import njit
@@ -227,12 +227,13 @@ def block_bias(kind: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def bias_sums(xq, bias):  # type: ignore[no-untyped-def]
-    """-bias times the sum of each block of 32 of the int8 activations xq, as int32:
-    where a bias-dotting kernel's accumulator of that block starts."""
-    sums = np.empty(xq.size // 32, np.int32)
+def bias_sums(xq, bias, per):  # type: ignore[no-untyped-def]
+    """-bias times the sum of each block of `per` (32, or 16: Q6_K's sub-blocks) of the
+    int8 activations xq, as int32: where a bias-dotting kernel's accumulator of that
+    block starts."""
+    sums = np.empty(xq.size // per, np.int32)
     for k in range(sums.size):
-        sums[k] = np.int32(-bias) * isum32(xq, 32 * k)
+        sums[k] = np.int32(-bias) * (isum(xq, 16 * k, 16) if per == 16 else isum(xq, 32 * k, 32))
     return sums
 
 
@@ -402,13 +403,13 @@ def tile_rows_of(kernel_for: Callable[[int], Callable[..., None]], kind: int) ->
     return with_type_code(tile_pass_of(kernels, MAX_TOKENS), bias=block_bias(kind))
 
 
-def with_type_code(pass_: Callable[..., None], bias: int = 0) -> Callable[..., None]:
+def with_type_code(pass_: Callable[..., None], bias: int = 0, per: int = 32) -> Callable[..., None]:
     """A tile pass taking the type code first and the activation's sums per 32 and per
     16, as the records' `tiles` do (it passes on those per 32, or with a bias the
-    activation's bias_sums instead)."""
+    activation's bias_sums per `per` instead)."""
     if bias:
         def impl_bias(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
-            pass_(w, rb, nb, full, xq, xd, bias_sums(xq, bias), out, r0, r1)
+            pass_(w, rb, nb, full, xq, xd, bias_sums(xq, bias, per), out, r0, r1)
         return impl_bias
 
     def impl(q, w, rb, nb, full, xq, xd, xs, xs16, out, r0, r1):  # type: ignore[no-untyped-def]
