@@ -53,14 +53,29 @@ case ",$extras," in
     export CFLAGS="${CFLAGS:+$CFLAGS }$noamx" CXXFLAGS="${CXXFLAGS:+$CXXFLAGS }$noamx"
     ;;
 esac
-"$python" -m pip install --disable-pip-version-check -q -e "$spec"
 
 # A model's first run compiles its forward pass for this CPU (Numba, 25-45 s of CPU) and
 # the default model is downloaded on first use: both happen here, once, so that the
 # first `numallm generate` starts in seconds. Both are cached: the model in
 # ~/.cache/numallm, the machine code beside the sources (Numba's __pycache__).
+# The warm-up runs from the source tree beside `pip install -e`, which it need not wait
+# for where the dependencies are installed already (it exits 3 where they are not).
+warm_up_job=""
 if [ "$warm_up" = 1 ]; then
   echo "install.sh: fetching the default model and compiling its kernels for this CPU (once)" >&2
-  "$python" -c "from numallm.engine.engine import Engine; Engine().close()" ||
+  "$python" scripts/warm_up.py &
+  warm_up_job=$!
+  trap 'kill "$warm_up_job" 2>/dev/null || true' EXIT  # pip failed: stop it too
+fi
+"$python" -m pip install --disable-pip-version-check -q -e "$spec"
+if [ -n "$warm_up_job" ]; then
+  rc=0
+  wait "$warm_up_job" || rc=$?
+  trap - EXIT
+  if [ "$rc" = 3 ]; then
+    rc=0
+    "$python" scripts/warm_up.py || rc=$?
+  fi
+  [ "$rc" = 0 ] ||
     echo "install.sh: the warm-up failed (above); numallm is installed, and its first run will try again" >&2
 fi

@@ -1,0 +1,43 @@
+"""install.sh's warm-up: fetch the default model and compile its forward pass, from this
+source tree whether or not `pip install -e` has made it importable yet.
+
+install.sh runs this beside `pip install -e .` (4-5 s of a 45 s start-up), so the fetch
+and the compile need not wait for it. Numba caches the machine code beside the sources,
+and an editable install runs these same files, so the first `numallm generate` finds it.
+Exits 3, saying nothing, where numallm's dependencies are not installed yet: install.sh
+then runs it again after pip has installed them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+EXIT_NO_DEPENDENCIES = 3
+
+
+def import_source_tree(root: Path) -> None:
+    """Make `numallm` this tree (the repository root is the package), not any installed copy."""
+    spec = importlib.util.spec_from_file_location("numallm", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["numallm"] = package
+    spec.loader.exec_module(package)
+
+
+def main() -> int:
+    import_source_tree(Path(__file__).resolve().parent.parent)
+    try:
+        from numallm.engine.engine import Engine
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] != "numallm":  # a dependency pip has yet to install
+            return EXIT_NO_DEPENDENCIES
+        raise
+    Engine().close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
