@@ -19,6 +19,7 @@ import numpy as np
 from numallm.engine.arch.spec import HParams
 from numallm.engine.options import KV_TYPES
 from numallm.errors import BadInputError
+from numallm.numa.pages import anonymous
 
 # Bytes per cached element: float16 is kept as its bits in uint16.
 KV_ITEMSIZE = {"f16": 2, "f32": 4}
@@ -52,12 +53,21 @@ def head_ranges(shape: tuple[int, ...], itemsize: int, heads: Iterable[int]) -> 
             for s in range(n_slots) for il in range(n_layer) for h in heads]
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A zeroed array whose memory is faulted in 4 KiB at a time as it is written, so a
+    large context costs memory only as used. Not np.zeros: numpy asks for transparent
+    huge pages for large arrays, and a run's first token writes position 0 of every
+    layer and head, one write in each 2 MiB of the cache at 4096 positions: all of it
+    faulted in and zeroed at once (2 GiB for a 7B model, 4-5 s on a VM whose host backs
+    the memory only when first touched)."""
+    buf, _ = anonymous(int(np.prod(shape)) * np.dtype(dtype).itemsize, hugepages=False)
+    return buf.view(dtype).reshape(shape)
+
+
 class KVCache:
     def __init__(self, hp: HParams, n_ctx: int, n_slots: int = 1, kv_type: str = "f16") -> None:
         (k_shape, v_shape), dtype = kv_layout(hp, n_ctx, n_slots, kv_type)
-        # np.zeros maps fresh zero pages lazily: a large context costs memory only as used.
-        self.k = np.zeros(k_shape, dtype)
-        self.v = np.zeros(v_shape, dtype)
+        self.k, self.v = (lazy_zeros(shape, dtype) for shape in (k_shape, v_shape))
         self.kv_type = kv_type
         self.n_ctx = n_ctx
 

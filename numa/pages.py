@@ -48,17 +48,19 @@ def align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
-def anonymous(nbytes: int) -> tuple[np.ndarray, mmap.mmap]:
+def anonymous(nbytes: int, hugepages: bool = True) -> tuple[np.ndarray, mmap.mmap]:
     """A zeroed, page-aligned uint8 buffer of private anonymous memory and its mapping.
 
     Pages are not touched here: each lands on the NUMA node of the thread that first
-    writes it (the reader), and O_DIRECT needs the page alignment. Transparent huge
-    pages are asked for: filling fresh memory is about 3x faster with them (a fault per
-    2 MiB instead of per 4 KiB), and the kernels' reads miss the TLB less.
+    writes it (the reader), and O_DIRECT needs the page alignment. hugepages: transparent
+    huge pages are asked for: filling fresh memory is about 3x faster with them (a fault
+    per 2 MiB instead of per 4 KiB), and the kernels' reads miss the TLB less. Without,
+    they are refused (even where THP is "always"), so that a write faults in 4 KiB only:
+    for memory written sparsely, as a KV cache's first positions are.
     """
     m = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE)
+        m.madvise(mmap.MADV_HUGEPAGE if hugepages else mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(m, np.uint8, count=nbytes), m
 
 

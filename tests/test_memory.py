@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numallm.engine.kv_cache import lazy_zeros
 from numallm.engine.page_report import PageMap
 from numallm.numa import libnuma
 from numallm.numa.memory import (
@@ -110,6 +111,17 @@ def test_hugepage_advice_covers_only_the_aligned_interior_of_populated_ranges(no
             off.close()
     finally:
         r.close()
+
+
+def test_a_kv_cache_is_faulted_in_only_where_written() -> None:
+    # A first token writes position 0 of every layer and head: one write per MiB here.
+    # np.zeros (huge pages, where THP allows) would fault in and zero all 32 MiB for it.
+    k = lazy_zeros((1, 4, 8, 4096, 128), np.uint16)
+    k[0, :, :, 0, :] = 1
+    (s,) = smaps_bytes([(address(k), k.nbytes)])
+    assert s["AnonHugePages"] == 0
+    assert 4 * 8 * PAGE <= s["Rss"] <= 4 * 8 * 2 * PAGE
+    assert k.flags.writeable and not k[0, :, :, 1:].any()
 
 
 def test_copy_on_node_and_close_frees_memory(node: int) -> None:
