@@ -201,7 +201,7 @@ def _unplaced(gf: GGUFFile, spec: ArchSpec, plan: PlacementPlan, reason: str, lo
               n_slots: int, kv_type: str, hugepages: bool) -> PlacedModel:
     """--numa none: today's load (the mapping in place, or an anonymous image) and one
     lazily allocated KV pair; the kernel decides where pages go."""
-    weights = load_weights(gf, spec, load_mode)
+    weights = load_weights(gf, spec, load_mode, hugepages=hugepages)
     cache = KVCache(spec.hparams, n_ctx, n_slots, kv_type)
     heads = tuple(range(spec.hparams.n_head_kv))
     return PlacedModel(plan=plan, weights=weights, why=_why(plan, reason, weights.load_mode, hugepages),

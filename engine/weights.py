@@ -211,11 +211,12 @@ def make_weights(layout: Layout, n_layer: int, image: np.ndarray, base: int, *, 
                    mapped=mapped, load_mode=load_mode, direct=direct, _maps=maps if maps is not None else [])
 
 
-def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False) -> Weights:
+def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_copies: bool = False,
+                 hugepages: bool = True) -> Weights:
     """Check every tensor, then map or read the file and lay the weights out.
 
     numa_copies: the NUMA mode will copy the weights anyway (auto then reads, see
-    resolve_load_mode)."""
+    resolve_load_mode). hugepages: a copy asks for transparent huge pages."""
     layout = check_model(gf, spec)
     mode = resolve_load_mode(load_mode, numa_copies)
     in_place = mode in ("mmap", "mlock") and not gf.derived and all(
@@ -223,7 +224,7 @@ def load_weights(gf: GGUFFile, spec: ArchSpec, load_mode: str = "auto", numa_cop
     if in_place:
         image, base, maps, direct = _mapped_image(gf, layout.all_mats + layout.vec_list, mode)
     else:
-        image, base, maps, direct = _read_image(gf, layout, mode)
+        image, base, maps, direct = _read_image(gf, layout, mode, hugepages)
     w = make_weights(layout, spec.hparams.n_layer, image, base, mapped=in_place, load_mode=mode,
                      direct=direct, maps=maps)
     if mode == "mlock":
@@ -252,13 +253,14 @@ def _mapped_image(gf: GGUFFile, tensors: list[TensorInfo],
     return np.frombuffer(fmap, np.uint8), 0, [fmap], False
 
 
-def _read_image(gf: GGUFFile, layout: Layout, mode: str) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
+def _read_image(gf: GGUFFile, layout: Layout, mode: str,
+                hugepages: bool) -> tuple[np.ndarray, int, list[mmap.mmap], bool]:
     """The file's tensor data read into anonymous memory at the file's own offsets minus
     `base` (aligned for O_DIRECT), repacked: (image, base, [its mapping], O_DIRECT used)."""
     base, size = layout.read_span()
     if mode == "mlock":  # before any byte is read, so a low limit fails fast
         check_lock_limit(align_up(size, PAGE))
-    image, amap = anonymous(size)
+    image, amap = anonymous(size, hugepages)
     try:
         # mmap or mlock get here only to repack: buffered reads share the page cache as a mapping would.
         direct = fill_image(gf, layout, image, base, [(0, size)], direct=mode == "dio")

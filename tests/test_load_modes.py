@@ -36,7 +36,8 @@ from numallm.engine.load_lock import locked_bytes
 from numallm.engine.load_reads import ReadJob, on_tmpfs, read_jobs
 from numallm.engine.weights import Weights, load_weights
 from numallm.errors import ModelFormatError
-from numallm.numa.pages import resident
+from numallm.numa.memory import smaps_bytes, thp_setting
+from numallm.numa.pages import address, resident
 from synthetic import write_tiny_llama
 from vm_harness import REPO, run_in_vm, vm_available
 
@@ -170,6 +171,23 @@ def test_dio_leaves_the_page_cache_clean(smollm2: Path, disk_dir: Path) -> None:
         assert _resident_tensor_pages(gf).mean() > 0.9
     finally:
         path.unlink()
+
+
+def test_a_copy_asks_for_huge_pages_only_when_told(smollm2: Path) -> None:
+    # --no-hugepages reaches the one-node load too, not only the placed one.
+    gf = read_gguf(smollm2)
+    spec = arch.describe(gf.metadata, str(smollm2))
+    for hugepages in (True, False):
+        w = load_weights(gf, spec, "none", hugepages=hugepages)
+        try:
+            (s,) = smaps_bytes([(address(w.buf), w.buf.nbytes)])
+        finally:
+            w.close()
+        assert s["Rss"] >= w.matrix_bytes
+        if not hugepages:
+            assert s["AnonHugePages"] == 0
+        elif thp_setting() in ("always", "madvise"):
+            assert s["AnonHugePages"] > w.matrix_bytes // 2
 
 
 def test_dio_on_tmpfs_falls_back_with_one_warning(tiny_llama: Path, caplog: pytest.LogCaptureFixture) -> None:
