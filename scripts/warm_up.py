@@ -4,14 +4,17 @@ source tree whether or not `pip install -e` has made it importable yet.
 install.sh runs this beside `pip install -e .` (4-5 s of a 45 s start-up), so the fetch
 and the compile need not wait for it. Numba caches the machine code beside the sources,
 and an editable install runs these same files, so the first `numallm generate` finds it.
-Exits 3, saying nothing, where numallm's dependencies are not installed yet: install.sh
-then runs it again after pip has installed them.
+The download (network-bound, in a pip subprocess) runs while this process imports
+Numba and compiles the repacking kernels, which need no model file.
+Exits 3 where numallm's dependencies are not installed yet (after the download):
+install.sh then runs it again after pip has installed them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 EXIT_NO_DEPENDENCIES = 3
@@ -27,15 +30,34 @@ def import_source_tree(root: Path) -> None:
     spec.loader.exec_module(package)
 
 
+def compile_repacking() -> None:
+    """Compile the load's repacking kernels (one compiled function serves every type) on
+    one tile of zeros, as the load calls them."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from numallm import kernels
+
+    rows, cols = kernels.row_group(T.Q8_0), 32
+    tile = np.zeros(kernels.packed_nbytes(T.Q8_0, rows, cols), np.uint8)
+    kernels.pack(T.Q8_0, tile, rows, cols, out=tile)
+
+
 def main() -> int:
     import_source_tree(Path(__file__).resolve().parent.parent)
-    try:
-        from numallm.engine.engine import Engine
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] != "numallm":  # a dependency pip has yet to install
-            return EXIT_NO_DEPENDENCIES
-        raise
-    Engine().close()
+    from numallm.engine.model_store import DEFAULT_MODEL, fetch_known_model  # the standard library only
+
+    with ThreadPoolExecutor(1) as pool:
+        fetched = pool.submit(fetch_known_model, DEFAULT_MODEL)
+        try:
+            from numallm.engine.engine import Engine
+            compile_repacking()
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] != "numallm":  # a dependency pip has yet to install
+                fetched.result()
+                return EXIT_NO_DEPENDENCIES
+            raise
+        path = fetched.result()
+    Engine(path).close()
     return 0
 
 
