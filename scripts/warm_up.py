@@ -42,8 +42,8 @@ def compile_repacking() -> None:
     kernels.pack(T.Q8_0, tile, rows, cols, out=tile)
 
 
-def main() -> int:
-    import_source_tree(Path(__file__).resolve().parent.parent)
+def warm_up() -> int:
+    """The default model fetched and its forward pass compiled (or found in Numba's cache)."""
     from numallm.engine.model_store import DEFAULT_MODEL, fetch_known_model  # the standard library only
 
     with ThreadPoolExecutor(1) as pool:
@@ -53,12 +53,23 @@ def main() -> int:
             compile_repacking()
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] != "numallm":  # a dependency pip has yet to install
-                fetched.result()
+                fetched.exception()  # the download finished, done or not: the rerun retries it
                 return EXIT_NO_DEPENDENCIES
             raise
         path = fetched.result()
     Engine(path).close()
     return 0
+
+
+def main() -> int:
+    import_source_tree(Path(__file__).resolve().parent.parent)
+    from numallm.errors import NumallmError
+
+    try:
+        return warm_up()
+    except NumallmError as e:  # a failed download, say: one line, as the CLI gives it
+        print(f"numallm: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
