@@ -58,8 +58,7 @@ def lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     large context costs memory only as used. Not np.zeros: numpy asks for transparent
     huge pages for large arrays, and a run's first token writes position 0 of every
     layer and head, one write in each 2 MiB of the cache at 4096 positions: all of it
-    faulted in and zeroed at once (2 GiB for a 7B model, 4-5 s on a VM whose host backs
-    the memory only when first touched)."""
+    faulted in and zeroed at once (2 GiB for a 7B model; benchmarks/README.md, round eleven)."""
     buf, _ = anonymous(int(np.prod(shape)) * np.dtype(dtype).itemsize, hugepages=False)
     return buf.view(dtype).reshape(shape)
 
