@@ -329,13 +329,13 @@ def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
             for k in range(m):
                 for i in range(hd):
                     q4[k * hd + i] = q[t + k, h * hd + i]
-            common = ends[0]
+            done = start  # rows each query's scores have so far
             if m == 4:
-                common = min(min(ends[0], ends[1]), min(ends[2], ends[3]))
-                rows_dot_x4(q4, kf, base, start, common, scale, scores, stride)
+                done = min(min(ends[0], ends[1]), min(ends[2], ends[3]))
+                rows_dot_x4(q4, kf, base, start, done, scale, scores, stride)
             for k in range(m):
                 sk = scores[k * stride:(k + 1) * stride]
-                rows_dot(q4[k * hd:(k + 1) * hd], kf, base, common if m == 4 else start, ends[k], scale, sk)
+                rows_dot(q4[k * hd:(k + 1) * hd], kf, base, done, ends[k], scale, sk)
                 mx = np.float32(-np.inf)
                 for j in range(start, ends[k]):
                     if sk[j] > mx:
