@@ -188,7 +188,9 @@ def _entry(tab, idx):
                        tab.row_group[idx])
 
 
-@njit(nogil=True)
+# Cached on its own (like _attention and _gated): install.sh's warm-up compiles it in a
+# second process while the first compiles the rest (scripts/compile_plan.py).
+@njit(nogil=True, cache=True)
 def _matmul(e, wbuf, x, out, r0, r1, ks):
     """out[:, r0:r1] = x @ W[r0:r1].T for matrix entry e through the kernels of set ks
     (matvec for one token)."""
@@ -294,7 +296,7 @@ def _rope_head(h, n_rot, neox, cos, sin, t):
         h[b] = x0 * sin[t, i] + x1 * cos[t, i]
 
 
-@njit(nogil=True)
+@njit(nogil=True, cache=True)
 def _attention(q, kc, vc, slots, positions, il, hp, window, out, h0, h1):
     """Causal attention of query heads [h0, h1) of every token over its slot's cache;
     four tokens of one slot and window start at a time where the head dimension allows
@@ -585,7 +587,7 @@ def _expert(e, expert, n_expert):
     return MatrixEntry(e.qtype, e.rows // n_expert, e.cols, e.offset + expert * nbytes, nbytes, e.row_group)
 
 
-@njit(nogil=True)
+@njit(nogil=True, cache=True)
 def _gated(lm, il, gate_slot, up_slot, width, act, wbuf, x, g, u, worker, n_workers, ks):
     """This worker's rows of a gated FFN's act(x @ gate.T) * (x @ up.T) into g [n, width]
     (u: up's); gate and up are cut alike, so that each worker multiplies its own rows of both."""

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import sys
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
@@ -108,6 +110,55 @@ def _load_overload(self, sig, target_context):  # type: ignore[no-untyped-def]
     rtsys.initialize(target_context)  # idempotent; the loaded code links against the NRT
     with self._guard_against_spurious_io_errors():
         return self._load_overload(sig, target_context)
+
+
+def merge_cache(private: Path, source_dirs: Iterable[Path] | None = None) -> int:
+    """Bring what another process compiled into a Numba cache of its own (its
+    NUMBA_CACHE_DIR was `private`) into this process's cache, for the functions of the
+    .py files in `source_dirs` (numallm's compiled folders by default); returns the
+    entries added. Entries this cache has already stay; the others get data files of
+    numbers free here, so nothing of either cache is overwritten: two processes compiling
+    into one cache at once can pair one's index entry with the other's machine code, as
+    Numba's index update (read, add, write) is not atomic between processes. Call it
+    while this process compiles nothing."""
+    added = 0
+    for folder in source_dirs or (_PACKAGE_DIR / sub for sub in _COMPILED_FOLDERS):
+        for directory in {p.parent for p in Path(folder).rglob("*.py")}:
+            theirs = Path(private) / caching.UserProvidedCacheLocator.get_suitable_cache_subpath(
+                str(directory / "_.py"))
+            for index in theirs.glob("*.nbi"):
+                added += _merge_index(theirs, index.name[:-len(".nbi")], directory)
+    return added
+
+
+def _merge_index(theirs: Path, base: str, directory: Path) -> int:
+    """One function's entries (its index `base`.nbi in `theirs`) merged into this
+    process's cache of it, as Numba's locators place it for the source file."""
+    source = directory / f"{base.split('.', 1)[0]}.py"  # the name starts with the file's
+    if not source.is_file():
+        return 0
+    for cls in caching.CacheImpl._locator_classes:
+        locator = cls.from_function(merge_cache, str(source))  # any function: the file decides
+        if locator is not None:
+            break
+    else:
+        return 0
+    stamp = locator.get_source_stamp()  # an entry of other sources stays out (_load_index)
+    src = caching.IndexDataCacheFile(str(theirs), base, stamp)
+    dst = caching.IndexDataCacheFile(locator.get_cache_path(), base, stamp)
+    ours = dst._load_index()
+    new = {key: name for key, name in src._load_index().items() if key not in ours}
+    taken = set(ours.values())
+    numbers = itertools.count(1)
+    for key, name in new.items():
+        ours[key] = next(n for n in map(dst._data_name, numbers) if n not in taken)
+        taken.add(ours[key])
+        data = (theirs / name).read_bytes()
+        with dst._open_for_write(dst._data_path(ours[key])) as f:  # written whole, then renamed
+            f.write(data)
+    if new:
+        dst._save_index(ours)  # after the data: the index never names a file not yet there
+    return len(new)
 
 
 def _import_without(module: str, optional: str) -> None:
