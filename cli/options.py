@@ -60,7 +60,8 @@ def shared_options(lists: bool = False) -> argparse.ArgumentParser:
                    help="with --numa isolate: the NUMA node for the weights and the workers "
                    "(default: the first worker's node)")
     g.add_argument("--no-hugepages", action="store_true",
-                   help="do not ask for transparent huge pages for the placed weights and KV cache")
+                   help="do not ask for transparent huge pages for the weights' copy and a placed KV cache "
+                   "(a one-node KV cache is on 4 KiB pages either way)")
     g.add_argument("--load-mode", default=None, choices=modes(LOAD_MODES),
                    help="how weights are read: mmap = map the file, mlock = map and lock it in RAM, "
                    "dio = O_DIRECT reads, none = plain reads; auto = mmap unless the NUMA mode "

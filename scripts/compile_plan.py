@@ -10,7 +10,7 @@ itself, then the forward pass, which finds them all cached. A stale plan costs t
 never correctness: what it lacks the forward pass compiles as before.
 tests/test_compile_split.py says when to record it again:
 
-    python3 scripts/compile_plan.py        # a cold compile of the default model, ~40 s
+    python3 scripts/compile_plan.py   # a cold compile, then each entry's alone: ~2 min
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ esac
 # first `numallm generate` starts in seconds. Both are cached: the model in
 # ~/.cache/numallm, the machine code beside the sources (Numba's __pycache__).
 # The warm-up runs from the source tree beside `pip install -e`, which it need not wait
-# for where the dependencies are installed already (it exits 3 where they are not).
+# for where the dependencies are installed already (it exits 3 where they are not), and
+# compiles in two processes (scripts/compile_plan.py).
 warm_up_job=""
 if [ "$warm_up" = 1 ]; then
   echo "install.sh: fetching the default model and compiling its kernels for this CPU (once)" >&2
