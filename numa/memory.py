@@ -183,23 +183,26 @@ def page_nodes(buf: np.ndarray) -> tuple[int, np.ndarray]:
 
 def smaps_bytes(spans: Sequence[tuple[int, int]], fields: Sequence[str] = ("Rss", "AnonHugePages")) -> list[dict[str, int]]:
     """For each (address, nbytes) span, the sums of /proc/self/smaps `fields` over the
-    VMAs lying inside it: e.g. how much of a Region's body is resident, and how much of
-    that in huge pages. One read of smaps for all spans (it is long in a big process)."""
+    VMAs it covers: e.g. how much of a Region's body is resident, and how much of that in
+    huge pages. A VMA reaching past the span (the kernel merges a mapping with a
+    neighbour of the same flags, another model's weights say) counts in proportion to
+    the part inside it. One read of smaps for all spans (it is long in a big process)."""
     bounds = [(align_down(a, PAGE), align_up(a + n, PAGE)) for a, n in spans]
     sums = [dict.fromkeys(fields, 0) for _ in spans]
-    inside: list[dict[str, int]] = []
+    inside: list[tuple[dict[str, int], float]] = []
     with open("/proc/self/smaps") as f:
         for line in f:
             m = _SMAPS_HEADER.match(line)
             if m:
                 lo, hi = int(m.group(1), 16), int(m.group(2), 16)
-                inside = [s for s, (a, b) in zip(sums, bounds) if lo >= a and hi <= b]
+                inside = [(s, (min(hi, b) - max(lo, a)) / (hi - lo))
+                          for s, (a, b) in zip(sums, bounds) if lo < b and hi > a]
                 continue
             if inside:
                 key, _, value = line.partition(":")
                 if key in fields:
-                    for s in inside:
-                        s[key] += int(value.split()[0]) * 1024
+                    for s, share in inside:
+                        s[key] += round(int(value.split()[0]) * 1024 * share)
     return sums
 
 

@@ -124,6 +124,22 @@ def test_a_kv_cache_is_faulted_in_only_where_written() -> None:
     assert k.flags.writeable and not k[0, :, :, 1:].any()
 
 
+def test_smaps_counts_a_span_inside_a_larger_mapping() -> None:
+    # The kernel merges a mapping with neighbours of the same flags (another load's
+    # weights, say) into one VMA: a span inside it counts in proportion, not as nothing.
+    import mmap
+
+    whole = mmap.mmap(-1, 8 * MiB)
+    buf = np.frombuffer(whole, np.uint8)
+    buf[::PAGE] = 1  # every page resident
+    try:
+        (half,) = smaps_bytes([(address(buf), 4 * MiB)])
+    finally:
+        del buf
+        whole.close()
+    assert 2 * MiB <= half["Rss"] <= 4 * MiB, half  # 4 MiB unless a neighbour merged in too
+
+
 def test_copy_on_node_and_close_frees_memory(node: int) -> None:
     src = np.random.default_rng(0).integers(0, 256, 5 * MiB + 7, dtype=np.uint8)
     r = Region(src.size, "bind", [node])
