@@ -111,12 +111,14 @@ def listen(on_start: Callable[[], Any], on_end: Callable[[Any, Any, float, int],
 
 
 def is_cached(ev: Any) -> bool:
+    """Whether the compiled function is one Numba caches on disk."""
     from numba.core import caching
 
     return isinstance(ev.data["dispatcher"]._cache, caching.FunctionCache)
 
 
 def name_of(ev: Any) -> str:
+    """The compiled function as module:qualname."""
     func = ev.data["dispatcher"].py_func
     return f"{func.__module__}:{func.__qualname__}"
 
@@ -126,11 +128,15 @@ def record() -> dict[str, Any]:
     cached module-level functions that the forward pass's compile compiles."""
     found: list[tuple[str, tuple[Any, ...], float]] = []
     repacking = [0.0]
+    done = [False]  # the forward pass compiled: what follows is not the warm-up's
 
     def on_end(ev: Any, first: int, took: float, depth: int) -> None:
         name = name_of(ev)
+        if done[0]:
+            return
         if depth == 0:  # the repacking kernels, then the forward pass
-            if name != _ROOT:
+            done[0] = name == _ROOT
+            if not done[0]:
                 repacking[0] += took
                 found.clear()
         elif is_cached(ev) and "<locals>" not in name and _resolve(name) is ev.data["dispatcher"]:
