@@ -76,19 +76,19 @@ def load() -> tuple[float, list[Entry]]:
     return plan["repacking_seconds"], entries
 
 
-def split(head_start: float, entries: list[Entry], other_start: float = 1.0) -> tuple[list[Entry], list[Entry]]:
-    """Entries for this process (which first spends `head_start` on other work) and for
-    the other (which first spends `other_start` starting): whole groups, the longest
-    first, each to whichever of the two is free sooner."""
-    groups: dict[int, list[Entry]] = {}
-    for entry in entries:
-        groups.setdefault(entry.group, []).append(entry)
-    sides: tuple[list[Entry], list[Entry]] = ([], [])
+def split(head_start: float, entries: list[Entry], other_start: float = 1.0) -> tuple[list[int], list[int]]:
+    """Which entries (their indices) this process compiles, having first spent
+    `head_start` on other work, and which the other, having first spent `other_start`
+    starting: whole groups, the longest first, each to whichever of the two is free sooner."""
+    groups: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault(entry.group, []).append(i)
+    sides: tuple[list[int], list[int]] = ([], [])
     busy = [head_start, other_start]
-    for group in sorted(groups.values(), key=lambda g: -sum(e.seconds for e in g)):
+    for group in sorted(groups.values(), key=lambda g: -sum(entries[i].seconds for i in g)):
         side = 0 if busy[0] <= busy[1] else 1
         sides[side].extend(group)
-        busy[side] += sum(e.seconds for e in group)
+        busy[side] += sum(entries[i].seconds for i in group)
     return sides
 
 

@@ -58,7 +58,7 @@ def warm_up(private_cache: Path) -> int:
 
     repacking_seconds, entries = compile_plan.load()
     mine, theirs = compile_plan.split(repacking_seconds, entries)
-    other = subprocess.Popen([sys.executable, __file__, "--compile", *(str(entries.index(e)) for e in theirs)],
+    other = subprocess.Popen([sys.executable, __file__, "--compile", *map(str, theirs)],
                              env=dict(os.environ, NUMBA_CACHE_DIR=str(private_cache)))
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -67,7 +67,7 @@ def warm_up(private_cache: Path) -> int:
                 from numallm.engine.engine import Engine
                 from numallm.kernels.numba_cache import merge_cache
                 compile_repacking()
-                compile_plan.compile_all(mine)
+                compile_plan.compile_all([entries[i] for i in mine])
             except ModuleNotFoundError as e:
                 if e.name and e.name.split(".")[0] != "numallm":  # a dependency pip has yet to install
                     fetched.exception()  # the download finished, done or not: the rerun retries it
