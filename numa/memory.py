@@ -11,9 +11,7 @@ scratch memory (a repack's temporaries) lands there too.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import mmap
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -22,13 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numallm.errors import ResourceError
 from numallm.numa import libnuma
-from numallm.numa.pages import PAGE, address, align_down, align_up, libc, os_error
+from numallm.numa.pages import HUGE, PAGE, address, align_down, align_up, guarded_map, libc, os_error
 from numallm.numa.sysfs import NODE_DIR, SysfsRoot
 from numallm.numa.topology import Topology
 
-HUGE = 2 << 20           # x86-64 and arm64 (4 KiB pages) transparent huge page size
-MAP_NORESERVE = 0x4000   # linux/mman.h; Python's mmap module does not name it
-_PROT_NONE = 0
 _COPY_STEP = 8 << 20     # bytes per copy task
 _SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 
@@ -49,26 +44,19 @@ class Region:
         self.nbytes = nbytes
         self.policy = policy
         self.nodes = tuple(nodes)
-        body = align_up(max(nbytes, 1), PAGE)
-        span = PAGE + HUGE + body + PAGE  # guard, alignment slack, body, guard
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_NORESERVE if noreserve else 0)
         try:
-            self._map: mmap.mmap | None = mmap.mmap(-1, span, flags=flags)
+            self._map: mmap.mmap | None
+            self._map, self._whole, self._start = guarded_map(nbytes, noreserve)
         except OSError as e:
-            raise ResourceError(f"cannot reserve {span} bytes of address space ({e.strerror})") from None
-        self._whole = np.frombuffer(self._map, np.uint8)
-        base = address(self._whole)
-        self._start = align_up(base + PAGE, HUGE) - base  # body offset in the mapping
+            raise ResourceError(f"cannot reserve {nbytes} bytes of address space ({e.strerror})") from None
         self.array = self._whole[self._start:self._start + nbytes]
         self._locked: list[Range] = []
-        try:
-            _protect(base + self._start - PAGE, PAGE)
-            _protect(base + self._start + body, PAGE)
-            if policy != "default":
-                libnuma.bind_range(base + self._start, body, policy, self.nodes)
-        except BaseException:
-            self.close()
-            raise
+        if policy != "default":
+            try:
+                libnuma.bind_range(self.address, align_up(max(nbytes, 1), PAGE), policy, self.nodes)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def address(self) -> int:
@@ -114,19 +102,6 @@ class Region:
         except BufferError:
             pass  # a view is still alive somewhere: the GC unmaps it
         self._map = None
-
-
-@functools.cache
-def _mprotect() -> Callable[[int, int, int], int]:
-    fn = libc()["mprotect"]  # a private function object: others' prototypes stay as they are
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return fn
-
-
-def _protect(addr: int, nbytes: int) -> None:
-    if _mprotect()(addr, nbytes, _PROT_NONE) != 0:
-        raise os_error("mprotect")
 
 
 def merge_ranges(ranges: Iterable[Range]) -> list[Range]:

@@ -1,4 +1,4 @@
-"""Page-level memory through libc (ctypes): the page size and alignment, aligned
+"""Page-level memory through libc (ctypes): the page size and alignment, guarded
 anonymous buffers, and which pages of a file the page cache holds (mincore). Below
 both numa/memory.py and the engine's loader, which build on it."""
 
@@ -13,6 +13,9 @@ import os
 import numpy as np
 
 PAGE = mmap.PAGESIZE
+HUGE = 2 << 20           # x86-64 and arm64 (4 KiB pages) transparent huge page size
+MAP_NORESERVE = 0x4000   # linux/mman.h; Python's mmap module does not name it
+_PROT_NONE = 0
 
 
 @functools.cache
@@ -21,12 +24,13 @@ def libc() -> ctypes.CDLL:
         lib = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    for name in ("mincore", "mlock", "munlock", "fstatfs"):
+    for name in ("mincore", "mlock", "munlock", "fstatfs", "mprotect"):
         getattr(lib, name).restype = ctypes.c_int
     lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    lib.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return lib
 
 
@@ -48,8 +52,32 @@ def align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
 
+def guarded_map(nbytes: int, noreserve: bool = False) -> tuple[mmap.mmap, np.ndarray, int]:
+    """A private anonymous mapping with room for a body of `nbytes` that starts on a 2 MiB
+    boundary (so transparent huge pages can back it) between two PROT_NONE guard pages
+    (so the kernel never merges the body's VMAs with a neighbour's, and /proc/self/smaps
+    figures for the body are its own): (the mapping, a view of all of it, the body's
+    offset in it). Nothing is touched; the slack costs address space only.
+    noreserve: reserve no swap for the whole range."""
+    body = align_up(max(nbytes, 1), PAGE)
+    span = PAGE + HUGE + body + PAGE  # guard, alignment slack, body, guard
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_NORESERVE if noreserve else 0)
+    m = mmap.mmap(-1, span, flags=flags)
+    whole = np.frombuffer(m, np.uint8)
+    base = address(whole)
+    start = align_up(base + PAGE, HUGE) - base
+    for guard in (base + start - PAGE, base + start + body):
+        if libc().mprotect(guard, PAGE, _PROT_NONE) != 0:
+            err = os_error("mprotect")
+            del whole
+            m.close()
+            raise err
+    return m, whole, start
+
+
 def anonymous(nbytes: int, hugepages: bool = True) -> tuple[np.ndarray, mmap.mmap]:
-    """A zeroed, page-aligned uint8 buffer of private anonymous memory and its mapping.
+    """A zeroed uint8 buffer of private anonymous memory, 2 MiB-aligned between guard
+    pages (guarded_map), and its mapping.
 
     Pages are not touched here: each lands on the NUMA node of the thread that first
     writes it (the reader), and O_DIRECT needs the page alignment. hugepages: transparent
@@ -58,10 +86,10 @@ def anonymous(nbytes: int, hugepages: bool = True) -> tuple[np.ndarray, mmap.mma
     they are refused (even where THP is "always"), so that a write faults in 4 KiB only:
     for memory written sparsely, as a KV cache's first positions are.
     """
-    m = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m, whole, start = guarded_map(nbytes)
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE if hugepages else mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(m, np.uint8, count=nbytes), m
+        m.madvise(mmap.MADV_HUGEPAGE if hugepages else mmap.MADV_NOHUGEPAGE, start, align_up(max(nbytes, 1), PAGE))
+    return whole[start:start + nbytes], m
 
 
 def resident(fd: int, offset: int, length: int) -> np.ndarray:

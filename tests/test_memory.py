@@ -14,7 +14,6 @@ from numallm.engine.kv_cache import lazy_zeros
 from numallm.engine.page_report import PageMap
 from numallm.numa import libnuma
 from numallm.numa.memory import (
-    HUGE,
     Region,
     available_bytes,
     copy_on_node,
@@ -25,7 +24,7 @@ from numallm.numa.memory import (
     thp_setting,
     with_available_memory,
 )
-from numallm.numa.pages import PAGE, address
+from numallm.numa.pages import HUGE, PAGE, address, anonymous
 from numallm.numa.topology import detect
 from vm_harness import PYTHON, run_in_vm, vm_available, workdir
 
@@ -138,6 +137,21 @@ def test_smaps_counts_a_span_inside_a_larger_mapping() -> None:
         del buf
         whole.close()
     assert 2 * MiB <= half["Rss"] <= 4 * MiB, half  # 4 MiB unless a neighbour merged in too
+
+
+def test_anonymous_buffers_keep_their_own_smaps_figures() -> None:
+    # Two mappings made one after another with the same flags (a weights copy and a
+    # KV cache, both without huge pages) would merge into one VMA: then smaps could
+    # only share the resident bytes between them. Guard pages keep them apart.
+    full, full_map = anonymous(8 * MiB, hugepages=False)
+    empty, empty_map = anonymous(8 * MiB, hugepages=False)
+    full[::PAGE] = 1
+    got = smaps_bytes([(address(full), full.size), (address(empty), empty.size)])
+    assert address(full) % HUGE == 0 and address(empty) % HUGE == 0
+    assert [g["Rss"] for g in got] == [8 * MiB, 0], got
+    del full, empty
+    full_map.close()
+    empty_map.close()
 
 
 def test_copy_on_node_and_close_frees_memory(node: int) -> None:
