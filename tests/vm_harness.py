@@ -54,11 +54,13 @@ CPUINFO_FLAGS = ("avx", "avx2", "bmi1", "bmi2", "fma", "f16c", "movbe", "popcnt"
 
 HERE_TIMEOUT = 900  # s; a cold compile of the forward pass is ~25 s of CPU, far more on a busy machine
 VM_TIMEOUT = 600  # s; a guest run of the engine tests takes about 2 minutes
-# From qemu's start to the guest's shell running the command: 5-20 s here, even with two
-# guests booting beside a compile. A guest that has not got there by then is stuck (an
-# emulated boot can hang; a CI run lost 25 minutes to one waiting out its full timeout),
-# so it is killed and booted again, under TCG. Guests run with --verbose, which costs no
-# time here: the kernel's log in a failure's output tells where it stuck.
+# From qemu's start to the guest's shell running the command: 5-14 s on an idle machine,
+# but late in the suite some take over 60 s (a deadline of 60 s killed every 8-CPU
+# placement guest three times in one run). A guest that has not got there in 150 s is
+# stuck (an emulated boot can hang, its kernel's clock standing still; a CI run lost 25
+# minutes to one waiting out its full timeout), so it is killed and booted again, under
+# TCG. Guests run with --verbose, which costs no time here: the kernel's log in a
+# failure's output tells where it stuck.
 BOOT_DEADLINE = 150
 BOOT_TRIES = 3
 _BOOTED = "numa-vm guest: booted"
@@ -214,9 +216,10 @@ class Guest:
     whole timeout is over) and booted again, up to BOOT_TRIES times."""
 
     def __init__(self, vm_args: Sequence[str], command: Sequence[str], timeout: float,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, boot_deadline: float = BOOT_DEADLINE) -> None:
         self.vm_args, self.command, self.timeout = list(vm_args), list(command), timeout
         self.env = dict(os.environ if env is None else env)
+        self.boot_deadline = boot_deadline
         self.t0 = time.perf_counter()
         self.tries = 0
         self._start()
@@ -235,7 +238,7 @@ class Guest:
         self.hung = False
         self._reader = threading.Thread(target=self._read, args=(self.proc, self.lines, self.booted), daemon=True)
         self._reader.start()
-        self._watchdog = threading.Timer(BOOT_DEADLINE, self._kill_unless_booted)
+        self._watchdog = threading.Timer(self.boot_deadline, self._kill_unless_booted)
         self._watchdog.daemon = True
         self._watchdog.start()
 
@@ -279,15 +282,16 @@ class Guest:
             output = "".join(self.lines)
             if self.booted.is_set() or self.tries >= BOOT_TRIES:
                 return self.proc.returncode, output
-            why = f"did not boot in {BOOT_DEADLINE} s" if self.hung else f"died while booting (exit {self.proc.returncode})"
+            why = f"did not boot in {self.boot_deadline:g} s" if self.hung else f"died while booting (exit {self.proc.returncode})"
             warnings.warn(f"numa-vm {' '.join(self.vm_args)}: the guest {why}; booting it again "
                           f"(try {self.tries + 1} of {BOOT_TRIES}):\n{output[-1500:]}", stacklevel=2)
             self._start()
 
 
-def run_in_vm(vm_args: Sequence[str], command: Sequence[str], timeout: float) -> tuple[int, str]:
+def run_in_vm(vm_args: Sequence[str], command: Sequence[str], timeout: float,
+              boot_deadline: float = BOOT_DEADLINE) -> tuple[int, str]:
     """Run `command` in a VM of numa-vm's shape `vm_args`: its exit status and console output."""
-    return Guest(vm_args, command, timeout).result()
+    return Guest(vm_args, command, timeout, boot_deadline=boot_deadline).result()
 
 
 def _start(codes: Sequence[str], machines: Sequence[Machine], timeout: float) -> list[Guest]:
