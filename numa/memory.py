@@ -159,9 +159,10 @@ def page_nodes(buf: np.ndarray) -> tuple[int, np.ndarray]:
 def smaps_bytes(spans: Sequence[tuple[int, int]], fields: Sequence[str] = ("Rss", "AnonHugePages")) -> list[dict[str, int]]:
     """For each (address, nbytes) span, the sums of /proc/self/smaps `fields` over the
     VMAs it covers: e.g. how much of a Region's body is resident, and how much of that in
-    huge pages. A VMA reaching past the span (the kernel merges a mapping with a
-    neighbour of the same flags, another model's weights say) counts in proportion to
-    the part inside it. One read of smaps for all spans (it is long in a big process)."""
+    huge pages. A VMA reaching past the span (a file mapping whose tensor data is the
+    span, or an array that is part of a larger mapping) counts in proportion to the part
+    inside it; buffers from pages.guarded_map are VMAs of their own, so their figures are
+    exact. One read of smaps for all spans (it is long in a big process)."""
     bounds = [(align_down(a, PAGE), align_up(a + n, PAGE)) for a, n in spans]
     sums = [dict.fromkeys(fields, 0) for _ in spans]
     inside: list[tuple[dict[str, int], float]] = []

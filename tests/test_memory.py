@@ -124,8 +124,8 @@ def test_a_kv_cache_is_faulted_in_only_where_written() -> None:
 
 
 def test_smaps_counts_a_span_inside_a_larger_mapping() -> None:
-    # The kernel merges a mapping with neighbours of the same flags (another load's
-    # weights, say) into one VMA: a span inside it counts in proportion, not as nothing.
+    # A span that is only part of a VMA (tensor data inside a file mapping, say) counts
+    # in proportion, not as nothing.
     import mmap
 
     whole = mmap.mmap(-1, 8 * MiB)
